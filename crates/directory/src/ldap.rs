@@ -1,0 +1,685 @@
+//! LDAP / Active Directory backend: search as a service account, then bind as the user.
+
+use std::{
+    collections::HashSet,
+    path::PathBuf,
+    sync::{
+        Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, LdapError, Scope, SearchEntry, controls::RawControl, ldap_escape};
+use passage_credentials::{Password, Secret};
+use serde::Deserialize;
+use tokio::sync::Semaphore;
+
+use crate::{Directory, DirectoryError, UserInfo, Verdict, VerdictFuture};
+
+/// OID of the password-policy request/response control (draft-behera-ldap-password-policy).
+const PPOLICY_OID: &str = "1.3.6.1.4.1.42.2.27.8.5.1";
+
+/// How the agent talks to an LDAP or Active Directory server.
+///
+/// ```toml
+/// [directory]
+/// kind = "ldap"
+/// url = "ldaps://dc1.corp.example.com"
+/// base_dn = "DC=corp,DC=example,DC=com"
+/// bind_dn = "CN=passage,OU=Service Accounts,DC=corp,DC=example,DC=com"
+/// bind_password_file = "/etc/passage/ldap-bind-password"
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LdapConfig {
+    /// Server URL: `ldap://host:389` or `ldaps://host:636`.
+    pub url: String,
+    /// Upgrade `ldap://` with StartTLS before any bind.
+    #[serde(default)]
+    pub starttls: bool,
+    /// Accept any server certificate. Testing only: it lets anyone in the middle read passwords.
+    #[serde(default)]
+    pub insecure_skip_tls_verify: bool,
+    /// Where user searches start.
+    pub base_dn: String,
+    /// Service account that searches for users; anonymous search when absent.
+    #[serde(default)]
+    pub bind_dn: Option<String>,
+    /// The service account's password, inline. Prefer `bind_password_file`.
+    #[serde(default)]
+    pub bind_password: Option<String>,
+    /// File holding the service account's password (trailing newline ignored).
+    #[serde(default)]
+    pub bind_password_file: Option<PathBuf>,
+    /// Attribute users sign in with: `userPrincipalName` (default), or an alternate login ID
+    /// such as `mail` or `uid`.
+    #[serde(default = "default_login_attribute")]
+    pub login_attribute: String,
+    /// Extra filter every user must match, ANDed with the login attribute.
+    #[serde(default = "default_user_filter")]
+    pub user_filter: String,
+    /// Attribute reported as the user's UPN (defaults to `userPrincipalName`, falling back to
+    /// the login name as typed).
+    #[serde(default = "default_upn_attribute")]
+    pub upn_attribute: String,
+    /// Attribute with the display name (falls back to `cn`).
+    #[serde(default = "default_display_name_attribute")]
+    pub display_name_attribute: String,
+    /// Attribute with the e-mail address.
+    #[serde(default = "default_mail_attribute")]
+    pub mail_attribute: String,
+    /// Attribute with a stable unique id (`entryUUID` on OpenLDAP, `objectGUID` on AD).
+    #[serde(default = "default_id_attribute")]
+    pub id_attribute: String,
+    /// Attribute on the user listing group DNs (`memberOf`); group names are their first RDN.
+    #[serde(default)]
+    pub group_attribute: Option<String>,
+    /// Search for groups whose member attribute holds the user's DN (for servers without
+    /// `memberOf`).
+    #[serde(default)]
+    pub group_search: Option<GroupSearch>,
+    /// Connect and per-operation timeout, in milliseconds.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Connections kept for user binds (each carries one bind at a time).
+    #[serde(default = "default_bind_pool_size")]
+    pub bind_pool_size: usize,
+    /// Connections kept for searches (each multiplexes many searches).
+    #[serde(default = "default_search_connections")]
+    pub search_connections: usize,
+}
+
+/// Group lookup by search.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupSearch {
+    /// Where group searches start.
+    pub base_dn: String,
+    /// Group object filter, ANDed with `(member_attribute=<user DN>)`.
+    #[serde(default = "default_group_filter")]
+    pub filter: String,
+    /// Attribute of the group holding member DNs.
+    #[serde(default = "default_member_attribute")]
+    pub member_attribute: String,
+    /// Attribute with the group's name.
+    #[serde(default = "default_group_name_attribute")]
+    pub name_attribute: String,
+}
+
+fn default_login_attribute() -> String {
+    "userPrincipalName".into()
+}
+fn default_user_filter() -> String {
+    "(objectClass=person)".into()
+}
+fn default_upn_attribute() -> String {
+    "userPrincipalName".into()
+}
+fn default_display_name_attribute() -> String {
+    "displayName".into()
+}
+fn default_mail_attribute() -> String {
+    "mail".into()
+}
+fn default_id_attribute() -> String {
+    "entryUUID".into()
+}
+fn default_group_filter() -> String {
+    "(|(objectClass=groupOfNames)(objectClass=group))".into()
+}
+fn default_member_attribute() -> String {
+    "member".into()
+}
+fn default_group_name_attribute() -> String {
+    "cn".into()
+}
+fn default_timeout_ms() -> u64 {
+    5_000
+}
+fn default_bind_pool_size() -> usize {
+    32
+}
+fn default_search_connections() -> usize {
+    2
+}
+
+impl LdapConfig {
+    /// A configuration with every optional knob at its default.
+    pub fn new(url: impl Into<String>, base_dn: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            starttls: false,
+            insecure_skip_tls_verify: false,
+            base_dn: base_dn.into(),
+            bind_dn: None,
+            bind_password: None,
+            bind_password_file: None,
+            login_attribute: default_login_attribute(),
+            user_filter: default_user_filter(),
+            upn_attribute: default_upn_attribute(),
+            display_name_attribute: default_display_name_attribute(),
+            mail_attribute: default_mail_attribute(),
+            id_attribute: default_id_attribute(),
+            group_attribute: None,
+            group_search: None,
+            timeout_ms: default_timeout_ms(),
+            bind_pool_size: default_bind_pool_size(),
+            search_connections: default_search_connections(),
+        }
+    }
+}
+
+/// The search filter for `login`: `(&<user_filter>(<attribute>=<login, RFC 4515-escaped>))`.
+pub fn user_search_filter(user_filter: &str, attribute: &str, login: &str) -> String {
+    format!("(&{user_filter}({attribute}={}))", ldap_escape(login))
+}
+
+/// An LDAP directory with pooled connections.
+pub struct LdapDirectory {
+    config: LdapConfig,
+    bind_password: Option<Secret>,
+    timeout: Duration,
+    search_slots: Vec<tokio::sync::Mutex<Option<Ldap>>>,
+    next_search: AtomicUsize,
+    bind_permits: Semaphore,
+    idle_binds: Mutex<Vec<Ldap>>,
+    attributes: Vec<String>,
+}
+
+impl LdapDirectory {
+    /// Validates `config` and reads the bind password file; connects lazily.
+    pub fn new(config: LdapConfig) -> Result<Self, DirectoryError> {
+        if !(config.url.starts_with("ldap://") || config.url.starts_with("ldaps://")) {
+            return Err(DirectoryError::Misconfigured(format!(
+                "url must start with ldap:// or ldaps://, got {:?}",
+                config.url
+            )));
+        }
+        if config.bind_pool_size == 0 || config.search_connections == 0 {
+            return Err(DirectoryError::Misconfigured(
+                "bind_pool_size and search_connections must be at least 1".into(),
+            ));
+        }
+        let bind_password = match (&config.bind_password, &config.bind_password_file) {
+            (Some(_), Some(_)) => {
+                return Err(DirectoryError::Misconfigured(
+                    "set bind_password or bind_password_file, not both".into(),
+                ));
+            }
+            (Some(inline), None) => Some(Secret::new(inline.clone().into_bytes())),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path).map_err(|err| {
+                    DirectoryError::Misconfigured(format!("reading {}: {err}", path.display()))
+                })?;
+                Some(Secret::new(text.trim_end_matches(['\r', '\n']).as_bytes().to_vec()))
+            }
+            (None, None) => None,
+        };
+        let attributes = [
+            &config.upn_attribute,
+            &config.display_name_attribute,
+            &config.mail_attribute,
+            &config.id_attribute,
+            &config.login_attribute,
+        ]
+        .into_iter()
+        .chain(config.group_attribute.as_ref())
+        .cloned()
+        .chain(["cn".to_owned()])
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+        Ok(Self {
+            timeout: Duration::from_millis(config.timeout_ms),
+            search_slots: (0..config.search_connections)
+                .map(|_| tokio::sync::Mutex::new(None))
+                .collect(),
+            next_search: AtomicUsize::new(0),
+            bind_permits: Semaphore::new(config.bind_pool_size),
+            idle_binds: Mutex::new(Vec::new()),
+            bind_password,
+            attributes,
+            config,
+        })
+    }
+
+    async fn connect(&self) -> Result<Ldap, DirectoryError> {
+        let settings = LdapConnSettings::new()
+            .set_conn_timeout(self.timeout)
+            .set_starttls(self.config.starttls)
+            .set_no_tls_verify(self.config.insecure_skip_tls_verify);
+        let (conn, ldap) = LdapConnAsync::with_settings(settings, &self.config.url)
+            .await
+            .map_err(|err| unavailable("connect", &err))?;
+        tokio::spawn(async move {
+            if let Err(err) = conn.drive().await {
+                tracing::debug!(error = %err, "LDAP connection closed");
+            }
+        });
+        Ok(ldap)
+    }
+
+    /// A search connection bound as the service account, reusing the slot's connection.
+    async fn search_user(&self, login: &str) -> Result<Option<SearchEntry>, DirectoryError> {
+        let index = self.next_search.fetch_add(1, Ordering::Relaxed) % self.search_slots.len();
+        let filter = user_search_filter(&self.config.user_filter, &self.config.login_attribute, login);
+        // One retry on a fresh connection: a pooled connection may have died since last use
+        // (server restart), which says nothing about the server now.
+        for attempt in 0..2 {
+            let mut ldap = {
+                let mut slot = self.search_slots[index].lock().await;
+                match slot.as_ref() {
+                    Some(ldap) if attempt == 0 => ldap.clone(),
+                    _ => {
+                        let mut ldap = self.connect().await?;
+                        self.service_bind(&mut ldap).await?;
+                        *slot = Some(ldap.clone());
+                        ldap
+                    }
+                }
+            };
+            let result = ldap
+                .with_timeout(self.timeout)
+                .search(&self.config.base_dn, Scope::Subtree, &filter, &self.attributes)
+                .await;
+            match result {
+                Ok(search) => {
+                    let (entries, status) = search.non_error().map_err(|err| unavailable("search", &err))?;
+                    match status.rc {
+                        0 => {}
+                        32 => {
+                            return Err(DirectoryError::Misconfigured(format!(
+                                "base DN {:?} does not exist",
+                                self.config.base_dn
+                            )));
+                        }
+                        rc => {
+                            return Err(DirectoryError::Unavailable(format!(
+                                "search answered rc={rc}: {}",
+                                status.text
+                            )));
+                        }
+                    }
+                    let mut entries = entries.into_iter();
+                    return match (entries.next(), entries.next()) {
+                        (Some(entry), None) => Ok(Some(SearchEntry::construct(entry))),
+                        (None, _) => Ok(None),
+                        (Some(_), Some(_)) => {
+                            tracing::warn!(
+                                attribute = %self.config.login_attribute,
+                                "login matches more than one directory entry; refusing"
+                            );
+                            Ok(None)
+                        }
+                    };
+                }
+                Err(err) if attempt == 0 && is_connection_error(&err) => {
+                    *self.search_slots[index].lock().await = None;
+                }
+                Err(err) => {
+                    *self.search_slots[index].lock().await = None;
+                    return Err(unavailable("search", &err));
+                }
+            }
+        }
+        unreachable!("the loop returns on its second attempt")
+    }
+
+    async fn service_bind(&self, ldap: &mut Ldap) -> Result<(), DirectoryError> {
+        let Some(dn) = &self.config.bind_dn else {
+            return Ok(());
+        };
+        let password = self
+            .bind_password
+            .as_ref()
+            .map(|s| String::from_utf8_lossy(s.expose()).into_owned())
+            .unwrap_or_default();
+        if password.is_empty() {
+            return Err(DirectoryError::Misconfigured(
+                "bind_dn is set but no bind password is configured".into(),
+            ));
+        }
+        let result = ldap
+            .with_timeout(self.timeout)
+            .simple_bind(dn, &password)
+            .await
+            .map_err(|err| unavailable("service bind", &err))?;
+        match result.rc {
+            0 => Ok(()),
+            49 => Err(DirectoryError::Misconfigured(
+                "the service account's credentials were refused".into(),
+            )),
+            rc => Err(DirectoryError::Unavailable(format!(
+                "service bind answered rc={rc}: {}",
+                result.text
+            ))),
+        }
+    }
+
+    /// Binds as `dn` on a pooled connection and maps the answer.
+    async fn user_bind(&self, dn: &str, password: &Password) -> Result<BindAnswer, DirectoryError> {
+        let _permit = self
+            .bind_permits
+            .acquire()
+            .await
+            .map_err(|_| DirectoryError::Unavailable("directory is shutting down".into()))?;
+        for attempt in 0..2 {
+            let pooled = if attempt == 0 {
+                self.idle_binds.lock().unwrap_or_else(|p| p.into_inner()).pop()
+            } else {
+                None
+            };
+            let mut ldap = match pooled {
+                Some(ldap) => ldap,
+                None => self.connect().await?,
+            };
+            let result = ldap
+                .with_timeout(self.timeout)
+                .with_controls(RawControl {
+                    ctype: PPOLICY_OID.into(),
+                    crit: false,
+                    val: None,
+                })
+                .simple_bind(dn, password.expose())
+                .await;
+            match result {
+                Ok(result) => {
+                    let answer = BindAnswer::from_result(&result);
+                    if !matches!(answer, BindAnswer::ServerError(_)) {
+                        self.idle_binds.lock().unwrap_or_else(|p| p.into_inner()).push(ldap);
+                    }
+                    return Ok(answer);
+                }
+                Err(err) if attempt == 0 && is_connection_error(&err) => continue,
+                Err(err) => return Err(unavailable("bind", &err)),
+            }
+        }
+        unreachable!("the loop returns on its second attempt")
+    }
+
+    async fn groups_of(&self, entry: &SearchEntry) -> Result<Vec<String>, DirectoryError> {
+        let mut groups: Vec<String> = self
+            .config
+            .group_attribute
+            .as_ref()
+            .and_then(|attr| entry.attrs.get(attr))
+            .map(|dns| dns.iter().filter_map(|dn| first_rdn_value(dn)).collect())
+            .unwrap_or_default();
+        if let Some(search) = &self.config.group_search {
+            let filter = format!(
+                "(&{}({}={}))",
+                search.filter,
+                search.member_attribute,
+                ldap_escape(entry.dn.as_str())
+            );
+            let index = self.next_search.fetch_add(1, Ordering::Relaxed) % self.search_slots.len();
+            let ldap = self.search_slots[index].lock().await.clone();
+            let mut ldap = match ldap {
+                Some(ldap) => ldap,
+                None => {
+                    let mut ldap = self.connect().await?;
+                    self.service_bind(&mut ldap).await?;
+                    ldap
+                }
+            };
+            let (entries, _) = ldap
+                .with_timeout(self.timeout)
+                .search(&search.base_dn, Scope::Subtree, &filter, [&search.name_attribute])
+                .await
+                .and_then(|r| r.success())
+                .map_err(|err| unavailable("group search", &err))?;
+            groups.extend(entries.into_iter().filter_map(|e| {
+                SearchEntry::construct(e)
+                    .attrs
+                    .remove(&search.name_attribute)
+                    .and_then(|mut v| v.drain(..).next())
+            }));
+        }
+        groups.sort();
+        groups.dedup();
+        Ok(groups)
+    }
+}
+
+impl Directory for LdapDirectory {
+    fn authenticate<'a>(&'a self, login: &'a str, password: &'a Password) -> VerdictFuture<'a> {
+        Box::pin(async move {
+            // Password's type forbids empty values; re-check here because an empty simple bind
+            // is an anonymous bind that many servers accept.
+            if password.expose().is_empty() {
+                return Ok(Verdict::InvalidCredentials);
+            }
+            let Some(entry) = self.search_user(login).await? else {
+                return Ok(Verdict::InvalidCredentials);
+            };
+            match self.user_bind(&entry.dn, password).await? {
+                BindAnswer::Success => {}
+                BindAnswer::Refused(verdict) => return Ok(verdict),
+                BindAnswer::ServerError(text) => return Err(DirectoryError::Unavailable(text)),
+            }
+            let groups = self.groups_of(&entry).await?;
+            let first = |attr: &str| {
+                entry
+                    .attrs
+                    .get(attr)
+                    .and_then(|values| values.first().cloned())
+                    .or_else(|| {
+                        entry
+                            .bin_attrs
+                            .get(attr)
+                            .and_then(|values| values.first())
+                            .map(|bytes| bytes.iter().map(|b| format!("{b:02x}")).collect())
+                    })
+            };
+            Ok(Verdict::Success(UserInfo {
+                upn: first(&self.config.upn_attribute).unwrap_or_else(|| login.to_owned()),
+                display_name: first(&self.config.display_name_attribute)
+                    .or_else(|| first("cn"))
+                    .unwrap_or_default(),
+                mail: first(&self.config.mail_attribute).unwrap_or_default(),
+                object_id: first(&self.config.id_attribute).unwrap_or_default(),
+                dn: entry.dn.clone(),
+                groups,
+            }))
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "ldap {} base={} login_attribute={}",
+            self.config.url, self.config.base_dn, self.config.login_attribute
+        )
+    }
+}
+
+/// What a user bind said.
+#[derive(Debug, PartialEq, Eq)]
+enum BindAnswer {
+    Success,
+    Refused(Verdict),
+    ServerError(String),
+}
+
+impl BindAnswer {
+    fn from_result(result: &ldap3::LdapResult) -> Self {
+        let ppolicy = result
+            .ctrls
+            .iter()
+            .find(|c| c.1.ctype == PPOLICY_OID)
+            .and_then(|c| c.1.val.as_deref())
+            .and_then(ppolicy_error);
+        match result.rc {
+            0 => match ppolicy {
+                // OpenLDAP with pwdMustChange lets the bind succeed but flags it.
+                Some(2) => BindAnswer::Refused(Verdict::PasswordMustChange),
+                _ => BindAnswer::Success,
+            },
+            49 => BindAnswer::Refused(
+                ad_sub_code(&result.text)
+                    .or_else(|| ppolicy.and_then(ppolicy_verdict))
+                    .unwrap_or(Verdict::InvalidCredentials),
+            ),
+            // inappropriateAuthentication / unwillingToPerform: the server will not accept
+            // this bind (e.g. empty or disallowed credentials) — an answer, never a success.
+            48 | 53 => BindAnswer::Refused(Verdict::InvalidCredentials),
+            rc => BindAnswer::ServerError(format!("bind answered rc={rc}: {}", result.text)),
+        }
+    }
+}
+
+/// Maps Active Directory's `data XXX` sub-code in a bind error to a verdict.
+pub fn ad_sub_code(text: &str) -> Option<Verdict> {
+    let code = text.split("data ").nth(1)?.split([',', ' ']).next()?;
+    Some(match code.to_ascii_lowercase().as_str() {
+        "52e" | "525" => Verdict::InvalidCredentials,
+        "530" | "531" | "533" => Verdict::AccountDisabled,
+        "532" => Verdict::PasswordExpired,
+        "701" => Verdict::AccountExpired,
+        "773" => Verdict::PasswordMustChange,
+        "775" => Verdict::AccountLocked,
+        _ => return None,
+    })
+}
+
+fn ppolicy_verdict(error: u8) -> Option<Verdict> {
+    match error {
+        0 => Some(Verdict::PasswordExpired),
+        1 => Some(Verdict::AccountLocked),
+        2 => Some(Verdict::PasswordMustChange),
+        _ => None,
+    }
+}
+
+/// The `error` field of a ppolicy response control value:
+/// `SEQUENCE { warning [0] ... OPTIONAL, error [1] ENUMERATED OPTIONAL }`.
+pub fn ppolicy_error(value: &[u8]) -> Option<u8> {
+    let (tag, body, _) = der_element(value)?;
+    if tag != 0x30 {
+        return None;
+    }
+    let mut rest = body;
+    while !rest.is_empty() {
+        let (tag, content, next) = der_element(rest)?;
+        if tag == 0x81 {
+            return content.last().copied();
+        }
+        rest = next;
+    }
+    None
+}
+
+/// Splits one DER element (short or long definite length) into tag, content and the rest.
+fn der_element(bytes: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = bytes.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (first as usize, rest)
+    } else {
+        let n = (first & 0x7f) as usize;
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n].iter().fold(0usize, |acc, b| (acc << 8) | *b as usize);
+        (len, &rest[n..])
+    };
+    if rest.len() < len {
+        return None;
+    }
+    Some((tag, &rest[..len], &rest[len..]))
+}
+
+fn first_rdn_value(dn: &str) -> Option<String> {
+    let rdn = dn.split(',').next()?;
+    rdn.split_once('=').map(|(_, value)| value.trim().to_owned())
+}
+
+fn is_connection_error(err: &LdapError) -> bool {
+    matches!(
+        err,
+        LdapError::Io { .. }
+            | LdapError::OpSend { .. }
+            | LdapError::ResultRecv { .. }
+            | LdapError::IdScrubSend { .. }
+            | LdapError::EndOfStream
+    )
+}
+
+fn unavailable(what: &str, err: &LdapError) -> DirectoryError {
+    DirectoryError::Unavailable(format!("{what}: {err}"))
+}
+
+impl std::fmt::Debug for LdapDirectory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LdapDirectory")
+            .field("url", &self.config.url)
+            .field("bind_password", &"[redacted]")
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn filter_escapes_metacharacters() {
+        assert_eq!(
+            user_search_filter("(objectClass=person)", "uid", "a*)(uid=*)\\\0"),
+            "(&(objectClass=person)(uid=a\\2a\\29\\28uid=\\2a\\29\\5c\\00))"
+        );
+    }
+
+    #[test]
+    fn ad_sub_codes_map_to_verdicts() {
+        let text = |code: &str| {
+            format!("80090308: LdapErr: DSID-0C0903A9, comment: AcceptSecurityContext error, data {code}, v1db1")
+        };
+        assert_eq!(ad_sub_code(&text("52e")), Some(Verdict::InvalidCredentials));
+        assert_eq!(ad_sub_code(&text("775")), Some(Verdict::AccountLocked));
+        assert_eq!(ad_sub_code(&text("533")), Some(Verdict::AccountDisabled));
+        assert_eq!(ad_sub_code(&text("701")), Some(Verdict::AccountExpired));
+        assert_eq!(ad_sub_code(&text("532")), Some(Verdict::PasswordExpired));
+        assert_eq!(ad_sub_code(&text("773")), Some(Verdict::PasswordMustChange));
+        assert_eq!(ad_sub_code("Invalid credentials"), None);
+    }
+
+    #[test]
+    fn ppolicy_control_values_parse() {
+        // SEQUENCE { error [1] accountLocked(1) }
+        assert_eq!(ppolicy_error(&[0x30, 0x03, 0x81, 0x01, 0x01]), Some(1));
+        // SEQUENCE { warning [0] { graceAuthNsRemaining [1] 2 }, error [1] passwordExpired(0) }
+        assert_eq!(
+            ppolicy_error(&[0x30, 0x08, 0xa0, 0x03, 0x81, 0x01, 0x02, 0x81, 0x01, 0x00]),
+            Some(0)
+        );
+        // SEQUENCE { warning only }
+        assert_eq!(ppolicy_error(&[0x30, 0x05, 0xa0, 0x03, 0x80, 0x01, 0x05]), None);
+        assert_eq!(ppolicy_error(&[0x30, 0x05, 0x81]), None);
+    }
+
+    #[test]
+    fn group_names_come_from_the_first_rdn() {
+        assert_eq!(
+            first_rdn_value("CN=Staff,OU=Groups,DC=corp,DC=example,DC=com").as_deref(),
+            Some("Staff")
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn escaped_filters_have_balanced_structure(login in "\\PC{0,64}") {
+            let filter = user_search_filter("(objectClass=person)", "uid", &login);
+            // The escaped value contributes no parentheses or wildcards of its own.
+            let value = &filter["(&(objectClass=person)(uid=".len()..filter.len() - 2];
+            prop_assert!(!value.contains(['(', ')', '*', '\0']));
+            prop_assert!(ldap3::parse_filter(&filter).is_ok());
+        }
+
+        #[test]
+        fn der_parser_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = ppolicy_error(&bytes);
+        }
+    }
+}

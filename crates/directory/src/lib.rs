@@ -1,0 +1,100 @@
+//! Where passwords are checked: the [`Directory`] trait and its two backends.
+//!
+//! Like Dex's `PasswordConnector`, a directory distinguishes an *answer* from a *failure to
+//! answer*: a wrong password is `Ok(Verdict::InvalidCredentials)`, an unreachable server is
+//! `Err(DirectoryError::Unavailable)`. Only answers count towards lockout.
+//!
+//! * [`ldap::LdapDirectory`]: search for the user as a service account (RFC 4515-escaped filter),
+//!   then bind as the user; maps Active Directory sub-codes and OpenLDAP ppolicy controls.
+//! * [`static_file::StaticDirectory`]: users with Argon2id hashes in a TOML file, for the demo
+//!   and tests that do not need a directory server.
+
+pub mod ldap;
+pub mod static_file;
+
+use std::{future::Future, pin::Pin};
+
+use passage_credentials::Password;
+use serde::Deserialize;
+
+pub use ldap::{LdapConfig, LdapDirectory};
+pub use static_file::{StaticConfig, StaticDirectory, StaticUser, UserState};
+
+/// What the directory knows about a user who signed in successfully.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserInfo {
+    /// Distinguished name (or the static user's name).
+    pub dn: String,
+    /// Stable identifier (entryUUID, objectGUID), empty if none.
+    pub object_id: String,
+    /// The login name's canonical value (userPrincipalName).
+    pub upn: String,
+    /// Display name.
+    pub display_name: String,
+    /// E-mail address.
+    pub mail: String,
+    /// Group names.
+    pub groups: Vec<String>,
+}
+
+/// The directory's answer about a username and password.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Right password, usable account.
+    Success(UserInfo),
+    /// Wrong password or no such user (never distinguished).
+    InvalidCredentials,
+    /// Locked by the directory's own lockout policy.
+    AccountLocked,
+    /// Disabled.
+    AccountDisabled,
+    /// The account has expired.
+    AccountExpired,
+    /// Right password, but it has expired.
+    PasswordExpired,
+    /// Right password, but it must be changed first.
+    PasswordMustChange,
+}
+
+/// The directory could not answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DirectoryError {
+    /// The server is unreachable, timed out, or answered with a server-side error.
+    #[error("directory unavailable: {0}")]
+    Unavailable(String),
+    /// The configuration does not work (bad service-account credentials, bad base DN, ...).
+    #[error("directory misconfigured: {0}")]
+    Misconfigured(String),
+}
+
+/// The future a [`Directory`] returns.
+pub type VerdictFuture<'a> = Pin<Box<dyn Future<Output = Result<Verdict, DirectoryError>> + Send + 'a>>;
+
+/// A source of truth for passwords.
+pub trait Directory: Send + Sync + 'static {
+    /// Checks `password` for the user whose login attribute equals `login`.
+    fn authenticate<'a>(&'a self, login: &'a str, password: &'a Password) -> VerdictFuture<'a>;
+
+    /// A one-line description for logs (never contains secrets).
+    fn describe(&self) -> String;
+}
+
+/// Which backend an agent uses, as written in its configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum DirectoryConfig {
+    /// An LDAP or Active Directory server.
+    Ldap(LdapConfig),
+    /// A file of users with Argon2id password hashes.
+    Static(StaticConfig),
+}
+
+impl DirectoryConfig {
+    /// Builds the backend (reads files; does not contact servers yet).
+    pub fn build(&self) -> Result<Box<dyn Directory>, DirectoryError> {
+        Ok(match self {
+            DirectoryConfig::Ldap(config) => Box::new(LdapDirectory::new(config.clone())?),
+            DirectoryConfig::Static(config) => Box::new(StaticDirectory::from_config(config)?),
+        })
+    }
+}

@@ -1,0 +1,145 @@
+use std::sync::OnceLock;
+
+use proptest::prelude::*;
+
+use super::*;
+
+fn key() -> &'static AgentKey {
+    static KEY: OnceLock<AgentKey> = OnceLock::new();
+    KEY.get_or_init(|| AgentKey::generate(RsaBits::Rsa2048).unwrap())
+}
+
+fn seal_for(key: &AgentKey, username: &str, password: &str, not_after: SystemTime) -> Vec<u8> {
+    let password = Password::new(password.into()).unwrap();
+    SealingKey::from_der(key.public_key_der())
+        .unwrap()
+        .seal(&PayloadFields {
+            username,
+            password: &password,
+            tenant: "default",
+            not_after,
+        })
+        .unwrap()
+}
+
+fn soon() -> SystemTime {
+    SystemTime::now() + Duration::from_secs(30)
+}
+
+#[test]
+fn round_trip() {
+    let envelope = seal_for(key(), "alice@corp.example.com", "S3cret!", soon());
+    let opened = key().open(&envelope).unwrap();
+    assert_eq!(opened.username, "alice@corp.example.com");
+    assert_eq!(opened.password.expose(), "S3cret!");
+    assert_eq!(opened.tenant, "default");
+    let guard = ReplayGuard::default();
+    opened
+        .check("alice@corp.example.com", "default", SystemTime::now(), &guard)
+        .unwrap();
+}
+
+#[test]
+fn envelope_never_contains_the_password() {
+    let envelope = seal_for(key(), "alice@corp.example.com", "VeryDistinctive", soon());
+    assert!(
+        !envelope
+            .windows(b"VeryDistinctive".len())
+            .any(|w| w == b"VeryDistinctive")
+    );
+}
+
+#[test]
+fn replay_is_refused() {
+    let envelope = seal_for(key(), "alice@corp.example.com", "pw", soon());
+    let guard = ReplayGuard::default();
+    let now = SystemTime::now();
+    let first = key().open(&envelope).unwrap();
+    first.check("alice@corp.example.com", "default", now, &guard).unwrap();
+    let again = key().open(&envelope).unwrap();
+    assert_eq!(
+        again.check("alice@corp.example.com", "default", now, &guard),
+        Err(EnvelopeError::Replayed)
+    );
+}
+
+#[test]
+fn swapped_username_is_refused() {
+    let envelope = seal_for(key(), "alice@corp.example.com", "pw", soon());
+    let opened = key().open(&envelope).unwrap();
+    assert_eq!(
+        opened.check("bob@corp.example.com", "default", SystemTime::now(), &ReplayGuard::default()),
+        Err(EnvelopeError::UsernameMismatch)
+    );
+}
+
+#[test]
+fn other_tenant_is_refused() {
+    let envelope = seal_for(key(), "alice@corp.example.com", "pw", soon());
+    let opened = key().open(&envelope).unwrap();
+    assert_eq!(
+        opened.check("alice@corp.example.com", "other", SystemTime::now(), &ReplayGuard::default()),
+        Err(EnvelopeError::WrongTenant)
+    );
+}
+
+#[test]
+fn expired_and_far_future_envelopes_are_refused() {
+    let guard = ReplayGuard::new(Duration::from_secs(60), 10);
+    let past = seal_for(key(), "a@b.c", "pw", SystemTime::now() - Duration::from_secs(1));
+    let opened = key().open(&past).unwrap();
+    assert_eq!(
+        opened.check("a@b.c", "default", SystemTime::now(), &guard),
+        Err(EnvelopeError::Expired)
+    );
+    let far = seal_for(key(), "a@b.c", "pw", SystemTime::now() + Duration::from_secs(3600));
+    let opened = key().open(&far).unwrap();
+    assert_eq!(
+        opened.check("a@b.c", "default", SystemTime::now(), &guard),
+        Err(EnvelopeError::Expired)
+    );
+}
+
+#[test]
+fn another_agents_key_cannot_open() {
+    let other = AgentKey::generate(RsaBits::Rsa2048).unwrap();
+    let envelope = seal_for(&other, "a@b.c", "pw", soon());
+    assert_eq!(key().open(&envelope).unwrap_err(), EnvelopeError::DecryptFailed);
+}
+
+#[test]
+fn private_key_round_trips_through_pkcs8() {
+    let reloaded = AgentKey::from_pkcs8_der(key().pkcs8_der().expose()).unwrap();
+    assert_eq!(reloaded.public_key_der(), key().public_key_der());
+    assert!(!format!("{reloaded:?}").contains("MII"));
+}
+
+#[test]
+fn replay_guard_fails_closed_when_full() {
+    let guard = ReplayGuard::new(Duration::from_secs(60), 2);
+    let now = SystemTime::now();
+    let later = now + Duration::from_secs(30);
+    guard.record([1; NONCE_LEN], later, now).unwrap();
+    guard.record([2; NONCE_LEN], later, now).unwrap();
+    assert_eq!(guard.record([3; NONCE_LEN], later, now), Err(EnvelopeError::Replayed));
+    // Once the old entries expire there is room again.
+    let after = later + Duration::from_secs(1);
+    guard.record([3; NONCE_LEN], after + Duration::from_secs(5), after).unwrap();
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn tampered_envelopes_never_open(index in 0usize..400, flip in 1u8..=255) {
+        let mut envelope = seal_for(key(), "alice@corp.example.com", "pw", soon());
+        let index = index % envelope.len();
+        envelope[index] ^= flip;
+        prop_assert!(key().open(&envelope).is_err());
+    }
+
+    #[test]
+    fn garbage_never_opens(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+        prop_assert!(key().open(&bytes).is_err());
+    }
+}

@@ -1,0 +1,132 @@
+//! Stable error codes, in the spirit of Azure AD's `AADSTS` family.
+//!
+//! A code never changes meaning once released; operators search for it in
+//! `docs/troubleshooting.md`. Every error that crosses a service boundary becomes a
+//! [`tonic::Status`] here and nowhere else: the code leads the message (`PSG80001: ...`) and is
+//! attached as a `google.rpc.ErrorInfo` detail (`reason` = code, `domain` = [`DOMAIN`]), so
+//! clients and `grpcurl` can match on it without parsing prose.
+
+use std::fmt;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// The `ErrorInfo.domain` of every Passage error.
+pub const DOMAIN: &str = "passage.dev";
+
+macro_rules! error_codes {
+    ($( $(#[$doc:meta])* $name:ident = $text:literal, $grpc:ident; )*) => {
+        /// A stable, documented Passage error code.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum ErrorCode {
+            $( $(#[$doc])* $name, )*
+        }
+
+        impl ErrorCode {
+            /// Every code, for documentation and tests.
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$name),*];
+
+            /// The code as shown to users, e.g. `PSG80001`.
+            pub fn as_str(self) -> &'static str {
+                match self { $(ErrorCode::$name => $text,)* }
+            }
+
+            /// The gRPC status code this error is reported with.
+            pub fn grpc_code(self) -> Code {
+                match self { $(ErrorCode::$name => Code::$grpc,)* }
+            }
+
+            /// Parses `PSG80001`-style text.
+            pub fn parse(text: &str) -> Option<ErrorCode> {
+                match text { $($text => Some(ErrorCode::$name),)* _ => None }
+            }
+        }
+    };
+}
+
+error_codes! {
+    /// The request was malformed: empty password, over-long field, control characters.
+    InvalidRequest = "PSG90001", InvalidArgument;
+    /// The `client_id` is not a registered application.
+    UnknownClient = "PSG70016", InvalidArgument;
+    /// No connector group serves the username's domain.
+    UnknownDomain = "PSG50034", NotFound;
+    /// Wrong password, or no such user: deliberately the same answer.
+    InvalidCredentials = "PSG50126", Unauthenticated;
+    /// The directory has locked the account.
+    AccountLocked = "PSG50053", PermissionDenied;
+    /// The account is disabled in the directory.
+    AccountDisabled = "PSG50057", PermissionDenied;
+    /// The account has expired in the directory.
+    AccountExpired = "PSG50054", PermissionDenied;
+    /// The password has expired; it must be changed on-premises.
+    PasswordExpired = "PSG50055", FailedPrecondition;
+    /// The password must be changed before first use.
+    PasswordMustChange = "PSG50056", FailedPrecondition;
+    /// No healthy agent of the connector group is connected.
+    NoAgentAvailable = "PSG80001", Unavailable;
+    /// The agent did not answer before the deadline.
+    AgentTimeout = "PSG80002", DeadlineExceeded;
+    /// Every candidate agent's stream was lost before it answered.
+    AgentLost = "PSG80003", Unavailable;
+    /// The agent could not reach the directory.
+    DirectoryUnavailable = "PSG80004", Unavailable;
+    /// The agent refused the sealed password (wrong key, expired, replayed, mismatched).
+    AgentRejected = "PSG80010", Unavailable;
+    /// An unexpected internal failure.
+    Internal = "PSG90000", Internal;
+}
+
+impl ErrorCode {
+    /// The status for this code, with `message` (which must not contain secrets).
+    pub fn status(self, message: impl fmt::Display) -> Status {
+        let details = ErrorDetails::with_error_info(self.as_str(), DOMAIN, []);
+        Status::with_error_details(
+            self.grpc_code(),
+            format!("{}: {message}", self.as_str()),
+            details,
+        )
+    }
+
+    /// The Passage code a status carries, if any (from its `ErrorInfo`, else its message).
+    pub fn of(status: &Status) -> Option<ErrorCode> {
+        if let Some(info) = status.get_details_error_info()
+            && info.domain == DOMAIN
+        {
+            return ErrorCode::parse(&info.reason);
+        }
+        status
+            .message()
+            .split_once(':')
+            .and_then(|(code, _)| ErrorCode::parse(code))
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_unique_and_round_trip() {
+        let mut seen = std::collections::HashSet::new();
+        for code in ErrorCode::ALL {
+            assert!(seen.insert(code.as_str()), "duplicate {code}");
+            assert_eq!(ErrorCode::parse(code.as_str()), Some(*code));
+            let status = code.status("something happened");
+            assert_eq!(status.code(), code.grpc_code());
+            assert_eq!(ErrorCode::of(&status), Some(*code));
+            assert!(status.message().starts_with(code.as_str()));
+        }
+    }
+
+    #[test]
+    fn foreign_status_has_no_code() {
+        assert_eq!(ErrorCode::of(&Status::internal("boom")), None);
+    }
+}

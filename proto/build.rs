@@ -1,0 +1,30 @@
+//! Compiles `passage/v1/*.proto` with protox (pure Rust, so no `protoc` to install) and
+//! generates the tonic client and server code plus a descriptor set for server reflection.
+
+use std::{env, path::PathBuf};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files = [
+        "passage/v1/common.proto",
+        "passage/v1/tunnel.proto",
+        "passage/v1/dispatcher.proto",
+        "passage/v1/gateway.proto",
+    ];
+    for file in files {
+        println!("cargo:rerun-if-changed={file}");
+    }
+    let descriptors = protox::compile(files, ["."])?;
+    let out_dir = PathBuf::from(env::var("OUT_DIR")?);
+    std::fs::write(
+        out_dir.join("passage_descriptor.bin"),
+        prost::Message::encode_to_vec(&descriptors),
+    )?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        // `AgentTunnel.Connect` would clash with the generated `connect` constructor; clients
+        // are built from a `Channel` with `new` instead.
+        .build_transport(false)
+        .compile_fds(descriptors)?;
+    Ok(())
+}
