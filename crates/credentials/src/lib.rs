@@ -7,6 +7,8 @@
 //!   `user@domain` shape whose domain routes it to a connector group.
 //! * [`Secret`] is the general redacting, zeroizing wrapper for keys and tokens.
 
+pub mod secret_file;
+
 use std::fmt;
 
 use zeroize::{Zeroize, ZeroizeOnDrop};
