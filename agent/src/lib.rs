@@ -1,0 +1,139 @@
+//! The Passage agent: runs inside the corporate network and only ever dials *out*.
+//!
+//! * [`state`]: the agent's id and RSA key pair, kept in its state directory (key mode 0600).
+//! * [`validator`]: opens a sealed password on a bounded blocking pool, checks it is meant for
+//!   this request (username, tenant, expiry, replay), asks the directory, maps the answer.
+//! * [`tunnel`]: one long-lived `AgentTunnel.Connect` stream per dispatcher address, with
+//!   hello, heartbeats, concurrent tasks bounded by capacity, drain, and jittered reconnects.
+
+pub mod state;
+pub mod tunnel;
+pub mod validator;
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use passage_directory::DirectoryConfig;
+use passage_envelope::RsaBits;
+use passage_transport::ClientTls;
+use serde::Deserialize;
+
+pub use tunnel::run;
+pub use validator::Validator;
+
+/// Agent configuration (TOML).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Dispatcher URLs; the agent keeps one stream to each (`https://host:8443`).
+    pub dispatchers: Vec<String>,
+    /// Tenant this agent serves.
+    #[serde(default = "default_tenant")]
+    pub tenant: String,
+    /// Connector group (one per forest/domain), e.g. `corp.example.com`.
+    pub connector_group: String,
+    /// Where the agent keeps its id and private key.
+    pub state_dir: PathBuf,
+    /// Concurrent validations accepted (all streams together).
+    #[serde(default = "default_capacity")]
+    pub capacity: u32,
+    /// RSA key size for a newly generated key: 2048, 3072 or 4096.
+    #[serde(default = "default_rsa_bits")]
+    pub rsa_bits: u32,
+    /// Threads that may decrypt at once (default: the number of CPUs).
+    #[serde(default)]
+    pub decrypt_threads: Option<usize>,
+    /// Heartbeat interval in milliseconds, until the dispatcher's welcome says otherwise.
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_interval_ms: u64,
+    /// Longest validity window accepted for a sealed password, in seconds (bounds replay memory).
+    #[serde(default = "default_replay_window_s")]
+    pub replay_window_s: u64,
+    /// TLS towards the dispatchers (CA pin, client certificate).
+    #[serde(default)]
+    pub tls: Option<ClientTls>,
+    /// Allow `http://` dispatcher URLs. Development only.
+    #[serde(default)]
+    pub insecure_plaintext: bool,
+    /// The directory passwords are checked against.
+    pub directory: DirectoryConfig,
+}
+
+fn default_tenant() -> String {
+    "default".into()
+}
+fn default_capacity() -> u32 {
+    64
+}
+fn default_rsa_bits() -> u32 {
+    2048
+}
+fn default_heartbeat_ms() -> u64 {
+    5_000
+}
+fn default_replay_window_s() -> u64 {
+    300
+}
+
+/// Agent start-up errors.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The configuration is unusable.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The state directory could not be read or written.
+    #[error("state directory: {0}")]
+    State(String),
+}
+
+impl AgentConfig {
+    /// The RSA key size to generate.
+    pub fn rsa_bits(&self) -> Result<RsaBits, AgentError> {
+        match self.rsa_bits {
+            2048 => Ok(RsaBits::Rsa2048),
+            3072 => Ok(RsaBits::Rsa3072),
+            4096 => Ok(RsaBits::Rsa4096),
+            other => Err(AgentError::Config(format!("rsa_bits must be 2048, 3072 or 4096, not {other}"))),
+        }
+    }
+
+    /// Checks what can be checked without the network.
+    pub fn validate(&self) -> Result<(), AgentError> {
+        if self.dispatchers.is_empty() {
+            return Err(AgentError::Config("at least one dispatcher URL is required".into()));
+        }
+        if self.connector_group.is_empty() || self.tenant.is_empty() {
+            return Err(AgentError::Config("tenant and connector_group must not be empty".into()));
+        }
+        if self.capacity == 0 || self.capacity > 4096 {
+            return Err(AgentError::Config("capacity must be 1 to 4096".into()));
+        }
+        self.rsa_bits()?;
+        Ok(())
+    }
+
+    /// The heartbeat interval.
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval_ms)
+    }
+}
+
+/// Builds everything the agent needs from its configuration: state, key, directory, validator.
+pub fn prepare(config: &AgentConfig) -> Result<(state::AgentState, Arc<Validator>), AgentError> {
+    config.validate()?;
+    let state = state::AgentState::load_or_create(&config.state_dir, config.rsa_bits()?)?;
+    let directory = config
+        .directory
+        .build()
+        .map_err(|err| AgentError::Config(err.to_string()))?;
+    tracing::info!(agent_id = %state.agent_id, directory = %directory.describe(), "agent prepared");
+    let validator = Validator::new(
+        Arc::clone(&state.key),
+        Arc::from(directory),
+        config.tenant.clone(),
+        config
+            .decrypt_threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+        Duration::from_secs(config.replay_window_s),
+    );
+    Ok((state, Arc::new(validator)))
+}

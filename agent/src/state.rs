@@ -1,0 +1,88 @@
+//! The agent's durable identity: `agent-id` and `agent-key.der` in its state directory.
+
+use std::{path::Path, sync::Arc};
+
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use passage_credentials::secret_file;
+use passage_envelope::{AgentKey, RsaBits};
+
+use crate::AgentError;
+
+/// File name of the agent id.
+pub const AGENT_ID_FILE: &str = "agent-id";
+/// File name of the PKCS#8 DER private key.
+pub const KEY_FILE: &str = "agent-key.der";
+
+/// The agent's id and key pair.
+#[derive(Debug, Clone)]
+pub struct AgentState {
+    /// Stable agent id.
+    pub agent_id: String,
+    /// RSA key pair; the public half is advertised, the private half opens sealed passwords.
+    pub key: Arc<AgentKey>,
+}
+
+impl AgentState {
+    /// Loads the state from `dir`, generating the id and key on first start.
+    pub fn load_or_create(dir: &Path, bits: RsaBits) -> Result<Self, AgentError> {
+        let state_err = |what: &str, err: std::io::Error| AgentError::State(format!("{what} in {}: {err}", dir.display()));
+        std::fs::create_dir_all(dir).map_err(|e| state_err("creating", e))?;
+
+        let id_path = dir.join(AGENT_ID_FILE);
+        let agent_id = match std::fs::read_to_string(&id_path) {
+            Ok(id) => id.trim().to_owned(),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                let mut bytes = [0u8; 8];
+                SystemRandom::new()
+                    .fill(&mut bytes)
+                    .map_err(|_| AgentError::State("no random source".into()))?;
+                let id = format!("agent-{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>());
+                std::fs::write(&id_path, &id).map_err(|e| state_err("writing agent-id", e))?;
+                id
+            }
+            Err(err) => return Err(state_err("reading agent-id", err)),
+        };
+        if agent_id.is_empty() {
+            return Err(AgentError::State(format!("{} is empty", id_path.display())));
+        }
+
+        let key_path = dir.join(KEY_FILE);
+        let key = if key_path.exists() {
+            let der = secret_file::read(&key_path).map_err(|e| state_err("reading agent-key.der", e))?;
+            AgentKey::from_pkcs8_der(der.expose()).map_err(|err| AgentError::State(format!("{}: {err}", key_path.display())))?
+        } else {
+            let key = AgentKey::generate(bits).map_err(|err| AgentError::State(err.to_string()))?;
+            secret_file::write_new(&key_path, key.pkcs8_der().expose())
+                .map_err(|e| state_err("writing agent-key.der", e))?;
+            tracing::info!(path = %key_path.display(), "generated a new agent key pair");
+            key
+        };
+        Ok(Self {
+            agent_id,
+            key: Arc::new(key),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_is_created_once_with_a_private_key_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = AgentState::load_or_create(dir.path(), RsaBits::Rsa2048).unwrap();
+        let again = AgentState::load_or_create(dir.path(), RsaBits::Rsa2048).unwrap();
+        assert_eq!(first.agent_id, again.agent_id);
+        assert_eq!(first.key.public_key_der(), again.key.public_key_der());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join(KEY_FILE)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+            std::fs::set_permissions(dir.path().join(KEY_FILE), std::fs::Permissions::from_mode(0o644)).unwrap();
+            let err = AgentState::load_or_create(dir.path(), RsaBits::Rsa2048).unwrap_err();
+            assert!(err.to_string().contains("chmod 600"), "{err}");
+        }
+    }
+}

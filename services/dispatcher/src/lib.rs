@@ -1,0 +1,194 @@
+//! The dispatcher: the cloud end of the agents' outbound streams.
+//!
+//! * [`registry`]: live agent streams (DashMap), in-flight counts, answer correlation.
+//! * [`tunnel`]: `AgentTunnel.Connect`, where agents say hello and heartbeat.
+//! * [`relay`]: `Dispatcher.Validate` and `ListAgentKeys` for the gateway — power-of-two-choices
+//!   between the gateway's two candidates, retry on the other when a stream dies mid-request.
+//!
+//! The dispatcher only ever relays ciphertext: passwords are sealed by the gateway to agent
+//! keys and opened by the agent.
+
+pub mod registry;
+pub mod relay;
+pub mod tunnel;
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use passage_proto::v1::{agent_tunnel_server::AgentTunnelServer, dispatcher_server::DispatcherServer};
+use passage_transport::{ServerTls, TransportError};
+use serde::Deserialize;
+use tonic::transport::server::TcpIncoming;
+
+use crate::{registry::AgentRegistry, relay::RelayService, tunnel::TunnelService};
+
+/// Dispatcher configuration (TOML).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DispatcherConfig {
+    /// Where agents connect (`AgentTunnel`).
+    pub agent_listen: SocketAddr,
+    /// Where gateways call (`Dispatcher`).
+    pub api_listen: SocketAddr,
+    /// This replica's name in logs and welcomes (default: host name).
+    pub dispatcher_id: Option<String>,
+    /// How often agents must heartbeat, in milliseconds; three missed heartbeats drop the stream.
+    pub heartbeat_interval_ms: u64,
+    /// Longest a validation may wait for an agent, in milliseconds (a shorter gRPC deadline from
+    /// the gateway wins).
+    pub validation_timeout_ms: u64,
+    /// On SIGTERM, how long to let in-flight validations finish, in milliseconds.
+    pub drain_timeout_ms: u64,
+    /// TLS for the agent listener (with `client_ca_file` for agent certificates).
+    pub agent_tls: Option<ServerTls>,
+    /// TLS for the gateway-facing listener.
+    pub api_tls: Option<ServerTls>,
+    /// Serve plaintext gRPC where no TLS is configured. Development only.
+    pub insecure_plaintext: bool,
+}
+
+impl Default for DispatcherConfig {
+    fn default() -> Self {
+        Self {
+            agent_listen: ([0, 0, 0, 0], 8443).into(),
+            api_listen: ([0, 0, 0, 0], 8444).into(),
+            dispatcher_id: None,
+            heartbeat_interval_ms: 5_000,
+            validation_timeout_ms: 10_000,
+            drain_timeout_ms: 20_000,
+            agent_tls: None,
+            api_tls: None,
+            insecure_plaintext: false,
+        }
+    }
+}
+
+/// A dispatcher whose listeners are bound; [`BoundDispatcher::run`] serves.
+pub struct BoundDispatcher {
+    config: DispatcherConfig,
+    registry: Arc<AgentRegistry>,
+    agent_incoming: TcpIncoming,
+    api_incoming: TcpIncoming,
+    agent_addr: SocketAddr,
+    api_addr: SocketAddr,
+}
+
+/// Binds both listeners (fails fast on missing TLS or a taken port).
+pub async fn bind(config: DispatcherConfig) -> Result<BoundDispatcher, TransportError> {
+    // Validate TLS material before binding anything.
+    passage_transport::server_builder("agent listener", config.agent_tls.as_ref(), config.insecure_plaintext)?;
+    passage_transport::server_builder("api listener", config.api_tls.as_ref(), config.insecure_plaintext)?;
+    let (agent_incoming, agent_addr) = passage_transport::bind(config.agent_listen).await?;
+    let (api_incoming, api_addr) = passage_transport::bind(config.api_listen).await?;
+    Ok(BoundDispatcher {
+        config,
+        registry: Arc::new(AgentRegistry::default()),
+        agent_incoming,
+        api_incoming,
+        agent_addr,
+        api_addr,
+    })
+}
+
+impl BoundDispatcher {
+    /// Where agents connect.
+    pub fn agent_addr(&self) -> SocketAddr {
+        self.agent_addr
+    }
+
+    /// Where gateways call.
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api_addr
+    }
+
+    /// The agent registry (for in-process inspection).
+    pub fn registry(&self) -> Arc<AgentRegistry> {
+        Arc::clone(&self.registry)
+    }
+
+    /// Serves until `shutdown` resolves, then drains: agents are told to stop sending here,
+    /// in-flight validations get up to `drain_timeout_ms` to finish.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), TransportError> {
+        let config = &self.config;
+        let heartbeat = Duration::from_millis(config.heartbeat_interval_ms);
+        let dispatcher_id = config.dispatcher_id.clone().unwrap_or_else(hostname);
+        let tunnel = TunnelService::new(Arc::clone(&self.registry), dispatcher_id.clone(), heartbeat);
+        let relay = RelayService::new(
+            Arc::clone(&self.registry),
+            Duration::from_millis(config.validation_timeout_ms),
+            heartbeat * 3,
+        );
+
+        let (agent_health_reporter, agent_health) = passage_transport::health();
+        agent_health_reporter
+            .set_serving::<AgentTunnelServer<TunnelService>>()
+            .await;
+        let (api_health_reporter, api_health) = passage_transport::health();
+        api_health_reporter.set_serving::<DispatcherServer<RelayService>>().await;
+
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        let agent_server = passage_transport::server_builder(
+            "agent listener",
+            config.agent_tls.as_ref(),
+            config.insecure_plaintext,
+        )?
+        .add_service(agent_health)
+        .add_service(passage_transport::reflection()?)
+        .add_service(AgentTunnelServer::new(tunnel))
+        .serve_with_incoming_shutdown(self.agent_incoming, stopped(stop_rx.clone()));
+        let api_server = passage_transport::server_builder(
+            "api listener",
+            config.api_tls.as_ref(),
+            config.insecure_plaintext,
+        )?
+        .add_service(api_health)
+        .add_service(passage_transport::reflection()?)
+        .add_service(DispatcherServer::new(relay))
+        .serve_with_incoming_shutdown(self.api_incoming, stopped(stop_rx));
+        tracing::info!(%dispatcher_id, agents = %self.agent_addr, api = %self.api_addr, "dispatcher serving");
+
+        let registry = Arc::clone(&self.registry);
+        let drain_timeout = Duration::from_millis(config.drain_timeout_ms);
+        let drain = async move {
+            shutdown.await;
+            tracing::info!("shutting down: draining agent streams");
+            agent_health_reporter
+                .set_not_serving::<AgentTunnelServer<TunnelService>>()
+                .await;
+            api_health_reporter.set_not_serving::<DispatcherServer<RelayService>>().await;
+            for connection in registry.all() {
+                connection.drain("dispatcher shutting down").await;
+            }
+            let deadline = tokio::time::Instant::now() + drain_timeout;
+            while registry.all().iter().any(|c| c.in_flight() > 0) && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let _ = stop_tx.send(true);
+        };
+        let servers = async {
+            tokio::try_join!(agent_server, api_server).map_err(|err| TransportError::Config(err.to_string()))
+        };
+        tokio::pin!(servers);
+        tokio::select! {
+            result = &mut servers => result.map(|_| ()),
+            () = drain => {
+                // Long-lived agent streams may outlive the drain; give connections a moment to
+                // close on their own, then stop regardless.
+                let _ = tokio::time::timeout(Duration::from_secs(2), servers).await;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The host name, for replica ids.
+pub fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_owned()))
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "dispatcher".into())
+}

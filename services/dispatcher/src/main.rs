@@ -1,0 +1,64 @@
+//! `passage-dispatcher`: serves agent streams and the gateway-facing relay.
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+
+use clap::Parser;
+use passage_dispatcher::DispatcherConfig;
+
+/// The Passage dispatcher.
+#[derive(Parser)]
+#[command(version, about)]
+struct Args {
+    /// TOML configuration file (see the README's configuration reference).
+    #[arg(long, env = "PASSAGE_DISPATCHER_CONFIG")]
+    config: Option<PathBuf>,
+    /// Where agents connect (overrides the file).
+    #[arg(long)]
+    agent_listen: Option<SocketAddr>,
+    /// Where gateways call (overrides the file).
+    #[arg(long)]
+    api_listen: Option<SocketAddr>,
+    /// Serve plaintext gRPC where no TLS is configured. Development only.
+    #[arg(long)]
+    insecure_plaintext: bool,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    passage_telemetry::init_logging("info");
+    let args = Args::parse();
+    let mut config: DispatcherConfig = match &args.config {
+        Some(path) => match std::fs::read_to_string(path).map_err(|e| e.to_string()).and_then(|text| toml::from_str(&text).map_err(|e| e.to_string())) {
+            Ok(config) => config,
+            Err(err) => {
+                eprintln!("passage-dispatcher: {}: {err}", path.display());
+                return ExitCode::FAILURE;
+            }
+        },
+        None => DispatcherConfig::default(),
+    };
+    if let Some(addr) = args.agent_listen {
+        config.agent_listen = addr;
+    }
+    if let Some(addr) = args.api_listen {
+        config.api_listen = addr;
+    }
+    config.insecure_plaintext |= args.insecure_plaintext;
+
+    let bound = match passage_dispatcher::bind(config).await {
+        Ok(bound) => bound,
+        Err(err) => {
+            eprintln!("passage-dispatcher: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // One machine-readable line on stdout: harnesses and operators learn the bound ports.
+    println!("passage-dispatcher listening agents={} api={}", bound.agent_addr(), bound.api_addr());
+    match bound.run(passage_transport::shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("passage-dispatcher: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}

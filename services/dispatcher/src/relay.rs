@@ -1,0 +1,242 @@
+//! `Dispatcher.Validate` and `Dispatcher.ListAgentKeys`: the gateway's side of the dispatcher.
+
+use std::{sync::Arc, time::Duration};
+
+use passage_error_codes::ErrorCode;
+use passage_proto::v1::{
+    AgentError, AgentKey, ListAgentKeysRequest, ListAgentKeysResponse, ValidateRequest, ValidateResponse,
+    ValidationAnswer, ValidationOutcome, ValidationTask, dispatcher_server::Dispatcher,
+};
+use passage_telemetry::TraceParent;
+use tonic::{Request, Response, Status};
+
+use crate::registry::{AgentConnection, AgentRegistry, DispatchError};
+
+/// Largest sealed password accepted (RSA-4096 envelope plus payload, with room to spare).
+const MAX_CIPHERTEXT_BYTES: usize = 4096;
+/// Longest accepted username, tenant or group.
+const MAX_NAME_BYTES: usize = 256;
+
+/// The `Dispatcher` service.
+pub struct RelayService {
+    registry: Arc<AgentRegistry>,
+    default_timeout: Duration,
+    liveness: Duration,
+}
+
+impl RelayService {
+    /// A relay over `registry`, waiting at most `default_timeout` unless the caller's deadline
+    /// is shorter; agents unheard of for `liveness` are not offered.
+    pub fn new(registry: Arc<AgentRegistry>, default_timeout: Duration, liveness: Duration) -> Self {
+        Self {
+            registry,
+            default_timeout,
+            liveness,
+        }
+    }
+}
+
+/// What happened when one candidate was tried.
+enum Attempt {
+    Answered(ValidationAnswer),
+    Lost,
+    TimedOut,
+    Unusable,
+}
+
+fn check_name(field: &str, value: &str) -> Result<(), Status> {
+    if value.is_empty() || value.len() > MAX_NAME_BYTES || value.chars().any(char::is_control) {
+        return Err(ErrorCode::InvalidRequest.status(format!(
+            "{field} must be 1 to {MAX_NAME_BYTES} bytes without control characters"
+        )));
+    }
+    Ok(())
+}
+
+/// Parses a `grpc-timeout` header value (`<digits><unit>`).
+fn grpc_timeout(value: &str) -> Option<Duration> {
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+impl RelayService {
+    async fn try_candidate(
+        &self,
+        connection: &Arc<AgentConnection>,
+        task: ValidationTask,
+        deadline: tokio::time::Instant,
+    ) -> Attempt {
+        let pending = match connection.dispatch(task) {
+            Ok(pending) => pending,
+            Err(DispatchError::Gone | DispatchError::Full) => return Attempt::Unusable,
+        };
+        match tokio::time::timeout_at(deadline, pending.answer()).await {
+            Ok(Some(answer)) => Attempt::Answered(answer),
+            Ok(None) => Attempt::Lost,
+            Err(_) => Attempt::TimedOut,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Dispatcher for RelayService {
+    async fn validate(&self, request: Request<ValidateRequest>) -> Result<Response<ValidateResponse>, Status> {
+        let timeout = request
+            .metadata()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(grpc_timeout)
+            .map_or(self.default_timeout, |t| t.min(self.default_timeout));
+        let deadline = tokio::time::Instant::now() + timeout;
+        let request = request.into_inner();
+        check_name("tenant", &request.tenant)?;
+        check_name("connector_group", &request.connector_group)?;
+        check_name("username", &request.username)?;
+        if request.candidates.is_empty() || request.candidates.len() > 2 {
+            return Err(ErrorCode::InvalidRequest.status("one or two candidates are required"));
+        }
+        if request.candidates.iter().any(|c| c.ciphertext.len() > MAX_CIPHERTEXT_BYTES) {
+            return Err(ErrorCode::InvalidRequest.status("ciphertext too large"));
+        }
+        let trace = TraceParent::from_message_or_root(request.trace.as_ref());
+        let span = tracing::info_span!(
+            "dispatch",
+            trace_id = %trace.trace_id_hex(),
+            username = %request.username,
+            connector_group = %request.connector_group,
+        );
+        let _guard = span.enter();
+
+        // Live candidates of the right tenant and group, least loaded first (power of two
+        // choices: the gateway picked two at random, we take the less busy one).
+        let mut candidates: Vec<(Arc<AgentConnection>, Vec<u8>)> = request
+            .candidates
+            .into_iter()
+            .filter_map(|c| {
+                let connection = self.registry.get(&c.agent_id)?;
+                let right_place = connection.identity.tenant == request.tenant
+                    && connection.identity.connector_group == request.connector_group;
+                (right_place && connection.is_healthy(self.liveness)).then_some((connection, c.ciphertext))
+            })
+            .collect();
+        if candidates.is_empty() {
+            return Err(ErrorCode::NoAgentAvailable.status(format!(
+                "no agent of connector group {} is connected",
+                request.connector_group
+            )));
+        }
+        candidates.sort_by_key(|(c, _)| (c.is_full(), c.in_flight()));
+
+        let mut lost = false;
+        let mut directory_down = None;
+        let mut rejected = None;
+        for (connection, ciphertext) in candidates {
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let task = ValidationTask {
+                request_id: 0,
+                username: request.username.clone(),
+                tenant: request.tenant.clone(),
+                ciphertext,
+                timeout_ms: remaining.as_millis() as u32,
+                trace: Some(trace.child().to_message()),
+            };
+            let agent_id = connection.identity.agent_id.clone();
+            match self.try_candidate(&connection, task, deadline).await {
+                Attempt::Answered(answer) => {
+                    let outcome = ValidationOutcome::try_from(answer.outcome).unwrap_or_default();
+                    let error = AgentError::try_from(answer.error).unwrap_or_default();
+                    tracing::debug!(%agent_id, ?outcome, ?error, "agent answered");
+                    if error == AgentError::Overloaded {
+                        continue;
+                    }
+                    if error != AgentError::Unspecified {
+                        rejected = Some((error, answer.detail));
+                        continue;
+                    }
+                    match outcome {
+                        ValidationOutcome::DirectoryUnavailable => {
+                            directory_down = Some(answer.detail);
+                            continue;
+                        }
+                        ValidationOutcome::Unspecified => {
+                            return Err(ErrorCode::Internal.status(format!("agent {agent_id} sent no outcome")));
+                        }
+                        _ => {
+                            return Ok(Response::new(ValidateResponse {
+                                outcome: outcome as i32,
+                                user: answer.user,
+                                agent_id,
+                            }));
+                        }
+                    }
+                }
+                Attempt::Lost => {
+                    tracing::warn!(%agent_id, "agent stream lost mid-request; trying the other candidate");
+                    lost = true;
+                }
+                Attempt::Unusable => {}
+                Attempt::TimedOut => {
+                    tracing::warn!(%agent_id, ?timeout, "agent did not answer in time");
+                    return Err(ErrorCode::AgentTimeout.status(format!(
+                        "agent {agent_id} did not answer within {} ms",
+                        timeout.as_millis()
+                    )));
+                }
+            }
+        }
+        Err(if let Some(detail) = directory_down {
+            ErrorCode::DirectoryUnavailable.status(format!("the agent could not reach the directory: {detail}"))
+        } else if let Some((error, detail)) = rejected {
+            ErrorCode::AgentRejected.status(format!("the agent refused the sealed password ({error:?}): {detail}"))
+        } else if lost {
+            ErrorCode::AgentLost.status("every candidate agent disconnected before answering")
+        } else {
+            ErrorCode::NoAgentAvailable.status("every candidate agent is gone or at capacity")
+        })
+    }
+
+    async fn list_agent_keys(
+        &self,
+        request: Request<ListAgentKeysRequest>,
+    ) -> Result<Response<ListAgentKeysResponse>, Status> {
+        let request = request.into_inner();
+        check_name("tenant", &request.tenant)?;
+        check_name("connector_group", &request.connector_group)?;
+        let keys = self
+            .registry
+            .healthy(&request.tenant, &request.connector_group, self.liveness)
+            .into_iter()
+            .map(|c| AgentKey {
+                agent_id: c.identity.agent_id.clone(),
+                connector_group: c.identity.connector_group.clone(),
+                public_key_der: c.identity.public_key_der.clone(),
+                in_flight: c.in_flight(),
+            })
+            .collect();
+        Ok(Response::new(ListAgentKeysResponse { keys }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse() {
+        assert_eq!(grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(grpc_timeout("3S"), Some(Duration::from_secs(3)));
+        assert_eq!(grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(grpc_timeout(""), None);
+        assert_eq!(grpc_timeout("12x"), None);
+        assert_eq!(grpc_timeout("m"), None);
+    }
+}

@@ -1,0 +1,160 @@
+//! `AgentTunnel.Connect`: accepts agent streams and keeps the registry current.
+
+use std::{pin::Pin, sync::Arc, time::Duration};
+
+use passage_envelope::SealingKey;
+use passage_proto::v1::{
+    AgentHello, ConnectRequest, ConnectResponse, Welcome, agent_tunnel_server::AgentTunnel, connect_request,
+    connect_response,
+};
+use tokio::sync::mpsc;
+use tokio_stream::{Stream, wrappers::ReceiverStream};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::registry::{AgentConnection, AgentIdentity, AgentRegistry};
+
+/// Longest accepted agent id, tenant, group, version or host name.
+const MAX_NAME_BYTES: usize = 256;
+/// Largest capacity an agent may advertise.
+const MAX_CAPACITY: u32 = 4096;
+
+/// The `AgentTunnel` service.
+pub struct TunnelService {
+    registry: Arc<AgentRegistry>,
+    dispatcher_id: String,
+    heartbeat_interval: Duration,
+    hello_timeout: Duration,
+}
+
+impl TunnelService {
+    /// A service registering streams in `registry`.
+    pub fn new(registry: Arc<AgentRegistry>, dispatcher_id: String, heartbeat_interval: Duration) -> Self {
+        Self {
+            registry,
+            dispatcher_id,
+            heartbeat_interval,
+            hello_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+fn check_name(field: &str, value: &str) -> Result<(), Status> {
+    if value.is_empty() || value.len() > MAX_NAME_BYTES || value.chars().any(char::is_control) {
+        return Err(Status::invalid_argument(format!(
+            "hello.{field} must be 1 to {MAX_NAME_BYTES} bytes without control characters"
+        )));
+    }
+    Ok(())
+}
+
+fn identity_from_hello(hello: AgentHello) -> Result<AgentIdentity, Status> {
+    check_name("agent_id", &hello.agent_id)?;
+    check_name("tenant", &hello.tenant)?;
+    check_name("connector_group", &hello.connector_group)?;
+    check_name("version", &hello.version)?;
+    if hello.hostname.len() > MAX_NAME_BYTES {
+        return Err(Status::invalid_argument("hello.hostname is too long"));
+    }
+    if hello.capacity == 0 || hello.capacity > MAX_CAPACITY {
+        return Err(Status::invalid_argument(format!(
+            "hello.capacity must be 1 to {MAX_CAPACITY}"
+        )));
+    }
+    SealingKey::from_der(&hello.public_key_der)
+        .map_err(|_| Status::invalid_argument("hello.public_key_der is not an RSA public key of at least 2048 bits"))?;
+    Ok(AgentIdentity {
+        agent_id: hello.agent_id,
+        tenant: hello.tenant,
+        connector_group: hello.connector_group,
+        version: hello.version,
+        hostname: hello.hostname,
+        public_key_der: hello.public_key_der,
+        capacity: hello.capacity,
+    })
+}
+
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<ConnectResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AgentTunnel for TunnelService {
+    type ConnectStream = ResponseStream;
+
+    async fn connect(
+        &self,
+        request: Request<Streaming<ConnectRequest>>,
+    ) -> Result<Response<Self::ConnectStream>, Status> {
+        let peer = request.remote_addr();
+        let mut inbound = request.into_inner();
+        let first = tokio::time::timeout(self.hello_timeout, inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no hello within 10 s"))??;
+        let Some(ConnectRequest {
+            message: Some(connect_request::Message::Hello(hello)),
+        }) = first
+        else {
+            return Err(Status::invalid_argument("the first message on a stream must be a hello"));
+        };
+        let identity = identity_from_hello(hello)?;
+
+        let (outbound, receiver) = mpsc::channel(identity.capacity as usize + 16);
+        let welcome = ConnectResponse {
+            message: Some(connect_response::Message::Welcome(Welcome {
+                dispatcher_id: self.dispatcher_id.clone(),
+                heartbeat_interval_ms: self.heartbeat_interval.as_millis() as u32,
+            })),
+        };
+        outbound
+            .send(Ok(welcome))
+            .await
+            .map_err(|_| Status::cancelled("stream closed"))?;
+
+        let connection = Arc::new(AgentConnection::new(
+            identity,
+            self.registry.next_connection_id(),
+            outbound,
+        ));
+        tracing::info!(
+            agent_id = %connection.identity.agent_id,
+            tenant = %connection.identity.tenant,
+            connector_group = %connection.identity.connector_group,
+            version = %connection.identity.version,
+            hostname = %connection.identity.hostname,
+            capacity = connection.identity.capacity,
+            peer = ?peer,
+            "agent connected"
+        );
+        self.registry.register(Arc::clone(&connection));
+
+        let registry = Arc::clone(&self.registry);
+        // An agent that stays silent for three heartbeats is gone even if TCP has not noticed.
+        let liveness = self.heartbeat_interval * 3;
+        tokio::spawn(async move {
+            let reason = loop {
+                match tokio::time::timeout(liveness, inbound.message()).await {
+                    Err(_) => break "no heartbeat".to_owned(),
+                    Ok(Err(status)) => break format!("stream error: {}", status.message()),
+                    Ok(Ok(None)) => break "agent closed the stream".to_owned(),
+                    Ok(Ok(Some(message))) => {
+                        connection.touch();
+                        match message.message {
+                            Some(connect_request::Message::Answer(answer)) => {
+                                let request_id = answer.request_id;
+                                if !connection.complete(answer) {
+                                    tracing::debug!(request_id, "late or unknown answer dropped");
+                                }
+                            }
+                            Some(connect_request::Message::Heartbeat(_)) => {}
+                            Some(connect_request::Message::Hello(_)) | None => {
+                                break "unexpected message after hello".to_owned();
+                            }
+                        }
+                    }
+                }
+            };
+            registry.unregister(&connection.identity.agent_id, connection.connection_id);
+            tracing::info!(agent_id = %connection.identity.agent_id, %reason, "agent disconnected");
+        });
+
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+}
