@@ -92,17 +92,23 @@ impl AgentConfig {
             2048 => Ok(RsaBits::Rsa2048),
             3072 => Ok(RsaBits::Rsa3072),
             4096 => Ok(RsaBits::Rsa4096),
-            other => Err(AgentError::Config(format!("rsa_bits must be 2048, 3072 or 4096, not {other}"))),
+            other => Err(AgentError::Config(format!(
+                "rsa_bits must be 2048, 3072 or 4096, not {other}"
+            ))),
         }
     }
 
     /// Checks what can be checked without the network.
     pub fn validate(&self) -> Result<(), AgentError> {
         if self.dispatchers.is_empty() {
-            return Err(AgentError::Config("at least one dispatcher URL is required".into()));
+            return Err(AgentError::Config(
+                "at least one dispatcher URL is required".into(),
+            ));
         }
         if self.connector_group.is_empty() || self.tenant.is_empty() {
-            return Err(AgentError::Config("tenant and connector_group must not be empty".into()));
+            return Err(AgentError::Config(
+                "tenant and connector_group must not be empty".into(),
+            ));
         }
         if self.capacity == 0 || self.capacity > 4096 {
             return Err(AgentError::Config("capacity must be 1 to 4096".into()));

@@ -29,7 +29,10 @@ enum Command {
 #[tokio::main]
 async fn main() -> ExitCode {
     passage_telemetry::init_logging("info");
-    let Command::Run { config, insecure_plaintext } = Args::parse().command;
+    let Command::Run {
+        config,
+        insecure_plaintext,
+    } = Args::parse().command;
     let mut parsed: AgentConfig = match std::fs::read_to_string(&config)
         .map_err(|e| e.to_string())
         .and_then(|text| toml::from_str(&text).map_err(|e| e.to_string()))
@@ -49,6 +52,12 @@ async fn main() -> ExitCode {
         }
     };
     println!("passage-agent started agent_id={}", state.agent_id);
-    passage_agent::run(parsed, state, validator, passage_transport::shutdown_signal()).await;
+    passage_agent::run(
+        parsed,
+        state,
+        validator,
+        passage_transport::shutdown_signal(),
+    )
+    .await;
     ExitCode::SUCCESS
 }

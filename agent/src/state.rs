@@ -25,7 +25,9 @@ pub struct AgentState {
 impl AgentState {
     /// Loads the state from `dir`, generating the id and key on first start.
     pub fn load_or_create(dir: &Path, bits: RsaBits) -> Result<Self, AgentError> {
-        let state_err = |what: &str, err: std::io::Error| AgentError::State(format!("{what} in {}: {err}", dir.display()));
+        let state_err = |what: &str, err: std::io::Error| {
+            AgentError::State(format!("{what} in {}: {err}", dir.display()))
+        };
         std::fs::create_dir_all(dir).map_err(|e| state_err("creating", e))?;
 
         let id_path = dir.join(AGENT_ID_FILE);
@@ -36,7 +38,10 @@ impl AgentState {
                 SystemRandom::new()
                     .fill(&mut bytes)
                     .map_err(|_| AgentError::State("no random source".into()))?;
-                let id = format!("agent-{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>());
+                let id = format!(
+                    "agent-{}",
+                    bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+                );
                 std::fs::write(&id_path, &id).map_err(|e| state_err("writing agent-id", e))?;
                 id
             }
@@ -48,8 +53,10 @@ impl AgentState {
 
         let key_path = dir.join(KEY_FILE);
         let key = if key_path.exists() {
-            let der = secret_file::read(&key_path).map_err(|e| state_err("reading agent-key.der", e))?;
-            AgentKey::from_pkcs8_der(der.expose()).map_err(|err| AgentError::State(format!("{}: {err}", key_path.display())))?
+            let der =
+                secret_file::read(&key_path).map_err(|e| state_err("reading agent-key.der", e))?;
+            AgentKey::from_pkcs8_der(der.expose())
+                .map_err(|err| AgentError::State(format!("{}: {err}", key_path.display())))?
         } else {
             let key = AgentKey::generate(bits).map_err(|err| AgentError::State(err.to_string()))?;
             secret_file::write_new(&key_path, key.pkcs8_der().expose())
@@ -78,9 +85,16 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(dir.path().join(KEY_FILE)).unwrap().permissions().mode();
+            let mode = std::fs::metadata(dir.path().join(KEY_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
-            std::fs::set_permissions(dir.path().join(KEY_FILE), std::fs::Permissions::from_mode(0o644)).unwrap();
+            std::fs::set_permissions(
+                dir.path().join(KEY_FILE),
+                std::fs::Permissions::from_mode(0o644),
+            )
+            .unwrap();
             let err = AgentState::load_or_create(dir.path(), RsaBits::Rsa2048).unwrap_err();
             assert!(err.to_string().contains("chmod 600"), "{err}");
         }

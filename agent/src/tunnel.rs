@@ -8,7 +8,8 @@ use std::{
 
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use passage_proto::v1::{
-    AgentHello, ConnectRequest, Heartbeat, agent_tunnel_client::AgentTunnelClient, connect_request, connect_response,
+    AgentHello, ConnectRequest, Heartbeat, agent_tunnel_client::AgentTunnelClient, connect_request,
+    connect_response,
 };
 use tokio::{
     sync::{Semaphore, mpsc, watch},
@@ -80,7 +81,15 @@ async fn keep_connected(
     let mut backoff = INITIAL_BACKOFF;
     loop {
         let started = Instant::now();
-        let result = session(&url, &config, hello.clone(), &validator, &capacity, stop.clone()).await;
+        let result = session(
+            &url,
+            &config,
+            hello.clone(),
+            &validator,
+            &capacity,
+            stop.clone(),
+        )
+        .await;
         match result {
             Ok(StreamEnd::Shutdown) => return,
             Ok(StreamEnd::Drained) => {
@@ -141,7 +150,11 @@ async fn session(
         .map_err(|status| format!("dispatcher refused the stream: {}", status.message()))?
         .into_inner();
 
-    let welcome = match inbound.message().await.map_err(|s| s.message().to_owned())? {
+    let welcome = match inbound
+        .message()
+        .await
+        .map_err(|s| s.message().to_owned())?
+    {
         Some(passage_proto::v1::ConnectResponse {
             message: Some(connect_response::Message::Welcome(welcome)),
         }) => welcome,
@@ -231,7 +244,10 @@ mod tests {
     fn jitter_stays_within_half_and_whole() {
         for _ in 0..1000 {
             let d = jitter(Duration::from_millis(1000));
-            assert!(d >= Duration::from_millis(500) && d <= Duration::from_millis(1000), "{d:?}");
+            assert!(
+                d >= Duration::from_millis(500) && d <= Duration::from_millis(1000),
+                "{d:?}"
+            );
         }
     }
 }

@@ -1,10 +1,15 @@
 //! One validation: open the sealed password, check it, ask the directory, map the answer.
 
-use std::{sync::Arc, time::{Duration, Instant, SystemTime}};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
 
 use passage_directory::{Directory, DirectoryError, Verdict};
 use passage_envelope::{AgentKey, EnvelopeError, ReplayGuard};
-use passage_proto::v1::{AgentError, DirectoryUser, ValidationAnswer, ValidationOutcome, ValidationTask};
+use passage_proto::v1::{
+    AgentError, DirectoryUser, ValidationAnswer, ValidationOutcome, ValidationTask,
+};
 use passage_telemetry::TraceParent;
 use tokio::sync::Semaphore;
 use tracing::Instrument;
@@ -57,7 +62,10 @@ impl Validator {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "validation finished"
         );
-        ValidationAnswer { request_id, ..answer }
+        ValidationAnswer {
+            request_id,
+            ..answer
+        }
     }
 
     async fn validate_inner(&self, task: ValidationTask) -> ValidationAnswer {
@@ -78,15 +86,27 @@ impl Validator {
             Ok(opened) => opened,
             Err(err) => return refused(envelope_error(&err), &err.to_string()),
         };
-        if let Err(err) = opened.check(&task.username, &self.tenant, SystemTime::now(), &self.replay) {
+        if let Err(err) = opened.check(
+            &task.username,
+            &self.tenant,
+            SystemTime::now(),
+            &self.replay,
+        ) {
             tracing::warn!(error = %err, "sealed password refused");
             return refused(envelope_error(&err), &err.to_string());
         }
 
-        let verdict = tokio::time::timeout(timeout, self.directory.authenticate(&opened.username, &opened.password)).await;
+        let verdict = tokio::time::timeout(
+            timeout,
+            self.directory
+                .authenticate(&opened.username, &opened.password),
+        )
+        .await;
         match verdict {
             Err(_) => unavailable("the directory did not answer in time"),
-            Ok(Err(DirectoryError::Unavailable(detail) | DirectoryError::Misconfigured(detail))) => {
+            Ok(Err(
+                DirectoryError::Unavailable(detail) | DirectoryError::Misconfigured(detail),
+            )) => {
                 tracing::warn!(%detail, "directory could not answer");
                 unavailable(&detail)
             }
@@ -170,10 +190,21 @@ mod tests {
             state: UserState::Active,
         }])
         .unwrap();
-        Validator::new(key, Arc::new(directory), "default".into(), 2, Duration::from_secs(60))
+        Validator::new(
+            key,
+            Arc::new(directory),
+            "default".into(),
+            2,
+            Duration::from_secs(60),
+        )
     }
 
-    fn task(key: &AgentKey, sealed_user: &str, request_user: &str, password: &str) -> ValidationTask {
+    fn task(
+        key: &AgentKey,
+        sealed_user: &str,
+        request_user: &str,
+        password: &str,
+    ) -> ValidationTask {
         let password = Password::new(password.into()).unwrap();
         let ciphertext = SealingKey::from_der(key.public_key_der())
             .unwrap()
@@ -199,25 +230,40 @@ mod tests {
         let key = Arc::new(AgentKey::generate(RsaBits::Rsa2048).unwrap());
         let v = validator(Arc::clone(&key));
 
-        let ok = v.validate(task(&key, "alice@x.test", "alice@x.test", "right")).await;
+        let ok = v
+            .validate(task(&key, "alice@x.test", "alice@x.test", "right"))
+            .await;
         assert_eq!(ok.outcome, ValidationOutcome::Success as i32);
         assert_eq!(ok.request_id, 7);
         assert_eq!(ok.user.unwrap().mail, "alice@x.test");
 
-        let wrong = v.validate(task(&key, "alice@x.test", "alice@x.test", "wrong")).await;
+        let wrong = v
+            .validate(task(&key, "alice@x.test", "alice@x.test", "wrong"))
+            .await;
         assert_eq!(wrong.outcome, ValidationOutcome::InvalidCredentials as i32);
 
-        let swapped = v.validate(task(&key, "alice@x.test", "bob@x.test", "right")).await;
+        let swapped = v
+            .validate(task(&key, "alice@x.test", "bob@x.test", "right"))
+            .await;
         assert_eq!(swapped.error, AgentError::UsernameMismatch as i32);
         assert_ne!(swapped.outcome, ValidationOutcome::Success as i32);
 
         let replayed = task(&key, "alice@x.test", "alice@x.test", "right");
-        assert_eq!(v.validate(replayed.clone()).await.outcome, ValidationOutcome::Success as i32);
+        assert_eq!(
+            v.validate(replayed.clone()).await.outcome,
+            ValidationOutcome::Success as i32
+        );
         let again = v.validate(replayed).await;
         assert_eq!(again.error, AgentError::Replayed as i32);
         assert_ne!(again.outcome, ValidationOutcome::Success as i32);
 
-        let garbage = ValidationTask { ciphertext: vec![1, 2, 3], ..task(&key, "alice@x.test", "alice@x.test", "right") };
-        assert_eq!(v.validate(garbage).await.error, AgentError::DecryptFailed as i32);
+        let garbage = ValidationTask {
+            ciphertext: vec![1, 2, 3],
+            ..task(&key, "alice@x.test", "alice@x.test", "right")
+        };
+        assert_eq!(
+            v.validate(garbage).await.error,
+            AgentError::DecryptFailed as i32
+        );
     }
 }

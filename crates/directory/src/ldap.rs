@@ -10,7 +10,10 @@ use std::{
     time::Duration,
 };
 
-use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, LdapError, Scope, SearchEntry, controls::RawControl, ldap_escape};
+use ldap3::{
+    Ldap, LdapConnAsync, LdapConnSettings, LdapError, Scope, SearchEntry, controls::RawControl,
+    ldap_escape,
+};
 use passage_credentials::{Password, Secret};
 use serde::Deserialize;
 use tokio::sync::Semaphore;
@@ -212,7 +215,9 @@ impl LdapDirectory {
                 let text = std::fs::read_to_string(path).map_err(|err| {
                     DirectoryError::Misconfigured(format!("reading {}: {err}", path.display()))
                 })?;
-                Some(Secret::new(text.trim_end_matches(['\r', '\n']).as_bytes().to_vec()))
+                Some(Secret::new(
+                    text.trim_end_matches(['\r', '\n']).as_bytes().to_vec(),
+                ))
             }
             (None, None) => None,
         };
@@ -263,7 +268,11 @@ impl LdapDirectory {
     /// A search connection bound as the service account, reusing the slot's connection.
     async fn search_user(&self, login: &str) -> Result<Option<SearchEntry>, DirectoryError> {
         let index = self.next_search.fetch_add(1, Ordering::Relaxed) % self.search_slots.len();
-        let filter = user_search_filter(&self.config.user_filter, &self.config.login_attribute, login);
+        let filter = user_search_filter(
+            &self.config.user_filter,
+            &self.config.login_attribute,
+            login,
+        );
         // One retry on a fresh connection: a pooled connection may have died since last use
         // (server restart), which says nothing about the server now.
         for attempt in 0..2 {
@@ -281,11 +290,18 @@ impl LdapDirectory {
             };
             let result = ldap
                 .with_timeout(self.timeout)
-                .search(&self.config.base_dn, Scope::Subtree, &filter, &self.attributes)
+                .search(
+                    &self.config.base_dn,
+                    Scope::Subtree,
+                    &filter,
+                    &self.attributes,
+                )
                 .await;
             match result {
                 Ok(search) => {
-                    let (entries, status) = search.non_error().map_err(|err| unavailable("search", &err))?;
+                    let (entries, status) = search
+                        .non_error()
+                        .map_err(|err| unavailable("search", &err))?;
                     match status.rc {
                         0 => {}
                         32 => {
@@ -366,7 +382,10 @@ impl LdapDirectory {
             .map_err(|_| DirectoryError::Unavailable("directory is shutting down".into()))?;
         for attempt in 0..2 {
             let pooled = if attempt == 0 {
-                self.idle_binds.lock().unwrap_or_else(|p| p.into_inner()).pop()
+                self.idle_binds
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .pop()
             } else {
                 None
             };
@@ -387,7 +406,10 @@ impl LdapDirectory {
                 Ok(result) => {
                     let answer = BindAnswer::from_result(&result);
                     if !matches!(answer, BindAnswer::ServerError(_)) {
-                        self.idle_binds.lock().unwrap_or_else(|p| p.into_inner()).push(ldap);
+                        self.idle_binds
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push(ldap);
                     }
                     return Ok(answer);
                 }
@@ -425,7 +447,12 @@ impl LdapDirectory {
             };
             let (entries, _) = ldap
                 .with_timeout(self.timeout)
-                .search(&search.base_dn, Scope::Subtree, &filter, [&search.name_attribute])
+                .search(
+                    &search.base_dn,
+                    Scope::Subtree,
+                    &filter,
+                    [&search.name_attribute],
+                )
                 .await
                 .and_then(|r| r.success())
                 .map_err(|err| unavailable("group search", &err))?;
@@ -580,7 +607,9 @@ fn der_element(bytes: &[u8]) -> Option<(u8, &[u8], &[u8])> {
         if n == 0 || n > 4 || rest.len() < n {
             return None;
         }
-        let len = rest[..n].iter().fold(0usize, |acc, b| (acc << 8) | *b as usize);
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | *b as usize);
         (len, &rest[n..])
     };
     if rest.len() < len {
@@ -591,7 +620,8 @@ fn der_element(bytes: &[u8]) -> Option<(u8, &[u8], &[u8])> {
 
 fn first_rdn_value(dn: &str) -> Option<String> {
     let rdn = dn.split(',').next()?;
-    rdn.split_once('=').map(|(_, value)| value.trim().to_owned())
+    rdn.split_once('=')
+        .map(|(_, value)| value.trim().to_owned())
 }
 
 fn is_connection_error(err: &LdapError) -> bool {
@@ -634,7 +664,9 @@ mod tests {
     #[test]
     fn ad_sub_codes_map_to_verdicts() {
         let text = |code: &str| {
-            format!("80090308: LdapErr: DSID-0C0903A9, comment: AcceptSecurityContext error, data {code}, v1db1")
+            format!(
+                "80090308: LdapErr: DSID-0C0903A9, comment: AcceptSecurityContext error, data {code}, v1db1"
+            )
         };
         assert_eq!(ad_sub_code(&text("52e")), Some(Verdict::InvalidCredentials));
         assert_eq!(ad_sub_code(&text("775")), Some(Verdict::AccountLocked));
@@ -655,7 +687,10 @@ mod tests {
             Some(0)
         );
         // SEQUENCE { warning only }
-        assert_eq!(ppolicy_error(&[0x30, 0x05, 0xa0, 0x03, 0x80, 0x01, 0x05]), None);
+        assert_eq!(
+            ppolicy_error(&[0x30, 0x05, 0xa0, 0x03, 0x80, 0x01, 0x05]),
+            None
+        );
         assert_eq!(ppolicy_error(&[0x30, 0x05, 0x81]), None);
     }
 

@@ -68,7 +68,8 @@ pub enum DirectoryError {
 }
 
 /// The future a [`Directory`] returns.
-pub type VerdictFuture<'a> = Pin<Box<dyn Future<Output = Result<Verdict, DirectoryError>> + Send + 'a>>;
+pub type VerdictFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Verdict, DirectoryError>> + Send + 'a>>;
 
 /// A source of truth for passwords.
 pub trait Directory: Send + Sync + 'static {

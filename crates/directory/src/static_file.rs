@@ -196,17 +196,25 @@ mod tests {
         ])
         .unwrap();
         let pw = |p: &str| Password::new(p.into()).unwrap();
-        let Verdict::Success(info) = dir.authenticate("Alice@X.test", &pw("right")).await.unwrap() else {
+        let Verdict::Success(info) = dir
+            .authenticate("Alice@X.test", &pw("right"))
+            .await
+            .unwrap()
+        else {
             panic!("alice should sign in");
         };
         assert_eq!(info.upn, "alice@x.test");
         assert_eq!(info.groups, vec!["staff".to_string()]);
         assert_eq!(
-            dir.authenticate("alice@x.test", &pw("wrong")).await.unwrap(),
+            dir.authenticate("alice@x.test", &pw("wrong"))
+                .await
+                .unwrap(),
             Verdict::InvalidCredentials
         );
         assert_eq!(
-            dir.authenticate("nobody@x.test", &pw("right")).await.unwrap(),
+            dir.authenticate("nobody@x.test", &pw("right"))
+                .await
+                .unwrap(),
             Verdict::InvalidCredentials
         );
         assert_eq!(

@@ -99,7 +99,8 @@ pub struct SealingKey {
 impl SealingKey {
     /// Parses a DER SubjectPublicKeyInfo (as sent in the agent's hello).
     pub fn from_der(spki_der: &[u8]) -> Result<Self, EnvelopeError> {
-        let public = PublicEncryptingKey::from_der(spki_der).map_err(|_| EnvelopeError::BadPublicKey)?;
+        let public =
+            PublicEncryptingKey::from_der(spki_der).map_err(|_| EnvelopeError::BadPublicKey)?;
         if public.key_size_bits() < 2048 {
             return Err(EnvelopeError::BadPublicKey);
         }
@@ -114,9 +115,11 @@ impl SealingKey {
     pub fn seal(&self, fields: &PayloadFields<'_>) -> Result<Vec<u8>, EnvelopeError> {
         let rng = SystemRandom::new();
         let mut nonce = [0u8; NONCE_LEN];
-        rng.fill(&mut nonce).map_err(|_| EnvelopeError::BadPublicKey)?;
+        rng.fill(&mut nonce)
+            .map_err(|_| EnvelopeError::BadPublicKey)?;
         let mut content_key = [0u8; CONTENT_KEY_LEN];
-        rng.fill(&mut content_key).map_err(|_| EnvelopeError::BadPublicKey)?;
+        rng.fill(&mut content_key)
+            .map_err(|_| EnvelopeError::BadPublicKey)?;
 
         let not_after = fields
             .not_after
@@ -206,7 +209,8 @@ impl AgentKey {
 
     /// Loads a PKCS#8 DER private key.
     pub fn from_pkcs8_der(der: &[u8]) -> Result<Self, EnvelopeError> {
-        let key = PrivateDecryptingKey::from_pkcs8(der).map_err(|_| EnvelopeError::BadPrivateKey)?;
+        let key =
+            PrivateDecryptingKey::from_pkcs8(der).map_err(|_| EnvelopeError::BadPrivateKey)?;
         if key.key_size_bits() < 2048 {
             return Err(EnvelopeError::BadPrivateKey);
         }
@@ -216,7 +220,8 @@ impl AgentKey {
             .map_err(|_| EnvelopeError::BadPrivateKey)?
             .as_ref()
             .to_vec();
-        let private = OaepPrivateDecryptingKey::new(key).map_err(|_| EnvelopeError::BadPrivateKey)?;
+        let private =
+            OaepPrivateDecryptingKey::new(key).map_err(|_| EnvelopeError::BadPrivateKey)?;
         Ok(Self {
             private,
             pkcs8: Secret::new(der.to_vec()),
@@ -252,7 +257,12 @@ impl AgentKey {
         let mut key_buf = vec![0u8; self.private.min_output_size()];
         let content_key = self
             .private
-            .decrypt(&OAEP_SHA256_MGF1SHA256, wrapped, &mut key_buf, Some(OAEP_LABEL))
+            .decrypt(
+                &OAEP_SHA256_MGF1SHA256,
+                wrapped,
+                &mut key_buf,
+                Some(OAEP_LABEL),
+            )
             .map_err(|_| EnvelopeError::DecryptFailed);
         let aead = match content_key {
             Ok(k) if k.len() == CONTENT_KEY_LEN => {

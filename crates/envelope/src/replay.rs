@@ -42,7 +42,10 @@ impl ReplayGuard {
         not_after: SystemTime,
         now: SystemTime,
     ) -> Result<(), EnvelopeError> {
-        let mut seen = self.seen.lock().unwrap_or_else(|poison| poison.into_inner());
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
         if seen.contains_key(&nonce) {
             return Err(EnvelopeError::Replayed);
         }

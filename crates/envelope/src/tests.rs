@@ -35,7 +35,12 @@ fn round_trip() {
     assert_eq!(opened.tenant, "default");
     let guard = ReplayGuard::default();
     opened
-        .check("alice@corp.example.com", "default", SystemTime::now(), &guard)
+        .check(
+            "alice@corp.example.com",
+            "default",
+            SystemTime::now(),
+            &guard,
+        )
         .unwrap();
 }
 
@@ -55,7 +60,9 @@ fn replay_is_refused() {
     let guard = ReplayGuard::default();
     let now = SystemTime::now();
     let first = key().open(&envelope).unwrap();
-    first.check("alice@corp.example.com", "default", now, &guard).unwrap();
+    first
+        .check("alice@corp.example.com", "default", now, &guard)
+        .unwrap();
     let again = key().open(&envelope).unwrap();
     assert_eq!(
         again.check("alice@corp.example.com", "default", now, &guard),
@@ -68,7 +75,12 @@ fn swapped_username_is_refused() {
     let envelope = seal_for(key(), "alice@corp.example.com", "pw", soon());
     let opened = key().open(&envelope).unwrap();
     assert_eq!(
-        opened.check("bob@corp.example.com", "default", SystemTime::now(), &ReplayGuard::default()),
+        opened.check(
+            "bob@corp.example.com",
+            "default",
+            SystemTime::now(),
+            &ReplayGuard::default()
+        ),
         Err(EnvelopeError::UsernameMismatch)
     );
 }
@@ -78,7 +90,12 @@ fn other_tenant_is_refused() {
     let envelope = seal_for(key(), "alice@corp.example.com", "pw", soon());
     let opened = key().open(&envelope).unwrap();
     assert_eq!(
-        opened.check("alice@corp.example.com", "other", SystemTime::now(), &ReplayGuard::default()),
+        opened.check(
+            "alice@corp.example.com",
+            "other",
+            SystemTime::now(),
+            &ReplayGuard::default()
+        ),
         Err(EnvelopeError::WrongTenant)
     );
 }
@@ -86,13 +103,23 @@ fn other_tenant_is_refused() {
 #[test]
 fn expired_and_far_future_envelopes_are_refused() {
     let guard = ReplayGuard::new(Duration::from_secs(60), 10);
-    let past = seal_for(key(), "a@b.c", "pw", SystemTime::now() - Duration::from_secs(1));
+    let past = seal_for(
+        key(),
+        "a@b.c",
+        "pw",
+        SystemTime::now() - Duration::from_secs(1),
+    );
     let opened = key().open(&past).unwrap();
     assert_eq!(
         opened.check("a@b.c", "default", SystemTime::now(), &guard),
         Err(EnvelopeError::Expired)
     );
-    let far = seal_for(key(), "a@b.c", "pw", SystemTime::now() + Duration::from_secs(3600));
+    let far = seal_for(
+        key(),
+        "a@b.c",
+        "pw",
+        SystemTime::now() + Duration::from_secs(3600),
+    );
     let opened = key().open(&far).unwrap();
     assert_eq!(
         opened.check("a@b.c", "default", SystemTime::now(), &guard),
@@ -104,7 +131,10 @@ fn expired_and_far_future_envelopes_are_refused() {
 fn another_agents_key_cannot_open() {
     let other = AgentKey::generate(RsaBits::Rsa2048).unwrap();
     let envelope = seal_for(&other, "a@b.c", "pw", soon());
-    assert_eq!(key().open(&envelope).unwrap_err(), EnvelopeError::DecryptFailed);
+    assert_eq!(
+        key().open(&envelope).unwrap_err(),
+        EnvelopeError::DecryptFailed
+    );
 }
 
 #[test]
@@ -121,10 +151,15 @@ fn replay_guard_fails_closed_when_full() {
     let later = now + Duration::from_secs(30);
     guard.record([1; NONCE_LEN], later, now).unwrap();
     guard.record([2; NONCE_LEN], later, now).unwrap();
-    assert_eq!(guard.record([3; NONCE_LEN], later, now), Err(EnvelopeError::Replayed));
+    assert_eq!(
+        guard.record([3; NONCE_LEN], later, now),
+        Err(EnvelopeError::Replayed)
+    );
     // Once the old entries expire there is room again.
     let after = later + Duration::from_secs(1);
-    guard.record([3; NONCE_LEN], after + Duration::from_secs(5), after).unwrap();
+    guard
+        .record([3; NONCE_LEN], after + Duration::from_secs(5), after)
+        .unwrap();
 }
 
 proptest! {

@@ -14,7 +14,8 @@ use tracing_subscriber::{EnvFilter, fmt};
 
 /// Installs the global subscriber once; later calls do nothing (tests, the all-in-one demo).
 pub fn init_logging(default_filter: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let json = std::env::var("PASSAGE_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
     let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = if json {
@@ -40,7 +41,9 @@ impl TraceParent {
     pub fn new_root() -> Self {
         let mut bytes = [0u8; 24];
         // The system RNG failing is not recoverable anywhere in the process.
-        SystemRandom::new().fill(&mut bytes).expect("system random source");
+        SystemRandom::new()
+            .fill(&mut bytes)
+            .expect("system random source");
         let mut trace_id = [0u8; 16];
         let mut span_id = [0u8; 8];
         trace_id.copy_from_slice(&bytes[..16]);
@@ -63,7 +66,8 @@ impl TraceParent {
     /// Parses `00-<trace id>-<span id>-<flags>`; `None` for anything malformed or all-zero.
     pub fn parse(text: &str) -> Option<Self> {
         let mut parts = text.trim().split('-');
-        let (version, trace, span, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        let (version, trace, span, flags) =
+            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
         if version != "00" || parts.next().is_some() {
             return None;
         }
@@ -114,14 +118,20 @@ impl std::fmt::Display for TraceParent {
 }
 
 fn hex_encode(bytes: &[u8]) -> String {
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
-        let _ = write!(out, "{b:02x}");
-        out
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
+            let _ = write!(out, "{b:02x}");
+            out
+        })
 }
 
 fn hex_decode(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 || !text.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+    if text.len() % 2 != 0
+        || !text
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    {
         return None;
     }
     (0..text.len())

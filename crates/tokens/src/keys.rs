@@ -25,7 +25,10 @@ pub struct SigningKey {
 
 impl std::fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SigningKey").field("kid", &self.kid).field("private", &"[redacted]").finish()
+        f.debug_struct("SigningKey")
+            .field("kid", &self.kid)
+            .field("private", &"[redacted]")
+            .finish()
     }
 }
 
@@ -90,7 +93,10 @@ pub fn load_or_create_signing_key(path: &Path) -> Result<SigningKey, TokenError>
                 .map_err(|err| TokenError::Key(format!("writing {}: {err}", path.display())))?;
             Ok(key)
         }
-        Err(err) => Err(TokenError::Key(format!("reading {}: {err}", path.display()))),
+        Err(err) => Err(TokenError::Key(format!(
+            "reading {}: {err}",
+            path.display()
+        ))),
     }
 }
 
@@ -106,7 +112,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+            assert_eq!(
+                std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
         }
         let again = load_or_create_signing_key(&path).unwrap();
         assert_eq!(first.kid(), again.kid());

@@ -166,8 +166,14 @@ impl TokenIssuer {
 }
 
 /// Verifies `token` against a JWKS: signature (by `kid`), issuer, audience and expiry.
-pub fn verify(token: &str, jwks: &JwkSet, issuer: &str, audience: &str) -> Result<Claims, TokenError> {
-    let header = jsonwebtoken::decode_header(token).map_err(|err| TokenError::Invalid(err.to_string()))?;
+pub fn verify(
+    token: &str,
+    jwks: &JwkSet,
+    issuer: &str,
+    audience: &str,
+) -> Result<Claims, TokenError> {
+    let header =
+        jsonwebtoken::decode_header(token).map_err(|err| TokenError::Invalid(err.to_string()))?;
     let kid = header
         .kid
         .ok_or_else(|| TokenError::Invalid("token has no kid".into()))?;
@@ -186,7 +192,9 @@ pub fn verify(token: &str, jwks: &JwkSet, issuer: &str, audience: &str) -> Resul
 
 fn random_id() -> String {
     let mut bytes = [0u8; 16];
-    SystemRandom::new().fill(&mut bytes).expect("system random source");
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .expect("system random source");
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -200,7 +208,11 @@ mod tests {
     use super::*;
 
     fn issuer() -> TokenIssuer {
-        TokenIssuer::new("https://login.example.com/", SigningKey::generate().unwrap(), Duration::from_secs(3600))
+        TokenIssuer::new(
+            "https://login.example.com/",
+            SigningKey::generate().unwrap(),
+            Duration::from_secs(3600),
+        )
     }
 
     fn alice() -> Subject {
@@ -219,7 +231,8 @@ mod tests {
         let issuer = issuer();
         let tokens = issuer.issue(&alice(), "app-1").unwrap();
         // Round-trip the JWKS through JSON as a relying party would receive it.
-        let jwks: JwkSet = serde_json::from_str(&serde_json::to_string(&issuer.jwks()).unwrap()).unwrap();
+        let jwks: JwkSet =
+            serde_json::from_str(&serde_json::to_string(&issuer.jwks()).unwrap()).unwrap();
         for token in [&tokens.access_token, &tokens.id_token] {
             let claims = verify(token, &jwks, "https://login.example.com", "app-1").unwrap();
             assert_eq!(claims.upn, "alice@corp.example.com");
@@ -234,10 +247,30 @@ mod tests {
         let issuer = issuer();
         let tokens = issuer.issue(&alice(), "app-1").unwrap();
         let jwks = issuer.jwks();
-        assert!(verify(&tokens.id_token, &jwks, "https://login.example.com", "app-2").is_err());
+        assert!(
+            verify(
+                &tokens.id_token,
+                &jwks,
+                "https://login.example.com",
+                "app-2"
+            )
+            .is_err()
+        );
         assert!(verify(&tokens.id_token, &jwks, "https://evil.example.com", "app-1").is_err());
-        let other = TokenIssuer::new("https://login.example.com", SigningKey::generate().unwrap(), Duration::from_secs(60));
-        assert!(verify(&tokens.id_token, &other.jwks(), "https://login.example.com", "app-1").is_err());
+        let other = TokenIssuer::new(
+            "https://login.example.com",
+            SigningKey::generate().unwrap(),
+            Duration::from_secs(60),
+        );
+        assert!(
+            verify(
+                &tokens.id_token,
+                &other.jwks(),
+                "https://login.example.com",
+                "app-1"
+            )
+            .is_err()
+        );
     }
 
     #[test]
@@ -249,13 +282,24 @@ mod tests {
         claims.upn = "mallory@corp.example.com".into();
         let forged = issuer.issue(&claims, "app-1").unwrap().id_token;
         parts[1] = forged.split('.').nth(1).unwrap().to_owned();
-        assert!(verify(&parts.join("."), &issuer.jwks(), "https://login.example.com", "app-1").is_err());
+        assert!(
+            verify(
+                &parts.join("."),
+                &issuer.jwks(),
+                "https://login.example.com",
+                "app-1"
+            )
+            .is_err()
+        );
     }
 
     #[test]
     fn discovery_points_at_the_jwks() {
         let doc = issuer().discovery_document();
         assert_eq!(doc["issuer"], "https://login.example.com");
-        assert_eq!(doc["jwks_uri"], "https://login.example.com/.well-known/jwks.json");
+        assert_eq!(
+            doc["jwks_uri"],
+            "https://login.example.com/.well-known/jwks.json"
+        );
     }
 }

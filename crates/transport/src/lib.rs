@@ -106,7 +106,8 @@ pub fn server_builder(
 }
 
 fn check_key_permissions(path: &std::path::Path) -> Result<(), TransportError> {
-    passage_credentials::secret_file::check_permissions(path).map_err(|err| TransportError::Config(err.to_string()))
+    passage_credentials::secret_file::check_permissions(path)
+        .map_err(|err| TransportError::Config(err.to_string()))
 }
 
 /// Binds `addr` (port 0 picks a free port) and returns the incoming stream and the bound address.
@@ -130,7 +131,9 @@ pub fn health() -> (
 
 /// The gRPC server-reflection service describing `passage.v1` (and health).
 pub fn reflection() -> Result<
-    tonic_reflection::server::v1::ServerReflectionServer<impl tonic_reflection::server::v1::ServerReflection>,
+    tonic_reflection::server::v1::ServerReflectionServer<
+        impl tonic_reflection::server::v1::ServerReflection,
+    >,
     TransportError,
 > {
     tonic_reflection::server::Builder::configure()

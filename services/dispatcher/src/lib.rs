@@ -14,7 +14,9 @@ pub mod tunnel;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
-use passage_proto::v1::{agent_tunnel_server::AgentTunnelServer, dispatcher_server::DispatcherServer};
+use passage_proto::v1::{
+    agent_tunnel_server::AgentTunnelServer, dispatcher_server::DispatcherServer,
+};
 use passage_transport::{ServerTls, TransportError};
 use serde::Deserialize;
 use tonic::transport::server::TcpIncoming;
@@ -75,8 +77,16 @@ pub struct BoundDispatcher {
 /// Binds both listeners (fails fast on missing TLS or a taken port).
 pub async fn bind(config: DispatcherConfig) -> Result<BoundDispatcher, TransportError> {
     // Validate TLS material before binding anything.
-    passage_transport::server_builder("agent listener", config.agent_tls.as_ref(), config.insecure_plaintext)?;
-    passage_transport::server_builder("api listener", config.api_tls.as_ref(), config.insecure_plaintext)?;
+    passage_transport::server_builder(
+        "agent listener",
+        config.agent_tls.as_ref(),
+        config.insecure_plaintext,
+    )?;
+    passage_transport::server_builder(
+        "api listener",
+        config.api_tls.as_ref(),
+        config.insecure_plaintext,
+    )?;
     let (agent_incoming, agent_addr) = passage_transport::bind(config.agent_listen).await?;
     let (api_incoming, api_addr) = passage_transport::bind(config.api_listen).await?;
     Ok(BoundDispatcher {
@@ -107,11 +117,15 @@ impl BoundDispatcher {
 
     /// Serves until `shutdown` resolves, then drains: agents are told to stop sending here,
     /// in-flight validations get up to `drain_timeout_ms` to finish.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), TransportError> {
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), TransportError> {
         let config = &self.config;
         let heartbeat = Duration::from_millis(config.heartbeat_interval_ms);
         let dispatcher_id = config.dispatcher_id.clone().unwrap_or_else(hostname);
-        let tunnel = TunnelService::new(Arc::clone(&self.registry), dispatcher_id.clone(), heartbeat);
+        let tunnel =
+            TunnelService::new(Arc::clone(&self.registry), dispatcher_id.clone(), heartbeat);
         let relay = RelayService::new(
             Arc::clone(&self.registry),
             Duration::from_millis(config.validation_timeout_ms),
@@ -123,7 +137,9 @@ impl BoundDispatcher {
             .set_serving::<AgentTunnelServer<TunnelService>>()
             .await;
         let (api_health_reporter, api_health) = passage_transport::health();
-        api_health_reporter.set_serving::<DispatcherServer<RelayService>>().await;
+        api_health_reporter
+            .set_serving::<DispatcherServer<RelayService>>()
+            .await;
 
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -157,18 +173,23 @@ impl BoundDispatcher {
             agent_health_reporter
                 .set_not_serving::<AgentTunnelServer<TunnelService>>()
                 .await;
-            api_health_reporter.set_not_serving::<DispatcherServer<RelayService>>().await;
+            api_health_reporter
+                .set_not_serving::<DispatcherServer<RelayService>>()
+                .await;
             for connection in registry.all() {
                 connection.drain("dispatcher shutting down").await;
             }
             let deadline = tokio::time::Instant::now() + drain_timeout;
-            while registry.all().iter().any(|c| c.in_flight() > 0) && tokio::time::Instant::now() < deadline {
+            while registry.all().iter().any(|c| c.in_flight() > 0)
+                && tokio::time::Instant::now() < deadline
+            {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             let _ = stop_tx.send(true);
         };
         let servers = async {
-            tokio::try_join!(agent_server, api_server).map_err(|err| TransportError::Config(err.to_string()))
+            tokio::try_join!(agent_server, api_server)
+                .map_err(|err| TransportError::Config(err.to_string()))
         };
         tokio::pin!(servers);
         tokio::select! {
@@ -188,7 +209,11 @@ pub fn hostname() -> String {
     std::env::var("HOSTNAME")
         .ok()
         .filter(|h| !h.is_empty())
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_owned()))
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+        })
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "dispatcher".into())
 }

@@ -28,7 +28,10 @@ async fn main() -> ExitCode {
     passage_telemetry::init_logging("info");
     let args = Args::parse();
     let mut config: DispatcherConfig = match &args.config {
-        Some(path) => match std::fs::read_to_string(path).map_err(|e| e.to_string()).and_then(|text| toml::from_str(&text).map_err(|e| e.to_string())) {
+        Some(path) => match std::fs::read_to_string(path)
+            .map_err(|e| e.to_string())
+            .and_then(|text| toml::from_str(&text).map_err(|e| e.to_string()))
+        {
             Ok(config) => config,
             Err(err) => {
                 eprintln!("passage-dispatcher: {}: {err}", path.display());
@@ -53,7 +56,11 @@ async fn main() -> ExitCode {
         }
     };
     // One machine-readable line on stdout: harnesses and operators learn the bound ports.
-    println!("passage-dispatcher listening agents={} api={}", bound.agent_addr(), bound.api_addr());
+    println!(
+        "passage-dispatcher listening agents={} api={}",
+        bound.agent_addr(),
+        bound.api_addr()
+    );
     match bound.run(passage_transport::shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -117,7 +117,12 @@ impl AgentConnection {
     pub fn is_healthy(&self, liveness: Duration) -> bool {
         !self.closed.load(Ordering::Relaxed)
             && !self.draining.load(Ordering::Relaxed)
-            && self.last_seen.lock().unwrap_or_else(|p| p.into_inner()).elapsed() < liveness
+            && self
+                .last_seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .elapsed()
+                < liveness
     }
 
     /// Whether the agent is at its advertised capacity.
@@ -131,7 +136,10 @@ impl AgentConnection {
     }
 
     /// Sends `task` (its request id is assigned here) and returns a handle on the answer.
-    pub fn dispatch(self: &Arc<Self>, mut task: ValidationTask) -> Result<PendingAnswer, DispatchError> {
+    pub fn dispatch(
+        self: &Arc<Self>,
+        mut task: ValidationTask,
+    ) -> Result<PendingAnswer, DispatchError> {
         if self.closed.load(Ordering::Relaxed) || self.draining.load(Ordering::Relaxed) {
             return Err(DispatchError::Gone);
         }
@@ -190,7 +198,8 @@ impl AgentConnection {
     pub fn close(&self) {
         self.closed.store(true, Ordering::Relaxed);
         let waiters = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
-        self.in_flight.fetch_sub(waiters.len() as u32, Ordering::Relaxed);
+        self.in_flight
+            .fetch_sub(waiters.len() as u32, Ordering::Relaxed);
     }
 
     /// Asks the agent to stop sending work here; in-flight work still completes.
@@ -244,7 +253,12 @@ impl AgentRegistry {
     }
 
     /// Healthy agents of a tenant's connector group.
-    pub fn healthy(&self, tenant: &str, connector_group: &str, liveness: Duration) -> Vec<Arc<AgentConnection>> {
+    pub fn healthy(
+        &self,
+        tenant: &str,
+        connector_group: &str,
+        liveness: Duration,
+    ) -> Vec<Arc<AgentConnection>> {
         self.agents
             .iter()
             .filter(|c| {
@@ -276,7 +290,13 @@ impl AgentRegistry {
 mod tests {
     use super::*;
 
-    fn connection(registry: &AgentRegistry, id: &str) -> (Arc<AgentConnection>, mpsc::Receiver<Result<ConnectResponse, Status>>) {
+    fn connection(
+        registry: &AgentRegistry,
+        id: &str,
+    ) -> (
+        Arc<AgentConnection>,
+        mpsc::Receiver<Result<ConnectResponse, Status>>,
+    ) {
         let (tx, rx) = mpsc::channel(8);
         let identity = AgentIdentity {
             agent_id: id.into(),
@@ -287,7 +307,14 @@ mod tests {
             public_key_der: vec![],
             capacity: 2,
         };
-        (Arc::new(AgentConnection::new(identity, registry.next_connection_id(), tx)), rx)
+        (
+            Arc::new(AgentConnection::new(
+                identity,
+                registry.next_connection_id(),
+                tx,
+            )),
+            rx,
+        )
     }
 
     #[tokio::test]
@@ -297,14 +324,24 @@ mod tests {
         registry.register(Arc::clone(&conn));
         let pending = conn.dispatch(ValidationTask::default()).unwrap();
         assert_eq!(conn.in_flight(), 1);
-        let Some(Ok(ConnectResponse { message: Some(connect_response::Message::Task(task)) })) = rx.recv().await else {
+        let Some(Ok(ConnectResponse {
+            message: Some(connect_response::Message::Task(task)),
+        })) = rx.recv().await
+        else {
             panic!("task not sent");
         };
-        assert!(conn.complete(ValidationAnswer { request_id: task.request_id, outcome: 1, ..Default::default() }));
+        assert!(conn.complete(ValidationAnswer {
+            request_id: task.request_id,
+            outcome: 1,
+            ..Default::default()
+        }));
         assert_eq!(pending.answer().await.unwrap().outcome, 1);
         assert_eq!(conn.in_flight(), 0);
         // A second answer for the same id finds nobody.
-        assert!(!conn.complete(ValidationAnswer { request_id: task.request_id, ..Default::default() }));
+        assert!(!conn.complete(ValidationAnswer {
+            request_id: task.request_id,
+            ..Default::default()
+        }));
     }
 
     #[tokio::test]
@@ -317,7 +354,10 @@ mod tests {
         assert!(pending.answer().await.is_none());
         assert_eq!(conn.in_flight(), 0);
         assert!(registry.is_empty());
-        assert_eq!(conn.dispatch(ValidationTask::default()).err(), Some(DispatchError::Gone));
+        assert_eq!(
+            conn.dispatch(ValidationTask::default()).err(),
+            Some(DispatchError::Gone)
+        );
     }
 
     #[tokio::test]

@@ -4,8 +4,9 @@ use std::{sync::Arc, time::Duration};
 
 use passage_error_codes::ErrorCode;
 use passage_proto::v1::{
-    AgentError, AgentKey, ListAgentKeysRequest, ListAgentKeysResponse, ValidateRequest, ValidateResponse,
-    ValidationAnswer, ValidationOutcome, ValidationTask, dispatcher_server::Dispatcher,
+    AgentError, AgentKey, ListAgentKeysRequest, ListAgentKeysResponse, ValidateRequest,
+    ValidateResponse, ValidationAnswer, ValidationOutcome, ValidationTask,
+    dispatcher_server::Dispatcher,
 };
 use passage_telemetry::TraceParent;
 use tonic::{Request, Response, Status};
@@ -27,7 +28,11 @@ pub struct RelayService {
 impl RelayService {
     /// A relay over `registry`, waiting at most `default_timeout` unless the caller's deadline
     /// is shorter; agents unheard of for `liveness` are not offered.
-    pub fn new(registry: Arc<AgentRegistry>, default_timeout: Duration, liveness: Duration) -> Self {
+    pub fn new(
+        registry: Arc<AgentRegistry>,
+        default_timeout: Duration,
+        liveness: Duration,
+    ) -> Self {
         Self {
             registry,
             default_timeout,
@@ -89,7 +94,10 @@ impl RelayService {
 
 #[tonic::async_trait]
 impl Dispatcher for RelayService {
-    async fn validate(&self, request: Request<ValidateRequest>) -> Result<Response<ValidateResponse>, Status> {
+    async fn validate(
+        &self,
+        request: Request<ValidateRequest>,
+    ) -> Result<Response<ValidateResponse>, Status> {
         let timeout = request
             .metadata()
             .get("grpc-timeout")
@@ -104,7 +112,11 @@ impl Dispatcher for RelayService {
         if request.candidates.is_empty() || request.candidates.len() > 2 {
             return Err(ErrorCode::InvalidRequest.status("one or two candidates are required"));
         }
-        if request.candidates.iter().any(|c| c.ciphertext.len() > MAX_CIPHERTEXT_BYTES) {
+        if request
+            .candidates
+            .iter()
+            .any(|c| c.ciphertext.len() > MAX_CIPHERTEXT_BYTES)
+        {
             return Err(ErrorCode::InvalidRequest.status("ciphertext too large"));
         }
         let trace = TraceParent::from_message_or_root(request.trace.as_ref());
@@ -125,7 +137,8 @@ impl Dispatcher for RelayService {
                 let connection = self.registry.get(&c.agent_id)?;
                 let right_place = connection.identity.tenant == request.tenant
                     && connection.identity.connector_group == request.connector_group;
-                (right_place && connection.is_healthy(self.liveness)).then_some((connection, c.ciphertext))
+                (right_place && connection.is_healthy(self.liveness))
+                    .then_some((connection, c.ciphertext))
             })
             .collect();
         if candidates.is_empty() {
@@ -168,7 +181,8 @@ impl Dispatcher for RelayService {
                             continue;
                         }
                         ValidationOutcome::Unspecified => {
-                            return Err(ErrorCode::Internal.status(format!("agent {agent_id} sent no outcome")));
+                            return Err(ErrorCode::Internal
+                                .status(format!("agent {agent_id} sent no outcome")));
                         }
                         _ => {
                             return Ok(Response::new(ValidateResponse {
@@ -194,9 +208,12 @@ impl Dispatcher for RelayService {
             }
         }
         Err(if let Some(detail) = directory_down {
-            ErrorCode::DirectoryUnavailable.status(format!("the agent could not reach the directory: {detail}"))
+            ErrorCode::DirectoryUnavailable
+                .status(format!("the agent could not reach the directory: {detail}"))
         } else if let Some((error, detail)) = rejected {
-            ErrorCode::AgentRejected.status(format!("the agent refused the sealed password ({error:?}): {detail}"))
+            ErrorCode::AgentRejected.status(format!(
+                "the agent refused the sealed password ({error:?}): {detail}"
+            ))
         } else if lost {
             ErrorCode::AgentLost.status("every candidate agent disconnected before answering")
         } else {

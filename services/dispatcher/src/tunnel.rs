@@ -4,8 +4,8 @@ use std::{pin::Pin, sync::Arc, time::Duration};
 
 use passage_envelope::SealingKey;
 use passage_proto::v1::{
-    AgentHello, ConnectRequest, ConnectResponse, Welcome, agent_tunnel_server::AgentTunnel, connect_request,
-    connect_response,
+    AgentHello, ConnectRequest, ConnectResponse, Welcome, agent_tunnel_server::AgentTunnel,
+    connect_request, connect_response,
 };
 use tokio::sync::mpsc;
 use tokio_stream::{Stream, wrappers::ReceiverStream};
@@ -28,7 +28,11 @@ pub struct TunnelService {
 
 impl TunnelService {
     /// A service registering streams in `registry`.
-    pub fn new(registry: Arc<AgentRegistry>, dispatcher_id: String, heartbeat_interval: Duration) -> Self {
+    pub fn new(
+        registry: Arc<AgentRegistry>,
+        dispatcher_id: String,
+        heartbeat_interval: Duration,
+    ) -> Self {
         Self {
             registry,
             dispatcher_id,
@@ -60,8 +64,11 @@ fn identity_from_hello(hello: AgentHello) -> Result<AgentIdentity, Status> {
             "hello.capacity must be 1 to {MAX_CAPACITY}"
         )));
     }
-    SealingKey::from_der(&hello.public_key_der)
-        .map_err(|_| Status::invalid_argument("hello.public_key_der is not an RSA public key of at least 2048 bits"))?;
+    SealingKey::from_der(&hello.public_key_der).map_err(|_| {
+        Status::invalid_argument(
+            "hello.public_key_der is not an RSA public key of at least 2048 bits",
+        )
+    })?;
     Ok(AgentIdentity {
         agent_id: hello.agent_id,
         tenant: hello.tenant,
@@ -92,7 +99,9 @@ impl AgentTunnel for TunnelService {
             message: Some(connect_request::Message::Hello(hello)),
         }) = first
         else {
-            return Err(Status::invalid_argument("the first message on a stream must be a hello"));
+            return Err(Status::invalid_argument(
+                "the first message on a stream must be a hello",
+            ));
         };
         let identity = identity_from_hello(hello)?;
 

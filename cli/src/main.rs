@@ -1,0 +1,174 @@
+//! `passage`: the command people type.
+//!
+//! * `passage demo [--signin USER]` — dispatcher, gateway and one agent in one process against
+//!   a built-in demo directory; with `--signin`, one real sign-in over gRPC, the token and its
+//!   verified claims, then exit.
+//! * `passage signin --gateway URL --user U` — sign in against a running gateway; the password
+//!   comes from a prompt or standard input, never from the command line.
+//! * `passage hash-password` — an Argon2id hash for a static directory file.
+
+mod demo;
+
+use std::{io::BufRead, io::IsTerminal, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+use passage_credentials::Password;
+use passage_error_codes::ErrorCode;
+use passage_proto::v1::{SignInRequest, gateway_client::GatewayClient};
+
+/// Passage: pass-through authentication against your own directory.
+#[derive(Parser)]
+#[command(version, about)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run dispatcher, gateway and an agent in one process against a built-in demo directory.
+    Demo {
+        /// Sign in as this demo user, print the token and its verified claims, and exit.
+        #[arg(long, value_name = "USER")]
+        signin: Option<String>,
+    },
+    /// Sign in against a running gateway and print the tokens.
+    Signin {
+        /// Gateway gRPC URL, e.g. https://login.example.com:9443.
+        #[arg(long)]
+        gateway: String,
+        /// user@domain.
+        #[arg(long)]
+        user: String,
+        /// The application signing in (the tokens' audience).
+        #[arg(long, default_value = "passage-cli")]
+        client_id: String,
+        /// Issuer URL; when given, the tokens are verified against its JWKS and the claims printed.
+        #[arg(long)]
+        issuer: Option<String>,
+        /// Allow an http:// gateway URL. Development only.
+        #[arg(long)]
+        insecure_plaintext: bool,
+    },
+    /// Print an Argon2id hash of a password read from a prompt or standard input.
+    HashPassword,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let result = match Args::parse().command {
+        Command::Demo { signin } => {
+            passage_telemetry::init_logging("warn");
+            demo::run(signin).await
+        }
+        Command::Signin {
+            gateway,
+            user,
+            client_id,
+            issuer,
+            insecure_plaintext,
+        } => {
+            passage_telemetry::init_logging("warn");
+            signin(
+                &gateway,
+                &user,
+                &client_id,
+                issuer.as_deref(),
+                insecure_plaintext,
+            )
+            .await
+        }
+        Command::HashPassword => read_password("Password: ").map(|password| {
+            println!(
+                "{}",
+                passage_directory::static_file::hash_password(&password)
+            );
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("passage: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Reads a password without echo from the terminal, or one line from standard input.
+fn read_password(prompt: &str) -> Result<Password, String> {
+    let text = if std::io::stdin().is_terminal() {
+        rpassword::prompt_password(prompt).map_err(|e| format!("reading the password: {e}"))?
+    } else {
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| format!("reading the password: {e}"))?;
+        line.trim_end_matches(['\r', '\n']).to_owned()
+    };
+    Password::new(text).map_err(|e| e.to_string())
+}
+
+/// Calls `Gateway.SignIn` and returns the response or a printable error with its code.
+pub(crate) async fn call_sign_in(
+    gateway: &str,
+    insecure_plaintext: bool,
+    username: &str,
+    password: &Password,
+    client_id: &str,
+) -> Result<passage_proto::v1::SignInResponse, String> {
+    let channel = passage_transport::endpoint(gateway, None, insecure_plaintext)
+        .map_err(|e| e.to_string())?
+        .connect()
+        .await
+        .map_err(|e| format!("connecting to {gateway}: {e}"))?;
+    GatewayClient::new(channel)
+        .sign_in(SignInRequest {
+            username: username.to_owned(),
+            password: password.expose().to_owned(),
+            client_id: client_id.to_owned(),
+            client_ip: String::new(),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(|status| {
+            // Passage errors lead with their code (PSG...); others get the gRPC code.
+            match ErrorCode::of(&status) {
+                Some(_) => format!("sign-in failed: {}", status.message()),
+                None => format!("sign-in failed ({:?}): {}", status.code(), status.message()),
+            }
+        })
+}
+
+/// Fetches the issuer's JWKS and verifies `token`, returning its claims as pretty JSON.
+pub(crate) async fn verified_claims(
+    issuer: &str,
+    client_id: &str,
+    token: &str,
+) -> Result<String, String> {
+    let jwks = passage_gateway::client::fetch_jwks(issuer).await?;
+    let claims =
+        passage_tokens::verify(token, &jwks, issuer, client_id).map_err(|e| e.to_string())?;
+    serde_json::to_string_pretty(&claims).map_err(|e| e.to_string())
+}
+
+async fn signin(
+    gateway: &str,
+    user: &str,
+    client_id: &str,
+    issuer: Option<&str>,
+    insecure_plaintext: bool,
+) -> Result<(), String> {
+    let password = read_password(&format!("Password for {user}: "))?;
+    let response = call_sign_in(gateway, insecure_plaintext, user, &password, client_id).await?;
+    println!("access_token: {}", response.access_token);
+    println!("id_token:     {}", response.id_token);
+    println!("expires_in:   {} s", response.expires_in);
+    if let Some(issuer) = issuer {
+        println!(
+            "verified claims:\n{}",
+            verified_claims(issuer, client_id, &response.id_token).await?
+        );
+    }
+    Ok(())
+}

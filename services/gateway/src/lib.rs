@@ -1,0 +1,285 @@
+//! The gateway: Passage's public sign-in API.
+//!
+//! * [`signin`]: `Gateway.SignIn` — input checks, routing to a connector group, sealing the
+//!   password to two random healthy agents, the dispatcher call, tokens, the sign-in log.
+//! * [`keyset`]: the cached public keys of each connector group's healthy agents.
+//! * [`http`]: OIDC discovery and the JWKS over HTTP, so relying parties can verify tokens.
+//! * [`client`]: small helpers for callers (CLI, tests) to fetch the JWKS.
+
+pub mod client;
+pub mod http;
+pub mod keyset;
+pub mod signin;
+
+use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use passage_proto::v1::{dispatcher_client::DispatcherClient, gateway_server::GatewayServer};
+use passage_tokens::TokenIssuer;
+use passage_transport::{ClientTls, ServerTls, TransportError};
+use serde::Deserialize;
+use tonic::transport::server::TcpIncoming;
+
+use crate::{keyset::KeySetCache, signin::SignInService};
+
+/// Gateway configuration (TOML).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Where gRPC clients call `Gateway.SignIn`.
+    #[serde(default = "default_grpc_listen")]
+    pub grpc_listen: SocketAddr,
+    /// Where OIDC discovery and the JWKS are served over HTTP.
+    #[serde(default = "default_http_listen")]
+    pub http_listen: SocketAddr,
+    /// The issuer (`iss`) and base URL of discovery; default `http://<http_listen>`.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// The dispatcher's gateway-facing URL (`https://dispatcher:8444`).
+    pub dispatcher_url: String,
+    /// TLS towards the dispatcher.
+    #[serde(default)]
+    pub dispatcher_tls: Option<ClientTls>,
+    /// TLS for the gRPC listener.
+    #[serde(default)]
+    pub tls: Option<ServerTls>,
+    /// Tenant of every sign-in at this gateway.
+    #[serde(default = "default_tenant")]
+    pub tenant: String,
+    /// Which connector group serves which username domains. Without any, the domain itself
+    /// (lower-cased) names the group.
+    #[serde(default)]
+    pub connector_groups: Vec<ConnectorGroupRoute>,
+    /// Applications allowed to sign users in; tokens are issued with the client id as audience.
+    #[serde(default)]
+    pub clients: Vec<ClientRegistration>,
+    /// PKCS#8 DER P-256 key signing tokens; created (mode 0600) when missing.
+    pub signing_key_file: PathBuf,
+    /// Token lifetime in seconds.
+    #[serde(default = "default_token_lifetime_s")]
+    pub token_lifetime_s: u64,
+    /// How long a sealed password stays valid, in seconds.
+    #[serde(default = "default_envelope_lifetime_s")]
+    pub envelope_lifetime_s: u64,
+    /// How long the agents' key set is cached, in milliseconds.
+    #[serde(default = "default_key_cache_ttl_ms")]
+    pub key_cache_ttl_ms: u64,
+    /// Deadline of one dispatcher call, in milliseconds.
+    #[serde(default = "default_validation_timeout_ms")]
+    pub validation_timeout_ms: u64,
+    /// Serve plaintext gRPC and dial `http://` dispatchers. Development only.
+    #[serde(default)]
+    pub insecure_plaintext: bool,
+}
+
+/// A connector group and the username domains it serves.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectorGroupRoute {
+    /// The group's name, as agents announce it.
+    pub name: String,
+    /// Username suffixes (after `@`), matched case-insensitively.
+    pub domains: Vec<String>,
+}
+
+/// An application allowed to sign users in.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientRegistration {
+    /// The `client_id`; becomes the tokens' audience.
+    pub id: String,
+    /// Human-readable name, for logs.
+    #[serde(default)]
+    pub name: String,
+}
+
+fn default_grpc_listen() -> SocketAddr {
+    ([0, 0, 0, 0], 9443).into()
+}
+fn default_http_listen() -> SocketAddr {
+    ([0, 0, 0, 0], 8080).into()
+}
+fn default_tenant() -> String {
+    "default".into()
+}
+fn default_token_lifetime_s() -> u64 {
+    3600
+}
+fn default_envelope_lifetime_s() -> u64 {
+    60
+}
+fn default_key_cache_ttl_ms() -> u64 {
+    2_000
+}
+fn default_validation_timeout_ms() -> u64 {
+    10_000
+}
+
+impl GatewayConfig {
+    /// A development configuration: plaintext, one open client, everything else default.
+    pub fn development(dispatcher_url: String, signing_key_file: PathBuf) -> Self {
+        Self {
+            grpc_listen: default_grpc_listen(),
+            http_listen: default_http_listen(),
+            issuer: None,
+            dispatcher_url,
+            dispatcher_tls: None,
+            tls: None,
+            tenant: default_tenant(),
+            connector_groups: Vec::new(),
+            clients: Vec::new(),
+            signing_key_file,
+            token_lifetime_s: default_token_lifetime_s(),
+            envelope_lifetime_s: default_envelope_lifetime_s(),
+            key_cache_ttl_ms: default_key_cache_ttl_ms(),
+            validation_timeout_ms: default_validation_timeout_ms(),
+            insecure_plaintext: true,
+        }
+    }
+}
+
+/// Gateway start-up errors.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// Listener or dispatcher transport problem.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// Signing key problem.
+    #[error(transparent)]
+    Tokens(#[from] passage_tokens::TokenError),
+    /// Configuration problem.
+    #[error("configuration: {0}")]
+    Config(String),
+}
+
+/// A gateway whose listeners are bound; [`BoundGateway::run`] serves.
+pub struct BoundGateway {
+    config: GatewayConfig,
+    issuer: Arc<TokenIssuer>,
+    grpc_incoming: TcpIncoming,
+    grpc_addr: SocketAddr,
+    http_listener: tokio::net::TcpListener,
+    http_addr: SocketAddr,
+}
+
+/// Loads the signing key and binds both listeners.
+pub async fn bind(config: GatewayConfig) -> Result<BoundGateway, GatewayError> {
+    passage_transport::server_builder(
+        "gateway gRPC listener",
+        config.tls.as_ref(),
+        config.insecure_plaintext,
+    )?;
+    // Fail at start-up, not at the first sign-in, when the dispatcher URL is unusable.
+    passage_transport::endpoint(
+        &config.dispatcher_url,
+        config.dispatcher_tls.as_ref(),
+        config.insecure_plaintext,
+    )?;
+    if config.envelope_lifetime_s == 0 || config.envelope_lifetime_s > 300 {
+        return Err(GatewayError::Config(
+            "envelope_lifetime_s must be 1 to 300".into(),
+        ));
+    }
+    let key = passage_tokens::load_or_create_signing_key(&config.signing_key_file)?;
+    let (grpc_incoming, grpc_addr) = passage_transport::bind(config.grpc_listen).await?;
+    let http_listener = tokio::net::TcpListener::bind(config.http_listen)
+        .await
+        .map_err(|source| TransportError::Bind {
+            addr: config.http_listen,
+            source,
+        })?;
+    let http_addr = http_listener
+        .local_addr()
+        .map_err(|source| TransportError::Bind {
+            addr: config.http_listen,
+            source,
+        })?;
+    let issuer_url = config
+        .issuer
+        .clone()
+        .unwrap_or_else(|| format!("http://{http_addr}"));
+    let issuer = Arc::new(TokenIssuer::new(
+        issuer_url,
+        key,
+        Duration::from_secs(config.token_lifetime_s),
+    ));
+    Ok(BoundGateway {
+        config,
+        issuer,
+        grpc_incoming,
+        grpc_addr,
+        http_listener,
+        http_addr,
+    })
+}
+
+impl BoundGateway {
+    /// Where gRPC clients call.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// Where discovery and the JWKS are served.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The token issuer URL.
+    pub fn issuer_url(&self) -> &str {
+        self.issuer.issuer()
+    }
+
+    /// Serves until `shutdown` resolves; calls in progress finish first.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), GatewayError> {
+        let config = self.config;
+        let channel = passage_transport::endpoint(
+            &config.dispatcher_url,
+            config.dispatcher_tls.as_ref(),
+            config.insecure_plaintext,
+        )?
+        .connect_lazy();
+        let dispatcher = DispatcherClient::new(channel);
+        let keys = Arc::new(KeySetCache::new(
+            dispatcher.clone(),
+            config.tenant.clone(),
+            Duration::from_millis(config.key_cache_ttl_ms),
+        ));
+        let service = SignInService::new(&config, dispatcher, keys, Arc::clone(&self.issuer));
+
+        let (health_reporter, health) = passage_transport::health();
+        health_reporter
+            .set_serving::<GatewayServer<SignInService>>()
+            .await;
+
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        let grpc = passage_transport::server_builder(
+            "gateway gRPC listener",
+            config.tls.as_ref(),
+            config.insecure_plaintext,
+        )?
+        .add_service(health)
+        .add_service(passage_transport::reflection()?)
+        .add_service(GatewayServer::new(service))
+        .serve_with_incoming_shutdown(self.grpc_incoming, stopped(stop_rx.clone()));
+        let http = axum::serve(self.http_listener, http::router(Arc::clone(&self.issuer)))
+            .with_graceful_shutdown(stopped(stop_rx));
+        tracing::info!(grpc = %self.grpc_addr, http = %self.http_addr, issuer = %self.issuer.issuer(), "gateway serving");
+        tokio::spawn(async move {
+            shutdown.await;
+            tracing::info!("shutting down: finishing calls in progress");
+            health_reporter
+                .set_not_serving::<GatewayServer<SignInService>>()
+                .await;
+            let _ = stop_tx.send(true);
+        });
+        let (grpc, http) = tokio::join!(grpc, http);
+        grpc.map_err(|err| GatewayError::Config(err.to_string()))?;
+        http.map_err(|err| GatewayError::Config(err.to_string()))?;
+        Ok(())
+    }
+}
