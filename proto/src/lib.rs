@@ -30,6 +30,9 @@ impl std::fmt::Debug for v1::PasswordPayload {
     }
 }
 
+/// Encoded `FileDescriptorSet` of `passage.v1`, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("passage_descriptor");
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -48,6 +51,3 @@ mod tests {
         assert!(printed.contains("alice@corp.example.com"));
     }
 }
-
-/// Encoded `FileDescriptorSet` of `passage.v1`, for gRPC server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("passage_descriptor");

@@ -265,81 +265,87 @@ impl LdapDirectory {
         Ok(ldap)
     }
 
-    /// A search connection bound as the service account, reusing the slot's connection.
+    /// A search connection bound as the service account: the slot's cached one, or (when
+    /// `fresh`, or none is cached) a new one that replaces it.
+    async fn search_connection(&self, slot: usize, fresh: bool) -> Result<Ldap, DirectoryError> {
+        let mut cached = self.search_slots[slot].lock().await;
+        if !fresh && let Some(ldap) = cached.as_ref() {
+            return Ok(ldap.clone());
+        }
+        let mut ldap = self.connect().await?;
+        self.service_bind(&mut ldap).await?;
+        *cached = Some(ldap.clone());
+        Ok(ldap)
+    }
+
+    /// Runs one search on a pooled connection, retrying once on a fresh connection when the
+    /// pooled one turns out dead (a server restart since its last use says nothing about now).
+    async fn search(
+        &self,
+        base: &str,
+        filter: &str,
+        attributes: &[String],
+    ) -> Result<(Vec<ldap3::ResultEntry>, ldap3::LdapResult), DirectoryError> {
+        let slot = self.next_search.fetch_add(1, Ordering::Relaxed) % self.search_slots.len();
+        let mut fresh = false;
+        loop {
+            let mut ldap = self.search_connection(slot, fresh).await?;
+            match ldap
+                .with_timeout(self.timeout)
+                .search(base, Scope::Subtree, filter, attributes)
+                .await
+            {
+                Ok(result) => {
+                    return result
+                        .non_error()
+                        .map_err(|err| unavailable("search", &err));
+                }
+                Err(err) if !fresh && is_connection_error(&err) => fresh = true,
+                Err(err) => {
+                    *self.search_slots[slot].lock().await = None;
+                    return Err(unavailable("search", &err));
+                }
+            }
+        }
+    }
+
+    /// Finds the one entry whose login attribute equals `login`.
     async fn search_user(&self, login: &str) -> Result<Option<SearchEntry>, DirectoryError> {
-        let index = self.next_search.fetch_add(1, Ordering::Relaxed) % self.search_slots.len();
         let filter = user_search_filter(
             &self.config.user_filter,
             &self.config.login_attribute,
             login,
         );
-        // One retry on a fresh connection: a pooled connection may have died since last use
-        // (server restart), which says nothing about the server now.
-        for attempt in 0..2 {
-            let mut ldap = {
-                let mut slot = self.search_slots[index].lock().await;
-                match slot.as_ref() {
-                    Some(ldap) if attempt == 0 => ldap.clone(),
-                    _ => {
-                        let mut ldap = self.connect().await?;
-                        self.service_bind(&mut ldap).await?;
-                        *slot = Some(ldap.clone());
-                        ldap
-                    }
-                }
-            };
-            let result = ldap
-                .with_timeout(self.timeout)
-                .search(
-                    &self.config.base_dn,
-                    Scope::Subtree,
-                    &filter,
-                    &self.attributes,
-                )
-                .await;
-            match result {
-                Ok(search) => {
-                    let (entries, status) = search
-                        .non_error()
-                        .map_err(|err| unavailable("search", &err))?;
-                    match status.rc {
-                        0 => {}
-                        32 => {
-                            return Err(DirectoryError::Misconfigured(format!(
-                                "base DN {:?} does not exist",
-                                self.config.base_dn
-                            )));
-                        }
-                        rc => {
-                            return Err(DirectoryError::Unavailable(format!(
-                                "search answered rc={rc}: {}",
-                                status.text
-                            )));
-                        }
-                    }
-                    let mut entries = entries.into_iter();
-                    return match (entries.next(), entries.next()) {
-                        (Some(entry), None) => Ok(Some(SearchEntry::construct(entry))),
-                        (None, _) => Ok(None),
-                        (Some(_), Some(_)) => {
-                            tracing::warn!(
-                                attribute = %self.config.login_attribute,
-                                "login matches more than one directory entry; refusing"
-                            );
-                            Ok(None)
-                        }
-                    };
-                }
-                Err(err) if attempt == 0 && is_connection_error(&err) => {
-                    *self.search_slots[index].lock().await = None;
-                }
-                Err(err) => {
-                    *self.search_slots[index].lock().await = None;
-                    return Err(unavailable("search", &err));
-                }
+        let (entries, status) = self
+            .search(&self.config.base_dn, &filter, &self.attributes)
+            .await?;
+        match status.rc {
+            0 => {}
+            32 => {
+                return Err(DirectoryError::Misconfigured(format!(
+                    "base DN {:?} does not exist",
+                    self.config.base_dn
+                )));
+            }
+            rc => {
+                return Err(DirectoryError::Unavailable(format!(
+                    "search answered rc={rc}: {}",
+                    status.text
+                )));
             }
         }
-        unreachable!("the loop returns on its second attempt")
+        let mut entries = entries.into_iter();
+        match (entries.next(), entries.next()) {
+            (Some(entry), None) => Ok(Some(SearchEntry::construct(entry))),
+            (None, _) => Ok(None),
+            (Some(_), Some(_)) => {
+                tracing::warn!(
+                    attribute = %self.config.login_attribute,
+                    "login matches more than one directory entry; refusing"
+                );
+                Ok(None)
+            }
+        }
     }
 
     async fn service_bind(&self, ldap: &mut Ldap) -> Result<(), DirectoryError> {
@@ -435,27 +441,19 @@ impl LdapDirectory {
                 search.member_attribute,
                 ldap_escape(entry.dn.as_str())
             );
-            let index = self.next_search.fetch_add(1, Ordering::Relaxed) % self.search_slots.len();
-            let ldap = self.search_slots[index].lock().await.clone();
-            let mut ldap = match ldap {
-                Some(ldap) => ldap,
-                None => {
-                    let mut ldap = self.connect().await?;
-                    self.service_bind(&mut ldap).await?;
-                    ldap
-                }
-            };
-            let (entries, _) = ldap
-                .with_timeout(self.timeout)
+            let (entries, status) = self
                 .search(
                     &search.base_dn,
-                    Scope::Subtree,
                     &filter,
-                    [&search.name_attribute],
+                    std::slice::from_ref(&search.name_attribute),
                 )
-                .await
-                .and_then(|r| r.success())
-                .map_err(|err| unavailable("group search", &err))?;
+                .await?;
+            if status.rc != 0 {
+                return Err(DirectoryError::Unavailable(format!(
+                    "group search answered rc={}: {}",
+                    status.rc, status.text
+                )));
+            }
             groups.extend(entries.into_iter().filter_map(|e| {
                 SearchEntry::construct(e)
                     .attrs

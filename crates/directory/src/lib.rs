@@ -85,7 +85,7 @@ pub trait Directory: Send + Sync + 'static {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum DirectoryConfig {
     /// An LDAP or Active Directory server.
-    Ldap(LdapConfig),
+    Ldap(Box<LdapConfig>),
     /// A file of users with Argon2id password hashes.
     Static(StaticConfig),
 }
@@ -94,7 +94,7 @@ impl DirectoryConfig {
     /// Builds the backend (reads files; does not contact servers yet).
     pub fn build(&self) -> Result<Box<dyn Directory>, DirectoryError> {
         Ok(match self {
-            DirectoryConfig::Ldap(config) => Box::new(LdapDirectory::new(config.clone())?),
+            DirectoryConfig::Ldap(config) => Box::new(LdapDirectory::new((**config).clone())?),
             DirectoryConfig::Static(config) => Box::new(StaticDirectory::from_config(config)?),
         })
     }

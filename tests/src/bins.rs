@@ -1,0 +1,138 @@
+//! Finding (and if needed building) the binaries under test, and running them.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{OnceLock, mpsc},
+    time::Duration,
+};
+
+/// The directory holding `passage-agent`, `passage-dispatcher`, `passage-gateway` for the
+/// profile this test was built with. They are built once per test process; cargo makes that a
+/// no-op when they are fresh.
+pub fn bin_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        // target/<profile>/deps/<test binary> → target/<profile>
+        let exe = std::env::current_exe().expect("current test executable");
+        let dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("test binary lives in target/<profile>/deps")
+            .to_path_buf();
+        let release = dir.file_name().is_some_and(|n| n == "release");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut build = Command::new(cargo);
+        build.args([
+            "build",
+            "--quiet",
+            "-p",
+            "passage-agent",
+            "-p",
+            "passage-dispatcher",
+            "-p",
+            "passage-gateway",
+            "--bins",
+        ]);
+        if release {
+            build.arg("--release");
+        }
+        let status = build
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("running cargo build for the service binaries");
+        assert!(status.success(), "building the service binaries failed");
+        dir
+    })
+}
+
+/// A child process killed when dropped, whose stderr goes to a log file.
+pub struct Process {
+    child: Child,
+    /// Where its stderr (the structured log) goes.
+    pub log_path: PathBuf,
+    /// The first line it printed on stdout (its listening addresses).
+    pub ready_line: String,
+}
+
+impl Process {
+    /// Starts `bin_dir()/name args`, logging stderr to `log_path`, and waits (up to 30 s) for its
+    /// first stdout line.
+    pub fn start(name: &str, args: &[&str], log_path: &Path) -> Self {
+        let log = std::fs::File::create(log_path).expect("creating the process log");
+        let mut child = Command::new(bin_dir().join(name))
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|err| panic!("starting {name}: {err}"));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            // Keep draining so the child never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let ready_line = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                let log = std::fs::read_to_string(log_path).unwrap_or_default();
+                panic!("{name} did not start within 30 s; its log:\n{log}");
+            }
+        };
+        Self {
+            child,
+            log_path: log_path.to_path_buf(),
+            ready_line,
+        }
+    }
+
+    /// The value of `key=` in the ready line.
+    pub fn ready_value(&self, key: &str) -> String {
+        self.ready_line
+            .split_whitespace()
+            .find_map(|word| word.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("no {key}= in {:?}", self.ready_line))
+            .to_owned()
+    }
+
+    /// Kills the process at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM and waits up to `timeout` for a clean exit; true when it exited cleanly.
+    pub fn terminate(&mut self, timeout: Duration) -> bool {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill();
+        false
+    }
+
+    /// Everything it has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,271 @@
+//! A whole Passage deployment for one test: slapd, a dispatcher, a gateway and agents, each
+//! a real process with its own config file in a temp dir.
+
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use passage_proto::v1::{
+    ListAgentKeysRequest, SignInRequest, SignInResponse, dispatcher_client::DispatcherClient,
+    gateway_client::GatewayClient,
+};
+use tonic::{Status, transport::Channel};
+
+use crate::{
+    bins::Process,
+    slapd::{self, ADMIN_DN, ADMIN_PASSWORD, DOMAIN, GROUPS_DN, PEOPLE_DN, Slapd, TestUser},
+};
+
+/// The client id tests sign in as.
+pub const CLIENT_ID: &str = "e2e-app";
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// Agents to start.
+    pub agents: usize,
+    /// The agents' login attribute (default: `userPrincipalName`).
+    pub login_attribute: String,
+    /// Seeded users.
+    pub users: Vec<TestUser>,
+    /// Agent capacity.
+    pub agent_capacity: u32,
+    /// The gateway's dispatcher-call deadline.
+    pub validation_timeout: Duration,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        Self {
+            agents: 1,
+            login_attribute: "userPrincipalName".into(),
+            users: slapd::default_users(),
+            agent_capacity: 128,
+            validation_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The dispatcher process.
+pub struct DispatcherProcess {
+    /// The process.
+    pub process: Process,
+    /// `http://` URL agents dial.
+    pub agent_url: String,
+    /// `http://` URL gateways call.
+    pub api_url: String,
+}
+
+/// The gateway process.
+pub struct GatewayProcess {
+    /// The process.
+    pub process: Process,
+    /// `http://` gRPC URL.
+    pub grpc_url: String,
+    /// Issuer (and HTTP base) URL.
+    pub issuer: String,
+}
+
+/// One agent process.
+pub struct AgentProcess {
+    /// The process.
+    pub process: Process,
+    /// Its id.
+    pub agent_id: String,
+}
+
+/// Everything for one test.
+pub struct Cluster {
+    /// Options it was started with.
+    pub options: ClusterOptions,
+    /// The directory.
+    pub slapd: Slapd,
+    /// The dispatcher.
+    pub dispatcher: DispatcherProcess,
+    /// The gateway.
+    pub gateway: GatewayProcess,
+    /// Agents, in start order.
+    pub agents: Vec<AgentProcess>,
+    dir: tempfile::TempDir,
+    gateway_client: GatewayClient<Channel>,
+}
+
+async fn channel(url: &str) -> Channel {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match Channel::from_shared(url.to_owned())
+            .expect("valid URL")
+            .connect()
+            .await
+        {
+            Ok(channel) => return channel,
+            Err(err) if Instant::now() < deadline => {
+                let _ = err;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(err) => panic!("connecting to {url}: {err}"),
+        }
+    }
+}
+
+impl Cluster {
+    /// Starts slapd, dispatcher, gateway and `options.agents` agents, and waits until the
+    /// agents are registered.
+    pub async fn start(options: ClusterOptions) -> Self {
+        let dir = tempfile::tempdir().expect("cluster temp dir");
+        let slapd = Slapd::start(&options.users);
+
+        let dispatcher = Process::start(
+            "passage-dispatcher",
+            &[
+                "--agent-listen",
+                "127.0.0.1:0",
+                "--api-listen",
+                "127.0.0.1:0",
+                "--insecure-plaintext",
+            ],
+            &dir.path().join("dispatcher.log"),
+        );
+        let dispatcher = DispatcherProcess {
+            agent_url: format!("http://{}", dispatcher.ready_value("agents")),
+            api_url: format!("http://{}", dispatcher.ready_value("api")),
+            process: dispatcher,
+        };
+
+        let gateway_config = dir.path().join("gateway.toml");
+        std::fs::write(
+            &gateway_config,
+            format!(
+                "grpc_listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\n\
+                 dispatcher_url = \"{}\"\nsigning_key_file = \"{}\"\n\
+                 validation_timeout_ms = {}\ninsecure_plaintext = true\n\
+                 key_cache_ttl_ms = 500\n\n[[clients]]\nid = \"{CLIENT_ID}\"\nname = \"end-to-end tests\"\n",
+                dispatcher.api_url,
+                dir.path().join("token-key.der").display(),
+                options.validation_timeout.as_millis(),
+            ),
+        )
+        .expect("gateway.toml");
+        let gateway = Process::start(
+            "passage-gateway",
+            &["--config", gateway_config.to_str().expect("utf-8 path")],
+            &dir.path().join("gateway.log"),
+        );
+        let gateway = GatewayProcess {
+            grpc_url: format!("http://{}", gateway.ready_value("grpc")),
+            issuer: gateway.ready_value("issuer"),
+            process: gateway,
+        };
+        let gateway_client = GatewayClient::new(channel(&gateway.grpc_url).await);
+
+        let mut cluster = Self {
+            options,
+            slapd,
+            dispatcher,
+            gateway,
+            agents: Vec::new(),
+            dir,
+            gateway_client,
+        };
+        for _ in 0..cluster.options.agents {
+            cluster.add_agent().await;
+        }
+        cluster
+    }
+
+    fn agent_config(&self, index: usize) -> PathBuf {
+        let path = self.dir.path().join(format!("agent-{index}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "dispatchers = [\"{dispatcher}\"]\nconnector_group = \"{DOMAIN}\"\n\
+                 state_dir = \"{state}\"\ncapacity = {capacity}\nheartbeat_interval_ms = 1000\n\
+                 insecure_plaintext = true\n\n\
+                 [directory]\nkind = \"ldap\"\nurl = \"{url}\"\nbase_dn = \"{PEOPLE_DN}\"\n\
+                 bind_dn = \"{ADMIN_DN}\"\nbind_password = \"{ADMIN_PASSWORD}\"\n\
+                 login_attribute = \"{login}\"\ntimeout_ms = 2000\n\
+                 group_search = {{ base_dn = \"{GROUPS_DN}\" }}\n",
+                dispatcher = self.dispatcher.agent_url,
+                state = self.dir.path().join(format!("agent-{index}")).display(),
+                capacity = self.options.agent_capacity,
+                url = self.slapd.url(),
+                login = self.options.login_attribute,
+            ),
+        )
+        .expect("agent.toml");
+        path
+    }
+
+    /// Starts one more agent and waits until the dispatcher lists it.
+    pub async fn add_agent(&mut self) -> &AgentProcess {
+        let index = self.agents.len();
+        let config = self.agent_config(index);
+        let process = Process::start(
+            "passage-agent",
+            &["run", "--config", config.to_str().expect("utf-8 path")],
+            &self.dir.path().join(format!("agent-{index}.log")),
+        );
+        let agent_id = process.ready_value("agent_id");
+        self.wait_for_agents(|ids| ids.contains(&agent_id)).await;
+        self.agents.push(AgentProcess { process, agent_id });
+        self.agents.last().expect("just pushed")
+    }
+
+    /// The agent ids the dispatcher currently offers.
+    pub async fn listed_agents(&self) -> Vec<String> {
+        let mut client = DispatcherClient::new(channel(&self.dispatcher.api_url).await);
+        client
+            .list_agent_keys(ListAgentKeysRequest {
+                tenant: "default".into(),
+                connector_group: DOMAIN.into(),
+            })
+            .await
+            .expect("ListAgentKeys")
+            .into_inner()
+            .keys
+            .into_iter()
+            .map(|k| k.agent_id)
+            .collect()
+    }
+
+    /// Waits (up to 15 s) until the listed agent ids satisfy `ready`.
+    pub async fn wait_for_agents(&self, ready: impl Fn(&[String]) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let ids = self.listed_agents().await;
+            if ready(&ids) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agents not ready; dispatcher lists {ids:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Calls `Gateway.SignIn` as the test client.
+    pub async fn sign_in(&self, username: &str, password: &str) -> Result<SignInResponse, Status> {
+        self.gateway_client
+            .clone()
+            .sign_in(SignInRequest {
+                username: username.into(),
+                password: password.into(),
+                client_id: CLIENT_ID.into(),
+                client_ip: "203.0.113.7".into(),
+            })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// A gateway client for custom requests.
+    pub fn gateway_client(&self) -> GatewayClient<Channel> {
+        self.gateway_client.clone()
+    }
+
+    /// Where this cluster keeps its files (configs, logs).
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}

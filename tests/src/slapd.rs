@@ -1,0 +1,274 @@
+//! A private OpenLDAP `slapd` (Debian package) in a temp dir on 127.0.0.1, seeded with users.
+//!
+//! It runs in the foreground with the `stats` log level (`-d 256`) so tests can see exactly
+//! which binds the directory received.
+
+use std::{
+    fmt::Write as _,
+    net::{TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+/// Base DN of the test directory.
+pub const BASE_DN: &str = "dc=corp,dc=example,dc=com";
+/// Where users live.
+pub const PEOPLE_DN: &str = "ou=people,dc=corp,dc=example,dc=com";
+/// Where groups live.
+pub const GROUPS_DN: &str = "ou=groups,dc=corp,dc=example,dc=com";
+/// The administrator (service account) DN.
+pub const ADMIN_DN: &str = "cn=admin,dc=corp,dc=example,dc=com";
+/// The administrator's password.
+pub const ADMIN_PASSWORD: &str = "admin-secret";
+/// The users' domain (and connector group).
+pub const DOMAIN: &str = "corp.example.com";
+
+/// OpenLDAP has no `userPrincipalName`; this adds AD's attribute (same OID) and an auxiliary
+/// class carrying it, so the agent's default login attribute works against slapd.
+const UPN_SCHEMA: &str = "\
+attributetype ( 1.2.840.113556.1.4.656 NAME 'userPrincipalName'
+  EQUALITY caseIgnoreMatch SUBSTR caseIgnoreSubstringsMatch
+  SYNTAX 1.3.6.1.4.1.1466.115.121.1.15 SINGLE-VALUE )
+objectclass ( 1.3.6.1.4.1.4203.666.11.99.1 NAME 'passageTestUser' SUP top AUXILIARY
+  MAY ( userPrincipalName ) )
+";
+
+/// A seeded user.
+#[derive(Debug, Clone)]
+pub struct TestUser {
+    /// `uid` (the RDN).
+    pub uid: String,
+    /// userPrincipalName: `<uid>@corp.example.com`.
+    pub upn: String,
+    /// mail (an alternate login ID): `<uid>.mail@corp.example.com`.
+    pub mail: String,
+    /// Plaintext password (test data only).
+    pub password: String,
+    /// displayName.
+    pub display_name: String,
+    /// Groups it is a member of.
+    pub groups: Vec<String>,
+}
+
+impl TestUser {
+    /// A user `uid` with `password` in `groups`.
+    pub fn new(uid: &str, password: &str, groups: &[&str]) -> Self {
+        Self {
+            uid: uid.into(),
+            upn: format!("{uid}@{DOMAIN}"),
+            mail: format!("{uid}.mail@{DOMAIN}"),
+            password: password.into(),
+            display_name: format!("{uid} Example"),
+            groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+        }
+    }
+
+    /// The entry's DN.
+    pub fn dn(&self) -> String {
+        format!("uid={},{PEOPLE_DN}", self.uid)
+    }
+}
+
+/// The default test users: alice (staff, admins) and bob (staff).
+pub fn default_users() -> Vec<TestUser> {
+    vec![
+        TestUser::new("alice", "Alice-Pass-1!", &["staff", "admins"]),
+        TestUser::new("bob", "Bob-Pass-2?", &["staff"]),
+    ]
+}
+
+/// A running slapd; killed when dropped.
+pub struct Slapd {
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Option<Child>,
+}
+
+fn require(path: &str) {
+    assert!(
+        Path::new(path).exists(),
+        "{path} is missing: install the Debian packages slapd and ldap-utils (the README's test command does)"
+    );
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port on 127.0.0.1")
+        .port()
+}
+
+fn seed_ldif(users: &[TestUser]) -> String {
+    let mut ldif = format!(
+        "dn: {BASE_DN}\nobjectClass: dcObject\nobjectClass: organization\ndc: corp\no: Corp\n\n\
+         dn: {PEOPLE_DN}\nobjectClass: organizationalUnit\nou: people\n\n\
+         dn: {GROUPS_DN}\nobjectClass: organizationalUnit\nou: groups\n\n\
+         dn: ou=policies,{BASE_DN}\nobjectClass: organizationalUnit\nou: policies\n\n\
+         dn: cn=default,ou=policies,{BASE_DN}\nobjectClass: pwdPolicy\nobjectClass: person\ncn: default\nsn: default\n\
+         pwdAttribute: userPassword\npwdMaxFailure: 5\npwdLockout: TRUE\npwdLockoutDuration: 300\n\n"
+    );
+    let mut groups: Vec<&str> = users
+        .iter()
+        .flat_map(|u| u.groups.iter().map(String::as_str))
+        .collect();
+    groups.sort_unstable();
+    groups.dedup();
+    for user in users {
+        let _ = write!(
+            ldif,
+            "dn: {}\nobjectClass: inetOrgPerson\nobjectClass: passageTestUser\nuid: {}\ncn: {}\nsn: Example\n\
+             displayName: {}\nmail: {}\nuserPrincipalName: {}\nuserPassword: {}\n\n",
+            user.dn(),
+            user.uid,
+            user.display_name,
+            user.display_name,
+            user.mail,
+            user.upn,
+            user.password
+        );
+    }
+    for group in groups {
+        let _ = write!(
+            ldif,
+            "dn: cn={group},{GROUPS_DN}\nobjectClass: groupOfNames\ncn: {group}\n"
+        );
+        for user in users.iter().filter(|u| u.groups.iter().any(|g| g == group)) {
+            let _ = writeln!(ldif, "member: {}", user.dn());
+        }
+        ldif.push('\n');
+    }
+    ldif
+}
+
+impl Slapd {
+    /// Starts a slapd seeded with `users`.
+    pub fn start(users: &[TestUser]) -> Self {
+        require("/usr/sbin/slapd");
+        require("/usr/sbin/slapadd");
+        let dir = tempfile::tempdir().expect("temp dir for slapd");
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("db")).expect("slapd db dir");
+        std::fs::write(root.join("upn.schema"), UPN_SCHEMA).expect("schema");
+        let conf = format!(
+            "include /etc/ldap/schema/core.schema\n\
+             include /etc/ldap/schema/cosine.schema\n\
+             include /etc/ldap/schema/inetorgperson.schema\n\
+             include /etc/ldap/schema/nis.schema\n\
+             include {root}/upn.schema\n\
+             modulepath /usr/lib/ldap\n\
+             moduleload back_mdb\n\
+             moduleload ppolicy\n\
+             pidfile {root}/slapd.pid\n\
+             threads 8\n\
+             database mdb\n\
+             maxsize 1073741824\n\
+             suffix \"{BASE_DN}\"\n\
+             rootdn \"{ADMIN_DN}\"\n\
+             rootpw {ADMIN_PASSWORD}\n\
+             directory {root}/db\n\
+             index uid,mail,userPrincipalName,member eq\n\
+             overlay ppolicy\n\
+             ppolicy_default \"cn=default,ou=policies,{BASE_DN}\"\n\
+             ppolicy_use_lockout\n",
+            root = root.display()
+        );
+        std::fs::write(root.join("slapd.conf"), conf).expect("slapd.conf");
+        std::fs::write(root.join("seed.ldif"), seed_ldif(users)).expect("seed.ldif");
+        let output = Command::new("/usr/sbin/slapadd")
+            .arg("-f")
+            .arg(root.join("slapd.conf"))
+            .arg("-l")
+            .arg(root.join("seed.ldif"))
+            .output()
+            .expect("running slapadd");
+        assert!(
+            output.status.success(),
+            "slapadd failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let mut slapd = Self {
+            dir,
+            port: free_port(),
+            child: None,
+        };
+        slapd.start_again();
+        slapd
+    }
+
+    /// (Re)starts the server on the same port with the same data.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "slapd is already running");
+        let root = self.dir.path();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("slapd log");
+        let mut child = Command::new("/usr/sbin/slapd")
+            .arg("-f")
+            .arg(root.join("slapd.conf"))
+            .arg("-h")
+            .arg(self.url() + "/")
+            .args(["-d", "256"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting slapd");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                break;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("slapd exited with {status}; its log:\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "slapd did not listen within 15 s:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.child = Some(child);
+    }
+
+    /// Stops the server (SIGKILL: what a crash or a pulled cable looks like to clients).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // mdb keeps no lock after the process is gone; the pid file may linger.
+        let _ = std::fs::remove_file(self.dir.path().join("slapd.pid"));
+    }
+
+    /// `ldap://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("ldap://127.0.0.1:{}", self.port)
+    }
+
+    /// The stats log.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("slapd.log")
+    }
+
+    /// Everything logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// How many BIND requests named `dn` (the stats level logs each request once with its
+    /// `method=`, and again with its result).
+    pub fn binds_as(&self, dn: &str) -> usize {
+        let needle = format!("BIND dn=\"{dn}\" method=");
+        self.log().lines().filter(|l| l.contains(&needle)).count()
+    }
+}
+
+impl Drop for Slapd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
