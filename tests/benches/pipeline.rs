@@ -1,1 +1,255 @@
-fn main() {}
+//! Pipeline benchmark: direct LDAP search+bind (the baseline) against full sign-ins through
+//! gateway → dispatcher → agent → slapd, on the same slapd, in one run, on one machine.
+//!
+//! ```sh
+//! cargo bench -p passage-tests --bench pipeline
+//! ```
+//!
+//! `PASSAGE_BENCH_SECONDS` (default 10) and `PASSAGE_BENCH_CONCURRENCY` (default 64) tune it.
+//! Results go to stdout; record them in docs/benchmarks.md.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use ldap3::{LdapConnAsync, Scope, ldap_escape};
+use passage_proto::v1::{SignInRequest, gateway_client::GatewayClient};
+use passage_tests::{
+    Cluster, ClusterOptions, TestUser,
+    cluster::CLIENT_ID,
+    slapd::{ADMIN_DN, ADMIN_PASSWORD, PEOPLE_DN},
+};
+use tonic::transport::Channel;
+
+const USERS: usize = 200;
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Throughput and latency of one phase.
+struct Report {
+    name: &'static str,
+    ops: usize,
+    errors: usize,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+}
+
+impl Report {
+    fn per_second(&self) -> f64 {
+        self.ops as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn percentile(&self, p: f64) -> Duration {
+        if self.latencies.is_empty() {
+            return Duration::ZERO;
+        }
+        let index = ((self.latencies.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies[index]
+    }
+
+    fn print(&self) {
+        println!(
+            "{:<28} {:>10.0}/s  p50 {:>7.2} ms  p99 {:>7.2} ms  ({} ok, {} errors in {:.1} s)",
+            self.name,
+            self.per_second(),
+            self.percentile(0.50).as_secs_f64() * 1e3,
+            self.percentile(0.99).as_secs_f64() * 1e3,
+            self.ops,
+            self.errors,
+            self.elapsed.as_secs_f64()
+        );
+    }
+}
+
+/// Runs `op` from `concurrency` workers for `warmup + duration`, measuring after the warm-up.
+async fn drive<F, Fut>(
+    name: &'static str,
+    concurrency: usize,
+    warmup: Duration,
+    duration: Duration,
+    op: F,
+) -> Report
+where
+    F: Fn(usize, usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let op = Arc::new(op);
+    let start = Instant::now();
+    let measure_from = start + warmup;
+    let stop_at = measure_from + duration;
+    let mut workers = tokio::task::JoinSet::new();
+    for worker in 0..concurrency {
+        let op = Arc::clone(&op);
+        workers.spawn(async move {
+            let mut latencies = Vec::new();
+            let mut errors = 0usize;
+            let mut i = worker;
+            loop {
+                let began = Instant::now();
+                if began >= stop_at {
+                    break;
+                }
+                let ok = op(worker, i).await;
+                if began >= measure_from {
+                    if ok {
+                        latencies.push(began.elapsed());
+                    } else {
+                        errors += 1;
+                    }
+                }
+                i += concurrency;
+            }
+            (latencies, errors)
+        });
+    }
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    while let Some(result) = workers.join_next().await {
+        let (mut l, e) = result.expect("worker");
+        latencies.append(&mut l);
+        errors += e;
+    }
+    latencies.sort_unstable();
+    Report {
+        name,
+        ops: latencies.len(),
+        errors,
+        elapsed: duration,
+        latencies,
+    }
+}
+
+fn bench_users() -> Vec<TestUser> {
+    (0..USERS)
+        .map(|i| {
+            TestUser::new(
+                &format!("user{i:03}"),
+                &format!("Bench-Pass-{i:03}!"),
+                &["staff"],
+            )
+        })
+        .collect()
+}
+
+#[tokio::main]
+async fn main() {
+    let seconds = env_or("PASSAGE_BENCH_SECONDS", 10);
+    let concurrency = env_or("PASSAGE_BENCH_CONCURRENCY", 64) as usize;
+    let duration = Duration::from_secs(seconds);
+    let warmup = Duration::from_secs(1);
+    let users = Arc::new(bench_users());
+
+    let cluster = Cluster::start(ClusterOptions {
+        agents: 1,
+        users: users.to_vec(),
+        agent_capacity: 1024,
+        ..ClusterOptions::default()
+    })
+    .await;
+    println!(
+        "Passage pipeline benchmark: {} cores, concurrency {concurrency}, {seconds} s per phase (+1 s warm-up), {USERS} users",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+
+    // Baseline: what the agent itself does against slapd — search as the service account on a
+    // shared connection, then bind as the user on the worker's own connection.
+    let url = cluster.slapd.url();
+    let (conn, mut search) = LdapConnAsync::new(&url).await.expect("connect");
+    tokio::spawn(async move { conn.drive().await });
+    search
+        .simple_bind(ADMIN_DN, ADMIN_PASSWORD)
+        .await
+        .unwrap()
+        .success()
+        .unwrap();
+    let mut binders = Vec::new();
+    for _ in 0..concurrency {
+        let (conn, ldap) = LdapConnAsync::new(&url).await.expect("connect");
+        tokio::spawn(async move { conn.drive().await });
+        binders.push(tokio::sync::Mutex::new(ldap));
+    }
+    let binders = Arc::new(binders);
+    let baseline_users = Arc::clone(&users);
+    let baseline = drive(
+        "direct LDAP search+bind",
+        concurrency,
+        warmup,
+        duration,
+        move |worker, i| {
+            let user = baseline_users[i % USERS].clone();
+            let mut search = search.clone();
+            let binders = Arc::clone(&binders);
+            async move {
+                let filter = format!(
+                    "(&(objectClass=person)(userPrincipalName={}))",
+                    ldap_escape(&user.upn)
+                );
+                let Ok(Ok((entries, _))) = search
+                    .search(
+                        PEOPLE_DN,
+                        Scope::Subtree,
+                        &filter,
+                        ["displayName", "mail", "entryUUID"],
+                    )
+                    .await
+                    .map(|r| r.success())
+                else {
+                    return false;
+                };
+                let Some(entry) = entries.into_iter().next() else {
+                    return false;
+                };
+                let dn = ldap3::SearchEntry::construct(entry).dn;
+                let mut ldap = binders[worker].lock().await;
+                matches!(
+                    ldap.simple_bind(&dn, &user.password).await.map(|r| r.rc),
+                    Ok(0)
+                )
+            }
+        },
+    )
+    .await;
+
+    let channel = Channel::from_shared(cluster.gateway.grpc_url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .expect("gateway");
+    let client = GatewayClient::new(channel);
+    let pipeline_users = Arc::clone(&users);
+    let pipeline = drive(
+        "full sign-in pipeline",
+        concurrency,
+        warmup,
+        duration,
+        move |_, i| {
+            let user = &pipeline_users[i % USERS];
+            let request = SignInRequest {
+                username: user.upn.clone(),
+                password: user.password.clone(),
+                client_id: CLIENT_ID.into(),
+                client_ip: String::new(),
+            };
+            let mut client = client.clone();
+            async move { client.sign_in(request).await.is_ok() }
+        },
+    )
+    .await;
+
+    println!();
+    baseline.print();
+    pipeline.print();
+    println!(
+        "ratio pipeline / direct LDAP: {:.3}  (p50 latency ratio {:.1}x)",
+        pipeline.per_second() / baseline.per_second(),
+        pipeline.percentile(0.5).as_secs_f64() / baseline.percentile(0.5).as_secs_f64().max(1e-9)
+    );
+    assert_eq!(baseline.errors, 0, "direct LDAP errors");
+    assert_eq!(pipeline.errors, 0, "pipeline errors");
+}

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The README's test command: installs what the tests need, then runs every check and test.
+#
+#   ./scripts/test.sh
+#
+# Installs (Debian): slapd and ldap-utils for the directory tests, npm for the buf CLI
+# (installed locally under .tools/). Needs root or sudo for apt-get. Then: buf lint,
+# cargo fmt --check, cargo clippy -D warnings, cargo test --workspace.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+packages=(slapd ldap-utils)
+command -v npm >/dev/null 2>&1 || packages+=(npm)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "==> installing ${missing[*]}"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
+fi
+
+if [ ! -x .tools/node_modules/.bin/buf ]; then
+  echo "==> installing the buf CLI (npm @bufbuild/buf) under .tools/"
+  npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf
+fi
+
+echo "==> buf lint"
+.tools/node_modules/.bin/buf lint
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "==> cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "==> cargo test"
+cargo test --workspace --locked
