@@ -143,3 +143,28 @@ pub fn prepare(config: &AgentConfig) -> Result<(state::AgentState, Arc<Validator
     );
     Ok((state, Arc::new(validator)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documented_examples_parse_and_validate() {
+        for text in [
+            include_str!("../../docs/examples/agent.toml"),
+            include_str!("../../docs/examples/agent-static.toml"),
+        ] {
+            let config: AgentConfig = toml::from_str(text).expect("example parses");
+            config.validate().expect("example is valid");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let text = format!(
+            "capacty = 3\n{}",
+            include_str!("../../docs/examples/agent-static.toml")
+        );
+        assert!(toml::from_str::<AgentConfig>(&text).is_err());
+    }
+}

@@ -35,6 +35,8 @@ fn env_or(name: &str, default: u64) -> u64 {
 struct Report {
     name: &'static str,
     ops: usize,
+    /// Operations including the warm-up (for CPU per operation).
+    all_ops: usize,
     errors: usize,
     elapsed: Duration,
     latencies: Vec<Duration>,
@@ -89,6 +91,7 @@ where
         workers.spawn(async move {
             let mut latencies = Vec::new();
             let mut errors = 0usize;
+            let mut all_ops = 0usize;
             let mut i = worker;
             loop {
                 let began = Instant::now();
@@ -96,6 +99,7 @@ where
                     break;
                 }
                 let ok = op(worker, i).await;
+                all_ops += 1;
                 if began >= measure_from {
                     if ok {
                         latencies.push(began.elapsed());
@@ -105,24 +109,62 @@ where
                 }
                 i += concurrency;
             }
-            (latencies, errors)
+            (latencies, errors, all_ops)
         });
     }
     let mut latencies = Vec::new();
     let mut errors = 0;
+    let mut all_ops = 0;
     while let Some(result) = workers.join_next().await {
-        let (mut l, e) = result.expect("worker");
+        let (mut l, e, n) = result.expect("worker");
         latencies.append(&mut l);
         errors += e;
+        all_ops += n;
     }
     latencies.sort_unstable();
     Report {
         name,
         ops: latencies.len(),
+        all_ops,
         errors,
         elapsed: duration,
         latencies,
     }
+}
+
+/// CPU time of each process, to say where the time of one operation goes.
+fn cpu_snapshot(cluster: &Cluster) -> Vec<(&'static str, Duration)> {
+    let mut snapshot = vec![
+        ("slapd", cluster.slapd.cpu_time()),
+        ("gateway", cluster.gateway.process.cpu_time()),
+        ("dispatcher", cluster.dispatcher.process.cpu_time()),
+        ("agent", cluster.agents[0].process.cpu_time()),
+        (
+            "load generator",
+            passage_tests::bins::cpu_time_of(std::process::id()),
+        ),
+    ];
+    snapshot.retain(|(_, t)| t.is_some());
+    snapshot
+        .into_iter()
+        .map(|(name, t)| (name, t.unwrap_or_default()))
+        .collect()
+}
+
+fn print_cpu(
+    before: &[(&'static str, Duration)],
+    after: &[(&'static str, Duration)],
+    report: &Report,
+) {
+    let parts: Vec<String> = before
+        .iter()
+        .zip(after)
+        .map(|((name, b), (_, a))| {
+            let micros = (*a - *b).as_secs_f64() * 1e6 / report.all_ops.max(1) as f64;
+            format!("{name} {micros:.0}")
+        })
+        .collect();
+    println!("    CPU µs per operation: {}", parts.join(", "));
 }
 
 fn bench_users() -> Vec<TestUser> {
@@ -149,6 +191,9 @@ async fn main() {
         agents: 1,
         users: users.to_vec(),
         agent_capacity: 1024,
+        // Like the baseline: search + bind, no group lookup, no per-operation slapd log.
+        slapd_stats_log: false,
+        group_search: false,
         ..ClusterOptions::default()
     })
     .await;
@@ -175,6 +220,7 @@ async fn main() {
         binders.push(tokio::sync::Mutex::new(ldap));
     }
     let binders = Arc::new(binders);
+    let cpu_before_baseline = cpu_snapshot(&cluster);
     let baseline_users = Arc::clone(&users);
     let baseline = drive(
         "direct LDAP search+bind",
@@ -216,6 +262,7 @@ async fn main() {
     )
     .await;
 
+    let cpu_after_baseline = cpu_snapshot(&cluster);
     let channel = Channel::from_shared(cluster.gateway.grpc_url.clone())
         .unwrap()
         .connect()
@@ -223,6 +270,7 @@ async fn main() {
         .expect("gateway");
     let client = GatewayClient::new(channel);
     let pipeline_users = Arc::clone(&users);
+    let cpu_before_pipeline = cpu_snapshot(&cluster);
     let pipeline = drive(
         "full sign-in pipeline",
         concurrency,
@@ -242,9 +290,12 @@ async fn main() {
     )
     .await;
 
+    let cpu_after_pipeline = cpu_snapshot(&cluster);
     println!();
     baseline.print();
+    print_cpu(&cpu_before_baseline, &cpu_after_baseline, &baseline);
     pipeline.print();
+    print_cpu(&cpu_before_pipeline, &cpu_after_pipeline, &pipeline);
     println!(
         "ratio pipeline / direct LDAP: {:.3}  (p50 latency ratio {:.1}x)",
         pipeline.per_second() / baseline.per_second(),

@@ -125,6 +125,11 @@ impl Process {
         false
     }
 
+    /// CPU time (user + system) the process has used so far, where `/proc` tells.
+    pub fn cpu_time(&self) -> Option<Duration> {
+        cpu_time_of(self.child.id())
+    }
+
     /// Everything it has logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
@@ -135,4 +140,15 @@ impl Drop for Process {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// CPU time (user + system) of process `pid` from `/proc/<pid>/stat` (Linux; `None` elsewhere).
+pub fn cpu_time_of(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // USER_HZ is 100 on every Linux architecture Passage targets.
+    Some(Duration::from_millis(ticks * 10))
 }

@@ -33,6 +33,10 @@ pub struct ClusterOptions {
     pub agent_capacity: u32,
     /// The gateway's dispatcher-call deadline.
     pub validation_timeout: Duration,
+    /// Log every slapd operation (needed by [`Slapd::binds_as`]).
+    pub slapd_stats_log: bool,
+    /// Have agents look groups up with a search (one more LDAP search per sign-in).
+    pub group_search: bool,
 }
 
 impl Default for ClusterOptions {
@@ -43,6 +47,8 @@ impl Default for ClusterOptions {
             users: slapd::default_users(),
             agent_capacity: 128,
             validation_timeout: Duration::from_secs(5),
+            slapd_stats_log: true,
+            group_search: true,
         }
     }
 }
@@ -114,7 +120,7 @@ impl Cluster {
     /// agents are registered.
     pub async fn start(options: ClusterOptions) -> Self {
         let dir = tempfile::tempdir().expect("cluster temp dir");
-        let slapd = Slapd::start(&options.users);
+        let slapd = Slapd::start_with(&options.users, options.slapd_stats_log);
 
         let dispatcher = Process::start(
             "passage-dispatcher",
@@ -184,13 +190,17 @@ impl Cluster {
                  insecure_plaintext = true\n\n\
                  [directory]\nkind = \"ldap\"\nurl = \"{url}\"\nbase_dn = \"{PEOPLE_DN}\"\n\
                  bind_dn = \"{ADMIN_DN}\"\nbind_password = \"{ADMIN_PASSWORD}\"\n\
-                 login_attribute = \"{login}\"\ntimeout_ms = 2000\n\
-                 group_search = {{ base_dn = \"{GROUPS_DN}\" }}\n",
+                 login_attribute = \"{login}\"\ntimeout_ms = 2000\n{groups}",
                 dispatcher = self.dispatcher.agent_url,
                 state = self.dir.path().join(format!("agent-{index}")).display(),
                 capacity = self.options.agent_capacity,
                 url = self.slapd.url(),
                 login = self.options.login_attribute,
+                groups = if self.options.group_search {
+                    format!("group_search = {{ base_dn = \"{GROUPS_DN}\" }}\n")
+                } else {
+                    String::new()
+                },
             ),
         )
         .expect("agent.toml");

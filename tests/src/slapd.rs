@@ -83,6 +83,7 @@ pub struct Slapd {
     dir: tempfile::TempDir,
     port: u16,
     child: Option<Child>,
+    log_stats: bool,
 }
 
 fn require(path: &str) {
@@ -142,8 +143,14 @@ fn seed_ldif(users: &[TestUser]) -> String {
 }
 
 impl Slapd {
-    /// Starts a slapd seeded with `users`.
+    /// Starts a slapd seeded with `users`, logging every operation (see [`Slapd::binds_as`]).
     pub fn start(users: &[TestUser]) -> Self {
+        Self::start_with(users, true)
+    }
+
+    /// Starts a slapd seeded with `users`; `log_stats` logs every operation (tests need it,
+    /// benchmarks measure without its cost).
+    pub fn start_with(users: &[TestUser], log_stats: bool) -> Self {
         require("/usr/sbin/slapd");
         require("/usr/sbin/slapadd");
         let dir = tempfile::tempdir().expect("temp dir for slapd");
@@ -191,6 +198,7 @@ impl Slapd {
             dir,
             port: free_port(),
             child: None,
+            log_stats,
         };
         slapd.start_again();
         slapd
@@ -210,7 +218,8 @@ impl Slapd {
             .arg(root.join("slapd.conf"))
             .arg("-h")
             .arg(self.url() + "/")
-            .args(["-d", "256"])
+            // -d keeps slapd in the foreground; level 256 (stats) logs every operation.
+            .args(["-d", if self.log_stats { "256" } else { "0" }])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -242,6 +251,13 @@ impl Slapd {
         }
         // mdb keeps no lock after the process is gone; the pid file may linger.
         let _ = std::fs::remove_file(self.dir.path().join("slapd.pid"));
+    }
+
+    /// CPU time slapd has used so far.
+    pub fn cpu_time(&self) -> Option<Duration> {
+        self.child
+            .as_ref()
+            .and_then(|c| crate::bins::cpu_time_of(c.id()))
     }
 
     /// `ldap://127.0.0.1:<port>`.

@@ -2,23 +2,28 @@
 
 use std::path::Path;
 
+use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::{
     digest::{SHA256, digest},
     signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair},
 };
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use jsonwebtoken::{
-    Algorithm, EncodingKey,
+    Algorithm, EncodingKey, Header,
     jwk::{Jwk, KeyAlgorithm, PublicKeyUse},
 };
 use passage_credentials::{Secret, secret_file};
 
-use crate::{TokenError, encoding_key};
+use crate::TokenError;
 
 /// A P-256 signing key with its key id and public JWK.
+///
+/// The parsed key pair is kept: `jsonwebtoken::encode` re-parses (and re-validates) a PKCS#8
+/// key on every signature, which measured at about a third of the gateway's CPU per sign-in
+/// (see docs/benchmarks.md), so tokens are signed here with the parsed key.
 pub struct SigningKey {
     pkcs8: Secret,
-    encoding: EncodingKey,
+    pair: EcdsaKeyPair,
     kid: String,
     jwk: Jwk,
 }
@@ -49,15 +54,14 @@ impl SigningKey {
             .map_err(|_| TokenError::Key("not a PKCS#8 P-256 private key".into()))?;
         let public = pair.public_key().as_ref();
         let kid = URL_SAFE_NO_PAD.encode(&digest(&SHA256, public).as_ref()[..12]);
-        let encoding = encoding_key(der);
-        let mut jwk = Jwk::from_encoding_key(&encoding, Algorithm::ES256)
+        let mut jwk = Jwk::from_encoding_key(&EncodingKey::from_ec_der(der), Algorithm::ES256)
             .map_err(|err| TokenError::Key(format!("building the JWK: {err}")))?;
         jwk.common.key_id = Some(kid.clone());
         jwk.common.public_key_use = Some(PublicKeyUse::Signature);
         jwk.common.key_algorithm = Some(KeyAlgorithm::ES256);
         Ok(Self {
             pkcs8: Secret::new(der.to_vec()),
-            encoding,
+            pair,
             kid,
             jwk,
         })
@@ -73,9 +77,29 @@ impl SigningKey {
         &self.jwk
     }
 
-    pub(crate) fn encoding_key(&self) -> &EncodingKey {
-        &self.encoding
+    /// Signs `header` and `claims` as a compact JWS (RFC 7515): ES256 signatures are the
+    /// fixed-length `r || s` that `ECDSA_P256_SHA256_FIXED_SIGNING` produces.
+    pub(crate) fn sign_jwt<T: serde::Serialize>(
+        &self,
+        header: &Header,
+        claims: &T,
+    ) -> Result<String, TokenError> {
+        let message = format!("{}.{}", b64_json(header)?, b64_json(claims)?);
+        let signature = self
+            .pair
+            .sign(&SystemRandom::new(), message.as_bytes())
+            .map_err(|_| TokenError::Sign("ECDSA signing failed".into()))?;
+        Ok(format!(
+            "{message}.{}",
+            URL_SAFE_NO_PAD.encode(signature.as_ref())
+        ))
     }
+}
+
+fn b64_json<T: serde::Serialize + ?Sized>(value: &T) -> Result<String, TokenError> {
+    serde_json::to_vec(value)
+        .map(|json| URL_SAFE_NO_PAD.encode(json))
+        .map_err(|err| TokenError::Sign(err.to_string()))
 }
 
 /// Loads the key at `path`, or creates it (mode 0600) if the file does not exist.

@@ -10,7 +10,7 @@ mod keys;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, jwk::JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation, jwk::JwkSet};
 use serde::{Deserialize, Serialize};
 
 pub use keys::{SigningKey, load_or_create_signing_key};
@@ -135,8 +135,7 @@ impl TokenIssuer {
             let mut header = Header::new(Algorithm::ES256);
             header.kid = Some(self.key.kid().to_owned());
             header.typ = Some(typ.to_owned());
-            jsonwebtoken::encode(&header, claims, self.key.encoding_key())
-                .map_err(|err| TokenError::Sign(err.to_string()))
+            self.key.sign_jwt(&header, claims)
         };
         Ok(IssuedTokens {
             access_token: sign("at+jwt", &claims(random_id()))?,
@@ -196,11 +195,6 @@ fn random_id() -> String {
         .fill(&mut bytes)
         .expect("system random source");
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Turns DER into the `EncodingKey` jsonwebtoken signs with.
-fn encoding_key(pkcs8: &[u8]) -> EncodingKey {
-    EncodingKey::from_ec_der(pkcs8)
 }
 
 #[cfg(test)]

@@ -217,3 +217,17 @@ pub fn hostname() -> String {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "dispatcher".into())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documented_example_parses() {
+        let config: DispatcherConfig =
+            toml::from_str(include_str!("../../../docs/examples/dispatcher.toml"))
+                .expect("example parses");
+        assert!(config.agent_tls.and_then(|t| t.client_ca_file).is_some());
+        assert!(!config.insecure_plaintext);
+    }
+}

@@ -10,6 +10,7 @@ use passage_proto::v1::{
 };
 use passage_telemetry::TraceParent;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::registry::{AgentConnection, AgentRegistry, DispatchError};
 
@@ -90,44 +91,16 @@ impl RelayService {
             Err(_) => Attempt::TimedOut,
         }
     }
-}
 
-#[tonic::async_trait]
-impl Dispatcher for RelayService {
-    async fn validate(
+    /// Tries the live candidates, least loaded first, and returns the first usable answer.
+    async fn relay(
         &self,
-        request: Request<ValidateRequest>,
+        request: ValidateRequest,
+        trace: TraceParent,
+        timeout: Duration,
+        started: tokio::time::Instant,
+        deadline: tokio::time::Instant,
     ) -> Result<Response<ValidateResponse>, Status> {
-        let timeout = request
-            .metadata()
-            .get("grpc-timeout")
-            .and_then(|v| v.to_str().ok())
-            .and_then(grpc_timeout)
-            .map_or(self.default_timeout, |t| t.min(self.default_timeout));
-        let deadline = tokio::time::Instant::now() + timeout;
-        let request = request.into_inner();
-        check_name("tenant", &request.tenant)?;
-        check_name("connector_group", &request.connector_group)?;
-        check_name("username", &request.username)?;
-        if request.candidates.is_empty() || request.candidates.len() > 2 {
-            return Err(ErrorCode::InvalidRequest.status("one or two candidates are required"));
-        }
-        if request
-            .candidates
-            .iter()
-            .any(|c| c.ciphertext.len() > MAX_CIPHERTEXT_BYTES)
-        {
-            return Err(ErrorCode::InvalidRequest.status("ciphertext too large"));
-        }
-        let trace = TraceParent::from_message_or_root(request.trace.as_ref());
-        let span = tracing::info_span!(
-            "dispatch",
-            trace_id = %trace.trace_id_hex(),
-            username = %request.username,
-            connector_group = %request.connector_group,
-        );
-        let _guard = span.enter();
-
         // Live candidates of the right tenant and group, least loaded first (power of two
         // choices: the gateway picked two at random, we take the less busy one).
         let mut candidates: Vec<(Arc<AgentConnection>, Vec<u8>)> = request
@@ -167,7 +140,13 @@ impl Dispatcher for RelayService {
                 Attempt::Answered(answer) => {
                     let outcome = ValidationOutcome::try_from(answer.outcome).unwrap_or_default();
                     let error = AgentError::try_from(answer.error).unwrap_or_default();
-                    tracing::debug!(%agent_id, ?outcome, ?error, "agent answered");
+                    tracing::info!(
+                        %agent_id,
+                        ?outcome,
+                        ?error,
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "agent answered"
+                    );
                     if error == AgentError::Overloaded {
                         continue;
                     }
@@ -219,6 +198,47 @@ impl Dispatcher for RelayService {
         } else {
             ErrorCode::NoAgentAvailable.status("every candidate agent is gone or at capacity")
         })
+    }
+}
+
+#[tonic::async_trait]
+impl Dispatcher for RelayService {
+    async fn validate(
+        &self,
+        request: Request<ValidateRequest>,
+    ) -> Result<Response<ValidateResponse>, Status> {
+        let timeout = request
+            .metadata()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(grpc_timeout)
+            .map_or(self.default_timeout, |t| t.min(self.default_timeout));
+        let started = tokio::time::Instant::now();
+        let deadline = started + timeout;
+        let request = request.into_inner();
+        check_name("tenant", &request.tenant)?;
+        check_name("connector_group", &request.connector_group)?;
+        check_name("username", &request.username)?;
+        if request.candidates.is_empty() || request.candidates.len() > 2 {
+            return Err(ErrorCode::InvalidRequest.status("one or two candidates are required"));
+        }
+        if request
+            .candidates
+            .iter()
+            .any(|c| c.ciphertext.len() > MAX_CIPHERTEXT_BYTES)
+        {
+            return Err(ErrorCode::InvalidRequest.status("ciphertext too large"));
+        }
+        let trace = TraceParent::from_message_or_root(request.trace.as_ref());
+        let span = tracing::info_span!(
+            "dispatch",
+            trace_id = %trace.trace_id_hex(),
+            username = %request.username,
+            connector_group = %request.connector_group,
+        );
+        self.relay(request, trace, timeout, started, deadline)
+            .instrument(span)
+            .await
     }
 
     async fn list_agent_keys(

@@ -283,3 +283,17 @@ impl BoundGateway {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documented_example_parses() {
+        let config: GatewayConfig =
+            toml::from_str(include_str!("../../../docs/examples/gateway.toml"))
+                .expect("example parses");
+        assert_eq!(config.connector_groups[0].domains.len(), 2);
+        assert_eq!(config.clients[0].id, "intranet");
+    }
+}

@@ -16,6 +16,7 @@ use passage_proto::v1::{
 use passage_telemetry::TraceParent;
 use passage_tokens::{Subject, TokenIssuer};
 use tonic::{Request, Response, Status, transport::Channel};
+use tracing::Instrument;
 
 use crate::{
     ClientRegistration, ConnectorGroupRoute, GatewayConfig,
@@ -263,8 +264,21 @@ impl Gateway for SignInService {
             client_id = %request.client_id,
             connector_group = %group,
         );
-        let _entered = span.enter();
+        self.sign_in_checked(request, group, trace, started)
+            .instrument(span)
+            .await
+    }
+}
 
+impl SignInService {
+    /// The sign-in after its input passed the checks, inside its span.
+    async fn sign_in_checked(
+        &self,
+        request: CheckedRequest,
+        group: String,
+        trace: TraceParent,
+        started: Instant,
+    ) -> Result<Response<SignInResponse>, Status> {
         let result = self
             .validate(&request, &group, &trace)
             .await
