@@ -121,3 +121,29 @@ async fn one_trace_id_follows_a_sign_in_and_no_password_is_logged() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dispatcher_drains_on_sigterm_and_agents_reconnect_to_its_successor() {
+    let mut cluster = Cluster::start(ClusterOptions::default()).await;
+    let alice = default_users().remove(0);
+    cluster
+        .sign_in(&alice.upn, &alice.password)
+        .await
+        .expect("before the restart");
+    let agent_id = cluster.agents[0].agent_id.clone();
+
+    let clean = cluster.restart_dispatcher(std::time::Duration::from_secs(10));
+    assert!(clean, "the dispatcher exits cleanly on SIGTERM");
+    // The agent reconnects by itself (jittered backoff), and the gateway's lazy channel too.
+    cluster.wait_for_agents(|ids| ids.contains(&agent_id)).await;
+    cluster
+        .sign_in(&alice.upn, &alice.password)
+        .await
+        .expect("after the restart");
+    let agent_log = cluster.agents[0].process.log();
+    assert!(
+        agent_log.contains("dispatcher asked to drain")
+            || agent_log.contains("stream to dispatcher ended"),
+        "the agent noticed the old dispatcher leave:\n{agent_log}"
+    );
+}

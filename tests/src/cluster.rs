@@ -63,6 +63,27 @@ pub struct DispatcherProcess {
     pub api_url: String,
 }
 
+impl DispatcherProcess {
+    fn start(agent_listen: &str, api_listen: &str, log: &std::path::Path) -> Self {
+        let process = Process::start(
+            "passage-dispatcher",
+            &[
+                "--agent-listen",
+                agent_listen,
+                "--api-listen",
+                api_listen,
+                "--insecure-plaintext",
+            ],
+            log,
+        );
+        Self {
+            agent_url: format!("http://{}", process.ready_value("agents")),
+            api_url: format!("http://{}", process.ready_value("api")),
+            process,
+        }
+    }
+}
+
 /// The gateway process.
 pub struct GatewayProcess {
     /// The process.
@@ -122,22 +143,11 @@ impl Cluster {
         let dir = tempfile::tempdir().expect("cluster temp dir");
         let slapd = Slapd::start_with(&options.users, options.slapd_stats_log);
 
-        let dispatcher = Process::start(
-            "passage-dispatcher",
-            &[
-                "--agent-listen",
-                "127.0.0.1:0",
-                "--api-listen",
-                "127.0.0.1:0",
-                "--insecure-plaintext",
-            ],
+        let dispatcher = DispatcherProcess::start(
+            "127.0.0.1:0",
+            "127.0.0.1:0",
             &dir.path().join("dispatcher.log"),
         );
-        let dispatcher = DispatcherProcess {
-            agent_url: format!("http://{}", dispatcher.ready_value("agents")),
-            api_url: format!("http://{}", dispatcher.ready_value("api")),
-            process: dispatcher,
-        };
 
         let gateway_config = dir.path().join("gateway.toml");
         std::fs::write(
@@ -220,6 +230,25 @@ impl Cluster {
         self.wait_for_agents(|ids| ids.contains(&agent_id)).await;
         self.agents.push(AgentProcess { process, agent_id });
         self.agents.last().expect("just pushed")
+    }
+
+    /// Stops the dispatcher with SIGTERM (true when it drained and exited cleanly within
+    /// `grace`) and starts a new one on the same ports.
+    pub fn restart_dispatcher(&mut self, grace: Duration) -> bool {
+        let clean = self.dispatcher.process.terminate(grace);
+        let agent = self
+            .dispatcher
+            .agent_url
+            .trim_start_matches("http://")
+            .to_owned();
+        let api = self
+            .dispatcher
+            .api_url
+            .trim_start_matches("http://")
+            .to_owned();
+        self.dispatcher =
+            DispatcherProcess::start(&agent, &api, &self.dir.path().join("dispatcher-2.log"));
+        clean
     }
 
     /// The agent ids the dispatcher currently offers.
