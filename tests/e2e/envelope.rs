@@ -1,0 +1,167 @@
+//! A sealed password cannot be replayed, moved to another username, or used after it expires
+//! — even by someone who controls the dispatcher and talks to the agent directly.
+
+use std::time::{Duration, SystemTime};
+
+use passage_credentials::Password;
+use passage_envelope::{PayloadFields, SealingKey};
+use passage_error_codes::ErrorCode;
+use passage_proto::v1::{
+    ListAgentKeysRequest, SealedPassword, ValidateRequest, ValidationOutcome,
+    dispatcher_client::DispatcherClient,
+};
+use passage_tests::{Cluster, ClusterOptions, slapd::DOMAIN, slapd::default_users};
+use tonic::transport::Channel;
+
+struct Attacker {
+    dispatcher: DispatcherClient<Channel>,
+    agent_id: String,
+    key: SealingKey,
+}
+
+impl Attacker {
+    async fn new(cluster: &Cluster) -> Self {
+        let channel = Channel::from_shared(cluster.dispatcher.api_url.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut dispatcher = DispatcherClient::new(channel);
+        let keys = dispatcher
+            .list_agent_keys(ListAgentKeysRequest {
+                tenant: "default".into(),
+                connector_group: DOMAIN.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .keys;
+        let agent = keys.into_iter().next().expect("one agent");
+        Self {
+            dispatcher,
+            key: SealingKey::from_der(&agent.public_key_der).unwrap(),
+            agent_id: agent.agent_id,
+        }
+    }
+
+    fn seal(&self, username: &str, password: &str, tenant: &str, not_after: SystemTime) -> Vec<u8> {
+        let password = Password::new(password.into()).unwrap();
+        self.key
+            .seal(&PayloadFields {
+                username,
+                password: &password,
+                tenant,
+                not_after,
+            })
+            .unwrap()
+    }
+
+    async fn validate(&self, username: &str, ciphertext: Vec<u8>) -> Result<i32, tonic::Status> {
+        self.dispatcher
+            .clone()
+            .validate(ValidateRequest {
+                tenant: "default".into(),
+                connector_group: DOMAIN.into(),
+                username: username.into(),
+                candidates: vec![SealedPassword {
+                    agent_id: self.agent_id.clone(),
+                    ciphertext,
+                }],
+                trace: None,
+            })
+            .await
+            .map(|r| r.into_inner().outcome)
+    }
+}
+
+fn soon() -> SystemTime {
+    SystemTime::now() + Duration::from_secs(30)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn captured_ciphertext_cannot_be_replayed() {
+    let cluster = Cluster::start(ClusterOptions::default()).await;
+    let alice = default_users().remove(0);
+    let attacker = Attacker::new(&cluster).await;
+    let captured = attacker.seal(&alice.upn, &alice.password, "default", soon());
+
+    let first = attacker
+        .validate(&alice.upn, captured.clone())
+        .await
+        .expect("first use");
+    assert_eq!(first, ValidationOutcome::Success as i32);
+    let binds = cluster.slapd.binds_as(&alice.dn());
+
+    let replay = attacker.validate(&alice.upn, captured).await.unwrap_err();
+    assert_eq!(
+        ErrorCode::of(&replay),
+        Some(ErrorCode::AgentRejected),
+        "{replay:?}"
+    );
+    assert!(
+        replay.message().contains("Replayed"),
+        "{}",
+        replay.message()
+    );
+    assert_eq!(
+        cluster.slapd.binds_as(&alice.dn()),
+        binds,
+        "a replay never reaches the directory"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ciphertext_cannot_be_moved_to_another_username_tenant_or_time() {
+    let cluster = Cluster::start(ClusterOptions::default()).await;
+    let users = default_users();
+    let (alice, bob) = (&users[0], &users[1]);
+    let attacker = Attacker::new(&cluster).await;
+
+    // Alice's password sealed for alice, presented as bob's sign-in.
+    let swapped = attacker.seal(&alice.upn, &alice.password, "default", soon());
+    let status = attacker.validate(&bob.upn, swapped).await.unwrap_err();
+    assert_eq!(ErrorCode::of(&status), Some(ErrorCode::AgentRejected));
+    assert!(
+        status.message().contains("UsernameMismatch"),
+        "{}",
+        status.message()
+    );
+
+    let other_tenant = attacker.seal(&alice.upn, &alice.password, "another-tenant", soon());
+    let status = attacker
+        .validate(&alice.upn, other_tenant)
+        .await
+        .unwrap_err();
+    assert!(
+        status.message().contains("WrongTenant"),
+        "{}",
+        status.message()
+    );
+
+    let expired = attacker.seal(
+        &alice.upn,
+        &alice.password,
+        "default",
+        SystemTime::now() - Duration::from_secs(1),
+    );
+    let status = attacker.validate(&alice.upn, expired).await.unwrap_err();
+    assert!(status.message().contains("Expired"), "{}", status.message());
+
+    let mut tampered = attacker.seal(&alice.upn, &alice.password, "default", soon());
+    let last = tampered.len() - 1;
+    tampered[last] ^= 1;
+    let status = attacker.validate(&alice.upn, tampered).await.unwrap_err();
+    assert!(
+        status.message().contains("DecryptFailed"),
+        "{}",
+        status.message()
+    );
+
+    for user in [alice, bob] {
+        assert_eq!(
+            cluster.slapd.binds_as(&user.dn()),
+            0,
+            "nothing refused reached the directory"
+        );
+    }
+}
