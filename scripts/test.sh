@@ -3,9 +3,9 @@
 #
 #   ./scripts/test.sh
 #
-# Installs (Debian): slapd and ldap-utils for the directory tests, npm for the buf CLI
-# (installed locally under .tools/). Needs root or sudo for apt-get. Then: buf lint,
-# cargo fmt --check, cargo clippy -D warnings, cargo test --workspace.
+# Installs (Debian): slapd and ldap-utils for the directory tests, postgresql for the store
+# tests, npm for the buf CLI (installed locally under .tools/). Needs root or sudo for
+# apt-get. Then: buf lint, cargo fmt --check, cargo clippy -D warnings, cargo test --workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,7 +13,7 @@ as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
 }
 
-packages=(slapd ldap-utils)
+packages=(slapd ldap-utils postgresql)
 command -v npm >/dev/null 2>&1 || packages+=(npm)
 missing=()
 for p in "${packages[@]}"; do
