@@ -6,6 +6,7 @@
 //! * [`tunnel`]: one long-lived `AgentTunnel.Connect` stream per dispatcher address, with
 //!   hello, heartbeats, concurrent tasks bounded by capacity, drain, and jittered reconnects.
 
+pub mod enrolment;
 pub mod state;
 pub mod tunnel;
 pub mod validator;
@@ -83,6 +84,9 @@ pub enum AgentError {
     /// The state directory could not be read or written.
     #[error("state directory: {0}")]
     State(String),
+    /// Enrolment failed.
+    #[error("enrolment failed: {0}")]
+    Enrolment(String),
 }
 
 impl AgentConfig {
@@ -127,6 +131,17 @@ impl AgentConfig {
 pub fn prepare(config: &AgentConfig) -> Result<(state::AgentState, Arc<Validator>), AgentError> {
     config.validate()?;
     let state = state::AgentState::load_or_create(&config.state_dir, config.rsa_bits()?)?;
+    if let Some((_, certified)) = &state.certificate {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        if now > certified.not_after {
+            return Err(AgentError::State(format!(
+                "the agent certificate expired (Unix time {}); enrol again: passage-agent register --token <new token>",
+                certified.not_after
+            )));
+        }
+    }
     let directory = config
         .directory
         .build()

@@ -3,8 +3,11 @@
 use std::{path::Path, sync::Arc};
 
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
-use passage_credentials::secret_file;
+use base64::{Engine, engine::general_purpose::STANDARD};
+use passage_credentials::{Secret, secret_file};
 use passage_envelope::{AgentKey, RsaBits};
+use passage_pki::{CertifiedAgent, pem_to_der};
+use passage_transport::ClientIdentity;
 
 use crate::AgentError;
 
@@ -12,14 +15,59 @@ use crate::AgentError;
 pub const AGENT_ID_FILE: &str = "agent-id";
 /// File name of the PKCS#8 DER private key.
 pub const KEY_FILE: &str = "agent-key.der";
+/// File name of the certificate issued at enrolment (PEM).
+pub const CERT_FILE: &str = "agent-cert.pem";
+/// File name of the tenant CA certificate received at enrolment (PEM).
+pub const TENANT_CA_FILE: &str = "tenant-ca.pem";
 
-/// The agent's id and key pair.
+/// The agent's id and key pair, and its certificate once enrolled.
 #[derive(Debug, Clone)]
 pub struct AgentState {
-    /// Stable agent id.
+    /// Stable agent id (assigned at enrolment, generated locally before).
     pub agent_id: String,
     /// RSA key pair; the public half is advertised, the private half opens sealed passwords.
     pub key: Arc<AgentKey>,
+    /// The certificate from enrolment (PEM) and what it certifies.
+    pub certificate: Option<(String, CertifiedAgent)>,
+}
+
+impl AgentState {
+    /// The TLS client identity (certificate and key) when enrolled.
+    pub fn client_identity(&self) -> Option<ClientIdentity> {
+        let (cert_pem, _) = self.certificate.as_ref()?;
+        Some(ClientIdentity {
+            cert_pem: cert_pem.clone(),
+            key_pem: Secret::new(pkcs8_pem(self.key.pkcs8_der().expose()).into_bytes()),
+        })
+    }
+
+    /// Records the outcome of enrolment in `dir`: agent id, certificate, tenant CA.
+    pub fn save_enrolment(
+        dir: &Path,
+        agent_id: &str,
+        cert_pem: &str,
+        ca_pem: &str,
+    ) -> Result<(), AgentError> {
+        let write = |name: &str, text: &str| {
+            std::fs::write(dir.join(name), text)
+                .map_err(|e| AgentError::State(format!("writing {name} in {}: {e}", dir.display())))
+        };
+        write(CERT_FILE, cert_pem)?;
+        write(TENANT_CA_FILE, ca_pem)?;
+        write(AGENT_ID_FILE, agent_id)
+    }
+}
+
+/// PEM ("PRIVATE KEY") of a PKCS#8 DER key.
+fn pkcs8_pem(der: &[u8]) -> String {
+    let body = STANDARD.encode(der);
+    let mut pem = String::from("-----BEGIN PRIVATE KEY-----\n");
+    for line in body.as_bytes().chunks(64) {
+        pem.push_str(std::str::from_utf8(line).unwrap_or_default());
+        pem.push('\n');
+    }
+    pem.push_str("-----END PRIVATE KEY-----\n");
+    pem
 }
 
 impl AgentState {
@@ -64,9 +112,30 @@ impl AgentState {
             tracing::info!(path = %key_path.display(), "generated a new agent key pair");
             key
         };
+        let cert_path = dir.join(CERT_FILE);
+        let certificate = match std::fs::read_to_string(&cert_path) {
+            Ok(pem) => {
+                let der = pem_to_der(&pem).ok_or_else(|| {
+                    AgentError::State(format!("{} is not PEM", cert_path.display()))
+                })?;
+                let certified = CertifiedAgent::parse(&der)
+                    .map_err(|e| AgentError::State(format!("{}: {e}", cert_path.display())))?;
+                if certified.public_key_der != key.public_key_der() {
+                    return Err(AgentError::State(format!(
+                        "{} does not certify {}; enrol again",
+                        cert_path.display(),
+                        key_path.display()
+                    )));
+                }
+                Some((pem, certified))
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
+            Err(err) => return Err(state_err("reading agent-cert.pem", err)),
+        };
         Ok(Self {
             agent_id,
             key: Arc::new(key),
+            certificate,
         })
     }
 }

@@ -17,6 +17,8 @@ use tokio::{
 };
 use tokio_stream::wrappers::ReceiverStream;
 
+use passage_transport::ClientIdentity;
+
 use crate::{AgentConfig, Validator, state::AgentState};
 
 /// Reconnect delays: from `INITIAL_BACKOFF`, doubling up to `MAX_BACKOFF`, with full jitter.
@@ -44,25 +46,40 @@ pub async fn run(
 ) {
     let (stop_tx, stop_rx) = watch::channel(false);
     let capacity = Arc::new(Semaphore::new(config.capacity as usize));
-    let hello = AgentHello {
-        agent_id: state.agent_id.clone(),
-        version: env!("CARGO_PKG_VERSION").to_owned(),
-        tenant: config.tenant.clone(),
-        connector_group: config.connector_group.clone(),
-        capacity: config.capacity,
-        public_key_der: state.key.public_key_der().to_vec(),
-        hostname: hostname(),
+    // Once enrolled, the certificate says who the agent is; the configuration only helps
+    // before enrolment (development mode).
+    let (tenant, connector_group) = match &state.certificate {
+        Some((_, certified)) => {
+            let id = &certified.identity;
+            if id.tenant != config.tenant || id.connector_group != config.connector_group {
+                tracing::warn!(
+                    certificate_tenant = %id.tenant,
+                    certificate_group = %id.connector_group,
+                    "the configuration names another tenant or connector group than the certificate; the certificate wins"
+                );
+            }
+            (id.tenant.clone(), id.connector_group.clone())
+        }
+        None => (config.tenant.clone(), config.connector_group.clone()),
     };
+    let link = Arc::new(Link {
+        hello: AgentHello {
+            agent_id: state.agent_id.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            tenant,
+            connector_group,
+            capacity: config.capacity,
+            public_key_der: state.key.public_key_der().to_vec(),
+            hostname: hostname(),
+        },
+        identity: state.client_identity(),
+        config,
+        validator,
+        capacity,
+    });
     let mut streams = JoinSet::new();
-    for url in config.dispatchers.clone() {
-        streams.spawn(keep_connected(
-            url,
-            config.clone(),
-            hello.clone(),
-            Arc::clone(&validator),
-            Arc::clone(&capacity),
-            stop_rx.clone(),
-        ));
+    for url in link.config.dispatchers.clone() {
+        streams.spawn(keep_connected(url, Arc::clone(&link), stop_rx.clone()));
     }
     shutdown.await;
     tracing::info!("agent shutting down; finishing in-flight validations");
@@ -70,26 +87,20 @@ pub async fn run(
     while streams.join_next().await.is_some() {}
 }
 
-async fn keep_connected(
-    url: String,
+/// What every stream of this agent shares.
+struct Link {
     config: AgentConfig,
     hello: AgentHello,
+    identity: Option<ClientIdentity>,
     validator: Arc<Validator>,
     capacity: Arc<Semaphore>,
-    mut stop: watch::Receiver<bool>,
-) {
+}
+
+async fn keep_connected(url: String, link: Arc<Link>, mut stop: watch::Receiver<bool>) {
     let mut backoff = INITIAL_BACKOFF;
     loop {
         let started = Instant::now();
-        let result = session(
-            &url,
-            &config,
-            hello.clone(),
-            &validator,
-            &capacity,
-            stop.clone(),
-        )
-        .await;
+        let result = session(&url, &link, stop.clone()).await;
         match result {
             Ok(StreamEnd::Shutdown) => return,
             Ok(StreamEnd::Drained) => {
@@ -124,14 +135,23 @@ fn jitter(d: Duration) -> Duration {
 
 async fn session(
     url: &str,
-    config: &AgentConfig,
-    hello: AgentHello,
-    validator: &Arc<Validator>,
-    capacity: &Arc<Semaphore>,
+    link: &Link,
     mut stop: watch::Receiver<bool>,
 ) -> Result<StreamEnd, String> {
-    let endpoint = passage_transport::endpoint(url, config.tls.as_ref(), config.insecure_plaintext)
-        .map_err(|e| e.to_string())?;
+    let Link {
+        config,
+        hello,
+        identity,
+        validator,
+        capacity,
+    } = link;
+    let endpoint = passage_transport::endpoint_with_identity(
+        url,
+        config.tls.as_ref(),
+        identity.as_ref(),
+        config.insecure_plaintext,
+    )
+    .map_err(|e| e.to_string())?;
     let channel = tokio::select! {
         result = endpoint.connect() => result.map_err(|e| format!("connect: {e}"))?,
         () = stopped(&mut stop) => return Ok(StreamEnd::Shutdown),
@@ -140,7 +160,7 @@ async fn session(
     let (outbound, receiver) = mpsc::channel::<ConnectRequest>(config.capacity as usize + 16);
     outbound
         .send(ConnectRequest {
-            message: Some(connect_request::Message::Hello(hello)),
+            message: Some(connect_request::Message::Hello(hello.clone())),
         })
         .await
         .map_err(|_| "stream closed before hello".to_owned())?;
@@ -228,7 +248,8 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-fn hostname() -> String {
+/// This host's name, for operators.
+pub fn hostname() -> String {
     std::env::var("HOSTNAME")
         .ok()
         .or_else(|| std::fs::read_to_string("/etc/hostname").ok())

@@ -7,6 +7,7 @@
 //!   comes from a prompt or standard input, never from the command line.
 //! * `passage hash-password` — an Argon2id hash for a static directory file.
 
+mod agents;
 mod demo;
 
 use std::{io::BufRead, io::IsTerminal, process::ExitCode};
@@ -52,6 +53,14 @@ enum Command {
     },
     /// Print an Argon2id hash of a password read from a prompt or standard input.
     HashPassword,
+    /// Agent operations: enrolment tokens, listing, revocation.
+    Agent {
+        /// The shared store (the dispatchers' `store_url`).
+        #[arg(long, env = "PASSAGE_STORE_URL", global = true)]
+        store: Option<String>,
+        #[command(subcommand)]
+        command: agents::AgentCommand,
+    },
 }
 
 #[tokio::main]
@@ -77,6 +86,10 @@ async fn main() -> ExitCode {
                 insecure_plaintext,
             )
             .await
+        }
+        Command::Agent { store, command } => {
+            passage_telemetry::init_logging("warn");
+            agents::run(store.as_deref(), command).await
         }
         Command::HashPassword => read_password("Password: ").map(|password| {
             println!(

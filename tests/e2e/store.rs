@@ -61,7 +61,7 @@ async fn store_contract(store: &Store) {
     };
     store.create_enrolment_token(&token).await.unwrap();
     let grant = store
-        .redeem_enrolment_token(&token.token_hash, now + 10)
+        .redeem_enrolment_token(&token.token_hash, "default", now + 10)
         .await
         .unwrap()
         .unwrap();
@@ -69,7 +69,7 @@ async fn store_contract(store: &Store) {
     assert_eq!(grant.connector_group, "corp.example.com");
     assert_eq!(
         store
-            .redeem_enrolment_token(&token.token_hash, now + 11)
+            .redeem_enrolment_token(&token.token_hash, "default", now + 11)
             .await
             .unwrap(),
         Err(TokenRefusal::AlreadyUsed)
@@ -82,17 +82,38 @@ async fn store_contract(store: &Store) {
     store.create_enrolment_token(&expiring).await.unwrap();
     assert_eq!(
         store
-            .redeem_enrolment_token(&expiring.token_hash, now + 5)
+            .redeem_enrolment_token(&expiring.token_hash, "default", now + 5)
             .await
             .unwrap(),
         Err(TokenRefusal::Expired)
     );
     assert_eq!(
         store
-            .redeem_enrolment_token(&"c".repeat(64), now)
+            .redeem_enrolment_token(&"c".repeat(64), "default", now)
             .await
             .unwrap(),
         Err(TokenRefusal::Unknown)
+    );
+    // A token of one tenant is refused to another, and stays usable for its own.
+    let acme_token = EnrolmentToken {
+        token_hash: "e".repeat(64),
+        tenant: "acme".into(),
+        ..token.clone()
+    };
+    store.create_enrolment_token(&acme_token).await.unwrap();
+    assert_eq!(
+        store
+            .redeem_enrolment_token(&acme_token.token_hash, "default", now)
+            .await
+            .unwrap(),
+        Err(TokenRefusal::WrongTenant)
+    );
+    assert!(
+        store
+            .redeem_enrolment_token(&acme_token.token_hash, "acme", now)
+            .await
+            .unwrap()
+            .is_ok()
     );
     // Redeeming concurrently: exactly one winner.
     let racy = EnrolmentToken {
@@ -104,7 +125,12 @@ async fn store_contract(store: &Store) {
     for _ in 0..8 {
         let store = store.clone();
         let hash = racy.token_hash.clone();
-        attempts.spawn(async move { store.redeem_enrolment_token(&hash, now + 1).await.unwrap() });
+        attempts.spawn(async move {
+            store
+                .redeem_enrolment_token(&hash, "default", now + 1)
+                .await
+                .unwrap()
+        });
     }
     let mut winners = 0;
     while let Some(result) = attempts.join_next().await {

@@ -33,6 +33,8 @@ pub fn bin_dir() -> &'static Path {
             "passage-dispatcher",
             "-p",
             "passage-gateway",
+            "-p",
+            "passage",
             "--bins",
         ]);
         if release {
@@ -45,6 +47,20 @@ pub fn bin_dir() -> &'static Path {
         assert!(status.success(), "building the service binaries failed");
         dir
     })
+}
+
+/// Runs `bin_dir()/name args` to completion: (success, stdout, stderr).
+pub fn run_to_end(name: &str, args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(bin_dir().join(name))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|err| panic!("running {name}: {err}"));
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
 
 /// A child process killed when dropped, whose stderr goes to a log file.

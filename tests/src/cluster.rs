@@ -13,7 +13,7 @@ use passage_proto::v1::{
 use tonic::{Status, transport::Channel};
 
 use crate::{
-    bins::Process,
+    bins::{Process, run_to_end},
     slapd::{self, ADMIN_DN, ADMIN_PASSWORD, DOMAIN, GROUPS_DN, PEOPLE_DN, Slapd, TestUser},
 };
 
@@ -37,6 +37,10 @@ pub struct ClusterOptions {
     pub slapd_stats_log: bool,
     /// Have agents look groups up with a search (one more LDAP search per sign-in).
     pub group_search: bool,
+    /// Production trust: the dispatcher's agent listener speaks TLS, agents enrol with a
+    /// one-time token and connect with their certificate (a SQLite store in the temp dir).
+    /// Agents are then started with [`Cluster::enrol_agent`] rather than `agents`.
+    pub enrolment: bool,
 }
 
 impl Default for ClusterOptions {
@@ -49,6 +53,7 @@ impl Default for ClusterOptions {
             validation_timeout: Duration::from_secs(5),
             slapd_stats_log: true,
             group_search: true,
+            enrolment: false,
         }
     }
 }
@@ -64,20 +69,26 @@ pub struct DispatcherProcess {
 }
 
 impl DispatcherProcess {
-    fn start(agent_listen: &str, api_listen: &str, log: &std::path::Path) -> Self {
-        let process = Process::start(
-            "passage-dispatcher",
-            &[
-                "--agent-listen",
-                agent_listen,
-                "--api-listen",
-                api_listen,
-                "--insecure-plaintext",
-            ],
-            log,
-        );
+    fn start(
+        agent_listen: &str,
+        api_listen: &str,
+        config: Option<&std::path::Path>,
+        log: &std::path::Path,
+    ) -> Self {
+        let mut args = vec![
+            "--agent-listen",
+            agent_listen,
+            "--api-listen",
+            api_listen,
+            "--insecure-plaintext",
+        ];
+        if let Some(config) = config {
+            args.extend(["--config", config.to_str().expect("utf-8 path")]);
+        }
+        let process = Process::start("passage-dispatcher", &args, log);
+        let scheme = if config.is_some() { "https" } else { "http" };
         Self {
-            agent_url: format!("http://{}", process.ready_value("agents")),
+            agent_url: format!("{scheme}://{}", process.ready_value("agents")),
             api_url: format!("http://{}", process.ready_value("api")),
             process,
         }
@@ -143,9 +154,13 @@ impl Cluster {
         let dir = tempfile::tempdir().expect("cluster temp dir");
         let slapd = Slapd::start_with(&options.users, options.slapd_stats_log);
 
+        let dispatcher_config = options
+            .enrolment
+            .then(|| write_secure_dispatcher_config(dir.path()));
         let dispatcher = DispatcherProcess::start(
             "127.0.0.1:0",
             "127.0.0.1:0",
+            dispatcher_config.as_deref(),
             &dir.path().join("dispatcher.log"),
         );
 
@@ -197,13 +212,21 @@ impl Cluster {
             format!(
                 "dispatchers = [\"{dispatcher}\"]\nconnector_group = \"{DOMAIN}\"\n\
                  state_dir = \"{state}\"\ncapacity = {capacity}\nheartbeat_interval_ms = 1000\n\
-                 insecure_plaintext = true\n\n\
+                 insecure_plaintext = true\n{tls}\n\
                  [directory]\nkind = \"ldap\"\nurl = \"{url}\"\nbase_dn = \"{PEOPLE_DN}\"\n\
                  bind_dn = \"{ADMIN_DN}\"\nbind_password = \"{ADMIN_PASSWORD}\"\n\
                  login_attribute = \"{login}\"\ntimeout_ms = 2000\n{groups}",
                 dispatcher = self.dispatcher.agent_url,
                 state = self.dir.path().join(format!("agent-{index}")).display(),
                 capacity = self.options.agent_capacity,
+                tls = if self.options.enrolment {
+                    format!(
+                        "tls = {{ ca_file = \"{}\" }}\n",
+                        self.dir.path().join("service-ca.pem").display()
+                    )
+                } else {
+                    String::new()
+                },
                 url = self.slapd.url(),
                 login = self.options.login_attribute,
                 groups = if self.options.group_search {
@@ -215,6 +238,98 @@ impl Cluster {
         )
         .expect("agent.toml");
         path
+    }
+
+    /// The store URL of an enrolment cluster.
+    pub fn store_url(&self) -> String {
+        format!("sqlite://{}", self.dir.path().join("passage.db").display())
+    }
+
+    /// `passage agent token create` for `tenant`'s `group`, valid `ttl` (e.g. "1h").
+    pub fn create_token(&self, tenant: &str, group: &str, ttl: &str) -> String {
+        let (ok, stdout, stderr) = run_to_end(
+            "passage",
+            &[
+                "agent",
+                "token",
+                "create",
+                "--store",
+                &self.store_url(),
+                "--tenant",
+                tenant,
+                "--connector-group",
+                group,
+                "--ttl",
+                ttl,
+            ],
+        );
+        assert!(ok, "token create failed: {stderr}");
+        stdout.trim().to_owned()
+    }
+
+    /// `passage agent ARGS...` against this cluster's store: (success, stdout, stderr).
+    pub fn agent_cli(&self, args: &[&str]) -> (bool, String, String) {
+        let store = self.store_url();
+        let mut all = vec!["agent", "--store", store.as_str()];
+        all.extend_from_slice(args);
+        run_to_end("passage", &all)
+    }
+
+    /// Writes agent `index`'s configuration (for `tenant`) and runs `passage-agent register`
+    /// with `token`: (success, stdout, stderr).
+    pub fn register_agent(
+        &self,
+        index: usize,
+        tenant: &str,
+        token: &str,
+    ) -> (bool, String, String) {
+        let config = self.agent_config(index);
+        if tenant != "default" {
+            let text = std::fs::read_to_string(&config).expect("agent config");
+            std::fs::write(&config, format!("tenant = \"{tenant}\"\n{text}"))
+                .expect("agent config");
+        }
+        run_to_end(
+            "passage-agent",
+            &[
+                "register",
+                "--config",
+                config.to_str().expect("utf-8 path"),
+                "--token",
+                token,
+            ],
+        )
+    }
+
+    /// Creates a token, registers agent number `agents.len()` with it, starts it, and waits
+    /// until the dispatcher lists it.
+    pub async fn enrol_agent(&mut self) -> &AgentProcess {
+        let token = self.create_token("default", DOMAIN, "1h");
+        let index = self.agents.len();
+        let (ok, _, stderr) = self.register_agent(index, "default", &token);
+        assert!(ok, "register failed: {stderr}");
+        self.start_agent(index, true).await
+    }
+
+    /// The state directory of agent `index`.
+    pub fn agent_state_dir(&self, index: usize) -> PathBuf {
+        self.dir.path().join(format!("agent-{index}"))
+    }
+
+    /// Starts agent `index` from its existing configuration; with `wait`, until listed.
+    pub async fn start_agent(&mut self, index: usize, wait: bool) -> &AgentProcess {
+        let config = self.dir.path().join(format!("agent-{index}.toml"));
+        let process = Process::start(
+            "passage-agent",
+            &["run", "--config", config.to_str().expect("utf-8 path")],
+            &self.dir.path().join(format!("agent-{index}.log")),
+        );
+        let agent_id = process.ready_value("agent_id");
+        if wait {
+            self.wait_for_agents(|ids| ids.contains(&agent_id)).await;
+        }
+        self.agents.push(AgentProcess { process, agent_id });
+        self.agents.last().expect("just pushed")
     }
 
     /// Starts one more agent and waits until the dispatcher lists it.
@@ -236,18 +351,21 @@ impl Cluster {
     /// `grace`) and starts a new one on the same ports.
     pub fn restart_dispatcher(&mut self, grace: Duration) -> bool {
         let clean = self.dispatcher.process.terminate(grace);
-        let agent = self
-            .dispatcher
-            .agent_url
-            .trim_start_matches("http://")
-            .to_owned();
-        let api = self
-            .dispatcher
-            .api_url
-            .trim_start_matches("http://")
-            .to_owned();
-        self.dispatcher =
-            DispatcherProcess::start(&agent, &api, &self.dir.path().join("dispatcher-2.log"));
+        let address = |url: &str| url.split("://").nth(1).unwrap_or_default().to_owned();
+        let (agent, api) = (
+            address(&self.dispatcher.agent_url),
+            address(&self.dispatcher.api_url),
+        );
+        let config = self
+            .options
+            .enrolment
+            .then(|| self.dir.path().join("dispatcher.toml"));
+        self.dispatcher = DispatcherProcess::start(
+            &agent,
+            &api,
+            config.as_deref(),
+            &self.dir.path().join("dispatcher-2.log"),
+        );
         clean
     }
 
@@ -307,4 +425,46 @@ impl Cluster {
     pub fn dir(&self) -> &std::path::Path {
         self.dir.path()
     }
+}
+
+/// Writes TLS material for the dispatcher's agent listener (a test service CA and a server
+/// certificate for 127.0.0.1) and a dispatcher configuration using it and a SQLite store.
+fn write_secure_dispatcher_config(dir: &std::path::Path) -> PathBuf {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().expect("CA key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Passage test service CA");
+    let ca_cert = ca_params.self_signed(&ca_key).expect("CA certificate");
+    let issuer = Issuer::new(ca_params, ca_key);
+    let server_key = KeyPair::generate().expect("server key");
+    let server_params =
+        CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .expect("server params");
+    let server_cert = server_params
+        .signed_by(&server_key, &issuer)
+        .expect("server certificate");
+    std::fs::write(dir.join("service-ca.pem"), ca_cert.pem()).expect("service-ca.pem");
+    std::fs::write(dir.join("dispatcher.pem"), server_cert.pem()).expect("dispatcher.pem");
+    let key_path = dir.join("dispatcher-key.pem");
+    std::fs::write(&key_path, server_key.serialize_pem()).expect("dispatcher-key.pem");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
+    let config = dir.join("dispatcher.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "store_url = \"sqlite://{}\"\nheartbeat_interval_ms = 1000\n\n[agent_tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            dir.join("passage.db").display(),
+            dir.join("dispatcher.pem").display(),
+            key_path.display()
+        ),
+    )
+    .expect("dispatcher.toml");
+    config
 }

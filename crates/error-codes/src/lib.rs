@@ -73,6 +73,10 @@ error_codes! {
     DirectoryUnavailable = "PSG80004", Unavailable;
     /// The agent refused the sealed password (wrong key, expired, replayed, mismatched).
     AgentRejected = "PSG80010", Unavailable;
+    /// Enrolment was refused: unknown, used, expired or another tenant's token.
+    EnrolmentRefused = "PSG82001", PermissionDenied;
+    /// The agent's certificate is missing, not the tenant CA's, revoked or does not match it.
+    AgentNotTrusted = "PSG82002", Unauthenticated;
     /// An unexpected internal failure.
     Internal = "PSG90000", Internal;
 }

@@ -43,6 +43,9 @@ pub enum TokenRefusal {
     /// The token has expired.
     #[error("enrolment token expired")]
     Expired,
+    /// The token belongs to another tenant (it stays usable for its own tenant).
+    #[error("enrolment token belongs to another tenant")]
+    WrongTenant,
 }
 
 /// Which database a store runs on.
@@ -273,20 +276,22 @@ impl Store {
         Ok(())
     }
 
-    /// Uses the token with `token_hash` once: the first caller before expiry gets the grant,
-    /// everyone else a refusal saying why. Atomic across replicas.
+    /// Uses the token with `token_hash` for `tenant` once: the first caller before expiry gets
+    /// the grant, everyone else a refusal saying why. Atomic across replicas.
     pub async fn redeem_enrolment_token(
         &self,
         token_hash: &str,
+        tenant: &str,
         now: i64,
     ) -> Result<Result<TokenGrant, TokenRefusal>, StoreError> {
         let redeemed = sqlx::query(
             "UPDATE enrolment_tokens SET used_at = $1 \
-             WHERE token_hash = $2 AND used_at IS NULL AND expires_at > $3 \
+             WHERE token_hash = $2 AND tenant_id = $3 AND used_at IS NULL AND expires_at > $4 \
              RETURNING tenant_id, connector_group",
         )
         .bind(now)
         .bind(token_hash)
+        .bind(tenant)
         .bind(now)
         .fetch_optional(&self.pool)
         .await?;
@@ -296,16 +301,20 @@ impl Store {
                 connector_group: row.try_get("connector_group")?,
             }));
         }
-        let row = sqlx::query("SELECT used_at FROM enrolment_tokens WHERE token_hash = $1")
-            .bind(token_hash)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(Err(match row {
-            None => TokenRefusal::Unknown,
-            Some(row) => match row.try_get::<Option<i64>, _>("used_at")? {
-                Some(_) => TokenRefusal::AlreadyUsed,
-                None => TokenRefusal::Expired,
-            },
+        let row =
+            sqlx::query("SELECT tenant_id, used_at FROM enrolment_tokens WHERE token_hash = $1")
+                .bind(token_hash)
+                .fetch_optional(&self.pool)
+                .await?;
+        let Some(row) = row else {
+            return Ok(Err(TokenRefusal::Unknown));
+        };
+        Ok(Err(if row.try_get::<String, _>("tenant_id")? != tenant {
+            TokenRefusal::WrongTenant
+        } else if row.try_get::<Option<i64>, _>("used_at")?.is_some() {
+            TokenRefusal::AlreadyUsed
+        } else {
+            TokenRefusal::Expired
         }))
     }
 

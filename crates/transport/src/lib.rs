@@ -84,6 +84,18 @@ pub fn server_builder(
     tls: Option<&ServerTls>,
     insecure_plaintext: bool,
 ) -> Result<Server, TransportError> {
+    server_builder_with_client_cas(name, tls, None, insecure_plaintext)
+}
+
+/// Like [`server_builder`], also accepting client certificates issued by the CAs in
+/// `client_cas_pem` (a PEM bundle, e.g. the tenant CAs). A client without a certificate is
+/// still let in — enrolment needs that — so services must check `peer_certs()` themselves.
+pub fn server_builder_with_client_cas(
+    name: &'static str,
+    tls: Option<&ServerTls>,
+    client_cas_pem: Option<&str>,
+    insecure_plaintext: bool,
+) -> Result<Server, TransportError> {
     let builder = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
@@ -93,8 +105,17 @@ pub fn server_builder(
             check_key_permissions(&tls.key_file)?;
             let identity = Identity::from_pem(read(&tls.cert_file)?, read(&tls.key_file)?);
             let mut config = ServerTlsConfig::new().identity(identity);
+            let mut roots = Vec::new();
             if let Some(ca) = &tls.client_ca_file {
-                config = config.client_ca_root(Certificate::from_pem(read(ca)?));
+                roots.extend(read(ca)?);
+                roots.push(b'\n');
+            }
+            if let Some(bundle) = client_cas_pem {
+                roots.extend_from_slice(bundle.as_bytes());
+                config = config.client_auth_optional(true);
+            }
+            if !roots.is_empty() {
+                config = config.client_ca_root(Certificate::from_pem(roots));
             }
             builder
                 .tls_config(config)
@@ -149,6 +170,33 @@ pub fn endpoint(
     tls: Option<&ClientTls>,
     insecure_plaintext: bool,
 ) -> Result<Endpoint, TransportError> {
+    endpoint_with_identity(url, tls, None, insecure_plaintext)
+}
+
+/// A client certificate and key held in memory (PEM), e.g. an enrolled agent's.
+#[derive(Clone)]
+pub struct ClientIdentity {
+    /// Certificate chain, PEM.
+    pub cert_pem: String,
+    /// Private key, PEM (never printed).
+    pub key_pem: passage_credentials::Secret,
+}
+
+impl std::fmt::Debug for ClientIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientIdentity")
+            .field("key_pem", &"[redacted]")
+            .finish()
+    }
+}
+
+/// Like [`endpoint`], presenting `identity` (which takes precedence over `tls`'s files).
+pub fn endpoint_with_identity(
+    url: &str,
+    tls: Option<&ClientTls>,
+    identity: Option<&ClientIdentity>,
+    insecure_plaintext: bool,
+) -> Result<Endpoint, TransportError> {
     let endpoint = Channel::from_shared(url.to_owned())
         .map_err(|err| TransportError::Config(format!("{url}: {err}")))?
         .connect_timeout(Duration::from_secs(5))
@@ -169,7 +217,12 @@ pub fn endpoint(
     if let Some(ca) = &tls.ca_file {
         config = config.ca_certificate(Certificate::from_pem(read(ca)?));
     }
-    if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
+    if let Some(identity) = identity {
+        config = config.identity(Identity::from_pem(
+            identity.cert_pem.as_bytes(),
+            identity.key_pem.expose(),
+        ));
+    } else if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
         check_key_permissions(key)?;
         config = config.identity(Identity::from_pem(read(cert)?, read(key)?));
     }

@@ -8,20 +8,31 @@
 //! The dispatcher only ever relays ciphertext: passwords are sealed by the gateway to agent
 //! keys and opened by the agent.
 
+pub mod enrolment;
 pub mod registry;
 pub mod relay;
 pub mod tunnel;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
+use std::collections::HashMap;
+
+use passage_error_codes::ErrorCode;
 use passage_proto::v1::{
-    agent_tunnel_server::AgentTunnelServer, dispatcher_server::DispatcherServer,
+    agent_enrolment_server::AgentEnrolmentServer, agent_tunnel_server::AgentTunnelServer,
+    dispatcher_server::DispatcherServer,
 };
+use passage_store::Store;
 use passage_transport::{ServerTls, TransportError};
 use serde::Deserialize;
 use tonic::transport::server::TcpIncoming;
 
-use crate::{registry::AgentRegistry, relay::RelayService, tunnel::TunnelService};
+use crate::{
+    enrolment::EnrolmentService,
+    registry::AgentRegistry,
+    relay::RelayService,
+    tunnel::{AgentTrust, TunnelService},
+};
 
 /// Dispatcher configuration (TOML).
 #[derive(Debug, Clone, Deserialize)]
@@ -46,6 +57,16 @@ pub struct DispatcherConfig {
     pub api_tls: Option<ServerTls>,
     /// Serve plaintext gRPC where no TLS is configured. Development only.
     pub insecure_plaintext: bool,
+    /// The shared store (`sqlite://...` or `postgres://...`). With it, agents enrol and must
+    /// connect with their certificate; without it (development), an agent's hello is believed.
+    pub store_url: Option<String>,
+    /// Tenants whose CAs are loaded (and created if missing) at start. Dispatchers read tenant
+    /// CAs at start: after adding a tenant, restart them.
+    pub tenants: Vec<String>,
+    /// Lifetime of agent certificates issued at enrolment, in days.
+    pub agent_certificate_lifetime_days: u64,
+    /// How often revocations are read from the store, in milliseconds.
+    pub revocation_poll_ms: u64,
 }
 
 impl Default for DispatcherConfig {
@@ -60,6 +81,10 @@ impl Default for DispatcherConfig {
             agent_tls: None,
             api_tls: None,
             insecure_plaintext: false,
+            store_url: None,
+            tenants: vec!["default".into()],
+            agent_certificate_lifetime_days: 180,
+            revocation_poll_ms: 500,
         }
     }
 }
@@ -67,6 +92,9 @@ impl Default for DispatcherConfig {
 /// A dispatcher whose listeners are bound; [`BoundDispatcher::run`] serves.
 pub struct BoundDispatcher {
     config: DispatcherConfig,
+    store: Option<Store>,
+    trust: Option<Arc<AgentTrust>>,
+    client_cas_pem: Option<String>,
     registry: Arc<AgentRegistry>,
     agent_incoming: TcpIncoming,
     api_incoming: TcpIncoming,
@@ -74,12 +102,63 @@ pub struct BoundDispatcher {
     api_addr: SocketAddr,
 }
 
-/// Binds both listeners (fails fast on missing TLS or a taken port).
-pub async fn bind(config: DispatcherConfig) -> Result<BoundDispatcher, TransportError> {
+/// Dispatcher start-up errors.
+#[derive(Debug, thiserror::Error)]
+pub enum DispatcherError {
+    /// Listener or TLS problem.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] passage_store::StoreError),
+    /// Configuration problem.
+    #[error("configuration: {0}")]
+    Config(String),
+}
+
+/// Binds both listeners (fails fast on missing TLS, an unusable store or a taken port).
+pub async fn bind(config: DispatcherConfig) -> Result<BoundDispatcher, DispatcherError> {
+    let (store, trust, client_cas_pem) = match &config.store_url {
+        Some(url) => {
+            let store = Store::open(url).await?;
+            let mut tenants = config.tenants.clone();
+            tenants.extend(store.tenants().await?);
+            tenants.sort();
+            tenants.dedup();
+            let mut cas = HashMap::new();
+            let mut bundle = String::new();
+            for tenant in tenants {
+                let ca = enrolment::tenant_ca(&store, &tenant)
+                    .await
+                    .map_err(|status| {
+                        DispatcherError::Config(format!("tenant {tenant}: {}", status.message()))
+                    })?;
+                bundle.push_str(ca.cert_pem());
+                bundle.push('\n');
+                cas.insert(tenant, ca);
+            }
+            let trust = match &config.agent_tls {
+                Some(_) => Some(Arc::new(AgentTrust {
+                    store: store.clone(),
+                    cas,
+                })),
+                None if config.insecure_plaintext => {
+                    tracing::warn!(
+                        "agent listener is plaintext: agent certificates are NOT checked (development only)"
+                    );
+                    None
+                }
+                None => return Err(TransportError::NoTls("agent listener").into()),
+            };
+            (Some(store), trust, Some(bundle))
+        }
+        None => (None, None, None),
+    };
     // Validate TLS material before binding anything.
-    passage_transport::server_builder(
+    passage_transport::server_builder_with_client_cas(
         "agent listener",
         config.agent_tls.as_ref(),
+        client_cas_pem.as_deref(),
         config.insecure_plaintext,
     )?;
     passage_transport::server_builder(
@@ -91,6 +170,9 @@ pub async fn bind(config: DispatcherConfig) -> Result<BoundDispatcher, Transport
     let (api_incoming, api_addr) = passage_transport::bind(config.api_listen).await?;
     Ok(BoundDispatcher {
         config,
+        store,
+        trust,
+        client_cas_pem,
         registry: Arc::new(AgentRegistry::default()),
         agent_incoming,
         api_incoming,
@@ -124,8 +206,25 @@ impl BoundDispatcher {
         let config = &self.config;
         let heartbeat = Duration::from_millis(config.heartbeat_interval_ms);
         let dispatcher_id = config.dispatcher_id.clone().unwrap_or_else(hostname);
-        let tunnel =
-            TunnelService::new(Arc::clone(&self.registry), dispatcher_id.clone(), heartbeat);
+        let tunnel = TunnelService::new(
+            Arc::clone(&self.registry),
+            dispatcher_id.clone(),
+            heartbeat,
+            self.trust.clone(),
+        );
+        let enrolment = self.store.clone().map(|store| {
+            AgentEnrolmentServer::new(EnrolmentService::new(
+                store,
+                Duration::from_secs(config.agent_certificate_lifetime_days * 24 * 3600),
+            ))
+        });
+        if let Some(store) = self.store.clone() {
+            tokio::spawn(watch_revocations(
+                store,
+                Arc::clone(&self.registry),
+                Duration::from_millis(config.revocation_poll_ms),
+            ));
+        }
         let relay = RelayService::new(
             Arc::clone(&self.registry),
             Duration::from_millis(config.validation_timeout_ms),
@@ -145,14 +244,16 @@ impl BoundDispatcher {
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };
-        let agent_server = passage_transport::server_builder(
+        let agent_server = passage_transport::server_builder_with_client_cas(
             "agent listener",
             config.agent_tls.as_ref(),
+            self.client_cas_pem.as_deref(),
             config.insecure_plaintext,
         )?
         .add_service(agent_health)
         .add_service(passage_transport::reflection()?)
         .add_service(AgentTunnelServer::new(tunnel))
+        .add_optional_service(enrolment)
         .serve_with_incoming_shutdown(self.agent_incoming, stopped(stop_rx.clone()));
         let api_server = passage_transport::server_builder(
             "api listener",
@@ -199,6 +300,30 @@ impl BoundDispatcher {
                 // close on their own, then stop regardless.
                 let _ = tokio::time::timeout(Duration::from_secs(2), servers).await;
                 Ok(())
+            }
+        }
+    }
+}
+
+/// Cuts the streams of revoked agents: reads the store every `every` (revocations may be made
+/// by the CLI or another replica).
+async fn watch_revocations(store: Store, registry: Arc<AgentRegistry>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let agents = match store.agents(None).await {
+            Ok(agents) => agents,
+            Err(err) => {
+                tracing::warn!(error = %err, "reading revocations failed");
+                continue;
+            }
+        };
+        for agent in agents.into_iter().filter(|a| a.revoked_at.is_some()) {
+            let status = ErrorCode::AgentNotTrusted
+                .status(format!("agent {} has been revoked", agent.agent_id));
+            if registry.cut(&agent.agent_id, status) {
+                tracing::warn!(agent_id = %agent.agent_id, "revoked agent's stream cut");
             }
         }
     }

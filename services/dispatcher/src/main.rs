@@ -21,6 +21,9 @@ struct Args {
     /// Serve plaintext gRPC where no TLS is configured. Development only.
     #[arg(long)]
     insecure_plaintext: bool,
+    /// The shared store URL (overrides the file's `store_url`).
+    #[arg(long, env = "PASSAGE_STORE_URL")]
+    store: Option<String>,
 }
 
 #[tokio::main]
@@ -47,6 +50,9 @@ async fn main() -> ExitCode {
         config.api_listen = addr;
     }
     config.insecure_plaintext |= args.insecure_plaintext;
+    if let Some(store) = args.store {
+        config.store_url = Some(store);
+    }
 
     let bound = match passage_dispatcher::bind(config).await {
         Ok(bound) => bound,

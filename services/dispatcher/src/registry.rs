@@ -31,6 +31,8 @@ pub struct AgentIdentity {
     pub public_key_der: Vec<u8>,
     /// Concurrent validations it accepts.
     pub capacity: u32,
+    /// Serial of the certificate it connected with (none in plaintext development mode).
+    pub cert_serial: Option<String>,
 }
 
 /// Why a task could not be handed to an agent.
@@ -202,6 +204,12 @@ impl AgentConnection {
             .fetch_sub(waiters.len() as u32, Ordering::Relaxed);
     }
 
+    /// Ends the stream at once with `status` (revocation): waiters fail, the agent is told why.
+    pub fn terminate(&self, status: Status) {
+        self.close();
+        let _ = self.outbound.try_send(Err(status));
+    }
+
     /// Asks the agent to stop sending work here; in-flight work still completes.
     pub async fn drain(&self, reason: &str) {
         self.draining.store(true, Ordering::Relaxed);
@@ -270,6 +278,17 @@ impl AgentRegistry {
             .collect()
     }
 
+    /// Removes and terminates the stream of `agent_id` with `status`; true if there was one.
+    pub fn cut(&self, agent_id: &str, status: Status) -> bool {
+        match self.agents.remove(agent_id) {
+            Some((_, connection)) => {
+                connection.terminate(status);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Every connection, for draining.
     pub fn all(&self) -> Vec<Arc<AgentConnection>> {
         self.agents.iter().map(|c| Arc::clone(&c)).collect()
@@ -306,6 +325,7 @@ mod tests {
             hostname: "host".into(),
             public_key_der: vec![],
             capacity: 2,
+            cert_serial: None,
         };
         (
             Arc::new(AgentConnection::new(

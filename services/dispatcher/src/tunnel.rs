@@ -2,11 +2,16 @@
 
 use std::{pin::Pin, sync::Arc, time::Duration};
 
+use std::collections::HashMap;
+
 use passage_envelope::SealingKey;
+use passage_error_codes::ErrorCode;
+use passage_pki::{CertifiedAgent, TenantCa};
 use passage_proto::v1::{
     AgentHello, ConnectRequest, ConnectResponse, Welcome, agent_tunnel_server::AgentTunnel,
     connect_request, connect_response,
 };
+use passage_store::Store;
 use tokio::sync::mpsc;
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
@@ -18,26 +23,75 @@ const MAX_NAME_BYTES: usize = 256;
 /// Largest capacity an agent may advertise.
 const MAX_CAPACITY: u32 = 4096;
 
+/// What agents must prove: a certificate from their tenant's CA, not revoked.
+pub struct AgentTrust {
+    /// Where revocations are recorded.
+    pub store: Store,
+    /// Tenant CAs by tenant.
+    pub cas: HashMap<String, TenantCa>,
+}
+
+impl AgentTrust {
+    /// Checks the client certificate (DER) and returns what it certifies.
+    async fn check(&self, cert: Option<&[u8]>) -> Result<CertifiedAgent, Status> {
+        let not_trusted = |message: String| ErrorCode::AgentNotTrusted.status(message);
+        let cert = cert.ok_or_else(|| {
+            not_trusted("a client certificate issued at enrolment is required (run `passage-agent register`)".into())
+        })?;
+        let claimed = CertifiedAgent::parse(cert).map_err(|e| not_trusted(e.to_string()))?;
+        let ca = self
+            .cas
+            .get(&claimed.identity.tenant)
+            .ok_or_else(|| not_trusted(format!("unknown tenant {}", claimed.identity.tenant)))?;
+        // TLS checked the chain against every tenant CA; this pins it to the tenant it names.
+        let certified = ca
+            .verify(cert, std::time::SystemTime::now())
+            .map_err(|e| not_trusted(format!("{e}; if it expired, enrol the agent again")))?;
+        let revoked = self
+            .store
+            .is_revoked(&certified.serial)
+            .await
+            .map_err(|err| {
+                tracing::error!(error = %err, "store failure");
+                ErrorCode::Internal.status("the store failed")
+            })?;
+        if revoked {
+            return Err(not_trusted(format!(
+                "agent {} has been revoked",
+                certified.identity.agent_id
+            )));
+        }
+        Ok(certified)
+    }
+}
+
 /// The `AgentTunnel` service.
 pub struct TunnelService {
     registry: Arc<AgentRegistry>,
     dispatcher_id: String,
     heartbeat_interval: Duration,
     hello_timeout: Duration,
+    trust: Option<Arc<AgentTrust>>,
 }
 
 impl TunnelService {
     /// A service registering streams in `registry`.
+    ///
+    /// With `trust`, an agent is accepted only with a valid, unrevoked certificate whose
+    /// identity and key match its hello; without (plaintext development mode), its hello is
+    /// believed.
     pub fn new(
         registry: Arc<AgentRegistry>,
         dispatcher_id: String,
         heartbeat_interval: Duration,
+        trust: Option<Arc<AgentTrust>>,
     ) -> Self {
         Self {
             registry,
             dispatcher_id,
             heartbeat_interval,
             hello_timeout: Duration::from_secs(10),
+            trust,
         }
     }
 }
@@ -77,7 +131,33 @@ fn identity_from_hello(hello: AgentHello) -> Result<AgentIdentity, Status> {
         hostname: hello.hostname,
         public_key_der: hello.public_key_der,
         capacity: hello.capacity,
+        cert_serial: None,
     })
+}
+
+/// Refuses a hello that does not match the certificate it came with.
+fn matches_certificate(identity: &AgentIdentity, certified: &CertifiedAgent) -> Result<(), Status> {
+    let id = &certified.identity;
+    if identity.agent_id != id.agent_id
+        || identity.tenant != id.tenant
+        || identity.connector_group != id.connector_group
+    {
+        return Err(ErrorCode::AgentNotTrusted.status(format!(
+            "hello names {}/{}/{} but the certificate is for {}/{}/{}",
+            identity.tenant,
+            identity.connector_group,
+            identity.agent_id,
+            id.tenant,
+            id.connector_group,
+            id.agent_id
+        )));
+    }
+    if identity.public_key_der != certified.public_key_der {
+        return Err(
+            ErrorCode::AgentNotTrusted.status("hello.public_key_der is not the certified key")
+        );
+    }
+    Ok(())
 }
 
 type ResponseStream = Pin<Box<dyn Stream<Item = Result<ConnectResponse, Status>> + Send>>;
@@ -91,6 +171,16 @@ impl AgentTunnel for TunnelService {
         request: Request<Streaming<ConnectRequest>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
         let peer = request.remote_addr();
+        let certified = match &self.trust {
+            Some(trust) => {
+                let certs = request.peer_certs();
+                let first = certs.as_ref().and_then(|c| c.first()).map(|c| c.as_ref());
+                Some(trust.check(first).await.inspect_err(|status| {
+                    tracing::warn!(peer = ?peer, reason = %status.message(), "agent refused");
+                })?)
+            }
+            None => None,
+        };
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(self.hello_timeout, inbound.message())
             .await
@@ -103,7 +193,11 @@ impl AgentTunnel for TunnelService {
                 "the first message on a stream must be a hello",
             ));
         };
-        let identity = identity_from_hello(hello)?;
+        let mut identity = identity_from_hello(hello)?;
+        if let Some(certified) = &certified {
+            matches_certificate(&identity, certified)?;
+            identity.cert_serial = Some(certified.serial.clone());
+        }
 
         let (outbound, receiver) = mpsc::channel(identity.capacity as usize + 16);
         let welcome = ConnectResponse {

@@ -1,0 +1,172 @@
+//! `passage agent ...`: enrolment tokens, the agent list, revocation.
+
+use std::time::Duration;
+
+use clap::Subcommand;
+use passage_store::Store;
+
+/// Agent operations.
+#[derive(Subcommand)]
+pub enum AgentCommand {
+    /// Enrolment tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// List enrolled agents.
+    List {
+        /// Only this tenant's agents.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Revoke an agent: its streams are cut within a second and it cannot reconnect.
+    Revoke {
+        /// The agent id (from `passage agent list`).
+        agent_id: String,
+    },
+}
+
+/// Enrolment token operations.
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// Create a one-time enrolment token and print it (it is stored only as a hash).
+    Create {
+        /// Tenant the agent will serve.
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        /// Connector group the agent will serve (e.g. corp.example.com).
+        #[arg(long)]
+        connector_group: String,
+        /// How long the token stays valid: 90s, 30m, 1h, 7d.
+        #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+        ttl: Duration,
+    },
+}
+
+/// Parses `90s`, `30m`, `1h`, `7d`.
+fn parse_ttl(text: &str) -> Result<Duration, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a number and s, m, h or d"))?;
+    let seconds = match unit {
+        "s" | "" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(format!("{text:?}: the unit must be s, m, h or d")),
+    };
+    if seconds == 0 || seconds > 30 * 86_400 {
+        return Err("the ttl must be between 1 s and 30 d".into());
+    }
+    Ok(Duration::from_secs(seconds))
+}
+
+fn when(unix: i64) -> String {
+    let now = passage_dispatcher::enrolment::unix_now();
+    let delta = unix - now;
+    let (n, unit) = match delta.abs() {
+        s if s < 120 => (s, "s"),
+        s if s < 7200 => (s / 60, "min"),
+        s if s < 172_800 => (s / 3600, "h"),
+        s => (s / 86_400, "d"),
+    };
+    if delta >= 0 {
+        format!("in {n} {unit}")
+    } else {
+        format!("{n} {unit} ago")
+    }
+}
+
+/// Runs an agent command against the store at `store_url`.
+pub async fn run(store_url: Option<&str>, command: AgentCommand) -> Result<(), String> {
+    let url = store_url
+        .ok_or("--store URL (or PASSAGE_STORE_URL) is required: the dispatchers' store_url")?;
+    let store = Store::open(url).await.map_err(|e| e.to_string())?;
+    match command {
+        AgentCommand::Token {
+            command:
+                TokenCommand::Create {
+                    tenant,
+                    connector_group,
+                    ttl,
+                },
+        } => {
+            // The tenant CA exists before any agent enrols, so dispatchers started from now on
+            // trust this tenant's agents.
+            passage_dispatcher::enrolment::tenant_ca(&store, &tenant)
+                .await
+                .map_err(|s| s.message().to_owned())?;
+            let token =
+                passage_dispatcher::enrolment::create_token(&store, &tenant, &connector_group, ttl)
+                    .await
+                    .map_err(|s| s.message().to_owned())?;
+            println!("{token}");
+            eprintln!(
+                "one-time enrolment token for tenant {tenant}, connector group {connector_group}, valid for {} s; \
+                 on the agent host: passage-agent register --config agent.toml --token <token>",
+                ttl.as_secs()
+            );
+        }
+        AgentCommand::List { tenant } => {
+            let agents = store
+                .agents(tenant.as_deref())
+                .await
+                .map_err(|e| e.to_string())?;
+            println!(
+                "{:<24} {:<10} {:<22} {:<20} {:<8} {:<16} STATUS",
+                "AGENT", "TENANT", "CONNECTOR GROUP", "HOST", "VERSION", "CERT EXPIRES"
+            );
+            for agent in agents {
+                let status = match agent.revoked_at {
+                    Some(at) => format!("revoked {}", when(at)),
+                    None => "enrolled".into(),
+                };
+                println!(
+                    "{:<24} {:<10} {:<22} {:<20} {:<8} {:<16} {}",
+                    agent.agent_id,
+                    agent.tenant,
+                    agent.connector_group,
+                    agent.hostname,
+                    agent.version,
+                    when(agent.cert_not_after),
+                    status
+                );
+            }
+        }
+        AgentCommand::Revoke { agent_id } => {
+            let now = passage_dispatcher::enrolment::unix_now();
+            match store
+                .revoke_agent(&agent_id, now)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                Some(agent) => println!(
+                    "revoked {} (certificate {}); dispatchers cut its streams within a second",
+                    agent.agent_id, agent.cert_serial
+                ),
+                None => return Err(format!("no agent {agent_id}")),
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttls_parse() {
+        assert_eq!(parse_ttl("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_ttl("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_ttl("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert!(parse_ttl("0s").is_err());
+        assert!(parse_ttl("1y").is_err());
+        assert!(parse_ttl("h").is_err());
+        assert!(parse_ttl("90d").is_err());
+    }
+}

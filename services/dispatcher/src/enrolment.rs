@@ -1,0 +1,205 @@
+//! Enrolment: one-time tokens, tenant CAs, and `AgentEnrolment.Enrol`.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_lc_rs::{
+    digest::{SHA256, digest},
+    rand::{SecureRandom, SystemRandom},
+};
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use passage_error_codes::ErrorCode;
+use passage_pki::{AgentIdentity, TenantCa, check_name};
+use passage_proto::v1::{EnrolRequest, EnrolResponse, agent_enrolment_server::AgentEnrolment};
+use passage_store::{AgentRecord, EnrolmentToken, Store, StoreError, StoredCa, TokenRefusal};
+use tonic::{Request, Response, Status};
+
+/// Prefix of enrolment tokens, so they are recognisable in a secret scanner.
+pub const TOKEN_PREFIX: &str = "pet_";
+
+/// Unix seconds now.
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// The hash under which a token is stored (tokens carry 256 random bits, so SHA-256 suffices).
+pub fn token_hash(token: &str) -> String {
+    digest(&SHA256, token.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Creates a one-time enrolment token for an agent of `tenant`'s `connector_group`, valid for
+/// `ttl`. Only its hash is stored; the token itself is returned once, to be shown once.
+pub async fn create_token(
+    store: &Store,
+    tenant: &str,
+    connector_group: &str,
+    ttl: Duration,
+) -> Result<String, Status> {
+    check_name("tenant", tenant).map_err(|e| ErrorCode::InvalidRequest.status(e))?;
+    check_name("connector_group", connector_group)
+        .map_err(|e| ErrorCode::InvalidRequest.status(e))?;
+    let mut bytes = [0u8; 32];
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| ErrorCode::Internal.status("no random source"))?;
+    let token = format!("{TOKEN_PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes));
+    let now = unix_now();
+    store.ensure_tenant(tenant, now).await.map_err(internal)?;
+    store
+        .create_enrolment_token(&EnrolmentToken {
+            token_hash: token_hash(&token),
+            tenant: tenant.into(),
+            connector_group: connector_group.into(),
+            created_at: now,
+            expires_at: now + ttl.as_secs() as i64,
+        })
+        .await
+        .map_err(internal)?;
+    Ok(token)
+}
+
+fn internal(err: StoreError) -> Status {
+    tracing::error!(error = %err, "store failure");
+    ErrorCode::Internal.status("the store failed")
+}
+
+/// The tenant's CA from the store, created (once, across replicas) if missing.
+pub async fn tenant_ca(store: &Store, tenant: &str) -> Result<TenantCa, Status> {
+    let now = unix_now();
+    store.ensure_tenant(tenant, now).await.map_err(internal)?;
+    if let Some(stored) = store.tenant_ca(tenant).await.map_err(internal)? {
+        return TenantCa::from_parts(tenant, &stored.cert_pem, &stored.key_der)
+            .map_err(|e| ErrorCode::Internal.status(e));
+    }
+    let ca = TenantCa::generate(tenant).map_err(|e| ErrorCode::Internal.status(e))?;
+    let stored = StoredCa {
+        cert_pem: ca.cert_pem().to_owned(),
+        key_der: ca.key_der(),
+    };
+    if store
+        .insert_tenant_ca(tenant, &stored, now)
+        .await
+        .map_err(internal)?
+    {
+        tracing::info!(%tenant, "created the tenant CA");
+        return Ok(ca);
+    }
+    // Another replica created it first: use theirs.
+    let stored = store
+        .tenant_ca(tenant)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| ErrorCode::Internal.status("tenant CA vanished"))?;
+    TenantCa::from_parts(tenant, &stored.cert_pem, &stored.key_der)
+        .map_err(|e| ErrorCode::Internal.status(e))
+}
+
+/// The `AgentEnrolment` service.
+pub struct EnrolmentService {
+    store: Store,
+    certificate_lifetime: Duration,
+}
+
+impl EnrolmentService {
+    /// Enrols into `store`, issuing certificates valid for `certificate_lifetime`.
+    pub fn new(store: Store, certificate_lifetime: Duration) -> Self {
+        Self {
+            store,
+            certificate_lifetime,
+        }
+    }
+}
+
+fn refused(message: impl std::fmt::Display) -> Status {
+    ErrorCode::EnrolmentRefused.status(message)
+}
+
+#[tonic::async_trait]
+impl AgentEnrolment for EnrolmentService {
+    async fn enrol(
+        &self,
+        request: Request<EnrolRequest>,
+    ) -> Result<Response<EnrolResponse>, Status> {
+        let request = request.into_inner();
+        if request.token.is_empty() || request.token.len() > 128 {
+            return Err(refused("the enrolment token is missing or malformed"));
+        }
+        if request.csr_der.is_empty() || request.csr_der.len() > 16 * 1024 {
+            return Err(ErrorCode::InvalidRequest.status("csr_der must be 1 byte to 16 KiB"));
+        }
+        check_name("tenant", &request.tenant).map_err(|e| ErrorCode::InvalidRequest.status(e))?;
+        if request.hostname.len() > 256 || request.version.len() > 64 {
+            return Err(ErrorCode::InvalidRequest.status("hostname or version too long"));
+        }
+        let now = unix_now();
+        let grant = match self
+            .store
+            .redeem_enrolment_token(&token_hash(&request.token), &request.tenant, now)
+            .await
+            .map_err(internal)?
+        {
+            Ok(grant) => grant,
+            Err(refusal) => {
+                tracing::warn!(tenant = %request.tenant, hostname = %request.hostname, %refusal, "enrolment refused");
+                return Err(refused(match refusal {
+                    TokenRefusal::Unknown => "unknown enrolment token",
+                    TokenRefusal::AlreadyUsed => {
+                        "the enrolment token was already used; create a new one"
+                    }
+                    TokenRefusal::Expired => "the enrolment token has expired; create a new one",
+                    TokenRefusal::WrongTenant => "the enrolment token belongs to another tenant",
+                }));
+            }
+        };
+        let ca = tenant_ca(&self.store, &grant.tenant).await?;
+        let mut id = [0u8; 8];
+        SystemRandom::new()
+            .fill(&mut id)
+            .map_err(|_| ErrorCode::Internal.status("no random source"))?;
+        let identity = AgentIdentity {
+            tenant: grant.tenant.clone(),
+            connector_group: grant.connector_group.clone(),
+            agent_id: format!(
+                "agent-{}",
+                id.iter().map(|b| format!("{b:02x}")).collect::<String>()
+            ),
+        };
+        let issued = ca
+            .issue_agent(&request.csr_der, &identity, self.certificate_lifetime)
+            .map_err(|e| ErrorCode::InvalidRequest.status(e))?;
+        self.store
+            .save_agent(&AgentRecord {
+                agent_id: identity.agent_id.clone(),
+                tenant: identity.tenant.clone(),
+                connector_group: identity.connector_group.clone(),
+                hostname: request.hostname,
+                version: request.version,
+                cert_serial: issued.certified.serial.clone(),
+                cert_not_after: issued.certified.not_after,
+                public_key_der: issued.certified.public_key_der.clone(),
+                enrolled_at: now,
+                revoked_at: None,
+            })
+            .await
+            .map_err(internal)?;
+        tracing::info!(
+            agent_id = %identity.agent_id,
+            tenant = %identity.tenant,
+            connector_group = %identity.connector_group,
+            serial = %issued.certified.serial,
+            "agent enrolled"
+        );
+        Ok(Response::new(EnrolResponse {
+            agent_id: identity.agent_id,
+            tenant: identity.tenant,
+            connector_group: identity.connector_group,
+            certificate_pem: issued.cert_pem,
+            ca_pem: ca.cert_pem().to_owned(),
+        }))
+    }
+}

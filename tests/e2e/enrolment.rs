@@ -1,0 +1,161 @@
+//! Enrolment and certificate trust with real processes: one-time tokens, mutual TLS on the
+//! agent stream, revocation.
+
+use std::time::{Duration, Instant};
+
+use passage_pki::{AgentIdentity, TenantCa, agent_csr};
+use passage_tests::{Cluster, ClusterOptions, slapd::DOMAIN, slapd::default_users};
+
+fn secure() -> ClusterOptions {
+    ClusterOptions {
+        agents: 0,
+        enrolment: true,
+        ..ClusterOptions::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrolled_agent_serves_sign_ins_over_mutual_tls() {
+    let mut cluster = Cluster::start(secure()).await;
+    let agent_id = cluster.enrol_agent().await.agent_id.clone();
+    assert!(agent_id.starts_with("agent-"), "{agent_id}");
+    let alice = default_users().remove(0);
+    cluster
+        .sign_in(&alice.upn, &alice.password)
+        .await
+        .expect("sign-in through the enrolled agent");
+
+    // The key and certificate are kept private in the state directory.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let key = cluster.agent_state_dir(0).join("agent-key.der");
+        assert_eq!(
+            std::fs::metadata(key).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    let (ok, listing, _) = cluster.agent_cli(&["list"]);
+    assert!(ok);
+    assert!(
+        listing.contains(&agent_id) && listing.contains(DOMAIN) && listing.contains("enrolled"),
+        "{listing}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reused_expired_unknown_and_other_tenant_tokens_are_refused() {
+    let cluster = Cluster::start(secure()).await;
+    let token = cluster.create_token("default", DOMAIN, "1h");
+    let (ok, _, stderr) = cluster.register_agent(0, "default", &token);
+    assert!(ok, "{stderr}");
+    let (ok, _, stderr) = cluster.register_agent(1, "default", &token);
+    assert!(!ok && stderr.contains("already used"), "reused: {stderr}");
+
+    let short = cluster.create_token("default", DOMAIN, "1s");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (ok, _, stderr) = cluster.register_agent(2, "default", &short);
+    assert!(!ok && stderr.contains("expired"), "expired: {stderr}");
+
+    let (ok, _, stderr) = cluster.register_agent(3, "default", "pet_not-a-real-token");
+    assert!(
+        !ok && stderr.contains("unknown enrolment token"),
+        "unknown: {stderr}"
+    );
+
+    let acme = cluster.create_token("acme", DOMAIN, "1h");
+    let (ok, _, stderr) = cluster.register_agent(4, "default", &acme);
+    assert!(
+        !ok && stderr.contains("another tenant"),
+        "other tenant: {stderr}"
+    );
+    // ...and the token is still good for its own tenant.
+    let (ok, stdout, stderr) = cluster.register_agent(5, "acme", &acme);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("tenant=acme"), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_without_a_valid_certificate_are_refused() {
+    let mut cluster = Cluster::start(secure()).await;
+    // 0: never enrolled — no client certificate at all.
+    let _ = cluster.register_agent(0, "default", "pet_unused-so-that-the-config-exists");
+    cluster.start_agent(0, false).await;
+
+    // 1: enrolled, then its certificate replaced by one from a self-made CA for the same key
+    // and the same identity.
+    let token = cluster.create_token("default", DOMAIN, "1h");
+    let (ok, _, stderr) = cluster.register_agent(1, "default", &token);
+    assert!(ok, "{stderr}");
+    let state = cluster.agent_state_dir(1);
+    let key = std::fs::read(state.join("agent-key.der")).unwrap();
+    let agent_id = std::fs::read_to_string(state.join("agent-id")).unwrap();
+    let rogue = TenantCa::generate("default").unwrap();
+    let forged = rogue
+        .issue_agent(
+            &agent_csr(&key, &agent_id).unwrap(),
+            &AgentIdentity {
+                tenant: "default".into(),
+                connector_group: DOMAIN.into(),
+                agent_id: agent_id.clone(),
+            },
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+    std::fs::write(state.join("agent-cert.pem"), forged.cert_pem).unwrap();
+    cluster.start_agent(1, false).await;
+
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        cluster.listed_agents().await.is_empty(),
+        "no untrusted agent is offered"
+    );
+    let unenrolled = cluster.agents[0].process.log();
+    assert!(
+        unenrolled.contains("client certificate issued at enrolment is required"),
+        "{unenrolled}"
+    );
+    let forged_log = cluster.agents[1].process.log();
+    assert!(
+        forged_log.contains("stream to dispatcher ended"),
+        "{forged_log}"
+    );
+    let alice = default_users().remove(0);
+    assert!(cluster.sign_in(&alice.upn, &alice.password).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_an_agent_cuts_its_stream_at_once_and_sign_ins_fail_over() {
+    let mut cluster = Cluster::start(secure()).await;
+    let first = cluster.enrol_agent().await.agent_id.clone();
+    let second = cluster.enrol_agent().await.agent_id.clone();
+    let alice = default_users().remove(0);
+    cluster
+        .sign_in(&alice.upn, &alice.password)
+        .await
+        .expect("before revocation");
+
+    let (ok, stdout, stderr) = cluster.agent_cli(&["revoke", &first]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("revoked"), "{stdout}");
+    let revoked_at = Instant::now();
+    cluster.wait_for_agents(|ids| !ids.contains(&first)).await;
+    assert!(
+        revoked_at.elapsed() < Duration::from_millis(1500),
+        "stream cut after {:?}",
+        revoked_at.elapsed()
+    );
+    for _ in 0..20 {
+        cluster
+            .sign_in(&alice.upn, &alice.password)
+            .await
+            .expect("sign-ins go to the other agent");
+    }
+    // The revoked agent keeps trying and keeps being refused.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(cluster.listed_agents().await, vec![second]);
+    let log = cluster.agents[0].process.log();
+    assert!(log.contains("has been revoked"), "{log}");
+    let (_, listing, _) = cluster.agent_cli(&["list"]);
+    assert!(listing.contains("revoked"), "{listing}");
+}
