@@ -171,10 +171,15 @@ impl Cluster {
                 "grpc_listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\n\
                  dispatcher_url = \"{}\"\nsigning_key_file = \"{}\"\n\
                  validation_timeout_ms = {}\ninsecure_plaintext = true\n\
-                 key_cache_ttl_ms = 500\n\n[[clients]]\nid = \"{CLIENT_ID}\"\nname = \"end-to-end tests\"\n",
+                 key_cache_ttl_ms = 500\n{store}\n[[clients]]\nid = \"{CLIENT_ID}\"\nname = \"end-to-end tests\"\n",
                 dispatcher.api_url,
                 dir.path().join("token-key.der").display(),
                 options.validation_timeout.as_millis(),
+                store = if options.enrolment {
+                    format!("store_url = \"sqlite://{}\"\n", dir.path().join("passage.db").display())
+                } else {
+                    String::new()
+                },
             ),
         )
         .expect("gateway.toml");

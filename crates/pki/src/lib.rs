@@ -164,6 +164,50 @@ pub struct IssuedCertificate {
     pub certified: CertifiedAgent,
 }
 
+/// A tenant CA's certificate alone: verifies agent certificates without holding the CA key
+/// (what the gateway uses).
+#[derive(Debug, Clone)]
+pub struct CaCertificate {
+    tenant: String,
+    cert_der: Vec<u8>,
+}
+
+impl CaCertificate {
+    /// The CA certificate of `tenant`, from PEM.
+    pub fn from_pem(tenant: &str, cert_pem: &str) -> Result<Self, PkiError> {
+        let cert_der =
+            pem_to_der(cert_pem).ok_or_else(|| PkiError::Ca("CA certificate is not PEM".into()))?;
+        X509Certificate::from_der(&cert_der).map_err(|e| PkiError::Ca(e.to_string()))?;
+        Ok(Self {
+            tenant: tenant.into(),
+            cert_der,
+        })
+    }
+
+    /// Verifies that `der` was issued by this CA, is valid at `now` and names this tenant.
+    pub fn verify(&self, der: &[u8], now: SystemTime) -> Result<CertifiedAgent, PkiError> {
+        let (_, ca) =
+            X509Certificate::from_der(&self.cert_der).map_err(|e| PkiError::Ca(e.to_string()))?;
+        let (_, cert) =
+            X509Certificate::from_der(der).map_err(|e| PkiError::BadCertificate(e.to_string()))?;
+        cert.verify_signature(Some(ca.public_key()))
+            .map_err(|_| PkiError::BadCertificate("not issued by the tenant CA".into()))?;
+        let certified = CertifiedAgent::parse(der)?;
+        let now = unix(now);
+        if now < certified.not_before || now > certified.not_after {
+            return Err(PkiError::BadCertificate(
+                "outside its validity period".into(),
+            ));
+        }
+        if certified.identity.tenant != self.tenant {
+            return Err(PkiError::BadCertificate(
+                "identity of another tenant".into(),
+            ));
+        }
+        Ok(certified)
+    }
+}
+
 /// A tenant's certificate authority.
 pub struct TenantCa {
     tenant: String,
@@ -315,25 +359,15 @@ impl TenantCa {
 
     /// Verifies that `der` was issued by this CA and is valid at `now`, and parses it.
     pub fn verify(&self, der: &[u8], now: SystemTime) -> Result<CertifiedAgent, PkiError> {
-        let (_, ca) =
-            X509Certificate::from_der(&self.cert_der).map_err(|e| PkiError::Ca(e.to_string()))?;
-        let (_, cert) =
-            X509Certificate::from_der(der).map_err(|e| PkiError::BadCertificate(e.to_string()))?;
-        cert.verify_signature(Some(ca.public_key()))
-            .map_err(|_| PkiError::BadCertificate("not issued by the tenant CA".into()))?;
-        let certified = CertifiedAgent::parse(der)?;
-        let now = unix(now);
-        if now < certified.not_before || now > certified.not_after {
-            return Err(PkiError::BadCertificate(
-                "outside its validity period".into(),
-            ));
+        self.certificate().verify(der, now)
+    }
+
+    /// The CA's certificate alone.
+    pub fn certificate(&self) -> CaCertificate {
+        CaCertificate {
+            tenant: self.tenant.clone(),
+            cert_der: self.cert_der.clone(),
         }
-        if certified.identity.tenant != self.tenant {
-            return Err(PkiError::BadCertificate(
-                "identity of another tenant".into(),
-            ));
-        }
-        Ok(certified)
     }
 }
 

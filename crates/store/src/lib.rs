@@ -239,6 +239,15 @@ impl Store {
         .transpose()
     }
 
+    /// The tenant CA's certificate only (PEM), for verifiers that must not hold the key.
+    pub async fn tenant_ca_certificate(&self, tenant: &str) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT cert_pem FROM tenant_cas WHERE tenant_id = $1")
+            .bind(tenant)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|row| row.try_get("cert_pem")).transpose()?)
+    }
+
     /// Stores the tenant's CA unless one exists; false when another replica stored one first
     /// (read it with [`Store::tenant_ca`] and use that).
     pub async fn insert_tenant_ca(

@@ -33,6 +33,8 @@ pub struct AgentIdentity {
     pub capacity: u32,
     /// Serial of the certificate it connected with (none in plaintext development mode).
     pub cert_serial: Option<String>,
+    /// The certificate it connected with, DER (none in plaintext development mode).
+    pub certificate_der: Option<Vec<u8>>,
 }
 
 /// Why a task could not be handed to an agent.
@@ -326,6 +328,7 @@ mod tests {
             public_key_der: vec![],
             capacity: 2,
             cert_serial: None,
+            certificate_der: None,
         };
         (
             Arc::new(AgentConnection::new(

@@ -257,6 +257,7 @@ impl Dispatcher for RelayService {
                 connector_group: c.identity.connector_group.clone(),
                 public_key_der: c.identity.public_key_der.clone(),
                 in_flight: c.in_flight(),
+                certificate_der: c.identity.certificate_der.clone().unwrap_or_default(),
             })
             .collect();
         Ok(Response::new(ListAgentKeysResponse { keys }))

@@ -33,7 +33,7 @@ pub struct AgentTrust {
 
 impl AgentTrust {
     /// Checks the client certificate (DER) and returns what it certifies.
-    async fn check(&self, cert: Option<&[u8]>) -> Result<CertifiedAgent, Status> {
+    async fn check(&self, cert: Option<&[u8]>) -> Result<(CertifiedAgent, Vec<u8>), Status> {
         let not_trusted = |message: String| ErrorCode::AgentNotTrusted.status(message);
         let cert = cert.ok_or_else(|| {
             not_trusted("a client certificate issued at enrolment is required (run `passage-agent register`)".into())
@@ -61,7 +61,7 @@ impl AgentTrust {
                 certified.identity.agent_id
             )));
         }
-        Ok(certified)
+        Ok((certified, cert.to_vec()))
     }
 }
 
@@ -132,6 +132,7 @@ fn identity_from_hello(hello: AgentHello) -> Result<AgentIdentity, Status> {
         public_key_der: hello.public_key_der,
         capacity: hello.capacity,
         cert_serial: None,
+        certificate_der: None,
     })
 }
 
@@ -194,9 +195,10 @@ impl AgentTunnel for TunnelService {
             ));
         };
         let mut identity = identity_from_hello(hello)?;
-        if let Some(certified) = &certified {
-            matches_certificate(&identity, certified)?;
-            identity.cert_serial = Some(certified.serial.clone());
+        if let Some((certified, der)) = certified {
+            matches_certificate(&identity, &certified)?;
+            identity.cert_serial = Some(certified.serial);
+            identity.certificate_der = Some(der);
         }
 
         let (outbound, receiver) = mpsc::channel(identity.capacity as usize + 16);

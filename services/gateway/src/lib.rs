@@ -19,7 +19,10 @@ use passage_transport::{ClientTls, ServerTls, TransportError};
 use serde::Deserialize;
 use tonic::transport::server::TcpIncoming;
 
-use crate::{keyset::KeySetCache, signin::SignInService};
+use crate::{
+    keyset::{KeySetCache, KeyVerifier},
+    signin::SignInService,
+};
 
 /// Gateway configuration (TOML).
 #[derive(Debug, Clone, Deserialize)]
@@ -69,6 +72,10 @@ pub struct GatewayConfig {
     /// Serve plaintext gRPC and dial `http://` dispatchers. Development only.
     #[serde(default)]
     pub insecure_plaintext: bool,
+    /// The shared store. With it, passwords are sealed only to agent keys whose certificate
+    /// chains to the tenant CA and is not revoked; without (development), to any offered key.
+    #[serde(default)]
+    pub store_url: Option<String>,
 }
 
 /// A connector group and the username domains it serves.
@@ -133,6 +140,7 @@ impl GatewayConfig {
             key_cache_ttl_ms: default_key_cache_ttl_ms(),
             validation_timeout_ms: default_validation_timeout_ms(),
             insecure_plaintext: true,
+            store_url: None,
         }
     }
 }
@@ -149,11 +157,15 @@ pub enum GatewayError {
     /// Configuration problem.
     #[error("configuration: {0}")]
     Config(String),
+    /// The store could not be opened or read.
+    #[error(transparent)]
+    Store(#[from] passage_store::StoreError),
 }
 
 /// A gateway whose listeners are bound; [`BoundGateway::run`] serves.
 pub struct BoundGateway {
     config: GatewayConfig,
+    verifier: Option<KeyVerifier>,
     issuer: Arc<TokenIssuer>,
     grpc_incoming: TcpIncoming,
     grpc_addr: SocketAddr,
@@ -179,6 +191,21 @@ pub async fn bind(config: GatewayConfig) -> Result<BoundGateway, GatewayError> {
             "envelope_lifetime_s must be 1 to 300".into(),
         ));
     }
+    let verifier = match &config.store_url {
+        Some(url) => {
+            let store = passage_store::Store::open(url).await?;
+            let pem = store.tenant_ca_certificate(&config.tenant).await?.ok_or_else(|| {
+                GatewayError::Config(format!(
+                    "tenant {} has no CA yet: create an enrolment token (passage agent token create) first",
+                    config.tenant
+                ))
+            })?;
+            let ca = passage_pki::CaCertificate::from_pem(&config.tenant, &pem)
+                .map_err(|e| GatewayError::Config(e.to_string()))?;
+            Some(KeyVerifier { ca, store })
+        }
+        None => None,
+    };
     let key = passage_tokens::load_or_create_signing_key(&config.signing_key_file)?;
     let (grpc_incoming, grpc_addr) = passage_transport::bind(config.grpc_listen).await?;
     let http_listener = tokio::net::TcpListener::bind(config.http_listen)
@@ -204,6 +231,7 @@ pub async fn bind(config: GatewayConfig) -> Result<BoundGateway, GatewayError> {
     ));
     Ok(BoundGateway {
         config,
+        verifier,
         issuer,
         grpc_incoming,
         grpc_addr,
@@ -245,6 +273,7 @@ impl BoundGateway {
             dispatcher.clone(),
             config.tenant.clone(),
             Duration::from_millis(config.key_cache_ttl_ms),
+            self.verifier,
         ));
         let service = SignInService::new(&config, dispatcher, keys, Arc::clone(&self.issuer));
 
