@@ -159,3 +159,77 @@ async fn revoking_an_agent_cuts_its_stream_at_once_and_sign_ins_fail_over() {
     let (_, listing, _) = cluster.agent_cli(&["list"]);
     assert!(listing.contains("revoked"), "{listing}");
 }
+
+/// Signs in (right, wrong and empty password) through two enrolled agents, then looks for the
+/// passwords in every log and in a dump of the store.
+async fn no_password_is_stored_or_logged(postgres: bool) {
+    let mut cluster = Cluster::start(ClusterOptions {
+        postgres,
+        ..secure()
+    })
+    .await;
+    let first = cluster.enrol_agent().await.agent_id.clone();
+    cluster.enrol_agent().await;
+    let alice = default_users().remove(0);
+    let wrong = "Wrong-But-Distinctive-Pass-7";
+    for _ in 0..5 {
+        cluster
+            .sign_in(&alice.upn, &alice.password)
+            .await
+            .expect("sign-in");
+    }
+    assert!(cluster.sign_in(&alice.upn, wrong).await.is_err());
+    assert!(cluster.sign_in(&alice.upn, "").await.is_err());
+
+    let store_dump = match &cluster.postgres {
+        Some(server) => server.dump(),
+        None => {
+            // The SQLite file and its write-ahead log, as bytes.
+            let mut bytes = Vec::new();
+            for entry in std::fs::read_dir(cluster.dir()).unwrap().flatten() {
+                if entry
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("passage.db")
+                {
+                    bytes.extend(std::fs::read(entry.path()).unwrap());
+                }
+            }
+            String::from_utf8_lossy(&bytes).into_owned()
+        }
+    };
+    assert!(
+        store_dump.contains(&first),
+        "the dump holds the store's data"
+    );
+    let mut places = vec![
+        ("store dump", store_dump),
+        ("gateway log", cluster.gateway.process.log()),
+        ("dispatcher log", cluster.dispatcher.process.log()),
+    ];
+    for (index, agent) in cluster.agents.iter().enumerate() {
+        places.push((
+            if index == 0 {
+                "agent 0 log"
+            } else {
+                "agent 1 log"
+            },
+            agent.process.log(),
+        ));
+    }
+    for (place, text) in &places {
+        for secret in [alice.password.as_str(), wrong] {
+            assert!(!text.contains(secret), "{place} contains a password");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_password_in_logs_or_the_sqlite_store() {
+    no_password_is_stored_or_logged(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_password_in_logs_or_the_postgres_store() {
+    no_password_is_stored_or_logged(true).await;
+}

@@ -14,6 +14,7 @@ use tonic::{Status, transport::Channel};
 
 use crate::{
     bins::{Process, run_to_end},
+    postgres::Postgres,
     slapd::{self, ADMIN_DN, ADMIN_PASSWORD, DOMAIN, GROUPS_DN, PEOPLE_DN, Slapd, TestUser},
 };
 
@@ -41,6 +42,8 @@ pub struct ClusterOptions {
     /// one-time token and connect with their certificate (a SQLite store in the temp dir).
     /// Agents are then started with [`Cluster::enrol_agent`] rather than `agents`.
     pub enrolment: bool,
+    /// With `enrolment`, keep the shared store in a private PostgreSQL instead of SQLite.
+    pub postgres: bool,
 }
 
 impl Default for ClusterOptions {
@@ -54,6 +57,7 @@ impl Default for ClusterOptions {
             slapd_stats_log: true,
             group_search: true,
             enrolment: false,
+            postgres: false,
         }
     }
 }
@@ -127,6 +131,9 @@ pub struct Cluster {
     pub agents: Vec<AgentProcess>,
     dir: tempfile::TempDir,
     gateway_client: GatewayClient<Channel>,
+    store_url: String,
+    /// The PostgreSQL server holding the store, when `postgres`.
+    pub postgres: Option<Postgres>,
 }
 
 async fn channel(url: &str) -> Channel {
@@ -154,9 +161,14 @@ impl Cluster {
         let dir = tempfile::tempdir().expect("cluster temp dir");
         let slapd = Slapd::start_with(&options.users, options.slapd_stats_log);
 
+        let postgres = (options.enrolment && options.postgres).then(Postgres::start);
+        let store_url = match &postgres {
+            Some(server) => server.url(),
+            None => format!("sqlite://{}", dir.path().join("passage.db").display()),
+        };
         let dispatcher_config = options
             .enrolment
-            .then(|| write_secure_dispatcher_config(dir.path()));
+            .then(|| write_secure_dispatcher_config(dir.path(), &store_url));
         let dispatcher = DispatcherProcess::start(
             "127.0.0.1:0",
             "127.0.0.1:0",
@@ -176,7 +188,7 @@ impl Cluster {
                 dir.path().join("token-key.der").display(),
                 options.validation_timeout.as_millis(),
                 store = if options.enrolment {
-                    format!("store_url = \"sqlite://{}\"\n", dir.path().join("passage.db").display())
+                    format!("store_url = \"{store_url}\"\n")
                 } else {
                     String::new()
                 },
@@ -203,6 +215,8 @@ impl Cluster {
             agents: Vec::new(),
             dir,
             gateway_client,
+            store_url,
+            postgres,
         };
         for _ in 0..cluster.options.agents {
             cluster.add_agent().await;
@@ -247,7 +261,7 @@ impl Cluster {
 
     /// The store URL of an enrolment cluster.
     pub fn store_url(&self) -> String {
-        format!("sqlite://{}", self.dir.path().join("passage.db").display())
+        self.store_url.clone()
     }
 
     /// `passage agent token create` for `tenant`'s `group`, valid `ttl` (e.g. "1h").
@@ -434,7 +448,7 @@ impl Cluster {
 
 /// Writes TLS material for the dispatcher's agent listener (a test service CA and a server
 /// certificate for 127.0.0.1) and a dispatcher configuration using it and a SQLite store.
-fn write_secure_dispatcher_config(dir: &std::path::Path) -> PathBuf {
+fn write_secure_dispatcher_config(dir: &std::path::Path, store_url: &str) -> PathBuf {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
     let ca_key = KeyPair::generate().expect("CA key");
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
@@ -464,8 +478,7 @@ fn write_secure_dispatcher_config(dir: &std::path::Path) -> PathBuf {
     std::fs::write(
         &config,
         format!(
-            "store_url = \"sqlite://{}\"\nheartbeat_interval_ms = 1000\n\n[agent_tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
-            dir.join("passage.db").display(),
+            "store_url = \"{store_url}\"\nheartbeat_interval_ms = 1000\n\n[agent_tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
             dir.join("dispatcher.pem").display(),
             key_path.display()
         ),
