@@ -31,12 +31,9 @@ pub async fn register(
     let csr = agent_csr(state.key.pkcs8_der().expose(), &state.agent_id)
         .map_err(|e| AgentError::Config(e.to_string()))?;
     // Server-authenticated TLS only: the agent has no certificate yet.
-    let endpoint = passage_transport::endpoint(url, config.tls.as_ref(), config.insecure_plaintext)
-        .map_err(|e| AgentError::Config(e.to_string()))?;
-    let channel = endpoint
-        .connect()
+    let channel = crate::dial(config, url, None)
         .await
-        .map_err(|e| AgentError::Enrolment(format!("connecting to {url}: {e}")))?;
+        .map_err(|e| AgentError::Enrolment(format!("{url}: {e}")))?;
     let response = AgentEnrolmentClient::new(channel)
         .enrol(EnrolRequest {
             token: token.to_owned(),

@@ -55,6 +55,10 @@ pub struct AgentConfig {
     /// Allow `http://` dispatcher URLs. Development only.
     #[serde(default)]
     pub insecure_plaintext: bool,
+    /// HTTP CONNECT proxy to reach the dispatchers through (`http://proxy:3128`). Without it,
+    /// `HTTPS_PROXY` / `NO_PROXY` from the environment apply (never to loopback addresses).
+    #[serde(default)]
+    pub proxy: Option<String>,
     /// The directory passwords are checked against.
     pub directory: DirectoryConfig,
 }
@@ -124,6 +128,30 @@ impl AgentConfig {
     /// The heartbeat interval.
     pub fn heartbeat_interval(&self) -> Duration {
         Duration::from_millis(self.heartbeat_interval_ms)
+    }
+}
+
+/// Connects to the dispatcher at `url`, presenting `identity`, through the proxy if one applies.
+pub async fn dial(
+    config: &AgentConfig,
+    url: &str,
+    identity: Option<&passage_transport::ClientIdentity>,
+) -> Result<tonic::transport::Channel, String> {
+    let endpoint = passage_transport::endpoint_with_identity(
+        url,
+        config.tls.as_ref(),
+        identity,
+        config.insecure_plaintext,
+    )
+    .map_err(|e| e.to_string())?;
+    match passage_transport::proxy::proxy_for(url, config.proxy.as_deref()) {
+        Some(proxy) => passage_transport::proxy::connect_via(&endpoint, &proxy)
+            .await
+            .map_err(|e| format!("connect via {proxy}: {e}")),
+        None => endpoint
+            .connect()
+            .await
+            .map_err(|e| format!("connect: {e}")),
     }
 }
 

@@ -145,15 +145,8 @@ async fn session(
         validator,
         capacity,
     } = link;
-    let endpoint = passage_transport::endpoint_with_identity(
-        url,
-        config.tls.as_ref(),
-        identity.as_ref(),
-        config.insecure_plaintext,
-    )
-    .map_err(|e| e.to_string())?;
     let channel = tokio::select! {
-        result = endpoint.connect() => result.map_err(|e| format!("connect: {e}"))?,
+        result = crate::dial(config, url, identity.as_ref()) => result?,
         () = stopped(&mut stop) => return Ok(StreamEnd::Shutdown),
     };
     let mut client = AgentTunnelClient::new(channel);

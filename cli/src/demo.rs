@@ -89,6 +89,7 @@ pub async fn run(signin: Option<String>) -> Result<(), String> {
         replay_window_s: 300,
         tls: None,
         insecure_plaintext: true,
+        proxy: None,
         directory: DirectoryConfig::Static(StaticConfig { path: users_path }),
     };
     let (state, validator) = passage_agent::prepare(&agent_config).map_err(|e| e.to_string())?;

@@ -233,3 +233,26 @@ async fn no_password_in_logs_or_the_sqlite_store() {
 async fn no_password_in_logs_or_the_postgres_store() {
     no_password_is_stored_or_logged(true).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_enrols_and_connects_through_an_http_connect_proxy() {
+    let proxy = passage_tests::proxy::ConnectProxy::start().await;
+    let mut cluster = Cluster::start(secure()).await;
+    cluster.agent_proxy = Some(proxy.url.clone());
+    cluster.enrol_agent().await;
+    let alice = default_users().remove(0);
+    cluster
+        .sign_in(&alice.upn, &alice.password)
+        .await
+        .expect("sign-in through the proxied agent");
+    let dispatcher = cluster
+        .dispatcher
+        .agent_url
+        .trim_start_matches("https://")
+        .to_owned();
+    let targets = proxy.targets();
+    assert!(
+        targets.len() >= 2 && targets.iter().all(|t| *t == dispatcher),
+        "register and the stream both went through the proxy to {dispatcher}: {targets:?}"
+    );
+}

@@ -134,6 +134,8 @@ pub struct Cluster {
     store_url: String,
     /// The PostgreSQL server holding the store, when `postgres`.
     pub postgres: Option<Postgres>,
+    /// An HTTP CONNECT proxy that agents configured from now on go through.
+    pub agent_proxy: Option<String>,
 }
 
 async fn channel(url: &str) -> Channel {
@@ -217,6 +219,7 @@ impl Cluster {
             gateway_client,
             store_url,
             postgres,
+            agent_proxy: None,
         };
         for _ in 0..cluster.options.agents {
             cluster.add_agent().await;
@@ -231,13 +234,18 @@ impl Cluster {
             format!(
                 "dispatchers = [\"{dispatcher}\"]\nconnector_group = \"{DOMAIN}\"\n\
                  state_dir = \"{state}\"\ncapacity = {capacity}\nheartbeat_interval_ms = 1000\n\
-                 insecure_plaintext = true\n{tls}\n\
+                 insecure_plaintext = true\n{proxy}{tls}\n\
                  [directory]\nkind = \"ldap\"\nurl = \"{url}\"\nbase_dn = \"{PEOPLE_DN}\"\n\
                  bind_dn = \"{ADMIN_DN}\"\nbind_password = \"{ADMIN_PASSWORD}\"\n\
                  login_attribute = \"{login}\"\ntimeout_ms = 2000\n{groups}",
                 dispatcher = self.dispatcher.agent_url,
                 state = self.dir.path().join(format!("agent-{index}")).display(),
                 capacity = self.options.agent_capacity,
+                proxy = self
+                    .agent_proxy
+                    .as_ref()
+                    .map(|p| format!("proxy = \"{p}\"\n"))
+                    .unwrap_or_default(),
                 tls = if self.options.enrolment {
                     format!(
                         "tls = {{ ca_file = \"{}\" }}\n",

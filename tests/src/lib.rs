@@ -7,6 +7,7 @@
 pub mod bins;
 pub mod cluster;
 pub mod postgres;
+pub mod proxy;
 pub mod slapd;
 
 pub use cluster::{AgentProcess, Cluster, ClusterOptions, DispatcherProcess, GatewayProcess};

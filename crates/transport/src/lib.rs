@@ -5,6 +5,8 @@
 //! start. Every gRPC server also serves `grpc.health.v1` and server reflection, so `grpcurl`
 //! and Kubernetes probes work out of the box.
 
+pub mod proxy;
+
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use serde::Deserialize;
