@@ -159,14 +159,19 @@ async fn demo_sign_in(gateway_url: &str, issuer: &str, user: &str) -> Result<(),
         .ok_or_else(|| format!("{username} is not a demo user"))?;
     let password = Password::new((*password).to_owned()).map_err(|e| e.to_string())?;
     println!("\nSigning in as {username} over gRPC ...");
-    let response = crate::call_sign_in(gateway_url, true, &username, &password, CLIENT_ID).await?;
+    let gateway = crate::Gateway {
+        url: gateway_url,
+        ca_file: None,
+        insecure_plaintext: true,
+    };
+    let response = crate::call_sign_in(&gateway, &username, &password, CLIENT_ID).await?;
     println!(
         "Signed in. token_type {}, expires_in {} s",
         response.token_type, response.expires_in
     );
     println!("access_token:\n{}", response.access_token);
     println!("id_token:\n{}", response.id_token);
-    let claims = crate::verified_claims(issuer, CLIENT_ID, &response.id_token).await?;
+    let claims = crate::verified_claims(issuer, None, CLIENT_ID, &response.id_token).await?;
     println!("ID token verified against {issuer}/.well-known/jwks.json; claims:\n{claims}");
     Ok(())
 }

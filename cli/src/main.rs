@@ -50,6 +50,9 @@ enum Command {
         /// Allow an http:// gateway URL. Development only.
         #[arg(long)]
         insecure_plaintext: bool,
+        /// CA certificate (PEM) to verify the gateway with, instead of the system's roots.
+        #[arg(long)]
+        ca_file: Option<std::path::PathBuf>,
     },
     /// Print an Argon2id hash of a password read from a prompt or standard input.
     HashPassword,
@@ -76,16 +79,15 @@ async fn main() -> ExitCode {
             client_id,
             issuer,
             insecure_plaintext,
+            ca_file,
         } => {
             passage_telemetry::init_logging("warn");
-            signin(
-                &gateway,
-                &user,
-                &client_id,
-                issuer.as_deref(),
+            let target = Gateway {
+                url: &gateway,
+                ca_file: ca_file.as_deref(),
                 insecure_plaintext,
-            )
-            .await
+            };
+            signin(&target, &user, &client_id, issuer.as_deref()).await
         }
         Command::Agent { store, command } => {
             passage_telemetry::init_logging("warn");
@@ -122,19 +124,32 @@ fn read_password(prompt: &str) -> Result<Password, String> {
     Password::new(text).map_err(|e| e.to_string())
 }
 
+/// Where the gateway is and how to trust it.
+pub(crate) struct Gateway<'a> {
+    /// gRPC URL.
+    pub url: &'a str,
+    /// CA to verify it with (system roots otherwise).
+    pub ca_file: Option<&'a std::path::Path>,
+    /// Allow plaintext.
+    pub insecure_plaintext: bool,
+}
+
 /// Calls `Gateway.SignIn` and returns the response or a printable error with its code.
 pub(crate) async fn call_sign_in(
-    gateway: &str,
-    insecure_plaintext: bool,
+    gateway: &Gateway<'_>,
     username: &str,
     password: &Password,
     client_id: &str,
 ) -> Result<passage_proto::v1::SignInResponse, String> {
-    let channel = passage_transport::endpoint(gateway, None, insecure_plaintext)
+    let tls = passage_transport::ClientTls {
+        ca_file: gateway.ca_file.map(std::path::Path::to_path_buf),
+        ..Default::default()
+    };
+    let channel = passage_transport::endpoint(gateway.url, Some(&tls), gateway.insecure_plaintext)
         .map_err(|e| e.to_string())?
         .connect()
         .await
-        .map_err(|e| format!("connecting to {gateway}: {e}"))?;
+        .map_err(|e| format!("connecting to {}: {e}", gateway.url))?;
     GatewayClient::new(channel)
         .sign_in(SignInRequest {
             username: username.to_owned(),
@@ -156,32 +171,31 @@ pub(crate) async fn call_sign_in(
 /// Fetches the issuer's JWKS and verifies `token`, returning its claims as pretty JSON.
 pub(crate) async fn verified_claims(
     issuer: &str,
+    ca_file: Option<&std::path::Path>,
     client_id: &str,
     token: &str,
 ) -> Result<String, String> {
-    let jwks = passage_gateway::client::fetch_jwks(issuer).await?;
+    let jwks = passage_gateway::client::fetch_jwks(issuer, ca_file).await?;
     let claims =
         passage_tokens::verify(token, &jwks, issuer, client_id).map_err(|e| e.to_string())?;
     serde_json::to_string_pretty(&claims).map_err(|e| e.to_string())
 }
 
 async fn signin(
-    gateway: &str,
+    gateway: &Gateway<'_>,
     user: &str,
     client_id: &str,
     issuer: Option<&str>,
-    insecure_plaintext: bool,
 ) -> Result<(), String> {
     let password = read_password(&format!("Password for {user}: "))?;
-    let response = call_sign_in(gateway, insecure_plaintext, user, &password, client_id).await?;
+    let response = call_sign_in(gateway, user, &password, client_id).await?;
     println!("access_token: {}", response.access_token);
     println!("id_token:     {}", response.id_token);
     println!("expires_in:   {} s", response.expires_in);
     if let Some(issuer) = issuer {
-        println!(
-            "verified claims:\n{}",
-            verified_claims(issuer, client_id, &response.id_token).await?
-        );
+        let claims =
+            verified_claims(issuer, gateway.ca_file, client_id, &response.id_token).await?;
+        println!("verified claims:\n{claims}");
     }
     Ok(())
 }

@@ -36,7 +36,7 @@ async fn correct_password_yields_a_token_that_verifies_against_the_served_jwks()
     assert_eq!(response.token_type, "Bearer");
     assert!(response.expires_in > 0);
 
-    let jwks = passage_gateway::client::fetch_jwks(&cluster.gateway.issuer)
+    let jwks = passage_gateway::client::fetch_jwks(&cluster.gateway.issuer, None)
         .await
         .expect("JWKS");
     for token in [&response.id_token, &response.access_token] {
@@ -239,7 +239,7 @@ async fn alternate_login_id_mail_signs_in() {
         .sign_in(&alice.mail, &alice.password)
         .await
         .expect("sign-in by mail");
-    let jwks = passage_gateway::client::fetch_jwks(&cluster.gateway.issuer)
+    let jwks = passage_gateway::client::fetch_jwks(&cluster.gateway.issuer, None)
         .await
         .unwrap();
     let claims = passage_tokens::verify(

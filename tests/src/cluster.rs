@@ -10,7 +10,10 @@ use passage_proto::v1::{
     ListAgentKeysRequest, SignInRequest, SignInResponse, dispatcher_client::DispatcherClient,
     gateway_client::GatewayClient,
 };
-use tonic::{Status, transport::Channel};
+use tonic::{
+    Status,
+    transport::{Certificate, Channel, ClientTlsConfig, Identity},
+};
 
 use crate::{
     bins::{Process, run_to_end},
@@ -79,21 +82,16 @@ impl DispatcherProcess {
         config: Option<&std::path::Path>,
         log: &std::path::Path,
     ) -> Self {
-        let mut args = vec![
-            "--agent-listen",
-            agent_listen,
-            "--api-listen",
-            api_listen,
-            "--insecure-plaintext",
-        ];
-        if let Some(config) = config {
-            args.extend(["--config", config.to_str().expect("utf-8 path")]);
+        let mut args = vec!["--agent-listen", agent_listen, "--api-listen", api_listen];
+        match config {
+            Some(config) => args.extend(["--config", config.to_str().expect("utf-8 path")]),
+            None => args.push("--insecure-plaintext"),
         }
         let process = Process::start("passage-dispatcher", &args, log);
         let scheme = if config.is_some() { "https" } else { "http" };
         Self {
             agent_url: format!("{scheme}://{}", process.ready_value("agents")),
-            api_url: format!("http://{}", process.ready_value("api")),
+            api_url: format!("{scheme}://{}", process.ready_value("api")),
             process,
         }
     }
@@ -138,22 +136,36 @@ pub struct Cluster {
     pub agent_proxy: Option<String>,
 }
 
-async fn channel(url: &str) -> Channel {
+async fn channel(url: &str, tls: Option<&ClientTlsConfig>) -> Channel {
     let deadline = Instant::now() + Duration::from_secs(10);
+    let mut endpoint = Channel::from_shared(url.to_owned()).expect("valid URL");
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls.clone()).expect("TLS config");
+    }
     loop {
-        match Channel::from_shared(url.to_owned())
-            .expect("valid URL")
-            .connect()
-            .await
-        {
+        match endpoint.connect().await {
             Ok(channel) => return channel,
-            Err(err) if Instant::now() < deadline => {
-                let _ = err;
-                tokio::time::sleep(Duration::from_millis(20)).await;
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await
             }
             Err(err) => panic!("connecting to {url}: {err}"),
         }
     }
+}
+
+/// TLS client settings trusting the cluster's test service CA, optionally presenting the
+/// gateway's client certificate.
+fn service_tls(dir: &std::path::Path, client_certificate: bool) -> ClientTlsConfig {
+    let read = |name: &str| std::fs::read(dir.join(name)).expect("TLS material");
+    let mut tls =
+        ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read("service-ca.pem")));
+    if client_certificate {
+        tls = tls.identity(Identity::from_pem(
+            read("gateway-client.pem"),
+            read("gateway-client-key.pem"),
+        ));
+    }
+    tls
 }
 
 impl Cluster {
@@ -184,13 +196,24 @@ impl Cluster {
             format!(
                 "grpc_listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\n\
                  dispatcher_url = \"{}\"\nsigning_key_file = \"{}\"\n\
-                 validation_timeout_ms = {}\ninsecure_plaintext = true\n\
+                 validation_timeout_ms = {}\ninsecure_plaintext = {insecure}\n\
                  key_cache_ttl_ms = 500\n{store}\n[[clients]]\nid = \"{CLIENT_ID}\"\nname = \"end-to-end tests\"\n",
                 dispatcher.api_url,
                 dir.path().join("token-key.der").display(),
                 options.validation_timeout.as_millis(),
+                insecure = !options.enrolment,
                 store = if options.enrolment {
-                    format!("store_url = \"{store_url}\"\n")
+                    let file = |name: &str| dir.path().join(name).display().to_string();
+                    format!(
+                        "store_url = \"{store_url}\"\n\
+                         tls = {{ cert_file = \"{}\", key_file = \"{}\" }}\n\
+                         dispatcher_tls = {{ ca_file = \"{}\", cert_file = \"{}\", key_file = \"{}\" }}\n",
+                        file("gateway.pem"),
+                        file("gateway-key.pem"),
+                        file("service-ca.pem"),
+                        file("gateway-client.pem"),
+                        file("gateway-client-key.pem"),
+                    )
                 } else {
                     String::new()
                 },
@@ -202,12 +225,15 @@ impl Cluster {
             &["--config", gateway_config.to_str().expect("utf-8 path")],
             &dir.path().join("gateway.log"),
         );
+        let scheme = if options.enrolment { "https" } else { "http" };
         let gateway = GatewayProcess {
-            grpc_url: format!("http://{}", gateway.ready_value("grpc")),
+            grpc_url: format!("{scheme}://{}", gateway.ready_value("grpc")),
             issuer: gateway.ready_value("issuer"),
             process: gateway,
         };
-        let gateway_client = GatewayClient::new(channel(&gateway.grpc_url).await);
+        let client_tls = options.enrolment.then(|| service_tls(dir.path(), false));
+        let gateway_client =
+            GatewayClient::new(channel(&gateway.grpc_url, client_tls.as_ref()).await);
 
         let mut cluster = Self {
             options,
@@ -398,7 +424,12 @@ impl Cluster {
 
     /// The agent ids the dispatcher currently offers.
     pub async fn listed_agents(&self) -> Vec<String> {
-        let mut client = DispatcherClient::new(channel(&self.dispatcher.api_url).await);
+        let tls = self
+            .options
+            .enrolment
+            .then(|| service_tls(self.dir.path(), true));
+        let mut client =
+            DispatcherClient::new(channel(&self.dispatcher.api_url, tls.as_ref()).await);
         client
             .list_agent_keys(ListAgentKeysRequest {
                 tenant: "default".into(),
@@ -454,8 +485,9 @@ impl Cluster {
     }
 }
 
-/// Writes TLS material for the dispatcher's agent listener (a test service CA and a server
-/// certificate for 127.0.0.1) and a dispatcher configuration using it and a SQLite store.
+/// Writes TLS material for every hop — a test service CA; server certificates for 127.0.0.1
+/// for the dispatcher and the gateway; the gateway's client certificate towards the
+/// dispatcher (keys 0600) — and a dispatcher configuration using them and `store_url`.
 fn write_secure_dispatcher_config(dir: &std::path::Path, store_url: &str) -> PathBuf {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
     let ca_key = KeyPair::generate().expect("CA key");
@@ -466,29 +498,32 @@ fn write_secure_dispatcher_config(dir: &std::path::Path, store_url: &str) -> Pat
         .push(rcgen::DnType::CommonName, "Passage test service CA");
     let ca_cert = ca_params.self_signed(&ca_key).expect("CA certificate");
     let issuer = Issuer::new(ca_params, ca_key);
-    let server_key = KeyPair::generate().expect("server key");
-    let server_params =
-        CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-            .expect("server params");
-    let server_cert = server_params
-        .signed_by(&server_key, &issuer)
-        .expect("server certificate");
     std::fs::write(dir.join("service-ca.pem"), ca_cert.pem()).expect("service-ca.pem");
-    std::fs::write(dir.join("dispatcher.pem"), server_cert.pem()).expect("dispatcher.pem");
-    let key_path = dir.join("dispatcher-key.pem");
-    std::fs::write(&key_path, server_key.serialize_pem()).expect("dispatcher-key.pem");
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    for name in ["dispatcher", "gateway", "gateway-client"] {
+        let key = KeyPair::generate().expect("key");
+        let params = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .expect("params");
+        let cert = params.signed_by(&key, &issuer).expect("certificate");
+        std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).expect("certificate file");
+        let key_path = dir.join(format!("{name}-key.pem"));
+        std::fs::write(&key_path, key.serialize_pem()).expect("key file");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600))
+                .expect("chmod");
+        }
     }
     let config = dir.join("dispatcher.toml");
     std::fs::write(
         &config,
         format!(
-            "store_url = \"{store_url}\"\nheartbeat_interval_ms = 1000\n\n[agent_tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
-            dir.join("dispatcher.pem").display(),
-            key_path.display()
+            "store_url = \"{store_url}\"\nheartbeat_interval_ms = 1000\n\n\
+             [agent_tls]\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\n\n\
+             [api_tls]\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\nclient_ca_file = \"{ca}\"\n",
+            cert = dir.join("dispatcher.pem").display(),
+            key = dir.join("dispatcher-key.pem").display(),
+            ca = dir.join("service-ca.pem").display()
         ),
     )
     .expect("dispatcher.toml");

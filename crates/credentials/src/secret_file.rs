@@ -7,7 +7,10 @@ pub fn check_permissions(path: &Path) -> std::io::Result<()> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(path)?.permissions().mode();
+        let mode = std::fs::metadata(path)
+            .map_err(|err| std::io::Error::new(err.kind(), format!("{}: {err}", path.display())))?
+            .permissions()
+            .mode();
         if mode & 0o077 != 0 {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::PermissionDenied,

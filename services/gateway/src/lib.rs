@@ -10,6 +10,7 @@ pub mod client;
 pub mod http;
 pub mod keyset;
 pub mod signin;
+pub mod tls;
 
 use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
@@ -42,7 +43,7 @@ pub struct GatewayConfig {
     /// TLS towards the dispatcher.
     #[serde(default)]
     pub dispatcher_tls: Option<ClientTls>,
-    /// TLS for the gRPC listener.
+    /// TLS for both listeners (gRPC and HTTP).
     #[serde(default)]
     pub tls: Option<ServerTls>,
     /// Tenant of every sign-in at this gateway.
@@ -165,6 +166,7 @@ pub enum GatewayError {
 /// A gateway whose listeners are bound; [`BoundGateway::run`] serves.
 pub struct BoundGateway {
     config: GatewayConfig,
+    http_tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     verifier: Option<KeyVerifier>,
     issuer: Arc<TokenIssuer>,
     grpc_incoming: TcpIncoming,
@@ -220,10 +222,17 @@ pub async fn bind(config: GatewayConfig) -> Result<BoundGateway, GatewayError> {
             addr: config.http_listen,
             source,
         })?;
+    let http_tls = config
+        .tls
+        .as_ref()
+        .map(|tls| tls::server_config(&tls.cert_file, &tls.key_file))
+        .transpose()
+        .map_err(|e| GatewayError::Config(format!("HTTP TLS: {e}")))?;
+    let scheme = if http_tls.is_some() { "https" } else { "http" };
     let issuer_url = config
         .issuer
         .clone()
-        .unwrap_or_else(|| format!("http://{http_addr}"));
+        .unwrap_or_else(|| format!("{scheme}://{http_addr}"));
     let issuer = Arc::new(TokenIssuer::new(
         issuer_url,
         key,
@@ -231,6 +240,7 @@ pub async fn bind(config: GatewayConfig) -> Result<BoundGateway, GatewayError> {
     ));
     Ok(BoundGateway {
         config,
+        http_tls,
         verifier,
         issuer,
         grpc_incoming,
@@ -295,8 +305,25 @@ impl BoundGateway {
         .add_service(passage_transport::reflection()?)
         .add_service(GatewayServer::new(service))
         .serve_with_incoming_shutdown(self.grpc_incoming, stopped(stop_rx.clone()));
-        let http = axum::serve(self.http_listener, http::router(Arc::clone(&self.issuer)))
-            .with_graceful_shutdown(stopped(stop_rx));
+        let router = http::router(Arc::clone(&self.issuer));
+        let http_stopped = stopped(stop_rx);
+        let http: std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> =
+            match self.http_tls {
+                Some(tls) => {
+                    let listener = tls::TlsListener::new(self.http_listener, tls)
+                        .map_err(|e| GatewayError::Config(format!("HTTP listener: {e}")))?;
+                    Box::pin(async move {
+                        axum::serve(listener, router)
+                            .with_graceful_shutdown(http_stopped)
+                            .await
+                    })
+                }
+                None => Box::pin(async move {
+                    axum::serve(self.http_listener, router)
+                        .with_graceful_shutdown(http_stopped)
+                        .await
+                }),
+            };
         tracing::info!(grpc = %self.grpc_addr, http = %self.http_addr, issuer = %self.issuer.issuer(), "gateway serving");
         tokio::spawn(async move {
             shutdown.await;
