@@ -256,3 +256,42 @@ async fn agent_enrols_and_connects_through_an_http_connect_proxy() {
         "register and the stream both went through the proxy to {dispatcher}: {targets:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_of_another_tenant_never_serves_this_tenant() {
+    let mut cluster = Cluster::start(secure()).await;
+    // Create acme's CA, then restart the dispatcher so it trusts acme's agents too (tenant
+    // CAs are loaded at start).
+    let _ = cluster.create_token("acme", DOMAIN, "1h");
+    assert!(cluster.restart_dispatcher(Duration::from_secs(10)));
+    let acme_agent = cluster
+        .enrol_agent_for("acme", false)
+        .await
+        .agent_id
+        .clone();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let log = cluster.agents[0].process.log();
+    assert!(
+        log.contains("connected to dispatcher"),
+        "acme's agent is connected:\n{log}"
+    );
+
+    // Same connector group name, other tenant: the default tenant's gateway finds no agent.
+    assert!(!cluster.listed_agents().await.contains(&acme_agent));
+    let alice = default_users().remove(0);
+    let status = cluster
+        .sign_in(&alice.upn, &alice.password)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        passage_error_codes::ErrorCode::of(&status),
+        Some(passage_error_codes::ErrorCode::NoAgentAvailable),
+        "{status:?}"
+    );
+    // With one of its own, the default tenant signs in again.
+    cluster.enrol_agent().await;
+    cluster
+        .sign_in(&alice.upn, &alice.password)
+        .await
+        .expect("default tenant's own agent");
+}

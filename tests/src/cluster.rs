@@ -357,11 +357,17 @@ impl Cluster {
     /// Creates a token, registers agent number `agents.len()` with it, starts it, and waits
     /// until the dispatcher lists it.
     pub async fn enrol_agent(&mut self) -> &AgentProcess {
-        let token = self.create_token("default", DOMAIN, "1h");
+        self.enrol_agent_for("default", true).await
+    }
+
+    /// Like [`Cluster::enrol_agent`] for `tenant`; with `wait`, until the dispatcher lists it
+    /// for the default tenant (only sensible for that tenant).
+    pub async fn enrol_agent_for(&mut self, tenant: &str, wait: bool) -> &AgentProcess {
+        let token = self.create_token(tenant, DOMAIN, "1h");
         let index = self.agents.len();
-        let (ok, _, stderr) = self.register_agent(index, "default", &token);
+        let (ok, _, stderr) = self.register_agent(index, tenant, &token);
         assert!(ok, "register failed: {stderr}");
-        self.start_agent(index, true).await
+        self.start_agent(index, wait).await
     }
 
     /// The state directory of agent `index`.
