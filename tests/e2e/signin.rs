@@ -21,10 +21,6 @@ fn alice() -> passage_tests::TestUser {
     default_users().remove(0)
 }
 
-fn code_of(status: &tonic::Status) -> Option<ErrorCode> {
-    ErrorCode::of(status)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn correct_password_yields_a_token_that_verifies_against_the_served_jwks() {
     let cluster = Cluster::start(ClusterOptions::default()).await;
@@ -87,14 +83,14 @@ async fn wrong_password_and_unknown_user_get_the_same_answer() {
         .await
         .unwrap_err();
     assert_eq!(
-        code_of(&wrong),
+        ErrorCode::of(&wrong),
         Some(ErrorCode::InvalidCredentials),
         "{wrong:?}"
     );
     assert_eq!(wrong.code(), Code::Unauthenticated);
     assert_eq!(wrong.code(), unknown.code());
     assert_eq!(wrong.message(), unknown.message());
-    assert_eq!(code_of(&wrong), code_of(&unknown));
+    assert_eq!(ErrorCode::of(&wrong), ErrorCode::of(&unknown));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -103,7 +99,7 @@ async fn empty_password_is_refused_before_any_directory_bind() {
     let alice = alice();
     let status = cluster.sign_in(&alice.upn, "").await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
-    assert_eq!(code_of(&status), Some(ErrorCode::InvalidRequest));
+    assert_eq!(ErrorCode::of(&status), Some(ErrorCode::InvalidRequest));
     assert!(
         status.message().contains("password"),
         "{}",
@@ -180,7 +176,10 @@ async fn malformed_fields_are_invalid_argument() {
         })
         .await
         .unwrap_err();
-    assert_eq!(code_of(&unknown_client), Some(ErrorCode::UnknownClient));
+    assert_eq!(
+        ErrorCode::of(&unknown_client),
+        Some(ErrorCode::UnknownClient)
+    );
     assert_eq!(
         cluster.slapd.binds_as(&alice.dn()),
         0,
@@ -205,7 +204,7 @@ async fn ldap_filter_metacharacters_never_sign_anyone_in() {
     for name in &names {
         let status = cluster.sign_in(name, &alice.password).await.unwrap_err();
         assert_eq!(
-            code_of(&status),
+            ErrorCode::of(&status),
             Some(ErrorCode::InvalidCredentials),
             "{name}: {status:?}"
         );
@@ -256,7 +255,7 @@ async fn alternate_login_id_mail_signs_in() {
         .sign_in(&alice.upn, &alice.password)
         .await
         .unwrap_err();
-    assert_eq!(code_of(&by_upn), Some(ErrorCode::InvalidCredentials));
+    assert_eq!(ErrorCode::of(&by_upn), Some(ErrorCode::InvalidCredentials));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -273,7 +272,7 @@ async fn no_agent_connected_fails_fast_with_the_no_agent_code() {
         .await
         .unwrap_err();
     assert_eq!(
-        code_of(&status),
+        ErrorCode::of(&status),
         Some(ErrorCode::NoAgentAvailable),
         "{status:?}"
     );
@@ -365,7 +364,7 @@ async fn directory_down_is_reported_and_recovers_when_it_returns() {
         .await
         .unwrap_err();
     assert_eq!(
-        code_of(&status),
+        ErrorCode::of(&status),
         Some(ErrorCode::DirectoryUnavailable),
         "{status:?}"
     );
@@ -378,7 +377,7 @@ async fn directory_down_is_reported_and_recovers_when_it_returns() {
             Ok(_) => break,
             Err(status) if Instant::now() < deadline => {
                 assert_eq!(
-                    code_of(&status),
+                    ErrorCode::of(&status),
                     Some(ErrorCode::DirectoryUnavailable),
                     "{status:?}"
                 );

@@ -391,19 +391,12 @@ impl Cluster {
         self.agents.last().expect("just pushed")
     }
 
-    /// Starts one more agent and waits until the dispatcher lists it.
+    /// Starts one more agent (development trust: no enrolment) and waits until the dispatcher
+    /// lists it.
     pub async fn add_agent(&mut self) -> &AgentProcess {
         let index = self.agents.len();
-        let config = self.agent_config(index);
-        let process = Process::start(
-            "passage-agent",
-            &["run", "--config", config.to_str().expect("utf-8 path")],
-            &self.dir.path().join(format!("agent-{index}.log")),
-        );
-        let agent_id = process.ready_value("agent_id");
-        self.wait_for_agents(|ids| ids.contains(&agent_id)).await;
-        self.agents.push(AgentProcess { process, agent_id });
-        self.agents.last().expect("just pushed")
+        self.agent_config(index);
+        self.start_agent(index, true).await
     }
 
     /// Stops the dispatcher with SIGTERM (true when it drained and exited cleanly within
