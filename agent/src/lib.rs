@@ -55,6 +55,10 @@ pub struct AgentConfig {
     /// Allow `http://` dispatcher URLs. Development only.
     #[serde(default)]
     pub insecure_plaintext: bool,
+    /// How often the certificate's age is checked, in milliseconds; it is renewed over the live
+    /// stream once two-thirds of its lifetime have passed.
+    #[serde(default = "default_renew_check_ms")]
+    pub renew_check_interval_ms: u64,
     /// HTTP CONNECT proxy to reach the dispatchers through (`http://proxy:3128`). Without it,
     /// `HTTPS_PROXY` / `NO_PROXY` from the environment apply (never to loopback addresses).
     #[serde(default)]
@@ -74,6 +78,9 @@ fn default_rsa_bits() -> u32 {
 }
 fn default_heartbeat_ms() -> u64 {
     5_000
+}
+fn default_renew_check_ms() -> u64 {
+    60_000
 }
 fn default_replay_window_s() -> u64 {
     300

@@ -35,10 +35,26 @@ impl AgentState {
     /// The TLS client identity (certificate and key) when enrolled.
     pub fn client_identity(&self) -> Option<ClientIdentity> {
         let (cert_pem, _) = self.certificate.as_ref()?;
-        Some(ClientIdentity {
-            cert_pem: cert_pem.clone(),
-            key_pem: Secret::new(pkcs8_pem(self.key.pkcs8_der().expose()).into_bytes()),
-        })
+        Some(client_identity(cert_pem, &self.key))
+    }
+
+    /// Replaces the key and certificate in `dir` after a renewal (the key file atomically,
+    /// created 0600).
+    pub fn save_renewal(dir: &Path, key: &AgentKey, cert_pem: &str) -> Result<(), AgentError> {
+        let fail = |what: &str, e: std::io::Error| {
+            AgentError::State(format!("{what} in {}: {e}", dir.display()))
+        };
+        let staged = dir.join(format!("{KEY_FILE}.new"));
+        let _ = std::fs::remove_file(&staged);
+        secret_file::write_new(&staged, key.pkcs8_der().expose())
+            .map_err(|e| fail("writing the new key", e))?;
+        let staged_cert = dir.join(format!("{CERT_FILE}.new"));
+        std::fs::write(&staged_cert, cert_pem)
+            .map_err(|e| fail("writing the new certificate", e))?;
+        std::fs::rename(&staged, dir.join(KEY_FILE))
+            .map_err(|e| fail("installing the new key", e))?;
+        std::fs::rename(&staged_cert, dir.join(CERT_FILE))
+            .map_err(|e| fail("installing the new certificate", e))
     }
 
     /// Records the outcome of enrolment in `dir`: agent id, certificate, tenant CA.
@@ -55,6 +71,14 @@ impl AgentState {
         write(CERT_FILE, cert_pem)?;
         write(TENANT_CA_FILE, ca_pem)?;
         write(AGENT_ID_FILE, agent_id)
+    }
+}
+
+/// The TLS client identity of `key` certified by `cert_pem`.
+pub fn client_identity(cert_pem: &str, key: &AgentKey) -> ClientIdentity {
+    ClientIdentity {
+        cert_pem: cert_pem.to_owned(),
+        key_pem: Secret::new(pkcs8_pem(key.pkcs8_der().expose()).into_bytes()),
     }
 }
 

@@ -17,7 +17,13 @@ use tokio::{
 };
 use tokio_stream::wrappers::ReceiverStream;
 
+use std::sync::{Mutex, RwLock};
+
+use passage_envelope::AgentKey;
+use passage_pki::{CertifiedAgent, agent_csr, pem_to_der};
+use passage_proto::v1::{RenewRequest, RenewResponse};
 use passage_transport::ClientIdentity;
+use tokio::sync::oneshot;
 
 use crate::{AgentConfig, Validator, state::AgentState};
 
@@ -32,6 +38,8 @@ const STABLE_AFTER: Duration = Duration::from_secs(30);
 enum StreamEnd {
     /// The dispatcher asked us to leave; reconnect promptly (to another replica, usually).
     Drained,
+    /// The certificate was renewed: reconnect at once with the new one.
+    Renewed,
     /// The agent is shutting down.
     Shutdown,
 }
@@ -62,8 +70,9 @@ pub async fn run(
         }
         None => (config.tenant.clone(), config.connector_group.clone()),
     };
+    let (generation, _) = watch::channel(0u64);
     let link = Arc::new(Link {
-        hello: AgentHello {
+        hello: RwLock::new(AgentHello {
             agent_id: state.agent_id.clone(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             tenant,
@@ -71,8 +80,12 @@ pub async fn run(
             capacity: config.capacity,
             public_key_der: state.key.public_key_der().to_vec(),
             hostname: hostname(),
-        },
-        identity: state.client_identity(),
+        }),
+        identity: RwLock::new(state.client_identity()),
+        certificate: RwLock::new(state.certificate.as_ref().map(|(_, c)| c.clone())),
+        generation,
+        live: Mutex::new(None),
+        pending_renewal: Mutex::new(None),
         config,
         validator,
         capacity,
@@ -80,6 +93,14 @@ pub async fn run(
     let mut streams = JoinSet::new();
     for url in link.config.dispatchers.clone() {
         streams.spawn(keep_connected(url, Arc::clone(&link), stop_rx.clone()));
+    }
+    if link
+        .certificate
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .is_some()
+    {
+        streams.spawn(keep_renewed(Arc::clone(&link), stop_rx.clone()));
     }
     shutdown.await;
     tracing::info!("agent shutting down; finishing in-flight validations");
@@ -90,10 +111,110 @@ pub async fn run(
 /// What every stream of this agent shares.
 struct Link {
     config: AgentConfig,
-    hello: AgentHello,
-    identity: Option<ClientIdentity>,
+    /// The hello to send; its key changes on renewal.
+    hello: RwLock<AgentHello>,
+    /// The TLS client identity; changes on renewal.
+    identity: RwLock<Option<ClientIdentity>>,
+    /// What the current certificate says (none in development mode).
+    certificate: RwLock<Option<CertifiedAgent>>,
+    /// Bumped when the identity changes: every stream then reconnects with the new one.
+    generation: watch::Sender<u64>,
+    /// The most recently connected stream's sender, for renewal requests.
+    live: Mutex<Option<mpsc::Sender<ConnectRequest>>>,
+    /// Who waits for the answer to a renewal request.
+    pending_renewal: Mutex<Option<oneshot::Sender<RenewResponse>>>,
     validator: Arc<Validator>,
     capacity: Arc<Semaphore>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Renews the certificate over a live stream once two-thirds of its lifetime have passed,
+/// checking every `renew_check_interval_ms`; failures are retried at the next check.
+async fn keep_renewed(link: Arc<Link>, mut stop: watch::Receiver<bool>) {
+    let every = Duration::from_millis(link.config.renew_check_interval_ms.max(100));
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            () = stopped(&mut stop) => return,
+        }
+        let due = link
+            .certificate
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|c| {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as i64);
+                now >= c.not_before + (c.not_after - c.not_before) * 2 / 3
+            });
+        if !due {
+            continue;
+        }
+        match renew(&link).await {
+            Ok(not_after) => tracing::info!(not_after, "certificate renewed with a new key pair"),
+            Err(err) => tracing::warn!(error = %err, "certificate renewal failed; will retry"),
+        }
+    }
+}
+
+/// One renewal: new key pair, CSR over the live stream, new certificate, switch over.
+async fn renew(link: &Link) -> Result<i64, String> {
+    let bits = link.config.rsa_bits().map_err(|e| e.to_string())?;
+    let key = tokio::task::spawn_blocking(move || AgentKey::generate(bits))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    let agent_id = link
+        .hello
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .agent_id
+        .clone();
+    let csr_der = agent_csr(key.pkcs8_der().expose(), &agent_id).map_err(|e| e.to_string())?;
+    let sender = lock(&link.live)
+        .clone()
+        .ok_or("no live stream to renew over")?;
+    let (answer_tx, answer_rx) = oneshot::channel();
+    *lock(&link.pending_renewal) = Some(answer_tx);
+    sender
+        .send(ConnectRequest {
+            message: Some(connect_request::Message::Renew(RenewRequest { csr_der })),
+        })
+        .await
+        .map_err(|_| "the stream closed")?;
+    let response = tokio::time::timeout(Duration::from_secs(30), answer_rx)
+        .await
+        .map_err(|_| "no answer to the renewal request within 30 s")?
+        .map_err(|_| "the stream closed before the answer")?;
+    if !response.error.is_empty() {
+        return Err(response.error);
+    }
+    let der = pem_to_der(&response.certificate_pem).ok_or("the new certificate is not PEM")?;
+    let certified = CertifiedAgent::parse(&der).map_err(|e| e.to_string())?;
+    if certified.public_key_der != key.public_key_der() {
+        return Err("the new certificate does not certify the new key".into());
+    }
+    AgentState::save_renewal(&link.config.state_dir, &key, &response.certificate_pem)
+        .map_err(|e| e.to_string())?;
+    let key = Arc::new(key);
+    // Order matters: the validator opens with the new key (and still the old one) before any
+    // dispatcher can hand out the new key.
+    link.validator.rotate(Arc::clone(&key));
+    *link.identity.write().unwrap_or_else(|p| p.into_inner()) = Some(
+        crate::state::client_identity(&response.certificate_pem, &key),
+    );
+    link.hello
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .public_key_der = key.public_key_der().to_vec();
+    let not_after = certified.not_after;
+    *link.certificate.write().unwrap_or_else(|p| p.into_inner()) = Some(certified);
+    link.generation.send_modify(|g| *g += 1);
+    Ok(not_after)
 }
 
 async fn keep_connected(url: String, link: Arc<Link>, mut stop: watch::Receiver<bool>) {
@@ -106,6 +227,11 @@ async fn keep_connected(url: String, link: Arc<Link>, mut stop: watch::Receiver<
             Ok(StreamEnd::Drained) => {
                 tracing::info!(dispatcher = %url, "dispatcher drained this stream; reconnecting");
                 backoff = INITIAL_BACKOFF;
+            }
+            Ok(StreamEnd::Renewed) => {
+                tracing::info!(dispatcher = %url, "reconnecting with the renewed certificate");
+                backoff = INITIAL_BACKOFF;
+                continue;
             }
             Err(err) => {
                 if started.elapsed() > STABLE_AFTER {
@@ -138,13 +264,18 @@ async fn session(
     link: &Link,
     mut stop: watch::Receiver<bool>,
 ) -> Result<StreamEnd, String> {
-    let Link {
-        config,
-        hello,
-        identity,
-        validator,
-        capacity,
-    } = link;
+    let config = &link.config;
+    let validator = &link.validator;
+    let capacity = &link.capacity;
+    // The identity this stream uses; a renewal bumps the generation and ends the stream.
+    let mut generation = link.generation.subscribe();
+    generation.mark_unchanged();
+    let hello = link.hello.read().unwrap_or_else(|p| p.into_inner()).clone();
+    let identity = link
+        .identity
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     let channel = tokio::select! {
         result = crate::dial(config, url, identity.as_ref()) => result?,
         () = stopped(&mut stop) => return Ok(StreamEnd::Shutdown),
@@ -153,7 +284,7 @@ async fn session(
     let (outbound, receiver) = mpsc::channel::<ConnectRequest>(config.capacity as usize + 16);
     outbound
         .send(ConnectRequest {
-            message: Some(connect_request::Message::Hello(hello.clone())),
+            message: Some(connect_request::Message::Hello(hello)),
         })
         .await
         .map_err(|_| "stream closed before hello".to_owned())?;
@@ -178,6 +309,7 @@ async fn session(
         ms => Duration::from_millis(u64::from(ms)),
     };
     tracing::info!(dispatcher = %url, dispatcher_id = %welcome.dispatcher_id, "connected to dispatcher");
+    *lock(&link.live) = Some(outbound.clone());
 
     let mut tasks = JoinSet::new();
     let mut heartbeat = tokio::time::interval(heartbeat_every);
@@ -212,6 +344,11 @@ async fn session(
                                 .await;
                         });
                     }
+                    Some(connect_response::Message::Renewed(response)) => {
+                        if let Some(waiter) = lock(&link.pending_renewal).take() {
+                            let _ = waiter.send(response);
+                        }
+                    }
                     Some(connect_response::Message::Drain(drain)) => {
                         tracing::info!(reason = %drain.reason, "dispatcher asked to drain");
                         break Ok(StreamEnd::Drained);
@@ -227,6 +364,7 @@ async fn session(
                 }
             }
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            _ = generation.changed() => break Ok(StreamEnd::Renewed),
             () = stopped(&mut stop) => break Ok(StreamEnd::Shutdown),
         }
     };

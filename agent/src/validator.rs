@@ -16,7 +16,9 @@ use tracing::Instrument;
 
 /// Validates tasks for one agent.
 pub struct Validator {
-    key: Arc<AgentKey>,
+    /// The current key and, after a renewal, the previous one: passwords sealed to the old key
+    /// while the switch happens still open.
+    keys: std::sync::RwLock<(Arc<AgentKey>, Option<Arc<AgentKey>>)>,
     directory: Arc<dyn Directory>,
     tenant: String,
     replay: ReplayGuard,
@@ -35,12 +37,19 @@ impl Validator {
         replay_window: Duration,
     ) -> Self {
         Self {
-            key,
+            keys: std::sync::RwLock::new((key, None)),
             directory,
             tenant,
             replay: ReplayGuard::new(replay_window, 1_000_000),
             decrypt_permits: Semaphore::new(decrypt_threads.max(1)),
         }
+    }
+
+    /// Makes `key` the current key, keeping the one it replaces for envelopes already sealed.
+    pub fn rotate(&self, key: Arc<AgentKey>) {
+        let mut keys = self.keys.write().unwrap_or_else(|p| p.into_inner());
+        let previous = std::mem::replace(&mut keys.0, key);
+        keys.1 = Some(previous);
     }
 
     /// Handles one task and returns the answer to send (never fails: errors are answers).
@@ -74,10 +83,14 @@ impl Validator {
             let Ok(_permit) = self.decrypt_permits.acquire().await else {
                 return refused(AgentError::Overloaded, "agent shutting down");
             };
-            let key = Arc::clone(&self.key);
+            let (current, previous) = self.keys.read().unwrap_or_else(|p| p.into_inner()).clone();
             let ciphertext = task.ciphertext;
             // RSA decryption is the pipeline's main CPU cost: keep it off the async workers.
-            match tokio::task::spawn_blocking(move || key.open(&ciphertext)).await {
+            let open = move || match (current.open(&ciphertext), previous) {
+                (Err(EnvelopeError::DecryptFailed), Some(previous)) => previous.open(&ciphertext),
+                (result, _) => result,
+            };
+            match tokio::task::spawn_blocking(open).await {
                 Ok(result) => result,
                 Err(_) => return refused(AgentError::DecryptFailed, "decrypt task failed"),
             }
@@ -247,6 +260,20 @@ mod tests {
             .await;
         assert_eq!(swapped.error, AgentError::UsernameMismatch as i32);
         assert_ne!(swapped.outcome, ValidationOutcome::Success as i32);
+
+        // After a rotation, envelopes sealed to the old key still open; new ones use the new key.
+        let sealed_to_old = task(&key, "alice@x.test", "alice@x.test", "right");
+        let new_key = Arc::new(AgentKey::generate(RsaBits::Rsa2048).unwrap());
+        v.rotate(Arc::clone(&new_key));
+        assert_eq!(
+            v.validate(sealed_to_old).await.outcome,
+            ValidationOutcome::Success as i32
+        );
+        let sealed_to_new = task(&new_key, "alice@x.test", "alice@x.test", "right");
+        assert_eq!(
+            v.validate(sealed_to_new).await.outcome,
+            ValidationOutcome::Success as i32
+        );
 
         let replayed = task(&key, "alice@x.test", "alice@x.test", "right");
         assert_eq!(

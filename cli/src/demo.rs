@@ -90,6 +90,7 @@ pub async fn run(signin: Option<String>) -> Result<(), String> {
         tls: None,
         insecure_plaintext: true,
         proxy: None,
+        renew_check_interval_ms: 60_000,
         directory: DirectoryConfig::Static(StaticConfig { path: users_path }),
     };
     let (state, validator) = passage_agent::prepare(&agent_config).map_err(|e| e.to_string())?;

@@ -295,3 +295,73 @@ async fn an_agent_of_another_tenant_never_serves_this_tenant() {
         .await
         .expect("default tenant's own agent");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_renew_over_the_live_stream_under_load_without_a_failed_sign_in() {
+    let mut cluster = Cluster::start(ClusterOptions {
+        certificate_lifetime_s: Some(6),
+        ..secure()
+    })
+    .await;
+    cluster.enrol_agent().await;
+    cluster.enrol_agent().await;
+    let keys_before: Vec<Vec<u8>> = (0..2)
+        .map(|i| std::fs::read(cluster.agent_state_dir(i).join("agent-key.der")).unwrap())
+        .collect();
+
+    // Sign in continuously, 8 at a time, for longer than a certificate lives.
+    let alice = default_users().remove(0);
+    let client = cluster.gateway_client();
+    let stop_at = Instant::now() + Duration::from_secs(9);
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let mut client = client.clone();
+        let (username, password) = (alice.upn.clone(), alice.password.clone());
+        workers.spawn(async move {
+            let (mut ok, mut failed) = (0usize, Vec::new());
+            while Instant::now() < stop_at {
+                let request = passage_proto::v1::SignInRequest {
+                    username: username.clone(),
+                    password: password.clone(),
+                    client_id: passage_tests::cluster::CLIENT_ID.into(),
+                    client_ip: String::new(),
+                };
+                match client.sign_in(request).await {
+                    Ok(_) => ok += 1,
+                    Err(status) => failed.push(status),
+                }
+            }
+            (ok, failed)
+        });
+    }
+    let (mut ok, mut failed) = (0, Vec::new());
+    while let Some(result) = workers.join_next().await {
+        let (o, mut f) = result.unwrap();
+        ok += o;
+        failed.append(&mut f);
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {} sign-ins failed during renewal: {:?}",
+        failed.len(),
+        ok + failed.len(),
+        failed.first()
+    );
+    assert!(ok > 50, "the load ran ({ok} sign-ins)");
+
+    // Both agents renewed, with new key pairs, one at a time, and still serve.
+    for (i, before) in keys_before.iter().enumerate() {
+        let log = cluster.agents[i].process.log();
+        assert!(
+            log.contains("certificate renewed with a new key pair"),
+            "agent {i} did not renew:\n{log}"
+        );
+        let after = std::fs::read(cluster.agent_state_dir(i).join("agent-key.der")).unwrap();
+        assert_ne!(&after, before, "agent {i} has a new key");
+    }
+    assert_eq!(cluster.listed_agents().await.len(), 2);
+    cluster
+        .sign_in(&alice.upn, &alice.password)
+        .await
+        .expect("after renewal");
+}

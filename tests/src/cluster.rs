@@ -47,6 +47,9 @@ pub struct ClusterOptions {
     pub enrolment: bool,
     /// With `enrolment`, keep the shared store in a private PostgreSQL instead of SQLite.
     pub postgres: bool,
+    /// With `enrolment`, the lifetime of agent certificates in seconds (agents then check
+    /// for renewal every 300 ms and a group's renewals are spaced by one second).
+    pub certificate_lifetime_s: Option<u64>,
 }
 
 impl Default for ClusterOptions {
@@ -61,6 +64,7 @@ impl Default for ClusterOptions {
             group_search: true,
             enrolment: false,
             postgres: false,
+            certificate_lifetime_s: None,
         }
     }
 }
@@ -180,9 +184,9 @@ impl Cluster {
             Some(server) => server.url(),
             None => format!("sqlite://{}", dir.path().join("passage.db").display()),
         };
-        let dispatcher_config = options
-            .enrolment
-            .then(|| write_secure_dispatcher_config(dir.path(), &store_url));
+        let dispatcher_config = options.enrolment.then(|| {
+            write_secure_dispatcher_config(dir.path(), &store_url, options.certificate_lifetime_s)
+        });
         let dispatcher = DispatcherProcess::start(
             "127.0.0.1:0",
             "127.0.0.1:0",
@@ -260,13 +264,18 @@ impl Cluster {
             format!(
                 "dispatchers = [\"{dispatcher}\"]\nconnector_group = \"{DOMAIN}\"\n\
                  state_dir = \"{state}\"\ncapacity = {capacity}\nheartbeat_interval_ms = 1000\n\
-                 insecure_plaintext = true\n{proxy}{tls}\n\
+                 insecure_plaintext = true\n{renew}{proxy}{tls}\n\
                  [directory]\nkind = \"ldap\"\nurl = \"{url}\"\nbase_dn = \"{PEOPLE_DN}\"\n\
                  bind_dn = \"{ADMIN_DN}\"\nbind_password = \"{ADMIN_PASSWORD}\"\n\
                  login_attribute = \"{login}\"\ntimeout_ms = 2000\n{groups}",
                 dispatcher = self.dispatcher.agent_url,
                 state = self.dir.path().join(format!("agent-{index}")).display(),
                 capacity = self.options.agent_capacity,
+                renew = if self.options.certificate_lifetime_s.is_some() {
+                    "renew_check_interval_ms = 300\n"
+                } else {
+                    ""
+                },
                 proxy = self
                     .agent_proxy
                     .as_ref()
@@ -487,7 +496,11 @@ impl Cluster {
 /// Writes TLS material for every hop — a test service CA; server certificates for 127.0.0.1
 /// for the dispatcher and the gateway; the gateway's client certificate towards the
 /// dispatcher (keys 0600) — and a dispatcher configuration using them and `store_url`.
-fn write_secure_dispatcher_config(dir: &std::path::Path, store_url: &str) -> PathBuf {
+fn write_secure_dispatcher_config(
+    dir: &std::path::Path,
+    store_url: &str,
+    certificate_lifetime_s: Option<u64>,
+) -> PathBuf {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
     let ca_key = KeyPair::generate().expect("CA key");
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
@@ -517,9 +530,12 @@ fn write_secure_dispatcher_config(dir: &std::path::Path, store_url: &str) -> Pat
     std::fs::write(
         &config,
         format!(
-            "store_url = \"{store_url}\"\nheartbeat_interval_ms = 1000\n\n\
+            "store_url = \"{store_url}\"\nheartbeat_interval_ms = 1000\n{lifetime}\n\
              [agent_tls]\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\n\n\
              [api_tls]\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\nclient_ca_file = \"{ca}\"\n",
+            lifetime = certificate_lifetime_s
+                .map(|s| format!("agent_certificate_lifetime_s = {s}\nrenewal_spacing_ms = 1000\n"))
+                .unwrap_or_default(),
             cert = dir.join("dispatcher.pem").display(),
             key = dir.join("dispatcher-key.pem").display(),
             ca = dir.join("service-ca.pem").display()

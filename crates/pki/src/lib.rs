@@ -340,7 +340,9 @@ impl TenantCa {
         ];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         let now = SystemTime::now();
-        params.not_before = offset(now - Duration::from_secs(300))?;
+        // Backdated for clock skew, but by at most a tenth of the lifetime, so renewal at
+        // two-thirds of the validity period stays meaningful for short lifetimes.
+        params.not_before = offset(now - (lifetime / 10).min(Duration::from_secs(300)))?;
         params.not_after = offset(now + lifetime)?;
         params.serial_number = Some(random_serial()?);
         params.use_authority_key_identifier_extension = true;

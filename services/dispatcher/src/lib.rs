@@ -63,8 +63,11 @@ pub struct DispatcherConfig {
     /// Tenants whose CAs are loaded (and created if missing) at start. Dispatchers read tenant
     /// CAs at start: after adding a tenant, restart them.
     pub tenants: Vec<String>,
-    /// Lifetime of agent certificates issued at enrolment, in days.
-    pub agent_certificate_lifetime_days: u64,
+    /// Lifetime of agent certificates issued at enrolment and renewal, in seconds.
+    pub agent_certificate_lifetime_s: u64,
+    /// Least time between two renewals in one connector group, in milliseconds, so a group's
+    /// agents renew (and reconnect) one at a time.
+    pub renewal_spacing_ms: u64,
     /// How often revocations are read from the store, in milliseconds.
     pub revocation_poll_ms: u64,
 }
@@ -83,7 +86,8 @@ impl Default for DispatcherConfig {
             insecure_plaintext: false,
             store_url: None,
             tenants: vec!["default".into()],
-            agent_certificate_lifetime_days: 180,
+            agent_certificate_lifetime_s: 180 * 24 * 3600,
+            renewal_spacing_ms: 10_000,
             revocation_poll_ms: 500,
         }
     }
@@ -141,6 +145,9 @@ pub async fn bind(config: DispatcherConfig) -> Result<BoundDispatcher, Dispatche
                 Some(_) => Some(Arc::new(AgentTrust {
                     store: store.clone(),
                     cas,
+                    certificate_lifetime: Duration::from_secs(config.agent_certificate_lifetime_s),
+                    renewal_spacing: Duration::from_millis(config.renewal_spacing_ms),
+                    last_renewal: Default::default(),
                 })),
                 None if config.insecure_plaintext => {
                     tracing::warn!(
@@ -215,7 +222,7 @@ impl BoundDispatcher {
         let enrolment = self.store.clone().map(|store| {
             AgentEnrolmentServer::new(EnrolmentService::new(
                 store,
-                Duration::from_secs(config.agent_certificate_lifetime_days * 24 * 3600),
+                Duration::from_secs(config.agent_certificate_lifetime_s),
             ))
         });
         if let Some(store) = self.store.clone() {

@@ -206,6 +206,11 @@ impl AgentConnection {
             .fetch_sub(waiters.len() as u32, Ordering::Relaxed);
     }
 
+    /// Sends `message` on the stream (waiting for room); false if the stream is gone.
+    pub async fn send(&self, message: ConnectResponse) -> bool {
+        self.outbound.send(Ok(message)).await.is_ok()
+    }
+
     /// Ends the stream at once with `status` (revocation): waiters fail, the agent is told why.
     pub fn terminate(&self, status: Status) {
         self.close();

@@ -8,8 +8,8 @@ use passage_envelope::SealingKey;
 use passage_error_codes::ErrorCode;
 use passage_pki::{CertifiedAgent, TenantCa};
 use passage_proto::v1::{
-    AgentHello, ConnectRequest, ConnectResponse, Welcome, agent_tunnel_server::AgentTunnel,
-    connect_request, connect_response,
+    AgentHello, ConnectRequest, ConnectResponse, RenewResponse, Welcome,
+    agent_tunnel_server::AgentTunnel, connect_request, connect_response,
 };
 use passage_store::Store;
 use tokio::sync::mpsc;
@@ -23,12 +23,19 @@ const MAX_NAME_BYTES: usize = 256;
 /// Largest capacity an agent may advertise.
 const MAX_CAPACITY: u32 = 4096;
 
-/// What agents must prove: a certificate from their tenant's CA, not revoked.
+/// What agents must prove: a certificate from their tenant's CA, not revoked. Also renews
+/// certificates over the live stream.
 pub struct AgentTrust {
     /// Where revocations are recorded.
     pub store: Store,
     /// Tenant CAs by tenant.
     pub cas: HashMap<String, TenantCa>,
+    /// Lifetime of renewed certificates.
+    pub certificate_lifetime: Duration,
+    /// Least time between two renewals in one connector group (at this replica).
+    pub renewal_spacing: Duration,
+    /// When each (tenant, connector group) last renewed.
+    pub last_renewal: std::sync::Mutex<HashMap<(String, String), std::time::Instant>>,
 }
 
 impl AgentTrust {
@@ -62,6 +69,55 @@ impl AgentTrust {
             )));
         }
         Ok((certified, cert.to_vec()))
+    }
+
+    /// Issues a certificate for the stream's agent to the key in `csr_der`: the stream's
+    /// current certificate is the proof of identity. Agents of one group renew one at a time.
+    async fn renew(&self, identity: &AgentIdentity, csr_der: &[u8]) -> Result<String, String> {
+        {
+            let mut last = self.last_renewal.lock().unwrap_or_else(|p| p.into_inner());
+            let key = (identity.tenant.clone(), identity.connector_group.clone());
+            if let Some(at) = last.get(&key)
+                && at.elapsed() < self.renewal_spacing
+            {
+                return Err(format!(
+                    "another agent of connector group {} renewed moments ago; retry later",
+                    identity.connector_group
+                ));
+            }
+            last.insert(key, std::time::Instant::now());
+        }
+        let ca = self.cas.get(&identity.tenant).ok_or("unknown tenant")?;
+        let subject = passage_pki::AgentIdentity {
+            tenant: identity.tenant.clone(),
+            connector_group: identity.connector_group.clone(),
+            agent_id: identity.agent_id.clone(),
+        };
+        let issued = ca
+            .issue_agent(csr_der, &subject, self.certificate_lifetime)
+            .map_err(|e| e.to_string())?;
+        let store_error = |e: passage_store::StoreError| format!("store: {e}");
+        let mut record = self
+            .store
+            .agent(&identity.agent_id)
+            .await
+            .map_err(store_error)?
+            .ok_or("the agent is not enrolled")?;
+        if record.revoked_at.is_some() {
+            return Err("the agent has been revoked".into());
+        }
+        record.cert_serial = issued.certified.serial.clone();
+        record.cert_not_after = issued.certified.not_after;
+        record.public_key_der = issued.certified.public_key_der.clone();
+        record.version = identity.version.clone();
+        self.store.save_agent(&record).await.map_err(store_error)?;
+        tracing::info!(
+            agent_id = %identity.agent_id,
+            serial = %issued.certified.serial,
+            not_after = issued.certified.not_after,
+            "agent certificate renewed"
+        );
+        Ok(issued.cert_pem)
     }
 }
 
@@ -231,6 +287,7 @@ impl AgentTunnel for TunnelService {
         self.registry.register(Arc::clone(&connection));
 
         let registry = Arc::clone(&self.registry);
+        let trust = self.trust.clone();
         // An agent that stays silent for three heartbeats is gone even if TCP has not noticed.
         let liveness = self.heartbeat_interval * 3;
         tokio::spawn(async move {
@@ -249,6 +306,40 @@ impl AgentTunnel for TunnelService {
                                 }
                             }
                             Some(connect_request::Message::Heartbeat(_)) => {}
+                            Some(connect_request::Message::Renew(request)) => {
+                                let trust = trust.clone();
+                                let connection = Arc::clone(&connection);
+                                tokio::spawn(async move {
+                                    let result = match &trust {
+                                        Some(trust) => {
+                                            trust
+                                                .renew(&connection.identity, &request.csr_der)
+                                                .await
+                                        }
+                                        None => {
+                                            Err("this dispatcher has no store: nothing to renew"
+                                                .into())
+                                        }
+                                    };
+                                    let response = match result {
+                                        Ok(certificate_pem) => RenewResponse {
+                                            certificate_pem,
+                                            error: String::new(),
+                                        },
+                                        Err(error) => RenewResponse {
+                                            certificate_pem: String::new(),
+                                            error,
+                                        },
+                                    };
+                                    connection
+                                        .send(ConnectResponse {
+                                            message: Some(connect_response::Message::Renewed(
+                                                response,
+                                            )),
+                                        })
+                                        .await;
+                                });
+                            }
                             Some(connect_request::Message::Hello(_)) | None => {
                                 break "unexpected message after hello".to_owned();
                             }
