@@ -116,23 +116,56 @@ pub async fn run(store_url: Option<&str>, command: AgentCommand) -> Result<(), S
                 .agents(tenant.as_deref())
                 .await
                 .map_err(|e| e.to_string())?;
+            // Dispatchers report their streams every heartbeat; older reports are stale.
+            let now = passage_dispatcher::enrolment::unix_now();
+            let connections = store
+                .connections(now - 30)
+                .await
+                .map_err(|e| e.to_string())?;
             println!(
-                "{:<24} {:<10} {:<22} {:<20} {:<8} {:<16} STATUS",
-                "AGENT", "TENANT", "CONNECTOR GROUP", "HOST", "VERSION", "CERT EXPIRES"
+                "{:<24} {:<10} {:<20} {:<16} {:<8} {:<14} {:<20} {:>9} {:<14} STATUS",
+                "AGENT",
+                "TENANT",
+                "CONNECTOR GROUP",
+                "HOST",
+                "VERSION",
+                "CERT EXPIRES",
+                "REPLICAS",
+                "IN-FLIGHT",
+                "LAST SEEN"
             );
             for agent in agents {
+                let live: Vec<_> = connections
+                    .iter()
+                    .filter(|c| c.agent_id == agent.agent_id)
+                    .collect();
+                let replicas = live
+                    .iter()
+                    .map(|c| c.dispatcher_id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",");
+                let in_flight: i64 = live.iter().map(|c| c.in_flight).sum();
+                let last_seen = live
+                    .iter()
+                    .map(|c| c.last_heartbeat)
+                    .max()
+                    .map_or("-".into(), when);
                 let status = match agent.revoked_at {
                     Some(at) => format!("revoked {}", when(at)),
-                    None => "enrolled".into(),
+                    None if live.is_empty() => "disconnected".into(),
+                    None => "connected".into(),
                 };
                 println!(
-                    "{:<24} {:<10} {:<22} {:<20} {:<8} {:<16} {}",
+                    "{:<24} {:<10} {:<20} {:<16} {:<8} {:<14} {:<20} {:>9} {:<14} {}",
                     agent.agent_id,
                     agent.tenant,
                     agent.connector_group,
                     agent.hostname,
                     agent.version,
                     when(agent.cert_not_after),
+                    if replicas.is_empty() { "-" } else { &replicas },
+                    in_flight,
+                    last_seen,
                     status
                 );
             }

@@ -35,12 +35,24 @@ async fn enrolled_agent_serves_sign_ins_over_mutual_tls() {
             0o600
         );
     }
-    let (ok, listing, _) = cluster.agent_cli(&["list"]);
-    assert!(ok);
-    assert!(
-        listing.contains(&agent_id) && listing.contains(DOMAIN) && listing.contains("enrolled"),
-        "{listing}"
-    );
+    // The listing shows the agent connected, once the dispatcher has reported its streams.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (ok, listing, stderr) = cluster.agent_cli(&["list"]);
+        assert!(ok, "{stderr}");
+        assert!(
+            listing.contains(&agent_id) && listing.contains(DOMAIN),
+            "{listing}"
+        );
+        if listing.contains(" connected") && listing.contains("s ago") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never listed as connected:\n{listing}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,7 +2,9 @@
 //! PostgreSQL server.
 
 use passage_credentials::Secret;
-use passage_store::{AgentRecord, Backend, EnrolmentToken, Store, StoredCa, TokenRefusal};
+use passage_store::{
+    AgentConnection, AgentRecord, Backend, EnrolmentToken, Store, StoredCa, TokenRefusal,
+};
 use passage_tests::postgres::Postgres;
 
 fn agent(id: &str, tenant: &str, serial: &str) -> AgentRecord {
@@ -193,6 +195,36 @@ async fn store_contract(store: &Store) {
             .await
             .unwrap()
             .is_none()
+    );
+
+    // Live connections: each replica replaces its own report; stale reports are filtered.
+    let connection = |agent: &str, replica: &str, beat: i64| AgentConnection {
+        agent_id: agent.into(),
+        dispatcher_id: replica.into(),
+        in_flight: 3,
+        last_heartbeat: beat,
+    };
+    let first = [
+        connection("agent-b", "replica-1", now),
+        connection("agent-x", "replica-1", now - 100),
+    ];
+    store.report_connections("replica-1", &first).await.unwrap();
+    let second = [connection("agent-b", "replica-2", now)];
+    store
+        .report_connections("replica-2", &second)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.connections(now - 10).await.unwrap(),
+        vec![
+            connection("agent-b", "replica-1", now),
+            connection("agent-b", "replica-2", now)
+        ]
+    );
+    store.report_connections("replica-1", &[]).await.unwrap();
+    assert_eq!(
+        store.connections(now - 1000).await.unwrap(),
+        second.to_vec()
     );
 }
 

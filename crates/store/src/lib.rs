@@ -115,20 +115,51 @@ pub struct AgentRecord {
     pub revoked_at: Option<i64>,
 }
 
+/// The schema, version by version; a released migration never changes.
 fn migrations(backend: Backend) -> Vec<Migration> {
-    let init = match backend {
-        Backend::Sqlite => include_str!("../migrations/sqlite/0001_tenants_agents_enrolment.sql"),
-        Backend::Postgres => {
-            include_str!("../migrations/postgres/0001_tenants_agents_enrolment.sql")
-        }
-    };
-    vec![Migration::new(
-        1,
-        Cow::Borrowed("tenants, agents, enrolment"),
-        MigrationType::Simple,
-        sqlx::SqlStr::from_static(init),
-        false,
-    )]
+    let files: [(i64, &str, &'static str, &'static str); 2] = [
+        (
+            1,
+            "tenants, agents, enrolment",
+            include_str!("../migrations/sqlite/0001_tenants_agents_enrolment.sql"),
+            include_str!("../migrations/postgres/0001_tenants_agents_enrolment.sql"),
+        ),
+        (
+            2,
+            "live agent connections",
+            include_str!("../migrations/sqlite/0002_agent_connections.sql"),
+            include_str!("../migrations/postgres/0002_agent_connections.sql"),
+        ),
+    ];
+    files
+        .into_iter()
+        .map(|(version, description, sqlite, postgres)| {
+            let sql = match backend {
+                Backend::Sqlite => sqlite,
+                Backend::Postgres => postgres,
+            };
+            Migration::new(
+                version,
+                Cow::Borrowed(description),
+                MigrationType::Simple,
+                sqlx::SqlStr::from_static(sql),
+                false,
+            )
+        })
+        .collect()
+}
+
+/// One agent stream at one dispatcher replica, as last reported by that replica.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentConnection {
+    /// Agent id.
+    pub agent_id: String,
+    /// The dispatcher replica holding the stream.
+    pub dispatcher_id: String,
+    /// Validations outstanding on it.
+    pub in_flight: i64,
+    /// When the replica last heard from the agent, Unix seconds.
+    pub last_heartbeat: i64,
 }
 
 /// The store.
@@ -416,6 +447,54 @@ impl Store {
         .await?;
         tx.commit().await?;
         Ok(Some(agent))
+    }
+
+    /// Replaces what `dispatcher_id` reports about its agent streams.
+    pub async fn report_connections(
+        &self,
+        dispatcher_id: &str,
+        connections: &[AgentConnection],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM agent_connections WHERE dispatcher_id = $1")
+            .bind(dispatcher_id)
+            .execute(&mut *tx)
+            .await?;
+        for c in connections {
+            sqlx::query(
+                "INSERT INTO agent_connections (agent_id, dispatcher_id, in_flight, last_heartbeat) \
+                 VALUES ($1, $2, $3, $4)",
+            )
+            .bind(&c.agent_id)
+            .bind(dispatcher_id)
+            .bind(c.in_flight)
+            .bind(c.last_heartbeat)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Live connections reported with a heartbeat at or after `since`, by agent and replica.
+    pub async fn connections(&self, since: i64) -> Result<Vec<AgentConnection>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT agent_id, dispatcher_id, in_flight, last_heartbeat FROM agent_connections \
+             WHERE last_heartbeat >= $1 ORDER BY agent_id, dispatcher_id",
+        )
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(AgentConnection {
+                    agent_id: row.try_get("agent_id")?,
+                    dispatcher_id: row.try_get("dispatcher_id")?,
+                    in_flight: row.try_get("in_flight")?,
+                    last_heartbeat: row.try_get("last_heartbeat")?,
+                })
+            })
+            .collect()
     }
 
     /// Whether the certificate with `serial` was revoked.

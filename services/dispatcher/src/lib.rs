@@ -227,9 +227,15 @@ impl BoundDispatcher {
         });
         if let Some(store) = self.store.clone() {
             tokio::spawn(watch_revocations(
-                store,
+                store.clone(),
                 Arc::clone(&self.registry),
                 Duration::from_millis(config.revocation_poll_ms),
+            ));
+            tokio::spawn(report_connections(
+                store,
+                Arc::clone(&self.registry),
+                dispatcher_id.clone(),
+                heartbeat,
             ));
         }
         let relay = RelayService::new(
@@ -332,6 +338,34 @@ async fn watch_revocations(store: Store, registry: Arc<AgentRegistry>, every: Du
             if registry.cut(&agent.agent_id, status) {
                 tracing::warn!(agent_id = %agent.agent_id, "revoked agent's stream cut");
             }
+        }
+    }
+}
+
+/// Reports this replica's agent streams to the store every `every`, for `passage agent list`.
+async fn report_connections(
+    store: Store,
+    registry: Arc<AgentRegistry>,
+    dispatcher_id: String,
+    every: Duration,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = enrolment::unix_now();
+        let connections: Vec<passage_store::AgentConnection> = registry
+            .all()
+            .iter()
+            .map(|c| passage_store::AgentConnection {
+                agent_id: c.identity.agent_id.clone(),
+                dispatcher_id: dispatcher_id.clone(),
+                in_flight: i64::from(c.in_flight()),
+                last_heartbeat: now - c.silent_for().as_secs() as i64,
+            })
+            .collect();
+        if let Err(err) = store.report_connections(&dispatcher_id, &connections).await {
+            tracing::warn!(error = %err, "reporting agent connections failed");
         }
     }
 }

@@ -134,6 +134,14 @@ impl AgentConnection {
         self.in_flight() >= self.identity.capacity
     }
 
+    /// How long ago the agent was last heard from.
+    pub fn silent_for(&self) -> Duration {
+        self.last_seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed()
+    }
+
     /// Records that the agent was heard from.
     pub fn touch(&self) {
         *self.last_seen.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
