@@ -9,6 +9,7 @@
 
 mod agents;
 mod demo;
+mod tenants;
 
 use std::{io::BufRead, io::IsTerminal, process::ExitCode};
 
@@ -56,6 +57,14 @@ enum Command {
     },
     /// Print an Argon2id hash of a password read from a prompt or standard input.
     HashPassword,
+    /// Tenant operations: the tenant CA.
+    Tenant {
+        /// The shared store (the dispatchers' `store_url`).
+        #[arg(long, env = "PASSAGE_STORE_URL", global = true)]
+        store: Option<String>,
+        #[command(subcommand)]
+        command: tenants::TenantCommand,
+    },
     /// Agent operations: enrolment tokens, listing, revocation.
     Agent {
         /// The shared store (the dispatchers' `store_url`).
@@ -88,6 +97,10 @@ async fn main() -> ExitCode {
                 insecure_plaintext,
             };
             signin(&target, &user, &client_id, issuer.as_deref()).await
+        }
+        Command::Tenant { store, command } => {
+            passage_telemetry::init_logging("warn");
+            tenants::run(store.as_deref(), command).await
         }
         Command::Agent { store, command } => {
             passage_telemetry::init_logging("warn");

@@ -377,3 +377,78 @@ async fn certificates_renew_over_the_live_stream_under_load_without_a_failed_sig
         .await
         .expect("after renewal");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_imported_tenant_ca_issues_the_agents_certificates() {
+    use passage_tests::bins::run_to_end;
+    let mut cluster = Cluster::start(secure()).await;
+    let store = cluster.store_url();
+    let ca = TenantCa::generate("imported").unwrap();
+    let dir = cluster.dir().to_path_buf();
+    std::fs::write(dir.join("imported-ca.pem"), ca.cert_pem()).unwrap();
+    let key_pem = rcgen::KeyPair::try_from(ca.key_der().expose())
+        .unwrap()
+        .serialize_pem();
+    let key_path = dir.join("imported-ca-key.pem");
+    std::fs::write(&key_path, &key_pem).unwrap();
+    let import = |tenant: &str, key: &std::path::Path| {
+        run_to_end(
+            "passage",
+            &[
+                "tenant",
+                "--store",
+                &store,
+                "import-ca",
+                "--tenant",
+                tenant,
+                "--cert-file",
+                dir.join("imported-ca.pem").to_str().unwrap(),
+                "--key-file",
+                key.to_str().unwrap(),
+            ],
+        )
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let loose = dir.join("loose-key.pem");
+        std::fs::write(&loose, &key_pem).unwrap();
+        std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let (ok, _, stderr) = import("imported", &loose);
+        assert!(
+            !ok && stderr.contains("chmod 600"),
+            "a readable key is refused: {stderr}"
+        );
+        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let (ok, _, stderr) = import("imported", &key_path);
+    assert!(ok, "{stderr}");
+    let (ok, _, stderr) = import("imported", &key_path);
+    assert!(!ok && stderr.contains("already has a CA"), "{stderr}");
+
+    // Dispatchers load tenant CAs at start.
+    assert!(cluster.restart_dispatcher(Duration::from_secs(10)));
+    cluster.enrol_agent_for("imported", false).await;
+    let issued_by =
+        std::fs::read_to_string(cluster.agent_state_dir(0).join("tenant-ca.pem")).unwrap();
+    assert_eq!(issued_by, ca.cert_pem());
+    let (ok, printed, _) = run_to_end(
+        "passage",
+        &["tenant", "--store", &store, "ca", "--tenant", "imported"],
+    );
+    assert!(ok);
+    assert_eq!(printed, ca.cert_pem());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cluster.agents[0]
+        .process
+        .log()
+        .contains("connected to dispatcher")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            cluster.agents[0].process.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
