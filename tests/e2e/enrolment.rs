@@ -452,3 +452,26 @@ async fn an_imported_tenant_ca_issues_the_agents_certificates() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_with_an_expired_certificate_says_it_must_enrol_again() {
+    let cluster = Cluster::start(ClusterOptions {
+        certificate_lifetime_s: Some(2),
+        ..secure()
+    })
+    .await;
+    let token = cluster.create_token("default", DOMAIN, "1h");
+    let (ok, _, stderr) = cluster.register_agent(0, "default", &token);
+    assert!(ok, "{stderr}");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let config = cluster.dir().join("agent-0.toml");
+    let (ok, _, stderr) = passage_tests::bins::run_to_end(
+        "passage-agent",
+        &["run", "--config", config.to_str().unwrap()],
+    );
+    assert!(!ok, "an expired agent does not run");
+    assert!(
+        stderr.contains("certificate expired") && stderr.contains("passage-agent register"),
+        "{stderr}"
+    );
+}
