@@ -317,16 +317,20 @@ async fn killing_one_of_two_agents_mid_load_loses_no_sign_in() {
             result.map(|_| ())
         });
         if victim.is_none() && completed.load(Ordering::Relaxed) >= total / 3 {
+            // Freeze the directory so both agents hold requests in flight, kill one of them,
+            // then let the directory answer: the dead agent's requests must be retried on the
+            // survivor, not lost.
+            cluster.slapd.pause();
+            tokio::time::sleep(Duration::from_millis(300)).await;
             let mut agent = cluster.agents.remove(0);
             agent.process.kill();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            cluster.slapd.resume();
             victim = Some(agent);
         }
     }
-    let victim = victim.unwrap_or_else(|| {
-        let mut agent = cluster.agents.remove(0);
-        agent.process.kill();
-        agent
-    });
+    // The semaphore makes the loop wait for completions, so a third complete before it ends.
+    let victim = victim.expect("the agent was killed during the load");
     let mut failures = Vec::new();
     while let Some(result) = tasks.join_next().await {
         if let Err(status) = result.expect("task") {
@@ -338,6 +342,16 @@ async fn killing_one_of_two_agents_mid_load_loses_no_sign_in() {
         "{} of {total} sign-ins failed: {:?}",
         failures.len(),
         failures.first()
+    );
+    let retried = cluster
+        .dispatcher
+        .process
+        .log()
+        .matches("agent stream lost mid-request")
+        .count();
+    assert!(
+        retried > 0,
+        "the killed agent had requests in flight that were retried"
     );
     // The survivor keeps serving, and the dispatcher no longer offers the dead agent.
     cluster

@@ -260,6 +260,26 @@ impl Slapd {
             .and_then(|c| crate::bins::cpu_time_of(c.id()))
     }
 
+    /// Freezes the server (SIGSTOP): connections stay open, nothing is answered — what a hung
+    /// domain controller looks like. [`Slapd::resume`] thaws it.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Thaws a paused server (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("slapd is running");
+        let status = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill {signal} slapd failed");
+    }
+
     /// `ldap://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("ldap://127.0.0.1:{}", self.port)
