@@ -5,7 +5,7 @@ use std::{
     path::PathBuf,
     sync::{
         Mutex,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -187,6 +187,9 @@ pub struct LdapDirectory {
     next_search: AtomicUsize,
     bind_permits: Semaphore,
     idle_binds: Mutex<Vec<Ldap>>,
+    /// Moving average of user-bind latency, in microseconds: an unknown user waits this long,
+    /// so that "no such user" is not faster than "wrong password" (user enumeration by timing).
+    bind_latency_us: AtomicU64,
     attributes: Vec<String>,
 }
 
@@ -243,6 +246,7 @@ impl LdapDirectory {
             next_search: AtomicUsize::new(0),
             bind_permits: Semaphore::new(config.bind_pool_size),
             idle_binds: Mutex::new(Vec::new()),
+            bind_latency_us: AtomicU64::new(0),
             bind_password,
             attributes,
             config,
@@ -476,9 +480,17 @@ impl Directory for LdapDirectory {
                 return Ok(Verdict::InvalidCredentials);
             }
             let Some(entry) = self.search_user(login).await? else {
+                let typical = self.bind_latency_us.load(Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_micros(typical)).await;
                 return Ok(Verdict::InvalidCredentials);
             };
-            match self.user_bind(&entry.dn, password).await? {
+            let started = std::time::Instant::now();
+            let answer = self.user_bind(&entry.dn, password).await?;
+            let sample = started.elapsed().as_micros().min(u128::from(u64::MAX)) as u64;
+            let previous = self.bind_latency_us.load(Ordering::Relaxed);
+            self.bind_latency_us
+                .store(moving_average(previous, sample), Ordering::Relaxed);
+            match answer {
                 BindAnswer::Success => {}
                 BindAnswer::Refused(verdict) => return Ok(verdict),
                 BindAnswer::ServerError(text) => return Err(DirectoryError::Unavailable(text)),
@@ -616,6 +628,15 @@ fn der_element(bytes: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     Some((tag, &rest[..len], &rest[len..]))
 }
 
+/// Exponentially weighted moving average (weight 1/8 for the new sample); starts at the first.
+fn moving_average(previous: u64, sample: u64) -> u64 {
+    if previous == 0 {
+        sample
+    } else {
+        previous - previous / 8 + sample / 8
+    }
+}
+
 fn first_rdn_value(dn: &str) -> Option<String> {
     let rdn = dn.split(',').next()?;
     rdn.split_once('=')
@@ -690,6 +711,16 @@ mod tests {
             None
         );
         assert_eq!(ppolicy_error(&[0x30, 0x05, 0x81]), None);
+    }
+
+    #[test]
+    fn bind_latency_average_follows_samples() {
+        assert_eq!(moving_average(0, 800), 800);
+        let mut average = 800;
+        for _ in 0..100 {
+            average = moving_average(average, 1600);
+        }
+        assert!((1500..=1600).contains(&average), "{average}");
     }
 
     #[test]
