@@ -170,7 +170,8 @@ pub fn prepare(config: &AgentConfig) -> Result<(state::AgentState, Arc<Validator
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
-        if now > certified.not_after {
+        // Whole seconds: `now == not_after` may already be past it, so count it as expired.
+        if now >= certified.not_after {
             return Err(AgentError::State(format!(
                 "the agent certificate expired (Unix time {}); enrol again: passage-agent register --token <new token>",
                 certified.not_after
