@@ -52,7 +52,14 @@ fn load_config(path: &PathBuf, insecure_plaintext: bool) -> Result<AgentConfig, 
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    passage_telemetry::init_logging("info");
+    let _telemetry =
+        match passage_telemetry::init("passage-agent", env!("CARGO_PKG_VERSION"), "info") {
+            Ok(telemetry) => telemetry,
+            Err(err) => {
+                eprintln!("passage-agent: {err}");
+                return ExitCode::FAILURE;
+            }
+        };
     match Args::parse().command {
         Command::Run {
             config,

@@ -10,7 +10,7 @@ use passage_envelope::{AgentKey, EnvelopeError, ReplayGuard};
 use passage_proto::v1::{
     AgentError, DirectoryUser, ValidationAnswer, ValidationOutcome, ValidationTask,
 };
-use passage_telemetry::TraceParent;
+use passage_telemetry::{TraceParent, join_trace};
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
@@ -54,13 +54,14 @@ impl Validator {
 
     /// Handles one task and returns the answer to send (never fails: errors are answers).
     pub async fn validate(&self, task: ValidationTask) -> ValidationAnswer {
-        let trace = TraceParent::from_message_or_root(task.trace.as_ref());
         let span = tracing::info_span!(
             "validate",
-            trace_id = %trace.trace_id_hex(),
+            otel.kind = "server",
+            trace_id = tracing::field::Empty,
             request_id = task.request_id,
             username = %task.username,
         );
+        join_trace(&span, TraceParent::from_message(task.trace.as_ref()));
         let request_id = task.request_id;
         let started = Instant::now();
         let answer = self.validate_inner(task).instrument(span.clone()).await;
@@ -90,7 +91,8 @@ impl Validator {
                 (Err(EnvelopeError::DecryptFailed), Some(previous)) => previous.open(&ciphertext),
                 (result, _) => result,
             };
-            match tokio::task::spawn_blocking(open).await {
+            let span = tracing::info_span!("decrypt");
+            match tokio::task::spawn_blocking(move || span.in_scope(open)).await {
                 Ok(result) => result,
                 Err(_) => return refused(AgentError::DecryptFailed, "decrypt task failed"),
             }
@@ -112,7 +114,8 @@ impl Validator {
         let verdict = tokio::time::timeout(
             timeout,
             self.directory
-                .authenticate(&opened.username, &opened.password),
+                .authenticate(&opened.username, &opened.password)
+                .instrument(tracing::info_span!("authenticate")),
         )
         .await;
         match verdict {

@@ -79,8 +79,11 @@ enum Command {
 async fn main() -> ExitCode {
     let result = match Args::parse().command {
         Command::Demo { signin } => {
-            passage_telemetry::init_logging("warn");
-            demo::run(signin).await
+            match passage_telemetry::init("passage-demo", env!("CARGO_PKG_VERSION"), "warn") {
+                // Kept until the demo ends, so its last spans are flushed.
+                Ok(_telemetry) => demo::run(signin).await,
+                Err(err) => Err(err.to_string()),
+            }
         }
         Command::Signin {
             gateway,

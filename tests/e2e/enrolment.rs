@@ -4,7 +4,9 @@
 use std::time::{Duration, Instant};
 
 use passage_pki::{AgentIdentity, TenantCa, agent_csr};
-use passage_tests::{Cluster, ClusterOptions, slapd::DOMAIN, slapd::default_users};
+use passage_tests::{
+    Cluster, ClusterOptions, otlp::ReceivedSpan, slapd::DOMAIN, slapd::default_users,
+};
 
 fn secure() -> ClusterOptions {
     ClusterOptions {
@@ -173,10 +175,11 @@ async fn revoking_an_agent_cuts_its_stream_at_once_and_sign_ins_fail_over() {
 }
 
 /// Signs in (right, wrong and empty password) through two enrolled agents, then looks for the
-/// passwords in every log and in a dump of the store.
+/// passwords in every log, in the exported traces and in a dump of the store.
 async fn no_password_is_stored_or_logged(postgres: bool) {
     let mut cluster = Cluster::start(ClusterOptions {
         postgres,
+        trace_export: true,
         ..secure()
     })
     .await;
@@ -214,8 +217,26 @@ async fn no_password_is_stored_or_logged(postgres: bool) {
         store_dump.contains(&first),
         "the dump holds the store's data"
     );
+    // Six sign-ins reach an agent (the empty password is refused at the gateway).
+    let collector = cluster.collector.as_ref().expect("trace export is on");
+    let count = |spans: &[ReceivedSpan], service: &str, name: &str| {
+        spans
+            .iter()
+            .filter(|s| s.service == service && s.name == name)
+            .count()
+    };
+    let spans = collector
+        .wait_for(Duration::from_secs(15), |spans| {
+            count(spans, "passage-gateway", "sign_in") >= 6
+                && count(spans, "passage-agent", "authenticate") >= 6
+        })
+        .await;
+    assert_eq!(count(&spans, "passage-gateway", "sign_in"), 6);
+    assert_eq!(count(&spans, "passage-dispatcher", "dispatch"), 6);
+    assert_eq!(count(&spans, "passage-agent", "authenticate"), 6);
     let mut places = vec![
         ("store dump", store_dump),
+        ("trace export", collector.dump()),
         ("gateway log", cluster.gateway.process.log()),
         ("dispatcher log", cluster.dispatcher.process.log()),
     ];

@@ -1,8 +1,14 @@
 //! What operators rely on: health and reflection on every gRPC server, one trace id across
-//! the three processes' logs, and no password in any log.
+//! the three processes' logs, one exported OpenTelemetry trace across the three processes,
+//! and no password in any log or exported span.
 
+use std::time::Duration;
+
+use passage_error_codes::ErrorCode;
 use passage_proto::v1::SignInRequest;
-use passage_tests::{Cluster, ClusterOptions, cluster::CLIENT_ID, slapd::default_users};
+use passage_tests::{
+    Cluster, ClusterOptions, TestUser, cluster::CLIENT_ID, otlp::ReceivedSpan, slapd::default_users,
+};
 use tonic::transport::Channel;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
@@ -77,28 +83,35 @@ async fn every_grpc_server_serves_health_and_reflection() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_trace_id_follows_a_sign_in_and_no_password_is_logged() {
-    let cluster = Cluster::start(ClusterOptions::default()).await;
-    let alice = default_users().remove(0);
-    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+/// Signs `user` in with the caller's trace context `traceparent`; the sign-in must succeed.
+async fn sign_in_traced(cluster: &Cluster, user: &TestUser, traceparent: &str) {
     let mut request = tonic::Request::new(SignInRequest {
-        username: alice.upn.clone(),
-        password: alice.password.clone(),
+        username: user.upn.clone(),
+        password: user.password.clone(),
         client_id: CLIENT_ID.into(),
         client_ip: String::new(),
     });
-    request.metadata_mut().insert(
-        "traceparent",
-        format!("00-{trace_id}-00f067aa0ba902b7-01")
-            .parse()
-            .unwrap(),
-    );
+    request
+        .metadata_mut()
+        .insert("traceparent", traceparent.parse().unwrap());
     cluster
         .gateway_client()
         .sign_in(request)
         .await
         .expect("sign-in");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_trace_id_follows_a_sign_in_and_no_password_is_logged() {
+    let cluster = Cluster::start(ClusterOptions::default()).await;
+    let alice = default_users().remove(0);
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    sign_in_traced(
+        &cluster,
+        &alice,
+        &format!("00-{trace_id}-00f067aa0ba902b7-01"),
+    )
+    .await;
     // A wrong password and an empty one must not be logged either.
     let _ = cluster.sign_in(&alice.upn, "Wrong-Secret-Attempt-9").await;
     let _ = cluster.sign_in(&alice.upn, "").await;
@@ -119,6 +132,96 @@ async fn one_trace_id_follows_a_sign_in_and_no_password_is_logged() {
                 "{name} log contains a password:\n{log}"
             );
         }
+    }
+}
+
+/// The one span of `trace_id` named `name` sent by `service`.
+fn span<'a>(
+    spans: &'a [ReceivedSpan],
+    trace_id: &str,
+    service: &str,
+    name: &str,
+) -> &'a ReceivedSpan {
+    let found: Vec<_> = spans
+        .iter()
+        .filter(|s| s.trace_id == trace_id && s.service == service && s.name == name)
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "one {service} span {name} in trace {trace_id}; received: {spans:#?}"
+    );
+    found[0]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sign_in_is_one_exported_trace_across_the_three_processes() {
+    let cluster = Cluster::start(ClusterOptions {
+        trace_export: true,
+        ..ClusterOptions::default()
+    })
+    .await;
+    let collector = cluster.collector.as_ref().expect("trace export is on");
+    let alice = default_users().remove(0);
+    let trace_id = "0af7651916cd43dd8448eb211c80319c";
+    let caller_span = "b7ad6b7169203331";
+    sign_in_traced(&cluster, &alice, &format!("00-{trace_id}-{caller_span}-01")).await;
+    let wrong = "Wrong-Secret-In-A-Trace-4";
+    let status = cluster.sign_in(&alice.upn, wrong).await.unwrap_err();
+    assert_eq!(ErrorCode::of(&status), Some(ErrorCode::InvalidCredentials));
+
+    // Both sign-ins reach the agent's directory call; batches leave every 100 ms.
+    let spans = collector
+        .wait_for(Duration::from_secs(15), |spans| {
+            spans
+                .iter()
+                .filter(|s| s.service == "passage-agent" && s.name == "authenticate")
+                .count()
+                >= 2
+                && spans
+                    .iter()
+                    .filter(|s| s.service == "passage-gateway" && s.name == "sign_in")
+                    .count()
+                    >= 2
+        })
+        .await;
+
+    // The caller's context → gateway → dispatcher → relay hop → agent → decrypt and bind.
+    let sign_in = span(&spans, trace_id, "passage-gateway", "sign_in");
+    assert_eq!(sign_in.parent_span_id, caller_span);
+    assert_eq!(sign_in.attributes["username"], alice.upn);
+    assert_eq!(sign_in.attributes["client_id"], CLIENT_ID);
+    let dispatch = span(&spans, trace_id, "passage-dispatcher", "dispatch");
+    assert_eq!(dispatch.parent_span_id, sign_in.span_id);
+    let relay = span(&spans, trace_id, "passage-dispatcher", "relay");
+    assert_eq!(relay.parent_span_id, dispatch.span_id);
+    assert_eq!(relay.attributes["agent_id"], cluster.agents[0].agent_id);
+    let validate = span(&spans, trace_id, "passage-agent", "validate");
+    assert_eq!(validate.parent_span_id, relay.span_id);
+    for step in ["decrypt", "authenticate"] {
+        let child = span(&spans, trace_id, "passage-agent", step);
+        assert_eq!(child.parent_span_id, validate.span_id, "{step}");
+    }
+
+    // The second sign-in came without a context: a new root, followed the same way, and
+    // marked failed with its error code.
+    let failed = spans
+        .iter()
+        .find(|s| s.name == "sign_in" && s.trace_id != trace_id)
+        .expect("the failed sign-in's span");
+    assert_eq!(failed.parent_span_id, "", "a root span");
+    assert_eq!(
+        failed.attributes["error_code"],
+        ErrorCode::InvalidCredentials.as_str()
+    );
+    let failed_dispatch = span(&spans, &failed.trace_id, "passage-dispatcher", "dispatch");
+    assert_eq!(failed_dispatch.parent_span_id, failed.span_id);
+    span(&spans, &failed.trace_id, "passage-agent", "authenticate");
+
+    let exported = collector.dump();
+    assert!(exported.contains(&alice.upn), "the dump holds the spans");
+    for secret in [alice.password.as_str(), wrong] {
+        assert!(!exported.contains(secret), "a password was exported");
     }
 }
 

@@ -1,7 +1,7 @@
 //! Finding (and if needed building) the binaries under test, and running them.
 
 use std::{
-    io::{BufRead, BufReader},
+    io::{BufRead, BufReader, Read},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{OnceLock, mpsc},
@@ -49,18 +49,47 @@ pub fn bin_dir() -> &'static Path {
     })
 }
 
-/// Runs `bin_dir()/name args` to completion: (success, stdout, stderr).
+/// Runs `bin_dir()/name args` to completion: (success, stdout, stderr). A command still running
+/// after a minute is killed and the test fails, rather than hanging the suite.
 pub fn run_to_end(name: &str, args: &[&str]) -> (bool, String, String) {
-    let output = Command::new(bin_dir().join(name))
+    let mut child = Command::new(bin_dir().join(name))
         .args(args)
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap_or_else(|err| panic!("running {name}: {err}"));
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut text = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut text);
+            }
+            String::from_utf8_lossy(&text).into_owned()
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as _));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for the command") {
+            break Some(status);
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (stdout, stderr) = (
+        stdout.join().unwrap_or_default(),
+        stderr.join().unwrap_or_default(),
+    );
+    let Some(status) = status else {
+        panic!("{name} {args:?} still running after 60 s; stderr:\n{stderr}");
+    };
+    (status.success(), stdout, stderr)
 }
 
 /// A child process killed when dropped, whose stderr goes to a log file.
@@ -73,13 +102,14 @@ pub struct Process {
 }
 
 impl Process {
-    /// Starts `bin_dir()/name args`, logging stderr to `log_path`, and waits (up to 30 s) for its
-    /// first stdout line.
-    pub fn start(name: &str, args: &[&str], log_path: &Path) -> Self {
+    /// Starts `bin_dir()/name args` with `env` added to its environment, logging stderr to
+    /// `log_path`, and waits (up to 30 s) for its first stdout line.
+    pub fn start(name: &str, args: &[&str], env: &[(String, String)], log_path: &Path) -> Self {
         let log = std::fs::File::create(log_path).expect("creating the process log");
         let mut child = Command::new(bin_dir().join(name))
             .args(args)
             .env("RUST_LOG", "info")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)

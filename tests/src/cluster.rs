@@ -17,6 +17,7 @@ use tonic::{
 
 use crate::{
     bins::{Process, run_to_end},
+    otlp::Collector,
     postgres::Postgres,
     slapd::{self, ADMIN_DN, ADMIN_PASSWORD, DOMAIN, GROUPS_DN, PEOPLE_DN, Slapd, TestUser},
 };
@@ -50,6 +51,9 @@ pub struct ClusterOptions {
     /// With `enrolment`, the lifetime of agent certificates in seconds (agents then check
     /// for renewal every 300 ms and a group's renewals are spaced by one second).
     pub certificate_lifetime_s: Option<u64>,
+    /// Start a private OTLP receiver ([`Cluster::collector`]) and have every process export
+    /// its spans to it.
+    pub trace_export: bool,
 }
 
 impl Default for ClusterOptions {
@@ -65,6 +69,7 @@ impl Default for ClusterOptions {
             enrolment: false,
             postgres: false,
             certificate_lifetime_s: None,
+            trace_export: false,
         }
     }
 }
@@ -84,6 +89,7 @@ impl DispatcherProcess {
         agent_listen: &str,
         api_listen: &str,
         config: Option<&std::path::Path>,
+        env: &[(String, String)],
         log: &std::path::Path,
     ) -> Self {
         let mut args = vec!["--agent-listen", agent_listen, "--api-listen", api_listen];
@@ -91,7 +97,7 @@ impl DispatcherProcess {
             Some(config) => args.extend(["--config", config.to_str().expect("utf-8 path")]),
             None => args.push("--insecure-plaintext"),
         }
-        let process = Process::start("passage-dispatcher", &args, log);
+        let process = Process::start("passage-dispatcher", &args, env, log);
         let scheme = if config.is_some() { "https" } else { "http" };
         Self {
             agent_url: format!("{scheme}://{}", process.ready_value("agents")),
@@ -138,6 +144,10 @@ pub struct Cluster {
     pub postgres: Option<Postgres>,
     /// An HTTP CONNECT proxy that agents configured from now on go through.
     pub agent_proxy: Option<String>,
+    /// The OTLP receiver the processes export to, when `trace_export`.
+    pub collector: Option<Collector>,
+    /// Environment every process is started with.
+    process_env: Vec<(String, String)>,
 }
 
 async fn channel(url: &str, tls: Option<&ClientTlsConfig>) -> Channel {
@@ -178,6 +188,14 @@ impl Cluster {
     pub async fn start(options: ClusterOptions) -> Self {
         let dir = tempfile::tempdir().expect("cluster temp dir");
         let slapd = Slapd::start_with(&options.users, options.slapd_stats_log);
+        let collector = match options.trace_export {
+            true => Some(Collector::start().await),
+            false => None,
+        };
+        let process_env = collector
+            .as_ref()
+            .map(Collector::process_env)
+            .unwrap_or_default();
 
         let postgres = (options.enrolment && options.postgres).then(Postgres::start);
         let store_url = match &postgres {
@@ -191,6 +209,7 @@ impl Cluster {
             "127.0.0.1:0",
             "127.0.0.1:0",
             dispatcher_config.as_deref(),
+            &process_env,
             &dir.path().join("dispatcher.log"),
         );
 
@@ -227,6 +246,7 @@ impl Cluster {
         let gateway = Process::start(
             "passage-gateway",
             &["--config", gateway_config.to_str().expect("utf-8 path")],
+            &process_env,
             &dir.path().join("gateway.log"),
         );
         let scheme = if options.enrolment { "https" } else { "http" };
@@ -250,6 +270,8 @@ impl Cluster {
             store_url,
             postgres,
             agent_proxy: None,
+            collector,
+            process_env,
         };
         for _ in 0..cluster.options.agents {
             cluster.add_agent().await;
@@ -390,6 +412,7 @@ impl Cluster {
         let process = Process::start(
             "passage-agent",
             &["run", "--config", config.to_str().expect("utf-8 path")],
+            &self.process_env,
             &self.dir.path().join(format!("agent-{index}.log")),
         );
         let agent_id = process.ready_value("agent_id");
@@ -425,6 +448,7 @@ impl Cluster {
             &agent,
             &api,
             config.as_deref(),
+            &self.process_env,
             &self.dir.path().join("dispatcher-2.log"),
         );
         clean

@@ -1,178 +1,51 @@
-//! Logging and trace context.
+//! Logging, trace export and trace context.
 //!
 //! Every process logs structured `tracing` events to stderr (`RUST_LOG` filters,
-//! `PASSAGE_LOG_FORMAT=json` for JSON lines). A sign-in carries one W3C trace id from the
+//! `PASSAGE_LOG_FORMAT=json` for JSON lines). A sign-in carries one W3C trace context from the
 //! gateway through the dispatcher into the agent — in gRPC metadata where there is a call, in
-//! the [`TraceContext`] field of stream messages where there is not — so the three processes'
-//! log lines for one sign-in share a `trace_id`.
+//! the [`TraceContext`](passage_proto::v1::TraceContext) field of stream messages where there
+//! is not — so the three processes' log lines for one sign-in share a `trace_id`.
+//!
+//! With an OTLP endpoint configured through the standard `OTEL_*` variables, [`init`] also
+//! exports the spans over OTLP/gRPC: the gateway's `sign_in` span is the parent of the
+//! dispatcher's `dispatch` span, whose per-agent `relay` span is the parent of the agent's
+//! `validate` span, which covers `decrypt` and `authenticate` (the directory). See
+//! `docs/observability.md`.
 
-use std::fmt::Write as _;
+mod export;
+mod traceparent;
 
-use aws_lc_rs::rand::{SecureRandom, SystemRandom};
-use passage_proto::v1::TraceContext;
-use tracing_subscriber::{EnvFilter, fmt};
+pub use export::{Telemetry, TelemetryError, init};
+pub use traceparent::{TraceParent, join_trace};
 
-/// Installs the global subscriber once; later calls do nothing (tests, the all-in-one demo).
-pub fn init_logging(default_filter: &str) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+use tracing_subscriber::{EnvFilter, Layer, Registry, fmt};
+
+/// The stderr log layer: compact text, or JSON lines with `PASSAGE_LOG_FORMAT=json`.
+fn log_layer<S>() -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
     let json = std::env::var("PASSAGE_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
     // Colour codes only for a terminal: in files they are noise, and cost measurable CPU.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi);
-    let _ = if json {
-        builder.json().flatten_event(true).try_init()
+    let layer = fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
+    if json {
+        layer.json().flatten_event(true).boxed()
     } else {
-        builder.compact().try_init()
-    };
-}
-
-/// A parsed W3C `traceparent`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TraceParent {
-    /// 16-byte trace id.
-    pub trace_id: [u8; 16],
-    /// 8-byte id of the parent span.
-    pub span_id: [u8; 8],
-    /// Trace flags (bit 0: sampled).
-    pub flags: u8,
-}
-
-impl TraceParent {
-    /// A new root: random trace id and span id, sampled.
-    pub fn new_root() -> Self {
-        let mut bytes = [0u8; 24];
-        // The system RNG failing is not recoverable anywhere in the process.
-        SystemRandom::new()
-            .fill(&mut bytes)
-            .expect("system random source");
-        let mut trace_id = [0u8; 16];
-        let mut span_id = [0u8; 8];
-        trace_id.copy_from_slice(&bytes[..16]);
-        span_id.copy_from_slice(&bytes[16..]);
-        Self {
-            trace_id,
-            span_id,
-            flags: 1,
-        }
-    }
-
-    /// The same trace with a new span id: the context a callee sees as its parent.
-    pub fn child(&self) -> Self {
-        let mut next = Self::new_root();
-        next.trace_id = self.trace_id;
-        next.flags = self.flags;
-        next
-    }
-
-    /// Parses `00-<trace id>-<span id>-<flags>`; `None` for anything malformed or all-zero.
-    pub fn parse(text: &str) -> Option<Self> {
-        let mut parts = text.trim().split('-');
-        let (version, trace, span, flags) =
-            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-        if version != "00" || parts.next().is_some() {
-            return None;
-        }
-        let trace_id: [u8; 16] = hex_decode(trace)?.try_into().ok()?;
-        let span_id: [u8; 8] = hex_decode(span)?.try_into().ok()?;
-        let flags = *hex_decode(flags)?.first()?;
-        if trace_id == [0; 16] || span_id == [0; 8] {
-            return None;
-        }
-        Some(Self {
-            trace_id,
-            span_id,
-            flags,
-        })
-    }
-
-    /// Parses the context from a message field, or starts a new root when absent or malformed.
-    pub fn from_message_or_root(context: Option<&TraceContext>) -> Self {
-        context
-            .and_then(|c| Self::parse(&c.traceparent))
-            .unwrap_or_else(Self::new_root)
-    }
-
-    /// The trace id as 32 lower-case hex characters (what log lines carry).
-    pub fn trace_id_hex(&self) -> String {
-        hex_encode(&self.trace_id)
-    }
-
-    /// This context as a message field.
-    pub fn to_message(&self) -> TraceContext {
-        TraceContext {
-            traceparent: self.to_string(),
-            tracestate: String::new(),
-        }
+        layer.compact().boxed()
     }
 }
 
-impl std::fmt::Display for TraceParent {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "00-{}-{}-{:02x}",
-            hex_encode(&self.trace_id),
-            hex_encode(&self.span_id),
-            self.flags
-        )
-    }
+fn env_filter(default_filter: &str) -> EnvFilter {
+    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter))
 }
 
-fn hex_encode(bytes: &[u8]) -> String {
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
-            let _ = write!(out, "{b:02x}");
-            out
-        })
-}
-
-fn hex_decode(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2)
-        || !text
-            .bytes()
-            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-    {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn traceparent_round_trips_and_children_share_the_trace() {
-        let root = TraceParent::new_root();
-        let parsed = TraceParent::parse(&root.to_string()).unwrap();
-        assert_eq!(parsed, root);
-        let child = root.child();
-        assert_eq!(child.trace_id, root.trace_id);
-        assert_ne!(child.span_id, root.span_id);
-    }
-
-    #[test]
-    fn malformed_traceparents_are_rejected() {
-        for bad in [
-            "",
-            "00-abc-def-01",
-            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
-            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
-        ] {
-            assert!(TraceParent::parse(bad).is_none(), "{bad}");
-        }
-        assert!(
-            TraceParent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").is_some()
-        );
-    }
+/// Installs the global log subscriber (no trace export) once; later calls do nothing. For
+/// short-lived commands; services call [`init`].
+pub fn init_logging(default_filter: &str) {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let _ = Registry::default()
+        .with(log_layer().with_filter(env_filter(default_filter)))
+        .try_init();
 }

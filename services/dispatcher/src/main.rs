@@ -28,7 +28,14 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    passage_telemetry::init_logging("info");
+    let _telemetry =
+        match passage_telemetry::init("passage-dispatcher", env!("CARGO_PKG_VERSION"), "info") {
+            Ok(telemetry) => telemetry,
+            Err(err) => {
+                eprintln!("passage-dispatcher: {err}");
+                return ExitCode::FAILURE;
+            }
+        };
     let args = Args::parse();
     let mut config: DispatcherConfig = match &args.config {
         Some(path) => match std::fs::read_to_string(path)

@@ -8,7 +8,7 @@ use passage_proto::v1::{
     ValidateResponse, ValidationAnswer, ValidationOutcome, ValidationTask,
     dispatcher_server::Dispatcher,
 };
-use passage_telemetry::TraceParent;
+use passage_telemetry::{TraceParent, join_trace};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
@@ -127,16 +127,26 @@ impl RelayService {
         let mut rejected = None;
         for (connection, ciphertext) in candidates {
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let agent_id = connection.identity.agent_id.clone();
+            // One span per agent tried: a retry after a lost agent shows as a second hop.
+            let hop = tracing::info_span!("relay", otel.kind = "client", %agent_id);
             let task = ValidationTask {
                 request_id: 0,
                 username: request.username.clone(),
                 tenant: request.tenant.clone(),
                 ciphertext,
                 timeout_ms: remaining.as_millis() as u32,
-                trace: Some(trace.child().to_message()),
+                trace: Some(
+                    TraceParent::of_span(&hop)
+                        .unwrap_or_else(|| trace.child())
+                        .to_message(),
+                ),
             };
-            let agent_id = connection.identity.agent_id.clone();
-            match self.try_candidate(&connection, task, deadline).await {
+            let attempt = self
+                .try_candidate(&connection, task, deadline)
+                .instrument(hop)
+                .await;
+            match attempt {
                 Attempt::Answered(answer) => {
                     let outcome = ValidationOutcome::try_from(answer.outcome).unwrap_or_default();
                     let error = AgentError::try_from(answer.error).unwrap_or_default();
@@ -213,6 +223,11 @@ impl Dispatcher for RelayService {
             .and_then(|v| v.to_str().ok())
             .and_then(grpc_timeout)
             .map_or(self.default_timeout, |t| t.min(self.default_timeout));
+        let caller_trace = request
+            .metadata()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .and_then(TraceParent::parse);
         let started = tokio::time::Instant::now();
         let deadline = started + timeout;
         let request = request.into_inner();
@@ -229,12 +244,16 @@ impl Dispatcher for RelayService {
         {
             return Err(ErrorCode::InvalidRequest.status("ciphertext too large"));
         }
-        let trace = TraceParent::from_message_or_root(request.trace.as_ref());
         let span = tracing::info_span!(
             "dispatch",
-            trace_id = %trace.trace_id_hex(),
+            otel.kind = "server",
+            trace_id = tracing::field::Empty,
             username = %request.username,
             connector_group = %request.connector_group,
+        );
+        let trace = join_trace(
+            &span,
+            TraceParent::from_message(request.trace.as_ref()).or(caller_trace),
         );
         self.relay(request, trace, timeout, started, deadline)
             .instrument(span)

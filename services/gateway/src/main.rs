@@ -25,7 +25,14 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    passage_telemetry::init_logging("info");
+    let _telemetry =
+        match passage_telemetry::init("passage-gateway", env!("CARGO_PKG_VERSION"), "info") {
+            Ok(telemetry) => telemetry,
+            Err(err) => {
+                eprintln!("passage-gateway: {err}");
+                return ExitCode::FAILURE;
+            }
+        };
     let args = Args::parse();
     let mut config: GatewayConfig = match std::fs::read_to_string(&args.config)
         .map_err(|e| e.to_string())

@@ -13,7 +13,7 @@ use passage_proto::v1::{
     SealedPassword, SignInRequest, SignInResponse, ValidateRequest, ValidateResponse,
     ValidationOutcome, dispatcher_client::DispatcherClient, gateway_server::Gateway,
 };
-use passage_telemetry::TraceParent;
+use passage_telemetry::{TraceParent, join_trace};
 use passage_tokens::{Subject, TokenIssuer};
 use tonic::{Request, Response, Status, transport::Channel};
 use tracing::Instrument;
@@ -195,7 +195,7 @@ impl SignInService {
             connector_group: group.to_owned(),
             username: request.username.as_str().to_owned(),
             candidates,
-            trace: Some(trace.child().to_message()),
+            trace: Some(trace.to_message()),
         });
         call.set_timeout(self.validation_timeout);
         if let Ok(value) = trace.to_string().parse() {
@@ -249,21 +249,24 @@ impl Gateway for SignInService {
         request: Request<SignInRequest>,
     ) -> Result<Response<SignInResponse>, Status> {
         let started = Instant::now();
-        let trace = request
+        let caller_trace = request
             .metadata()
             .get("traceparent")
             .and_then(|v| v.to_str().ok())
-            .and_then(TraceParent::parse)
-            .map_or_else(TraceParent::new_root, |parent| parent.child());
+            .and_then(TraceParent::parse);
         let request = self.check(request.into_inner())?;
         let group = self.route(&request.username)?;
         let span = tracing::info_span!(
             "sign_in",
-            trace_id = %trace.trace_id_hex(),
+            otel.kind = "server",
+            otel.status_code = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
             username = %request.username,
             client_id = %request.client_id,
             connector_group = %group,
+            error_code = tracing::field::Empty,
         );
+        let trace = join_trace(&span, caller_trace);
         self.sign_in_checked(request, group, trace, started)
             .instrument(span)
             .await
@@ -326,6 +329,9 @@ impl SignInService {
             }
             Err(status) => {
                 let code = ErrorCode::of(&status).map_or("-", ErrorCode::as_str);
+                let span = tracing::Span::current();
+                span.record("error_code", code);
+                span.record("otel.status_code", "ERROR");
                 tracing::info!(target: "passage::signin_log", outcome = "failure", error_code = code, %client_ip, elapsed_ms, "sign-in");
                 Err(status)
             }
