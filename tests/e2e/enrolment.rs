@@ -228,6 +228,7 @@ async fn no_password_is_stored_or_logged(postgres: bool) {
     let spans = collector
         .wait_for(Duration::from_secs(15), |spans| {
             count(spans, "passage-gateway", "sign_in") >= 6
+                && count(spans, "passage-dispatcher", "dispatch") >= 6
                 && count(spans, "passage-agent", "authenticate") >= 6
         })
         .await;

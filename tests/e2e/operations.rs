@@ -170,19 +170,25 @@ async fn a_sign_in_is_one_exported_trace_across_the_three_processes() {
     let status = cluster.sign_in(&alice.upn, wrong).await.unwrap_err();
     assert_eq!(ErrorCode::of(&status), Some(ErrorCode::InvalidCredentials));
 
-    // Both sign-ins reach the agent's directory call; batches leave every 100 ms.
+    // Both sign-ins reach the agent's directory call; each process sends its batches every
+    // 100 ms.
+    let steps = [
+        ("passage-gateway", "sign_in"),
+        ("passage-dispatcher", "dispatch"),
+        ("passage-dispatcher", "relay"),
+        ("passage-agent", "validate"),
+        ("passage-agent", "decrypt"),
+        ("passage-agent", "authenticate"),
+    ];
     let spans = collector
         .wait_for(Duration::from_secs(15), |spans| {
-            spans
-                .iter()
-                .filter(|s| s.service == "passage-agent" && s.name == "authenticate")
-                .count()
-                >= 2
-                && spans
+            steps.iter().all(|(service, name)| {
+                spans
                     .iter()
-                    .filter(|s| s.service == "passage-gateway" && s.name == "sign_in")
+                    .filter(|s| s.service == *service && s.name == *name)
                     .count()
                     >= 2
+            })
         })
         .await;
 

@@ -7,10 +7,7 @@ use opentelemetry::{KeyValue, trace::TracerProvider as _};
 use opentelemetry_otlp::{SpanExporter, WithTonicConfig as _};
 use opentelemetry_sdk::{Resource, trace::SdkTracerProvider};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
-use tracing_subscriber::{
-    Layer as _, Registry, filter::filter_fn, layer::SubscriberExt as _,
-    util::SubscriberInitExt as _,
-};
+use tracing_subscriber::{Registry, layer::SubscriberExt as _, util::SubscriberInitExt as _};
 
 /// Why the telemetry settings cannot be used. The process should refuse to start: an operator
 /// who asked for traces wants to know at once that none will arrive.
@@ -93,30 +90,37 @@ pub fn init(
     } else {
         None
     };
-    // Spans are exported at `info` and above whatever `RUST_LOG` keeps for the log (the
-    // demo logs only warnings but still exports its sign-in spans), except the transport's
-    // own: the exporter must not trace itself into a loop.
-    let otel = provider.as_ref().map(|provider| {
-        tracing_opentelemetry::layer()
-            .with_tracer(provider.tracer("passage"))
-            .with_filter(filter_fn(|metadata| {
-                *metadata.level() <= tracing::Level::INFO && !is_transport(metadata.target())
-            }))
-    });
+    // One global filter decides for the log and the export alike: per-layer filters lost
+    // spans under load in our tests. With export on and no `RUST_LOG`, it keeps `info`, so
+    // the quiet demo still exports its sign-in spans.
+    let mut filter = match &provider {
+        Some(_) if std::env::var_os("RUST_LOG").is_none() => super::env_filter("info"),
+        _ => super::env_filter(default_filter),
+    };
+    if provider.is_some() {
+        // The exporter's own transport must not trace itself into a loop.
+        for directive in [
+            "h2=info",
+            "hyper=info",
+            "hyper_util=info",
+            "tower=info",
+            "tonic=info",
+        ] {
+            filter = filter.add_directive(directive.parse().expect("a valid directive"));
+        }
+    }
+    let otel = provider
+        .as_ref()
+        .map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer("passage")));
     let installed = Registry::default()
-        .with(super::log_layer().with_filter(super::env_filter(default_filter)))
+        .with(filter)
+        .with(super::log_layer())
         .with(otel)
         .try_init()
         .is_ok();
     Ok(Telemetry {
         provider: provider.filter(|_| installed),
     })
-}
-
-fn is_transport(target: &str) -> bool {
-    ["h2", "hyper", "tower", "tonic", "opentelemetry"]
-        .iter()
-        .any(|prefix| target.starts_with(prefix))
 }
 
 /// Reads a variable; unit tests pass their own.

@@ -46,6 +46,7 @@ pub fn init_logging(default_filter: &str) {
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
     let _ = Registry::default()
-        .with(log_layer().with_filter(env_filter(default_filter)))
+        .with(env_filter(default_filter))
+        .with(log_layer())
         .try_init();
 }
