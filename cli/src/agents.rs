@@ -74,7 +74,8 @@ fn when(unix: i64) -> String {
         s if s < 172_800 => (s / 3600, "h"),
         s => (s / 86_400, "d"),
     };
-    if delta >= 0 {
+    // A heartbeat reported this very second is "0 s ago", not "in 0 s".
+    if delta > 0 {
         format!("in {n} {unit}")
     } else {
         format!("{n} {unit} ago")
