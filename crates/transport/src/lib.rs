@@ -6,6 +6,7 @@
 //! and Kubernetes probes work out of the box.
 
 pub mod proxy;
+pub mod tls;
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
@@ -80,44 +81,21 @@ fn read(path: &PathBuf) -> Result<Vec<u8>, TransportError> {
     })
 }
 
-/// A tonic server builder speaking TLS with `tls`, or plaintext when `insecure_plaintext`.
+/// A tonic server builder speaking TLS with `tls` (clients must present a certificate from
+/// `tls.client_ca_file` when it is set), or plaintext when `insecure_plaintext`.
 pub fn server_builder(
     name: &'static str,
     tls: Option<&ServerTls>,
     insecure_plaintext: bool,
 ) -> Result<Server, TransportError> {
-    server_builder_with_client_cas(name, tls, None, insecure_plaintext)
-}
-
-/// Like [`server_builder`], also accepting client certificates issued by the CAs in
-/// `client_cas_pem` (a PEM bundle, e.g. the tenant CAs). A client without a certificate is
-/// still let in — enrolment needs that — so services must check `peer_certs()` themselves.
-pub fn server_builder_with_client_cas(
-    name: &'static str,
-    tls: Option<&ServerTls>,
-    client_cas_pem: Option<&str>,
-    insecure_plaintext: bool,
-) -> Result<Server, TransportError> {
-    let builder = Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(20)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .tcp_nodelay(true);
+    let builder = plaintext_builder();
     match (tls, insecure_plaintext) {
         (Some(tls), _) => {
             check_key_permissions(&tls.key_file)?;
             let identity = Identity::from_pem(read(&tls.cert_file)?, read(&tls.key_file)?);
             let mut config = ServerTlsConfig::new().identity(identity);
-            let mut roots = Vec::new();
             if let Some(ca) = &tls.client_ca_file {
-                roots.extend(read(ca)?);
-                roots.push(b'\n');
-            }
-            if let Some(bundle) = client_cas_pem {
-                roots.extend_from_slice(bundle.as_bytes());
-                config = config.client_auth_optional(true);
-            }
-            if !roots.is_empty() {
-                config = config.client_ca_root(Certificate::from_pem(roots));
+                config = config.client_ca_root(Certificate::from_pem(read(ca)?));
             }
             builder
                 .tls_config(config)
@@ -126,6 +104,15 @@ pub fn server_builder_with_client_cas(
         (None, true) => Ok(builder),
         (None, false) => Err(TransportError::NoTls(name)),
     }
+}
+
+/// A tonic server builder with Passage's connection settings and no TLS: for listeners whose
+/// TLS is done by a [`tls::TlsListener`], and for the development flag.
+pub fn plaintext_builder() -> Server {
+    Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .tcp_nodelay(true)
 }
 
 fn check_key_permissions(path: &std::path::Path) -> Result<(), TransportError> {

@@ -1,6 +1,9 @@
 //! Enrolment: one-time tokens, tenant CAs, and `AgentEnrolment.Enrol`.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use aws_lc_rs::{
     digest::{SHA256, digest},
@@ -12,6 +15,8 @@ use passage_pki::{AgentIdentity, TenantCa, check_name};
 use passage_proto::v1::{EnrolRequest, EnrolResponse, agent_enrolment_server::AgentEnrolment};
 use passage_store::{AgentRecord, EnrolmentToken, Store, StoreError, StoredCa, TokenRefusal};
 use tonic::{Request, Response, Status};
+
+use crate::tunnel::AgentTrust;
 
 /// Prefix of enrolment tokens, so they are recognisable in a secret scanner.
 pub const TOKEN_PREFIX: &str = "pet_";
@@ -103,14 +108,21 @@ pub async fn tenant_ca(store: &Store, tenant: &str) -> Result<TenantCa, Status> 
 pub struct EnrolmentService {
     store: Store,
     certificate_lifetime: Duration,
+    trust: Option<Arc<AgentTrust>>,
 }
 
 impl EnrolmentService {
-    /// Enrols into `store`, issuing certificates valid for `certificate_lifetime`.
-    pub fn new(store: Store, certificate_lifetime: Duration) -> Self {
+    /// Enrols into `store`, issuing certificates valid for `certificate_lifetime`. With
+    /// `trust`, this replica trusts a new tenant's agents as soon as it enrols the first.
+    pub fn new(
+        store: Store,
+        certificate_lifetime: Duration,
+        trust: Option<Arc<AgentTrust>>,
+    ) -> Self {
         Self {
             store,
             certificate_lifetime,
+            trust,
         }
     }
 }
@@ -194,12 +206,20 @@ impl AgentEnrolment for EnrolmentService {
             serial = %issued.certified.serial,
             "agent enrolled"
         );
+        let ca_pem = ca.cert_pem().to_owned();
+        if let Some(trust) = &self.trust
+            && !trust.knows(&identity.tenant)
+            && let Err(err) = trust.learn(&identity.tenant, ca)
+        {
+            // Other replicas, and this one's next poll, still pick the tenant up.
+            tracing::error!(tenant = %identity.tenant, error = %err, "could not trust the new tenant's CA");
+        }
         Ok(Response::new(EnrolResponse {
             agent_id: identity.agent_id,
             tenant: identity.tenant,
             connector_group: identity.connector_group,
             certificate_pem: issued.cert_pem,
-            ca_pem: ca.cert_pem().to_owned(),
+            ca_pem,
         }))
     }
 }

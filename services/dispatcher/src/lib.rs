@@ -13,7 +13,7 @@ pub mod registry;
 pub mod relay;
 pub mod tunnel;
 
-use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
 
 use std::collections::HashMap;
 
@@ -23,7 +23,10 @@ use passage_proto::v1::{
     dispatcher_server::DispatcherServer,
 };
 use passage_store::Store;
-use passage_transport::{ServerTls, TransportError};
+use passage_transport::{
+    ServerTls, TransportError,
+    tls::{self, ClientCas, TlsListener},
+};
 use serde::Deserialize;
 use tonic::transport::server::TcpIncoming;
 
@@ -60,8 +63,9 @@ pub struct DispatcherConfig {
     /// The shared store (`sqlite://...` or `postgres://...`). With it, agents enrol and must
     /// connect with their certificate; without it (development), an agent's hello is believed.
     pub store_url: Option<String>,
-    /// Tenants whose CAs are loaded (and created if missing) at start. Dispatchers read tenant
-    /// CAs at start: after adding a tenant, restart them.
+    /// Tenants whose CAs are loaded (and created if missing) at start. Tenants created later
+    /// (by `passage agent token create --tenant`) are picked up within `tenant_poll_ms`, or
+    /// at once by the replica that enrols their first agent.
     pub tenants: Vec<String>,
     /// Lifetime of agent certificates issued at enrolment and renewal, in seconds.
     pub agent_certificate_lifetime_s: u64,
@@ -70,6 +74,8 @@ pub struct DispatcherConfig {
     pub renewal_spacing_ms: u64,
     /// How often revocations are read from the store, in milliseconds.
     pub revocation_poll_ms: u64,
+    /// How often new tenants are read from the store, in milliseconds.
+    pub tenant_poll_ms: u64,
 }
 
 impl Default for DispatcherConfig {
@@ -89,6 +95,7 @@ impl Default for DispatcherConfig {
             agent_certificate_lifetime_s: 180 * 24 * 3600,
             renewal_spacing_ms: 10_000,
             revocation_poll_ms: 500,
+            tenant_poll_ms: 5_000,
         }
     }
 }
@@ -98,9 +105,8 @@ pub struct BoundDispatcher {
     config: DispatcherConfig,
     store: Option<Store>,
     trust: Option<Arc<AgentTrust>>,
-    client_cas_pem: Option<String>,
     registry: Arc<AgentRegistry>,
-    agent_incoming: TcpIncoming,
+    agent_listener: AgentListener,
     api_incoming: TcpIncoming,
     agent_addr: SocketAddr,
     api_addr: SocketAddr,
@@ -120,9 +126,31 @@ pub enum DispatcherError {
     Config(String),
 }
 
+/// The agent listener: our own TLS acceptor (its client roots follow the tenants), or
+/// plaintext for development.
+enum AgentListener {
+    Tls(tokio::net::TcpListener, Arc<tls::RustlsServerConfig>),
+    Plaintext(TcpIncoming),
+}
+
 /// Binds both listeners (fails fast on missing TLS, an unusable store or a taken port).
 pub async fn bind(config: DispatcherConfig) -> Result<BoundDispatcher, DispatcherError> {
-    let (store, trust, client_cas_pem) = match &config.store_url {
+    let extra_client_ca = match config
+        .agent_tls
+        .as_ref()
+        .and_then(|tls| tls.client_ca_file.as_ref())
+    {
+        Some(path) => {
+            Some(
+                std::fs::read_to_string(path).map_err(|source| TransportError::Read {
+                    path: path.clone(),
+                    source,
+                })?,
+            )
+        }
+        None => None,
+    };
+    let (store, trust) = match &config.store_url {
         Some(url) => {
             let store = Store::open(url).await?;
             let mut tenants = config.tenants.clone();
@@ -130,25 +158,22 @@ pub async fn bind(config: DispatcherConfig) -> Result<BoundDispatcher, Dispatche
             tenants.sort();
             tenants.dedup();
             let mut cas = HashMap::new();
-            let mut bundle = String::new();
             for tenant in tenants {
                 let ca = enrolment::tenant_ca(&store, &tenant)
                     .await
                     .map_err(|status| {
                         DispatcherError::Config(format!("tenant {tenant}: {}", status.message()))
                     })?;
-                bundle.push_str(ca.cert_pem());
-                bundle.push('\n');
                 cas.insert(tenant, ca);
             }
             let trust = match &config.agent_tls {
-                Some(_) => Some(Arc::new(AgentTrust {
-                    store: store.clone(),
+                Some(_) => Some(Arc::new(AgentTrust::new(
+                    store.clone(),
                     cas,
-                    certificate_lifetime: Duration::from_secs(config.agent_certificate_lifetime_s),
-                    renewal_spacing: Duration::from_millis(config.renewal_spacing_ms),
-                    last_renewal: Default::default(),
-                })),
+                    extra_client_ca.clone(),
+                    Duration::from_secs(config.agent_certificate_lifetime_s),
+                    Duration::from_millis(config.renewal_spacing_ms),
+                )?)),
                 None if config.insecure_plaintext => {
                     tracing::warn!(
                         "agent listener is plaintext: agent certificates are NOT checked (development only)"
@@ -157,31 +182,64 @@ pub async fn bind(config: DispatcherConfig) -> Result<BoundDispatcher, Dispatche
                 }
                 None => return Err(TransportError::NoTls("agent listener").into()),
             };
-            (Some(store), trust, Some(bundle))
+            (Some(store), trust)
         }
-        None => (None, None, None),
+        None => (None, None),
     };
     // Validate TLS material before binding anything.
-    passage_transport::server_builder_with_client_cas(
-        "agent listener",
-        config.agent_tls.as_ref(),
-        client_cas_pem.as_deref(),
-        config.insecure_plaintext,
-    )?;
+    let agent_tls = match &config.agent_tls {
+        Some(tls) => {
+            // Without a store there are no tenant CAs: the operator's CA, if any, is required.
+            let own_cas;
+            let client_cas = match (&trust, &extra_client_ca) {
+                (Some(trust), _) => Some(trust.client_cas()),
+                (None, Some(pem)) => {
+                    own_cas = ClientCas::new([pem.as_str()], true)?;
+                    Some(&own_cas)
+                }
+                (None, None) => None,
+            };
+            Some(
+                tls::server_config(&tls.cert_file, &tls.key_file, client_cas, &[b"h2"])
+                    .map_err(|e| TransportError::Config(format!("agent listener: {e}")))?,
+            )
+        }
+        None if config.insecure_plaintext => None,
+        None => return Err(TransportError::NoTls("agent listener").into()),
+    };
     passage_transport::server_builder(
         "api listener",
         config.api_tls.as_ref(),
         config.insecure_plaintext,
     )?;
-    let (agent_incoming, agent_addr) = passage_transport::bind(config.agent_listen).await?;
+    let (agent_listener, agent_addr) = match agent_tls {
+        Some(server_config) => {
+            let listener = tokio::net::TcpListener::bind(config.agent_listen)
+                .await
+                .map_err(|source| TransportError::Bind {
+                    addr: config.agent_listen,
+                    source,
+                })?;
+            let addr = listener
+                .local_addr()
+                .map_err(|source| TransportError::Bind {
+                    addr: config.agent_listen,
+                    source,
+                })?;
+            (AgentListener::Tls(listener, server_config), addr)
+        }
+        None => {
+            let (incoming, addr) = passage_transport::bind(config.agent_listen).await?;
+            (AgentListener::Plaintext(incoming), addr)
+        }
+    };
     let (api_incoming, api_addr) = passage_transport::bind(config.api_listen).await?;
     Ok(BoundDispatcher {
         config,
         store,
         trust,
-        client_cas_pem,
         registry: Arc::new(AgentRegistry::default()),
-        agent_incoming,
+        agent_listener,
         api_incoming,
         agent_addr,
         api_addr,
@@ -223,8 +281,15 @@ impl BoundDispatcher {
             AgentEnrolmentServer::new(EnrolmentService::new(
                 store,
                 Duration::from_secs(config.agent_certificate_lifetime_s),
+                self.trust.clone(),
             ))
         });
+        if let Some(trust) = self.trust.clone() {
+            tokio::spawn(watch_tenants(
+                trust,
+                Duration::from_millis(config.tenant_poll_ms),
+            ));
+        }
         if let Some(store) = self.store.clone() {
             tokio::spawn(watch_revocations(
                 store.clone(),
@@ -257,17 +322,25 @@ impl BoundDispatcher {
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };
-        let agent_server = passage_transport::server_builder_with_client_cas(
-            "agent listener",
-            config.agent_tls.as_ref(),
-            self.client_cas_pem.as_deref(),
-            config.insecure_plaintext,
-        )?
-        .add_service(agent_health)
-        .add_service(passage_transport::reflection()?)
-        .add_service(AgentTunnelServer::new(tunnel))
-        .add_optional_service(enrolment)
-        .serve_with_incoming_shutdown(self.agent_incoming, stopped(stop_rx.clone()));
+        let agent_router = passage_transport::plaintext_builder()
+            .add_service(agent_health)
+            .add_service(passage_transport::reflection()?)
+            .add_service(AgentTunnelServer::new(tunnel))
+            .add_optional_service(enrolment);
+        let agent_stopped = stopped(stop_rx.clone());
+        let agent_server: Pin<
+            Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>,
+        > = match self.agent_listener {
+            AgentListener::Tls(listener, server_config) => {
+                let incoming = TlsListener::new(listener, server_config)
+                    .map_err(|e| TransportError::Config(format!("agent listener: {e}")))?
+                    .into_incoming();
+                Box::pin(agent_router.serve_with_incoming_shutdown(incoming, agent_stopped))
+            }
+            AgentListener::Plaintext(incoming) => {
+                Box::pin(agent_router.serve_with_incoming_shutdown(incoming, agent_stopped))
+            }
+        };
         let api_server = passage_transport::server_builder(
             "api listener",
             config.api_tls.as_ref(),
@@ -314,6 +387,19 @@ impl BoundDispatcher {
                 let _ = tokio::time::timeout(Duration::from_secs(2), servers).await;
                 Ok(())
             }
+        }
+    }
+}
+
+/// Picks up tenants created after start (by the CLI or another replica), so their agents can
+/// connect without a restart.
+async fn watch_tenants(trust: Arc<AgentTrust>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(err) = trust.learn_new_tenants().await {
+            tracing::warn!(error = %err, "could not read new tenants from the store");
         }
     }
 }

@@ -1,8 +1,11 @@
 //! `AgentTunnel.Connect`: accepts agent streams and keeps the registry current.
 
-use std::{pin::Pin, sync::Arc, time::Duration};
-
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    pin::Pin,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
 
 use passage_envelope::SealingKey;
 use passage_error_codes::ErrorCode;
@@ -12,6 +15,7 @@ use passage_proto::v1::{
     agent_tunnel_server::AgentTunnel, connect_request, connect_response,
 };
 use passage_store::Store;
+use passage_transport::{TransportError, tls::ClientCas};
 use tokio::sync::mpsc;
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
@@ -28,8 +32,12 @@ const MAX_CAPACITY: u32 = 4096;
 pub struct AgentTrust {
     /// Where revocations are recorded.
     pub store: Store,
-    /// Tenant CAs by tenant.
-    pub cas: HashMap<String, TenantCa>,
+    /// Tenant CAs by tenant: the ones known at start, and those learnt since.
+    cas: RwLock<HashMap<String, Arc<TenantCa>>>,
+    /// The agent listener's TLS roots: every tenant CA, plus `extra_client_ca`.
+    client_cas: ClientCas,
+    /// The operator's own client CA for the agent listener (`agent_tls.client_ca_file`).
+    extra_client_ca: Option<String>,
     /// Lifetime of renewed certificates.
     pub certificate_lifetime: Duration,
     /// Least time between two renewals in one connector group (at this replica).
@@ -39,6 +47,81 @@ pub struct AgentTrust {
 }
 
 impl AgentTrust {
+    /// Trust in `cas`' agents, checked against `store`; `extra_client_ca` (PEM) is also
+    /// accepted at the TLS layer.
+    pub fn new(
+        store: Store,
+        cas: HashMap<String, TenantCa>,
+        extra_client_ca: Option<String>,
+        certificate_lifetime: Duration,
+        renewal_spacing: Duration,
+    ) -> Result<Self, TransportError> {
+        let cas: HashMap<String, Arc<TenantCa>> =
+            cas.into_iter().map(|(t, ca)| (t, Arc::new(ca))).collect();
+        let client_cas = ClientCas::new(tls_roots(&cas, extra_client_ca.as_deref()), false)?;
+        Ok(Self {
+            store,
+            cas: RwLock::new(cas),
+            client_cas,
+            extra_client_ca,
+            certificate_lifetime,
+            renewal_spacing,
+            last_renewal: Default::default(),
+        })
+    }
+
+    /// The roots the agent listener's TLS accepts client certificates from.
+    pub fn client_cas(&self) -> &ClientCas {
+        &self.client_cas
+    }
+
+    fn ca(&self, tenant: &str) -> Option<Arc<TenantCa>> {
+        self.cas
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(tenant)
+            .cloned()
+    }
+
+    /// Whether agents of `tenant` can be checked here.
+    pub fn knows(&self, tenant: &str) -> bool {
+        self.ca(tenant).is_some()
+    }
+
+    /// Trusts `tenant`'s agents from now on: the TLS layer accepts their certificates for new
+    /// connections at once.
+    pub fn learn(&self, tenant: &str, ca: TenantCa) -> Result<(), TransportError> {
+        let mut cas = self.cas.write().unwrap_or_else(|p| p.into_inner());
+        if cas.contains_key(tenant) {
+            return Ok(());
+        }
+        let mut next = cas.clone();
+        next.insert(tenant.to_owned(), Arc::new(ca));
+        self.client_cas
+            .replace(tls_roots(&next, self.extra_client_ca.as_deref()))?;
+        *cas = next;
+        tracing::info!(%tenant, "now trusting the agents of a new tenant");
+        Ok(())
+    }
+
+    /// Learns the tenants created since start (by the CLI, another replica or enrolment) and
+    /// returns how many were new.
+    pub async fn learn_new_tenants(&self) -> Result<usize, String> {
+        let tenants = self.store.tenants().await.map_err(|e| e.to_string())?;
+        let mut learnt = 0;
+        for tenant in tenants {
+            if self.knows(&tenant) {
+                continue;
+            }
+            let ca = crate::enrolment::tenant_ca(&self.store, &tenant)
+                .await
+                .map_err(|status| format!("tenant {tenant}: {}", status.message()))?;
+            self.learn(&tenant, ca).map_err(|e| e.to_string())?;
+            learnt += 1;
+        }
+        Ok(learnt)
+    }
+
     /// Checks the client certificate (DER) and returns what it certifies.
     async fn check(&self, cert: Option<&[u8]>) -> Result<(CertifiedAgent, Vec<u8>), Status> {
         let not_trusted = |message: String| ErrorCode::AgentNotTrusted.status(message);
@@ -47,8 +130,7 @@ impl AgentTrust {
         })?;
         let claimed = CertifiedAgent::parse(cert).map_err(|e| not_trusted(e.to_string()))?;
         let ca = self
-            .cas
-            .get(&claimed.identity.tenant)
+            .ca(&claimed.identity.tenant)
             .ok_or_else(|| not_trusted(format!("unknown tenant {}", claimed.identity.tenant)))?;
         // TLS checked the chain against every tenant CA; this pins it to the tenant it names.
         let certified = ca
@@ -87,7 +169,7 @@ impl AgentTrust {
             }
             last.insert(key, std::time::Instant::now());
         }
-        let ca = self.cas.get(&identity.tenant).ok_or("unknown tenant")?;
+        let ca = self.ca(&identity.tenant).ok_or("unknown tenant")?;
         let subject = passage_pki::AgentIdentity {
             tenant: identity.tenant.clone(),
             connector_group: identity.connector_group.clone(),
@@ -119,6 +201,14 @@ impl AgentTrust {
         );
         Ok(issued.cert_pem)
     }
+}
+
+/// Every tenant CA certificate and the operator's extra CA, as PEM.
+fn tls_roots<'a>(
+    cas: &'a HashMap<String, Arc<TenantCa>>,
+    extra: Option<&'a str>,
+) -> impl Iterator<Item = &'a str> {
+    cas.values().map(|ca| ca.cert_pem()).chain(extra)
 }
 
 /// The `AgentTunnel` service.
@@ -352,5 +442,40 @@ impl AgentTunnel for TunnelService {
         });
 
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn tenants_created_after_start_are_learnt_from_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("passage.db").display());
+        let store = Store::open(&url).await.unwrap();
+        let default_ca = crate::enrolment::tenant_ca(&store, "default")
+            .await
+            .unwrap();
+        let trust = AgentTrust::new(
+            store.clone(),
+            HashMap::from([("default".to_owned(), default_ca)]),
+            None,
+            Duration::from_secs(3600),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        assert_eq!(trust.learn_new_tenants().await.unwrap(), 0);
+        assert!(!trust.knows("acme"));
+
+        // What `passage agent token create --tenant acme` does on another machine.
+        store.ensure_tenant("acme", 0).await.unwrap();
+        assert_eq!(trust.learn_new_tenants().await.unwrap(), 1);
+        assert!(trust.knows("acme"));
+        assert!(trust.knows("default"));
+        // The CA it trusts is the one in the store, which enrolment issues from.
+        let stored = store.tenant_ca("acme").await.unwrap().expect("acme's CA");
+        assert_eq!(trust.ca("acme").unwrap().cert_pem(), stored.cert_pem);
+        assert_eq!(trust.learn_new_tenants().await.unwrap(), 0);
     }
 }

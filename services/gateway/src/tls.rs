@@ -1,82 +1,32 @@
 //! HTTPS for the gateway's HTTP side (discovery, JWKS): a TLS listener for axum, and a small
 //! HTTPS client for relying parties, the CLI and tests.
 
-use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
+use std::{net::SocketAddr, path::Path, sync::Arc};
 
-use tokio::{net::TcpListener, sync::mpsc};
+use tokio::net::TcpListener;
 use tokio_rustls::{
-    TlsAcceptor, TlsConnector,
+    TlsConnector,
     rustls::{
         ClientConfig, RootCertStore, ServerConfig,
         crypto::aws_lc_rs::default_provider,
-        pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject},
+        pki_types::{CertificateDer, ServerName, pem::PemObject},
     },
     server::TlsStream,
 };
 
-/// How long a client may take over its TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A rustls server configuration from PEM files.
+/// A rustls server configuration for HTTPS from PEM files.
 pub fn server_config(cert_file: &Path, key_file: &Path) -> Result<Arc<ServerConfig>, String> {
-    passage_credentials::secret_file::check_permissions(key_file).map_err(|e| e.to_string())?;
-    let certs = CertificateDer::pem_file_iter(cert_file)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("{}: {e}", cert_file.display()))?;
-    let key = PrivateKeyDer::from_pem_file(key_file)
-        .map_err(|e| format!("{}: {e}", key_file.display()))?;
-    let mut config = ServerConfig::builder_with_provider(Arc::new(default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| e.to_string())?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    passage_transport::tls::server_config(cert_file, key_file, None, &[b"http/1.1"])
+        .map_err(|e| e.to_string())
 }
 
-/// A TCP listener whose connections are TLS: handshakes run in their own tasks, so a slow
-/// client never holds up the others.
-pub struct TlsListener {
-    local: SocketAddr,
-    accepted: mpsc::Receiver<(TlsStream<tokio::net::TcpStream>, SocketAddr)>,
-}
+/// The gateway's HTTPS listener for axum.
+pub struct TlsListener(passage_transport::tls::TlsListener);
 
 impl TlsListener {
     /// Serves TLS with `config` on `listener`.
     pub fn new(listener: TcpListener, config: Arc<ServerConfig>) -> std::io::Result<Self> {
-        let local = listener.local_addr()?;
-        let acceptor = TlsAcceptor::from(config);
-        let (tx, accepted) = mpsc::channel(64);
-        tokio::spawn(async move {
-            loop {
-                let (stream, peer) = match listener.accept().await {
-                    Ok(accepted) => accepted,
-                    Err(err) => {
-                        tracing::debug!(error = %err, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let acceptor = acceptor.clone();
-                let sender = tx.clone();
-                tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => {
-                            let _ = sender.send((tls, peer)).await;
-                        }
-                        Ok(Err(err)) => {
-                            tracing::debug!(%peer, error = %err, "TLS handshake failed")
-                        }
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
-                });
-                if tx.is_closed() {
-                    return;
-                }
-            }
-        });
-        Ok(Self { local, accepted })
+        passage_transport::tls::TlsListener::new(listener, config).map(Self)
     }
 }
 
@@ -85,7 +35,7 @@ impl axum::serve::Listener for TlsListener {
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.accepted.recv().await {
+        match self.0.accept().await {
             Some(accepted) => accepted,
             // The acceptor task only ends when this listener is dropped.
             None => std::future::pending().await,
@@ -93,7 +43,7 @@ impl axum::serve::Listener for TlsListener {
     }
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local)
+        Ok(self.0.local_addr())
     }
 }
 
