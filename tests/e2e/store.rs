@@ -189,6 +189,11 @@ async fn store_contract(store: &Store) {
         .unwrap()
         .unwrap();
     assert_eq!(again.revoked_at, Some(now + 100));
+    assert_eq!(
+        store.revoked_since(now + 100).await.unwrap(),
+        vec!["agent-a"]
+    );
+    assert!(store.revoked_since(now + 101).await.unwrap().is_empty());
     assert!(
         store
             .revoke_agent("no-such-agent", now)

@@ -417,6 +417,22 @@ impl Store {
         Ok(rows.iter().map(agent_from_row).collect::<Result<_, _>>()?)
     }
 
+    /// Ids of the agents revoked at or after `since` (Unix seconds), for replicas cutting
+    /// revoked agents' streams without reading every agent.
+    pub async fn revoked_since(&self, since: i64) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT agent_id FROM agents WHERE revoked_at IS NOT NULL AND revoked_at >= $1 \
+             ORDER BY agent_id",
+        )
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|row| row.try_get("agent_id"))
+            .collect::<Result<_, _>>()?)
+    }
+
     /// Revokes the agent and its current certificate; `None` if there is no such agent.
     pub async fn revoke_agent(
         &self,

@@ -404,25 +404,33 @@ async fn watch_tenants(trust: Arc<AgentTrust>, every: Duration) {
     }
 }
 
-/// Cuts the streams of revoked agents: reads the store every `every` (revocations may be made
-/// by the CLI or another replica).
+/// How far back each revocation poll looks before the previous one: revocation times come
+/// from the clock of whoever revoked (the CLI, another replica).
+const REVOCATION_CLOCK_SKEW_S: i64 = 120;
+
+/// Cuts the streams of revoked agents: reads the revocations made since the previous read
+/// every `every` (revocations may be made by the CLI or another replica). An agent revoked
+/// before this replica started never got a stream here: `Connect` checks revocation.
 async fn watch_revocations(store: Store, registry: Arc<AgentRegistry>, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut since = enrolment::unix_now() - REVOCATION_CLOCK_SKEW_S;
     loop {
         tick.tick().await;
-        let agents = match store.agents(None).await {
-            Ok(agents) => agents,
+        let polled_at = enrolment::unix_now();
+        let revoked = match store.revoked_since(since).await {
+            Ok(revoked) => revoked,
             Err(err) => {
                 tracing::warn!(error = %err, "reading revocations failed");
                 continue;
             }
         };
-        for agent in agents.into_iter().filter(|a| a.revoked_at.is_some()) {
-            let status = ErrorCode::AgentNotTrusted
-                .status(format!("agent {} has been revoked", agent.agent_id));
-            if registry.cut(&agent.agent_id, status) {
-                tracing::warn!(agent_id = %agent.agent_id, "revoked agent's stream cut");
+        since = polled_at - REVOCATION_CLOCK_SKEW_S;
+        for agent_id in revoked {
+            let status =
+                ErrorCode::AgentNotTrusted.status(format!("agent {agent_id} has been revoked"));
+            if registry.cut(&agent_id, status) {
+                tracing::warn!(%agent_id, "revoked agent's stream cut");
             }
         }
     }
