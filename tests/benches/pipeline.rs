@@ -1,5 +1,6 @@
 //! Pipeline benchmark: direct LDAP search+bind (the baseline) against full sign-ins through
-//! gateway → dispatcher → agent → slapd, on the same slapd, in one run, on one machine.
+//! gateway → dispatcher → agent → slapd, in one run, on one machine — first in development
+//! trust (plaintext) on the baseline's slapd, then with TLS on every hop and an enrolled agent.
 //!
 //! ```sh
 //! cargo bench -p passage-tests --bench pipeline
@@ -187,16 +188,16 @@ async fn main() {
     let warmup = Duration::from_secs(1);
     let users = Arc::new(bench_users());
 
-    let cluster = Cluster::start(ClusterOptions {
+    // Like the baseline: search + bind, no group lookup, no per-operation slapd log.
+    let options = ClusterOptions {
         agents: 1,
         users: users.to_vec(),
         agent_capacity: 1024,
-        // Like the baseline: search + bind, no group lookup, no per-operation slapd log.
         slapd_stats_log: false,
         group_search: false,
         ..ClusterOptions::default()
-    })
-    .await;
+    };
+    let cluster = Cluster::start(options.clone()).await;
     println!(
         "Passage pipeline benchmark: {} cores, concurrency {concurrency}, {seconds} s per phase (+1 s warm-up), {USERS} users",
         std::thread::available_parallelism().map_or(0, |n| n.get())
@@ -269,38 +270,79 @@ async fn main() {
         .await
         .expect("gateway");
     let client = GatewayClient::new(channel);
-    let pipeline_users = Arc::clone(&users);
     let cpu_before_pipeline = cpu_snapshot(&cluster);
-    let pipeline = drive(
+    let pipeline = sign_ins(
         "full sign-in pipeline",
+        client,
+        Arc::clone(&users),
         concurrency,
         warmup,
         duration,
-        move |_, i| {
-            let user = &pipeline_users[i % USERS];
-            let request = SignInRequest {
-                username: user.upn.clone(),
-                password: user.password.clone(),
-                client_id: CLIENT_ID.into(),
-                client_ip: String::new(),
-            };
-            let mut client = client.clone();
-            async move { client.sign_in(request).await.is_ok() }
-        },
     )
     .await;
-
     let cpu_after_pipeline = cpu_snapshot(&cluster);
+
+    // Production trust: enrolled agent, mutual TLS agent → dispatcher and gateway →
+    // dispatcher, TLS client → gateway, SQLite store. The first cluster stops first, so both
+    // pipelines have the machine to themselves.
+    drop(cluster);
+    let mut secure = Cluster::start(ClusterOptions {
+        agents: 0,
+        enrolment: true,
+        ..options
+    })
+    .await;
+    secure.enrol_agent().await;
+    let cpu_before_secure = cpu_snapshot(&secure);
+    let secure_pipeline = sign_ins(
+        "pipeline, TLS on every hop",
+        secure.gateway_client(),
+        Arc::clone(&users),
+        concurrency,
+        warmup,
+        duration,
+    )
+    .await;
+    let cpu_after_secure = cpu_snapshot(&secure);
+
     println!();
     baseline.print();
     print_cpu(&cpu_before_baseline, &cpu_after_baseline, &baseline);
     pipeline.print();
     print_cpu(&cpu_before_pipeline, &cpu_after_pipeline, &pipeline);
-    println!(
-        "ratio pipeline / direct LDAP: {:.3}  (p50 latency ratio {:.1}x)",
-        pipeline.per_second() / baseline.per_second(),
-        pipeline.percentile(0.5).as_secs_f64() / baseline.percentile(0.5).as_secs_f64().max(1e-9)
-    );
+    secure_pipeline.print();
+    print_cpu(&cpu_before_secure, &cpu_after_secure, &secure_pipeline);
+    for (name, report) in [("pipeline", &pipeline), ("TLS pipeline", &secure_pipeline)] {
+        println!(
+            "ratio {name} / direct LDAP: {:.3}  (p50 latency ratio {:.1}x)",
+            report.per_second() / baseline.per_second(),
+            report.percentile(0.5).as_secs_f64() / baseline.percentile(0.5).as_secs_f64().max(1e-9)
+        );
+    }
     assert_eq!(baseline.errors, 0, "direct LDAP errors");
     assert_eq!(pipeline.errors, 0, "pipeline errors");
+    assert_eq!(secure_pipeline.errors, 0, "TLS pipeline errors");
+}
+
+/// Sign-ins of `users` in turn through `client`.
+async fn sign_ins(
+    name: &'static str,
+    client: GatewayClient<Channel>,
+    users: Arc<Vec<TestUser>>,
+    concurrency: usize,
+    warmup: Duration,
+    duration: Duration,
+) -> Report {
+    drive(name, concurrency, warmup, duration, move |_, i| {
+        let user = &users[i % USERS];
+        let request = SignInRequest {
+            username: user.upn.clone(),
+            password: user.password.clone(),
+            client_id: CLIENT_ID.into(),
+            client_ip: String::new(),
+        };
+        let mut client = client.clone();
+        async move { client.sign_in(request).await.is_ok() }
+    })
+    .await
 }
