@@ -76,7 +76,7 @@ pub async fn run(store_url: Option<&str>, command: TenantCommand) -> Result<(), 
                 ));
             }
             println!(
-                "imported the CA of tenant {tenant}; restart the dispatchers to trust its agents"
+                "imported the CA of tenant {tenant}; dispatchers trust its agents within their tenant_poll_ms"
             );
         }
     }

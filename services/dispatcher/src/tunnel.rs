@@ -104,8 +104,9 @@ impl AgentTrust {
         Ok(())
     }
 
-    /// Learns the tenants created since start (by the CLI, another replica or enrolment) and
-    /// returns how many were new.
+    /// Learns the tenants whose CA appeared in the store since start (made at another
+    /// replica's first enrolment, or imported) and returns how many were new. It never creates
+    /// a CA itself, so an operator can still import one until the tenant's first enrolment.
     pub async fn learn_new_tenants(&self) -> Result<usize, String> {
         let tenants = self.store.tenants().await.map_err(|e| e.to_string())?;
         let mut learnt = 0;
@@ -113,9 +114,16 @@ impl AgentTrust {
             if self.knows(&tenant) {
                 continue;
             }
-            let ca = crate::enrolment::tenant_ca(&self.store, &tenant)
+            let Some(stored) = self
+                .store
+                .tenant_ca(&tenant)
                 .await
-                .map_err(|status| format!("tenant {tenant}: {}", status.message()))?;
+                .map_err(|e| e.to_string())?
+            else {
+                continue;
+            };
+            let ca = TenantCa::from_parts(&tenant, &stored.cert_pem, &stored.key_der)
+                .map_err(|e| format!("tenant {tenant}: {e}"))?;
             self.learn(&tenant, ca).map_err(|e| e.to_string())?;
             learnt += 1;
         }
@@ -468,8 +476,13 @@ mod tests {
         assert_eq!(trust.learn_new_tenants().await.unwrap(), 0);
         assert!(!trust.knows("acme"));
 
-        // What `passage agent token create --tenant acme` does on another machine.
+        // `passage agent token create --tenant acme` on another machine: a tenant without a CA
+        // yet, which an operator may still import. Polling does not create one.
         store.ensure_tenant("acme", 0).await.unwrap();
+        assert_eq!(trust.learn_new_tenants().await.unwrap(), 0);
+        assert!(store.tenant_ca("acme").await.unwrap().is_none());
+        // Another replica enrols acme's first agent, creating the CA.
+        crate::enrolment::tenant_ca(&store, "acme").await.unwrap();
         assert_eq!(trust.learn_new_tenants().await.unwrap(), 1);
         assert!(trust.knows("acme"));
         assert!(trust.knows("default"));
