@@ -122,13 +122,20 @@ fn check_key_permissions(path: &std::path::Path) -> Result<(), TransportError> {
 
 /// Binds `addr` (port 0 picks a free port) and returns the incoming stream and the bound address.
 pub async fn bind(addr: SocketAddr) -> Result<(TcpIncoming, SocketAddr), TransportError> {
+    let (listener, local) = bind_tcp(addr).await?;
+    Ok((TcpIncoming::from(listener).with_nodelay(Some(true)), local))
+}
+
+/// Binds `addr` (port 0 picks a free port) for a listener that does its own TLS or HTTP, and
+/// returns it with the bound address.
+pub async fn bind_tcp(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), TransportError> {
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| TransportError::Bind { addr, source })?;
     let local = listener
         .local_addr()
         .map_err(|source| TransportError::Bind { addr, source })?;
-    Ok((TcpIncoming::from(listener).with_nodelay(Some(true)), local))
+    Ok((listener, local))
 }
 
 /// The gRPC health service (all services start as serving) and its reporter.

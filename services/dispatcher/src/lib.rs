@@ -214,18 +214,7 @@ pub async fn bind(config: DispatcherConfig) -> Result<BoundDispatcher, Dispatche
     )?;
     let (agent_listener, agent_addr) = match agent_tls {
         Some(server_config) => {
-            let listener = tokio::net::TcpListener::bind(config.agent_listen)
-                .await
-                .map_err(|source| TransportError::Bind {
-                    addr: config.agent_listen,
-                    source,
-                })?;
-            let addr = listener
-                .local_addr()
-                .map_err(|source| TransportError::Bind {
-                    addr: config.agent_listen,
-                    source,
-                })?;
+            let (listener, addr) = passage_transport::bind_tcp(config.agent_listen).await?;
             (AgentListener::Tls(listener, server_config), addr)
         }
         None => {

@@ -210,18 +210,7 @@ pub async fn bind(config: GatewayConfig) -> Result<BoundGateway, GatewayError> {
     };
     let key = passage_tokens::load_or_create_signing_key(&config.signing_key_file)?;
     let (grpc_incoming, grpc_addr) = passage_transport::bind(config.grpc_listen).await?;
-    let http_listener = tokio::net::TcpListener::bind(config.http_listen)
-        .await
-        .map_err(|source| TransportError::Bind {
-            addr: config.http_listen,
-            source,
-        })?;
-    let http_addr = http_listener
-        .local_addr()
-        .map_err(|source| TransportError::Bind {
-            addr: config.http_listen,
-            source,
-        })?;
+    let (http_listener, http_addr) = passage_transport::bind_tcp(config.http_listen).await?;
     let http_tls = config
         .tls
         .as_ref()
