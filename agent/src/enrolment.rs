@@ -41,23 +41,30 @@ pub async fn register(
             tenant: config.tenant.clone(),
             hostname: crate::tunnel::hostname(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            connector_group: config.connector_group.clone(),
         })
         .await
         .map_err(|status| AgentError::Enrolment(status.message().to_owned()))?
         .into_inner();
+    // A dispatcher that predates the group check may have enrolled the agent into the token's
+    // group regardless: refuse to keep a certificate that every sign-in would then miss.
+    if response.connector_group != config.connector_group {
+        return Err(AgentError::Enrolment(format!(
+            "the token enrolled this agent into connector group {:?} but its configuration names {:?}; \
+             set connector_group = \"{}\" in the configuration or enrol with a token created with \
+             --connector-group {}",
+            response.connector_group,
+            config.connector_group,
+            response.connector_group,
+            config.connector_group
+        )));
+    }
     AgentState::save_enrolment(
         &config.state_dir,
         &response.agent_id,
         &response.certificate_pem,
         &response.ca_pem,
     )?;
-    if response.connector_group != config.connector_group {
-        tracing::warn!(
-            token_group = %response.connector_group,
-            config_group = %config.connector_group,
-            "the token enrolled this agent in another connector group than its configuration names"
-        );
-    }
     Ok(Enrolled {
         agent_id: response.agent_id,
         tenant: response.tenant,

@@ -59,6 +59,11 @@ pub struct AgentConfig {
     /// stream once two-thirds of its lifetime have passed.
     #[serde(default = "default_renew_check_ms")]
     pub renew_check_interval_ms: u64,
+    /// After a refusal retrying cannot cure (revoked, certificate replaced, never enrolled),
+    /// how long to wait before asking again, in seconds. The agent says plainly that it must be
+    /// enrolled again instead of reconnecting in a loop.
+    #[serde(default = "default_refused_retry_interval_s")]
+    pub refused_retry_interval_s: u64,
     /// HTTP CONNECT proxy to reach the dispatchers through (`http://proxy:3128`). Without it,
     /// `HTTPS_PROXY` / `NO_PROXY` from the environment apply (never to loopback addresses).
     #[serde(default)]
@@ -84,6 +89,9 @@ fn default_renew_check_ms() -> u64 {
 }
 fn default_replay_window_s() -> u64 {
     300
+}
+fn default_refused_retry_interval_s() -> u64 {
+    600
 }
 
 /// Agent start-up errors.

@@ -17,6 +17,8 @@ use tokio::{
 };
 use tokio_stream::wrappers::ReceiverStream;
 
+use passage_error_codes::ErrorCode;
+
 use std::sync::{Mutex, RwLock};
 
 use passage_envelope::AgentKey;
@@ -32,6 +34,46 @@ const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// A stream that lived this long resets the backoff.
 const STABLE_AFTER: Duration = Duration::from_secs(30);
+
+/// Why a stream failed.
+#[derive(Debug)]
+struct StreamError {
+    message: String,
+    /// The dispatcher refused this agent in a way retrying cannot cure (revoked, certificate
+    /// replaced or never issued, or no certificate where one is required).
+    final_refusal: bool,
+}
+
+impl From<String> for StreamError {
+    fn from(message: String) -> Self {
+        Self {
+            message,
+            final_refusal: false,
+        }
+    }
+}
+
+impl From<&str> for StreamError {
+    fn from(message: &str) -> Self {
+        message.to_owned().into()
+    }
+}
+
+impl StreamError {
+    /// A refusal or cut by the dispatcher, classified by its Passage code.
+    fn refused(context: &str, status: &tonic::Status, enrolled: bool) -> Self {
+        let final_refusal = match ErrorCode::of(status) {
+            Some(ErrorCode::AgentRevoked) => true,
+            // Without a certificate, a dispatcher that requires one never accepts us.
+            Some(ErrorCode::AgentNotTrusted) => !enrolled,
+            _ => false,
+        };
+        Self {
+            message: format!("{context}: {}", status.message()),
+            final_refusal,
+        }
+    }
+}
 
 /// Why a stream ended.
 #[derive(Debug)]
@@ -233,11 +275,28 @@ async fn keep_connected(url: String, link: Arc<Link>, mut stop: watch::Receiver<
                 backoff = INITIAL_BACKOFF;
                 continue;
             }
+            Err(err) if err.final_refusal => {
+                let retry_in = Duration::from_secs(link.config.refused_retry_interval_s);
+                tracing::error!(
+                    dispatcher = %url,
+                    reason = %err.message,
+                    retry_in_s = retry_in.as_secs(),
+                    "the dispatcher refuses this agent and retrying will not change that: enrol it \
+                     again (passage agent token create, then passage-agent register --token ...)"
+                );
+                // Check back rarely, not in a tight loop: nothing here can cure it.
+                backoff = MAX_BACKOFF;
+                tokio::select! {
+                    () = tokio::time::sleep(retry_in) => {}
+                    () = stopped(&mut stop) => return,
+                }
+                continue;
+            }
             Err(err) => {
                 if started.elapsed() > STABLE_AFTER {
                     backoff = INITIAL_BACKOFF;
                 }
-                tracing::warn!(dispatcher = %url, error = %err, retry_in_ms = backoff.as_millis() as u64, "stream to dispatcher ended");
+                tracing::warn!(dispatcher = %url, error = %err.message, retry_in_ms = backoff.as_millis() as u64, "stream to dispatcher ended");
             }
         }
         let delay = jitter(backoff);
@@ -263,7 +322,7 @@ async fn session(
     url: &str,
     link: &Link,
     mut stop: watch::Receiver<bool>,
-) -> Result<StreamEnd, String> {
+) -> Result<StreamEnd, StreamError> {
     let config = &link.config;
     let validator = &link.validator;
     let capacity = &link.capacity;
@@ -288,17 +347,16 @@ async fn session(
         })
         .await
         .map_err(|_| "stream closed before hello".to_owned())?;
+    let enrolled = identity.is_some();
     let mut inbound = client
         .connect(ReceiverStream::new(receiver))
         .await
-        .map_err(|status| format!("dispatcher refused the stream: {}", status.message()))?
+        .map_err(|status| StreamError::refused("dispatcher refused the stream", &status, enrolled))?
         .into_inner();
 
-    let welcome = match inbound
-        .message()
-        .await
-        .map_err(|s| s.message().to_owned())?
-    {
+    let welcome = match inbound.message().await.map_err(|status| {
+        StreamError::refused("dispatcher refused the stream", &status, enrolled)
+    })? {
         Some(passage_proto::v1::ConnectResponse {
             message: Some(connect_response::Message::Welcome(welcome)),
         }) => welcome,
@@ -319,8 +377,8 @@ async fn session(
             message = inbound.message() => {
                 let message = match message {
                     Ok(Some(message)) => message,
-                    Ok(None) => break Err("dispatcher closed the stream".to_owned()),
-                    Err(status) => break Err(format!("stream error: {}", status.message())),
+                    Ok(None) => break Err("dispatcher closed the stream".into()),
+                    Err(status) => break Err(StreamError::refused("stream error", &status, enrolled)),
                 };
                 match message.message {
                     Some(connect_response::Message::Task(task)) => {
@@ -360,7 +418,7 @@ async fn session(
                 let in_flight = config.capacity.saturating_sub(capacity.available_permits() as u32);
                 let beat = ConnectRequest { message: Some(connect_request::Message::Heartbeat(Heartbeat { in_flight })) };
                 if outbound.send(beat).await.is_err() {
-                    break Err("stream closed".to_owned());
+                    break Err("stream closed".into());
                 }
             }
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}

@@ -19,8 +19,15 @@ pub enum AgentCommand {
         #[arg(long)]
         tenant: Option<String>,
     },
-    /// Revoke an agent: its streams are cut within a second and it cannot reconnect.
+    /// Revoke an agent: every certificate it ever had is refused at once, its streams are cut
+    /// within a second and it cannot reconnect.
     Revoke {
+        /// The agent id (from `passage agent list`).
+        agent_id: String,
+    },
+    /// Forget a revoked agent: delete its records so `passage agent list` no longer shows it
+    /// (its certificates stay refused).
+    Forget {
         /// The agent id (from `passage agent list`).
         agent_id: String,
     },
@@ -42,6 +49,9 @@ pub enum TokenCommand {
         ttl: Duration,
     },
 }
+
+/// How long after its revocation an agent may be forgotten.
+const FORGET_AFTER_S: i64 = 300;
 
 /// Parses `90s`, `30m`, `1h`, `7d`.
 fn parse_ttl(text: &str) -> Result<Duration, String> {
@@ -83,10 +93,7 @@ fn when(unix: i64) -> String {
 }
 
 /// Runs an agent command against the store at `store_url`.
-pub async fn run(store_url: Option<&str>, command: AgentCommand) -> Result<(), String> {
-    let url = store_url
-        .ok_or("--store URL (or PASSAGE_STORE_URL) is required: the dispatchers' store_url")?;
-    let store = Store::open(url).await.map_err(|e| e.to_string())?;
+pub async fn run(store: &Store, command: AgentCommand) -> Result<(), String> {
     match command {
         AgentCommand::Token {
             command:
@@ -98,11 +105,11 @@ pub async fn run(store_url: Option<&str>, command: AgentCommand) -> Result<(), S
         } => {
             // The tenant CA exists before any agent enrols, so dispatchers started from now on
             // trust this tenant's agents.
-            passage_dispatcher::enrolment::tenant_ca(&store, &tenant)
+            passage_dispatcher::enrolment::ensure_tenant_ca(store, &tenant)
                 .await
                 .map_err(|s| s.message().to_owned())?;
             let token =
-                passage_dispatcher::enrolment::create_token(&store, &tenant, &connector_group, ttl)
+                passage_dispatcher::enrolment::create_token(store, &tenant, &connector_group, ttl)
                     .await
                     .map_err(|s| s.message().to_owned())?;
             println!("{token}");
@@ -135,6 +142,11 @@ pub async fn run(store_url: Option<&str>, command: AgentCommand) -> Result<(), S
                 "IN-FLIGHT",
                 "LAST SEEN"
             );
+            let revoked: Vec<String> = agents
+                .iter()
+                .filter(|a| a.revoked_at.is_some())
+                .map(|a| a.agent_id.clone())
+                .collect();
             for agent in agents {
                 let live: Vec<_> = connections
                     .iter()
@@ -170,6 +182,39 @@ pub async fn run(store_url: Option<&str>, command: AgentCommand) -> Result<(), S
                     status
                 );
             }
+            if !revoked.is_empty() {
+                eprintln!(
+                    "{} revoked agent(s) can be forgotten: {}",
+                    revoked.len(),
+                    revoked
+                        .iter()
+                        .map(|id| format!("passage agent forget {id}"))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                );
+            }
+        }
+        AgentCommand::Forget { agent_id } => {
+            // Every replica has read the revocation and cut the agent's streams by then.
+            let revoked_by = passage_dispatcher::enrolment::unix_now() - FORGET_AFTER_S;
+            match store
+                .forget_agent(&agent_id, revoked_by)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                passage_store::Forgotten::Forgotten => println!("forgot {agent_id}"),
+                passage_store::Forgotten::TooRecent => {
+                    return Err(format!(
+                        "{agent_id} was revoked less than {FORGET_AFTER_S} s ago; forget it later, once every dispatcher has cut it"
+                    ));
+                }
+                passage_store::Forgotten::NotRevoked => {
+                    return Err(format!(
+                        "{agent_id} is not revoked; revoke it first (passage agent revoke {agent_id})"
+                    ));
+                }
+                passage_store::Forgotten::Unknown => return Err(format!("no agent {agent_id}")),
+            }
         }
         AgentCommand::Revoke { agent_id } => {
             let now = passage_dispatcher::enrolment::unix_now();
@@ -179,8 +224,8 @@ pub async fn run(store_url: Option<&str>, command: AgentCommand) -> Result<(), S
                 .map_err(|e| e.to_string())?
             {
                 Some(agent) => println!(
-                    "revoked {} (certificate {}); dispatchers cut its streams within a second",
-                    agent.agent_id, agent.cert_serial
+                    "revoked {} and every certificate it was issued; dispatchers cut its streams within a second",
+                    agent.agent_id
                 ),
                 None => return Err(format!("no agent {agent_id}")),
             }

@@ -6,9 +6,14 @@
 //! * `passage signin --gateway URL --user U` — sign in against a running gateway; the password
 //!   comes from a prompt or standard input, never from the command line.
 //! * `passage hash-password` — an Argon2id hash for a static directory file.
+//! * `passage pki`, `passage gateway certificate` — the services CA and the certificates of
+//!   the listeners and gateways.
+//! * `passage tenant`, `passage agent` — tenant CAs, enrolment tokens, agents.
 
 mod agents;
 mod demo;
+mod pki;
+mod store;
 mod tenants;
 
 use std::{io::BufRead, io::IsTerminal, process::ExitCode};
@@ -59,17 +64,30 @@ enum Command {
     HashPassword,
     /// Tenant operations: the tenant CA.
     Tenant {
-        /// The shared store (the dispatchers' `store_url`).
-        #[arg(long, env = "PASSAGE_STORE_URL", global = true)]
-        store: Option<String>,
+        #[command(flatten)]
+        store: store::StoreArgs,
         #[command(subcommand)]
         command: tenants::TenantCommand,
     },
+    /// The store's key-encryption key.
+    Store {
+        #[command(subcommand)]
+        command: store::StoreCommand,
+    },
+    /// The services CA: certificates for the dispatcher's and the gateway's listeners.
+    Pki {
+        #[command(subcommand)]
+        command: pki::PkiCommand,
+    },
+    /// Gateway operations: the gateway's client certificate towards the dispatcher.
+    Gateway {
+        #[command(subcommand)]
+        command: pki::GatewayCommand,
+    },
     /// Agent operations: enrolment tokens, listing, revocation.
     Agent {
-        /// The shared store (the dispatchers' `store_url`).
-        #[arg(long, env = "PASSAGE_STORE_URL", global = true)]
-        store: Option<String>,
+        #[command(flatten)]
+        store: store::StoreArgs,
         #[command(subcommand)]
         command: agents::AgentCommand,
     },
@@ -103,11 +121,26 @@ async fn main() -> ExitCode {
         }
         Command::Tenant { store, command } => {
             passage_telemetry::init_logging("warn");
-            tenants::run(store.as_deref(), command).await
+            match store.open().await {
+                Ok(store) => tenants::run(&store, command).await,
+                Err(err) => Err(err),
+            }
+        }
+        Command::Store { command } => store::run(command),
+        Command::Pki { command } => {
+            passage_telemetry::init_logging("warn");
+            pki::run(command)
+        }
+        Command::Gateway { command } => {
+            passage_telemetry::init_logging("warn");
+            pki::run_gateway(command)
         }
         Command::Agent { store, command } => {
             passage_telemetry::init_logging("warn");
-            agents::run(store.as_deref(), command).await
+            match store.open().await {
+                Ok(store) => agents::run(&store, command).await,
+                Err(err) => Err(err),
+            }
         }
         Command::HashPassword => read_password("Password: ").map(|password| {
             println!(
@@ -192,8 +225,8 @@ pub(crate) async fn verified_claims(
     token: &str,
 ) -> Result<String, String> {
     let jwks = passage_gateway::client::fetch_jwks(issuer, ca_file).await?;
-    let claims =
-        passage_tokens::verify(token, &jwks, issuer, client_id).map_err(|e| e.to_string())?;
+    let claims = passage_tokens::verify_id_token(token, &jwks, issuer, client_id)
+        .map_err(|e| e.to_string())?;
     serde_json::to_string_pretty(&claims).map_err(|e| e.to_string())
 }
 

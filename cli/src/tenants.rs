@@ -32,16 +32,18 @@ pub enum TenantCommand {
 }
 
 /// Runs a tenant command against the store at `store_url`.
-pub async fn run(store_url: Option<&str>, command: TenantCommand) -> Result<(), String> {
-    let url = store_url
-        .ok_or("--store URL (or PASSAGE_STORE_URL) is required: the dispatchers' store_url")?;
-    let store = Store::open(url).await.map_err(|e| e.to_string())?;
+pub async fn run(store: &Store, command: TenantCommand) -> Result<(), String> {
     match command {
         TenantCommand::Ca { tenant } => {
-            let ca = passage_dispatcher::enrolment::tenant_ca(&store, &tenant)
+            passage_dispatcher::enrolment::ensure_tenant_ca(store, &tenant)
                 .await
                 .map_err(|s| s.message().to_owned())?;
-            print!("{}", ca.cert_pem());
+            let pem = store
+                .tenant_ca_certificate(&tenant)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or("the tenant CA vanished")?;
+            print!("{pem}");
         }
         TenantCommand::ImportCa {
             tenant,

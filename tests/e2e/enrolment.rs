@@ -107,7 +107,7 @@ async fn agents_without_a_valid_certificate_are_refused() {
     let rogue = TenantCa::generate("default").unwrap();
     let forged = rogue
         .issue_agent(
-            &agent_csr(&key, &agent_id).unwrap(),
+            passage_pki::AgentCsr::parse(&agent_csr(&key, &agent_id).unwrap()).unwrap(),
             &AgentIdentity {
                 tenant: "default".into(),
                 connector_group: DOMAIN.into(),
@@ -180,6 +180,7 @@ async fn no_password_is_stored_or_logged(postgres: bool) {
     let mut cluster = Cluster::start(ClusterOptions {
         postgres,
         trace_export: true,
+        debug_logs: true,
         ..secure()
     })
     .await;
@@ -196,8 +197,8 @@ async fn no_password_is_stored_or_logged(postgres: bool) {
     assert!(cluster.sign_in(&alice.upn, wrong).await.is_err());
     assert!(cluster.sign_in(&alice.upn, "").await.is_err());
 
-    let store_dump = match &cluster.postgres {
-        Some(server) => server.dump(),
+    let store_bytes = match &cluster.postgres {
+        Some(server) => server.dump().into_bytes(),
         None => {
             // The SQLite file and its write-ahead log, as bytes.
             let mut bytes = Vec::new();
@@ -210,12 +211,27 @@ async fn no_password_is_stored_or_logged(postgres: bool) {
                     bytes.extend(std::fs::read(entry.path()).unwrap());
                 }
             }
-            String::from_utf8_lossy(&bytes).into_owned()
+            bytes
         }
     };
+    let store_dump = String::from_utf8_lossy(&store_bytes).into_owned();
     assert!(
         store_dump.contains(&first),
         "the dump holds the store's data"
+    );
+    // No private key either: the tenant CA's key is encrypted with the key-encryption key. A
+    // PKCS#8 EC key starts with version 0 and the ecPublicKey algorithm; a certificate's
+    // public key carries the same algorithm without that prefix.
+    const PKCS8_EC_PREFIX: &[u8] = &[
+        0x02, 0x01, 0x00, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01,
+    ];
+    let hex: String = PKCS8_EC_PREFIX.iter().map(|b| format!("{b:02x}")).collect();
+    assert!(!store_dump.contains(&hex), "a PKCS#8 key in the dump (hex)");
+    assert!(
+        !store_bytes
+            .windows(PKCS8_EC_PREFIX.len())
+            .any(|w| w == PKCS8_EC_PREFIX),
+        "a PKCS#8 key in the dump"
     );
     // Six sign-ins reach an agent (the empty password is refused at the gateway).
     let collector = cluster.collector.as_ref().expect("trace export is on");
@@ -238,24 +254,30 @@ async fn no_password_is_stored_or_logged(postgres: bool) {
     let mut places = vec![
         ("store dump", store_dump),
         ("trace export", collector.dump()),
-        ("gateway log", cluster.gateway.process.log()),
-        ("dispatcher log", cluster.dispatcher.process.log()),
+        ("gateway output", cluster.gateway.process.output()),
+        ("dispatcher output", cluster.dispatcher.process.output()),
     ];
     for (index, agent) in cluster.agents.iter().enumerate() {
         places.push((
             if index == 0 {
-                "agent 0 log"
+                "agent 0 output"
             } else {
-                "agent 1 log"
+                "agent 1 output"
             },
-            agent.process.log(),
+            agent.process.output(),
         ));
     }
+    let store_key = std::fs::read_to_string(cluster.store_key_file()).unwrap();
     for (place, text) in &places {
-        for secret in [alice.password.as_str(), wrong] {
-            assert!(!text.contains(secret), "{place} contains a password");
+        for secret in [alice.password.as_str(), wrong, store_key.trim()] {
+            assert!(!text.contains(secret), "{place} contains a secret");
         }
     }
+    // The processes really logged at debug level.
+    assert!(
+        places.iter().any(|(_, text)| text.contains("DEBUG")),
+        "no debug output"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -411,23 +433,26 @@ async fn an_imported_tenant_ca_issues_the_agents_certificates() {
         .serialize_pem();
     let key_path = dir.join("imported-ca-key.pem");
     std::fs::write(&key_path, &key_pem).unwrap();
-    let import = |tenant: &str, key: &std::path::Path| {
-        run_to_end(
-            "passage",
-            &[
-                "tenant",
-                "--store",
-                &store,
-                "import-ca",
-                "--tenant",
-                tenant,
-                "--cert-file",
-                dir.join("imported-ca.pem").to_str().unwrap(),
-                "--key-file",
-                key.to_str().unwrap(),
-            ],
-        )
+    let store_key = cluster.store_key_file();
+    let import_with = |tenant: &str, key: &std::path::Path, store_key: Option<&str>| {
+        let mut args = vec!["tenant", "--store", &store];
+        if let Some(store_key) = store_key {
+            args.extend(["--store-encryption-key-file", store_key]);
+        }
+        let key = key.to_str().unwrap().to_owned();
+        let cert = dir.join("imported-ca.pem").to_str().unwrap().to_owned();
+        args.extend([
+            "import-ca",
+            "--tenant",
+            tenant,
+            "--cert-file",
+            &cert,
+            "--key-file",
+            &key,
+        ]);
+        run_to_end("passage", &args)
     };
+    let import = |tenant: &str, key: &std::path::Path| import_with(tenant, key, Some(&store_key));
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -441,6 +466,12 @@ async fn an_imported_tenant_ca_issues_the_agents_certificates() {
         );
         std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
+    // Without the store's key-encryption key, no CA key is written.
+    let (ok, _, stderr) = import_with("imported", &key_path, None);
+    assert!(
+        !ok && stderr.contains("store_encryption_key_file"),
+        "imported without the key-encryption key: {stderr}"
+    );
     let (ok, _, stderr) = import("imported", &key_path);
     assert!(ok, "{stderr}");
     let (ok, _, stderr) = import("imported", &key_path);

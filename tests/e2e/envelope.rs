@@ -74,6 +74,24 @@ impl Attacker {
     }
 }
 
+/// The caller learns only that the agent refused; why (`kind`, an `AgentError` name) is in the
+/// dispatcher's log, for operators.
+fn assert_refused_for(cluster: &Cluster, status: &tonic::Status, kind: &str) {
+    assert_eq!(
+        ErrorCode::of(status),
+        Some(ErrorCode::AgentRejected),
+        "{status:?}"
+    );
+    assert!(!status.message().contains(kind), "{}", status.message());
+    let log = cluster.dispatcher.process.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("the agent refused the sealed password")
+                && l.contains(&format!("error={kind}"))),
+        "no {kind} refusal in the dispatcher's log"
+    );
+}
+
 fn soon() -> SystemTime {
     SystemTime::now() + Duration::from_secs(30)
 }
@@ -93,16 +111,7 @@ async fn captured_ciphertext_cannot_be_replayed() {
     let binds = cluster.slapd.binds_as(&alice.dn());
 
     let replay = attacker.validate(&alice.upn, captured).await.unwrap_err();
-    assert_eq!(
-        ErrorCode::of(&replay),
-        Some(ErrorCode::AgentRejected),
-        "{replay:?}"
-    );
-    assert!(
-        replay.message().contains("Replayed"),
-        "{}",
-        replay.message()
-    );
+    assert_refused_for(&cluster, &replay, "Replayed");
     assert_eq!(
         cluster.slapd.binds_as(&alice.dn()),
         binds,
@@ -120,23 +129,14 @@ async fn ciphertext_cannot_be_moved_to_another_username_tenant_or_time() {
     // Alice's password sealed for alice, presented as bob's sign-in.
     let swapped = attacker.seal(&alice.upn, &alice.password, "default", soon());
     let status = attacker.validate(&bob.upn, swapped).await.unwrap_err();
-    assert_eq!(ErrorCode::of(&status), Some(ErrorCode::AgentRejected));
-    assert!(
-        status.message().contains("UsernameMismatch"),
-        "{}",
-        status.message()
-    );
+    assert_refused_for(&cluster, &status, "UsernameMismatch");
 
     let other_tenant = attacker.seal(&alice.upn, &alice.password, "another-tenant", soon());
     let status = attacker
         .validate(&alice.upn, other_tenant)
         .await
         .unwrap_err();
-    assert!(
-        status.message().contains("WrongTenant"),
-        "{}",
-        status.message()
-    );
+    assert_refused_for(&cluster, &status, "WrongTenant");
 
     let expired = attacker.seal(
         &alice.upn,
@@ -145,17 +145,13 @@ async fn ciphertext_cannot_be_moved_to_another_username_tenant_or_time() {
         SystemTime::now() - Duration::from_secs(1),
     );
     let status = attacker.validate(&alice.upn, expired).await.unwrap_err();
-    assert!(status.message().contains("Expired"), "{}", status.message());
+    assert_refused_for(&cluster, &status, "Expired");
 
     let mut tampered = attacker.seal(&alice.upn, &alice.password, "default", soon());
     let last = tampered.len() - 1;
     tampered[last] ^= 1;
     let status = attacker.validate(&alice.upn, tampered).await.unwrap_err();
-    assert!(
-        status.message().contains("DecryptFailed"),
-        "{}",
-        status.message()
-    );
+    assert_refused_for(&cluster, &status, "DecryptFailed");
 
     for user in [alice, bob] {
         assert_eq!(

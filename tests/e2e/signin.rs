@@ -35,9 +35,13 @@ async fn correct_password_yields_a_token_that_verifies_against_the_served_jwks()
     let jwks = passage_gateway::client::fetch_jwks(&cluster.gateway.issuer, None)
         .await
         .expect("JWKS");
-    for token in [&response.id_token, &response.access_token] {
-        let claims = passage_tokens::verify(token, &jwks, &cluster.gateway.issuer, CLIENT_ID)
-            .expect("token verifies");
+    for (token, typ) in [
+        (&response.id_token, passage_tokens::TokenType::Id),
+        (&response.access_token, passage_tokens::TokenType::Access),
+    ] {
+        let claims =
+            passage_tokens::verify_token(token, typ, &jwks, &cluster.gateway.issuer, CLIENT_ID)
+                .expect("token verifies");
         assert_eq!(claims.iss, cluster.gateway.issuer);
         assert_eq!(claims.aud, CLIENT_ID);
         assert_eq!(claims.upn, alice.upn);
@@ -60,7 +64,7 @@ async fn correct_password_yields_a_token_that_verifies_against_the_served_jwks()
     }
     // A token for another audience does not verify as ours.
     assert!(
-        passage_tokens::verify(
+        passage_tokens::verify_id_token(
             &response.id_token,
             &jwks,
             &cluster.gateway.issuer,
@@ -241,7 +245,7 @@ async fn alternate_login_id_mail_signs_in() {
     let jwks = passage_gateway::client::fetch_jwks(&cluster.gateway.issuer, None)
         .await
         .unwrap();
-    let claims = passage_tokens::verify(
+    let claims = passage_tokens::verify_id_token(
         &response.id_token,
         &jwks,
         &cluster.gateway.issuer,
@@ -400,4 +404,36 @@ async fn directory_down_is_reported_and_recovers_when_it_returns() {
             Err(status) => panic!("no recovery within 10 s: {status:?}"),
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_directory_said_stays_in_the_logs() {
+    // A base DN that does not exist: the agent learns it from the directory, the caller only
+    // that the directory is unavailable.
+    let missing = "ou=nowhere,dc=corp,dc=example,dc=com";
+    let cluster = Cluster::start(ClusterOptions {
+        base_dn: Some(missing.into()),
+        ..ClusterOptions::default()
+    })
+    .await;
+    let alice = alice();
+    let status = cluster
+        .sign_in(&alice.upn, &alice.password)
+        .await
+        .expect_err("the directory cannot be searched");
+    assert_eq!(
+        ErrorCode::of(&status),
+        Some(ErrorCode::DirectoryUnavailable)
+    );
+    let message = status.message().to_ascii_lowercase();
+    for internal in ["ou=", "dc=", "nowhere", "agent-", "base dn", "rc="] {
+        assert!(!message.contains(internal), "{internal:?} in {message:?}");
+    }
+    assert_eq!(
+        status.message(),
+        ErrorCode::DirectoryUnavailable.public_status().message()
+    );
+    // The operator can still see why.
+    let agent_log = cluster.agents[0].process.log();
+    assert!(agent_log.contains(missing), "{agent_log}");
 }

@@ -3,9 +3,25 @@
 
 use passage_credentials::Secret;
 use passage_store::{
-    AgentConnection, AgentRecord, Backend, EnrolmentToken, Store, StoredCa, TokenRefusal,
+    AgentCertificate, AgentConnection, AgentRecord, Backend, EnrolmentToken, Forgotten,
+    KeyEncryptionKey, KeyProtection, Renewal, Store, StoredCa, TokenRefusal,
 };
 use passage_tests::postgres::Postgres;
+
+/// Stands in for a tenant CA's PKCS#8 key: distinctive, so a dump can be searched for it.
+const CA_KEY_MARKER: &[u8] = b"0\x81\x87-tenant-ca-private-key-marker";
+
+/// A store at `url` keeping private keys encrypted, as dispatchers do in production.
+async fn open_encrypted(url: &str, kek: &KeyEncryptionKey) -> Store {
+    Store::open(url)
+        .await
+        .unwrap()
+        .with_key_protection(KeyProtection::Encrypted(kek.clone()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
 
 fn agent(id: &str, tenant: &str, serial: &str) -> AgentRecord {
     AgentRecord {
@@ -36,7 +52,7 @@ async fn store_contract(store: &Store) {
     assert!(store.tenant_ca("default").await.unwrap().is_none());
     let ca = StoredCa {
         cert_pem: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into(),
-        key_der: Secret::new(vec![1, 2, 3, 0, 255]),
+        key_der: Secret::new(CA_KEY_MARKER.to_vec()),
     };
     assert!(store.insert_tenant_ca("default", &ca, now).await.unwrap());
     let other = StoredCa {
@@ -51,7 +67,7 @@ async fn store_contract(store: &Store) {
     );
     let stored = store.tenant_ca("default").await.unwrap().unwrap();
     assert_eq!(stored.cert_pem, ca.cert_pem);
-    assert_eq!(stored.key_der.expose(), &[1, 2, 3, 0, 255]);
+    assert_eq!(stored.key_der.expose(), CA_KEY_MARKER);
 
     // Enrolment tokens: single use, expiring, unknown.
     let token = EnrolmentToken {
@@ -63,18 +79,43 @@ async fn store_contract(store: &Store) {
     };
     store.create_enrolment_token(&token).await.unwrap();
     let grant = store
-        .redeem_enrolment_token(&token.token_hash, "default", now + 10)
+        .check_enrolment_token(&token.token_hash, "default", now + 10)
         .await
         .unwrap()
         .unwrap();
     assert_eq!(grant.tenant, "default");
     assert_eq!(grant.connector_group, "corp.example.com");
+    // Checking spends nothing; enrolling does, exactly once.
+    store
+        .enrol_agent(
+            &token.token_hash,
+            &agent("agent-b", "default", "01"),
+            now + 10,
+        )
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
         store
-            .redeem_enrolment_token(&token.token_hash, "default", now + 11)
+            .check_enrolment_token(&token.token_hash, "default", now + 11)
             .await
             .unwrap(),
         Err(TokenRefusal::AlreadyUsed)
+    );
+    assert_eq!(
+        store
+            .enrol_agent(
+                &token.token_hash,
+                &agent("agent-c", "default", "05"),
+                now + 11
+            )
+            .await
+            .unwrap(),
+        Err(TokenRefusal::AlreadyUsed)
+    );
+    assert!(
+        store.agent("agent-c").await.unwrap().is_none(),
+        "a refused enrolment leaves nothing"
     );
     let expiring = EnrolmentToken {
         token_hash: "b".repeat(64),
@@ -84,19 +125,24 @@ async fn store_contract(store: &Store) {
     store.create_enrolment_token(&expiring).await.unwrap();
     assert_eq!(
         store
-            .redeem_enrolment_token(&expiring.token_hash, "default", now + 5)
+            .enrol_agent(
+                &expiring.token_hash,
+                &agent("agent-c", "default", "05"),
+                now + 5
+            )
             .await
             .unwrap(),
         Err(TokenRefusal::Expired)
     );
     assert_eq!(
         store
-            .redeem_enrolment_token(&"c".repeat(64), "default", now)
+            .check_enrolment_token(&"c".repeat(64), "default", now)
             .await
             .unwrap(),
         Err(TokenRefusal::Unknown)
     );
-    // A token of one tenant is refused to another, and stays usable for its own.
+    // A token of one tenant is refused to another, and stays usable for its own; a token of
+    // one group is refused for another group and stays usable.
     let acme_token = EnrolmentToken {
         token_hash: "e".repeat(64),
         tenant: "acme".into(),
@@ -105,90 +151,219 @@ async fn store_contract(store: &Store) {
     store.create_enrolment_token(&acme_token).await.unwrap();
     assert_eq!(
         store
-            .redeem_enrolment_token(&acme_token.token_hash, "default", now)
+            .enrol_agent(
+                &acme_token.token_hash,
+                &agent("agent-c", "default", "05"),
+                now
+            )
             .await
             .unwrap(),
         Err(TokenRefusal::WrongTenant)
     );
-    assert!(
+    let mut other_group = agent("agent-x", "acme", "03");
+    other_group.connector_group = "elsewhere.example.com".into();
+    assert_eq!(
         store
-            .redeem_enrolment_token(&acme_token.token_hash, "acme", now)
+            .enrol_agent(&acme_token.token_hash, &other_group, now)
             .await
-            .unwrap()
-            .is_ok()
+            .unwrap(),
+        Err(TokenRefusal::WrongGroup)
     );
-    // Redeeming concurrently: exactly one winner.
+    store
+        .enrol_agent(&acme_token.token_hash, &agent("agent-x", "acme", "03"), now)
+        .await
+        .unwrap()
+        .unwrap();
+    // Enrolling concurrently with one token: exactly one winner, and only its agent exists.
     let racy = EnrolmentToken {
         token_hash: "d".repeat(64),
         ..token.clone()
     };
     store.create_enrolment_token(&racy).await.unwrap();
     let mut attempts = tokio::task::JoinSet::new();
-    for _ in 0..8 {
+    for n in 0..8 {
         let store = store.clone();
         let hash = racy.token_hash.clone();
         attempts.spawn(async move {
-            store
-                .redeem_enrolment_token(&hash, "default", now + 1)
+            let id = format!("racer-{n}");
+            let result = store
+                .enrol_agent(&hash, &agent(&id, "default", &format!("1{n}")), now + 1)
                 .await
-                .unwrap()
+                .unwrap();
+            (id, result)
         });
     }
-    let mut winners = 0;
+    let mut winners = Vec::new();
     while let Some(result) = attempts.join_next().await {
         match result.unwrap() {
-            Ok(_) => winners += 1,
-            Err(refusal) => assert_eq!(refusal, TokenRefusal::AlreadyUsed),
+            (id, Ok(())) => winners.push(id),
+            (_, Err(refusal)) => assert_eq!(refusal, TokenRefusal::AlreadyUsed),
         }
     }
-    assert_eq!(winners, 1, "a token is redeemed exactly once");
+    assert_eq!(winners.len(), 1, "a token is spent exactly once");
+    let racers: Vec<String> = store
+        .agents(Some("default"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.agent_id)
+        .filter(|id| id.starts_with("racer-"))
+        .collect();
+    assert_eq!(racers, winners);
 
-    // Agents: insert, update (renewal), list by tenant, revoke.
-    store
-        .save_agent(&agent("agent-b", "default", "01"))
-        .await
-        .unwrap();
-    store
-        .save_agent(&agent("agent-a", "default", "02"))
-        .await
-        .unwrap();
-    store
-        .save_agent(&agent("agent-x", "acme", "03"))
-        .await
-        .unwrap();
-    let renewed = AgentRecord {
-        cert_serial: "04".into(),
-        cert_not_after: 2_100_000_000,
-        ..agent("agent-a", "default", "02")
+    // Renewal: the new certificate becomes current, the old one is superseded.
+    let token_a = EnrolmentToken {
+        token_hash: "f".repeat(64),
+        ..token.clone()
     };
-    store.save_agent(&renewed).await.unwrap();
-    assert_eq!(store.agent("agent-a").await.unwrap().unwrap(), renewed);
+    store.create_enrolment_token(&token_a).await.unwrap();
+    store
+        .enrol_agent(&token_a.token_hash, &agent("agent-a", "default", "02"), now)
+        .await
+        .unwrap()
+        .unwrap();
+    let renewal = AgentCertificate {
+        serial: "04".into(),
+        not_after: 2_100_000_000,
+        public_key_der: vec![0x30, 9, 9],
+    };
+    assert_eq!(
+        store
+            .renew_agent("agent-a", "02", &renewal, "0.2.0", now + 50)
+            .await
+            .unwrap(),
+        Renewal::Renewed
+    );
+    let renewed = store.agent("agent-a").await.unwrap().unwrap();
+    assert_eq!(renewed.cert_serial, "04");
+    assert_eq!(renewed.cert_not_after, 2_100_000_000);
+    assert_eq!(renewed.public_key_der, vec![0x30, 9, 9]);
+    assert_eq!(renewed.version, "0.2.0");
+    // Until the agent connects with the new certificate, the old one stands (a lost answer
+    // to the renewal strands nobody) and may renew again.
+    let old = store.certificate_standing("02").await.unwrap().unwrap();
+    assert_eq!(old.superseded_at, None);
+    let retried = AgentCertificate {
+        serial: "05".into(),
+        ..renewal.clone()
+    };
+    assert_eq!(
+        store
+            .renew_agent("agent-a", "02", &retried, "0.2.0", now + 60)
+            .await
+            .unwrap(),
+        Renewal::Renewed
+    );
+    // Connecting with an older certificate retires nothing; with the current one, every other.
+    assert_eq!(
+        store
+            .activate_certificate("agent-a", "02", now + 65)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        store
+            .activate_certificate("agent-a", "05", now + 70)
+            .await
+            .unwrap(),
+        2
+    );
+    for serial in ["02", "04"] {
+        let standing = store.certificate_standing(serial).await.unwrap().unwrap();
+        assert_eq!(standing.superseded_at, Some(now + 70), "{serial}");
+        assert_eq!(standing.agent_id, "agent-a");
+    }
+    let current = store.certificate_standing("05").await.unwrap().unwrap();
+    assert_eq!(current.superseded_at, None);
+    assert_eq!(current.public_key_der, vec![0x30, 9, 9]);
+    assert!(store.certificate_standing("99").await.unwrap().is_none());
+    // A superseded certificate (a copy taken before the renewal) cannot renew.
+    let stolen = AgentCertificate {
+        serial: "66".into(),
+        ..renewal.clone()
+    };
+    assert_eq!(
+        store
+            .renew_agent("agent-a", "02", &stolen, "0.2.0", now + 80)
+            .await
+            .unwrap(),
+        Renewal::Superseded
+    );
+    assert!(store.certificate_standing("66").await.unwrap().is_none());
+    assert_eq!(
+        store
+            .superseded_since(now + 70)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|c| c.serial)
+            .collect::<Vec<_>>(),
+        vec!["02", "04"]
+    );
+    assert!(store.superseded_since(now + 71).await.unwrap().is_empty());
+    assert_eq!(
+        store
+            .renew_agent("no-such-agent", "02", &renewal, "0.2.0", now)
+            .await
+            .unwrap(),
+        Renewal::Unknown
+    );
+
     let ids: Vec<String> = store
         .agents(Some("default"))
         .await
         .unwrap()
         .into_iter()
         .map(|a| a.agent_id)
+        .filter(|id| !id.starts_with("racer-"))
         .collect();
     assert_eq!(ids, vec!["agent-a", "agent-b"]);
-    assert_eq!(store.agents(None).await.unwrap().len(), 3);
+    assert_eq!(store.agents(None).await.unwrap().len(), 4);
 
-    assert!(!store.is_revoked("04").await.unwrap());
+    // Revocation: every certificate the agent ever had stands revoked, at once.
     let revoked = store
         .revoke_agent("agent-a", now + 100)
         .await
         .unwrap()
         .unwrap();
     assert_eq!(revoked.revoked_at, Some(now + 100));
-    assert!(store.is_revoked("04").await.unwrap());
-    assert!(!store.is_revoked("01").await.unwrap());
-    // Revoking again keeps the first time.
+    for serial in ["02", "04", "05"] {
+        let standing = store.certificate_standing(serial).await.unwrap().unwrap();
+        assert_eq!(standing.agent_revoked_at, Some(now + 100), "{serial}");
+    }
+    assert_eq!(
+        store
+            .certificate_standing("01")
+            .await
+            .unwrap()
+            .unwrap()
+            .agent_revoked_at,
+        None
+    );
+    // Revoking again keeps the first time; renewing a revoked agent changes nothing.
     let again = store
         .revoke_agent("agent-a", now + 200)
         .await
         .unwrap()
         .unwrap();
     assert_eq!(again.revoked_at, Some(now + 100));
+    let late = AgentCertificate {
+        serial: "06".into(),
+        ..renewal.clone()
+    };
+    assert_eq!(
+        store
+            .renew_agent("agent-a", "05", &late, "0.3.0", now + 300)
+            .await
+            .unwrap(),
+        Renewal::Revoked
+    );
+    assert!(store.certificate_standing("06").await.unwrap().is_none());
+    assert_eq!(
+        store.agent("agent-a").await.unwrap().unwrap().cert_serial,
+        "05"
+    );
     assert_eq!(
         store.revoked_since(now + 100).await.unwrap(),
         vec!["agent-a"]
@@ -201,6 +376,41 @@ async fn store_contract(store: &Store) {
             .unwrap()
             .is_none()
     );
+    // Forgetting: only revoked agents; their certificates then stand nowhere.
+    assert_eq!(
+        store.forget_agent("agent-b", now + 10_000).await.unwrap(),
+        Forgotten::NotRevoked
+    );
+    assert_eq!(
+        store.forget_agent("nobody", now + 10_000).await.unwrap(),
+        Forgotten::Unknown
+    );
+    let token_g = EnrolmentToken {
+        token_hash: "9".repeat(64),
+        ..token.clone()
+    };
+    store.create_enrolment_token(&token_g).await.unwrap();
+    store
+        .enrol_agent(
+            &token_g.token_hash,
+            &agent("agent-gone", "default", "07"),
+            now,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    store.revoke_agent("agent-gone", now + 1).await.unwrap();
+    // Not before every replica can have cut it.
+    assert_eq!(
+        store.forget_agent("agent-gone", now).await.unwrap(),
+        Forgotten::TooRecent
+    );
+    assert_eq!(
+        store.forget_agent("agent-gone", now + 1).await.unwrap(),
+        Forgotten::Forgotten
+    );
+    assert!(store.agent("agent-gone").await.unwrap().is_none());
+    assert!(store.certificate_standing("07").await.unwrap().is_none());
 
     // Live connections: each replica replaces its own report; stale reports are filtered.
     let connection = |agent: &str, replica: &str, beat: i64| AgentConnection {
@@ -233,17 +443,150 @@ async fn store_contract(store: &Store) {
     );
 }
 
+/// Renewals racing revocations, many times: whatever the interleaving, the agent ends revoked,
+/// and no certificate of it stands.
+async fn renewal_never_resurrects_a_revoked_agent(store: &Store) {
+    let now = 1_900_000_000;
+    store.ensure_tenant("race", now).await.unwrap();
+    for round in 0..40 {
+        let id = format!("race-{round}");
+        let token = EnrolmentToken {
+            token_hash: format!("{round:064}"),
+            tenant: "race".into(),
+            connector_group: "corp.example.com".into(),
+            created_at: now,
+            expires_at: now + 3600,
+        };
+        store.create_enrolment_token(&token).await.unwrap();
+        store
+            .enrol_agent(
+                &token.token_hash,
+                &agent(&id, "race", &format!("r{round}-0")),
+                now,
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        let mut tasks = tokio::task::JoinSet::new();
+        for n in 1..=4u8 {
+            let (store, id) = (store.clone(), id.clone());
+            tasks.spawn(async move {
+                let certificate = AgentCertificate {
+                    serial: format!("r{round}-{n}"),
+                    not_after: now + 1000,
+                    public_key_der: vec![0x30, n],
+                };
+                let outcome = store
+                    .renew_agent(
+                        &id,
+                        &format!("r{round}-0"),
+                        &certificate,
+                        "0.1.0",
+                        now + i64::from(n),
+                    )
+                    .await
+                    .unwrap();
+                // The agent switches to what it got, as a real one does.
+                if outcome == Renewal::Renewed {
+                    store
+                        .activate_certificate(&id, &certificate.serial, now + i64::from(n))
+                        .await
+                        .unwrap();
+                }
+                Some((n, outcome))
+            });
+        }
+        let (store2, id2) = (store.clone(), id.clone());
+        tasks.spawn(async move {
+            store2.revoke_agent(&id2, now + 2).await.unwrap();
+            None
+        });
+        let mut outcomes = Vec::new();
+        while let Some(result) = tasks.join_next().await {
+            outcomes.extend(result.unwrap());
+        }
+        let record = store.agent(&id).await.unwrap().unwrap();
+        assert_eq!(record.revoked_at, Some(now + 2), "round {round}");
+        // A renewal the revocation beat recorded nothing; one that won is on record (and
+        // revoked with the agent).
+        for (n, outcome) in outcomes {
+            let standing = store
+                .certificate_standing(&format!("r{round}-{n}"))
+                .await
+                .unwrap();
+            match outcome {
+                Renewal::Renewed => assert!(standing.unwrap().agent_revoked_at.is_some()),
+                Renewal::Revoked | Renewal::Superseded => {
+                    assert!(
+                        standing.is_none(),
+                        "round {round}: refused renewal {n} recorded"
+                    )
+                }
+                Renewal::Unknown => panic!("round {round}: the agent vanished"),
+            }
+        }
+        let after = AgentCertificate {
+            serial: format!("r{round}-9"),
+            not_after: now + 1000,
+            public_key_der: vec![0x30],
+        };
+        assert_eq!(
+            store
+                .renew_agent(&id, &record.cert_serial, &after, "0.1.0", now + 9)
+                .await
+                .unwrap(),
+            Renewal::Revoked
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_store_passes_the_contract_and_survives_reopening() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("passage.db").display());
-    let store = Store::open(&url).await.unwrap();
+    let kek = KeyEncryptionKey::generate().unwrap();
+    let store = open_encrypted(&url, &kek).await;
     assert_eq!(store.backend(), Backend::Sqlite);
     store_contract(&store).await;
+    renewal_never_resurrects_a_revoked_agent(&store).await;
     drop(store);
+    // The file holds no private key in the clear.
+    let mut bytes = Vec::new();
+    for entry in std::fs::read_dir(dir.path()).unwrap().flatten() {
+        bytes.extend(std::fs::read(entry.path()).unwrap());
+    }
+    assert!(
+        !bytes
+            .windows(CA_KEY_MARKER.len())
+            .any(|w| w == CA_KEY_MARKER)
+    );
     // Reopening migrates nothing new and keeps the data.
-    let reopened = Store::open(&url).await.unwrap();
-    assert_eq!(reopened.agents(None).await.unwrap().len(), 3);
+    let reopened = open_encrypted(&url, &kek).await;
+    assert_eq!(reopened.agents(Some("default")).await.unwrap().len(), 3);
+    assert_eq!(
+        reopened
+            .tenant_ca("default")
+            .await
+            .unwrap()
+            .unwrap()
+            .key_der
+            .expose(),
+        CA_KEY_MARKER
+    );
+    // The file holds tenant CAs and agent records: created 0600, refused when others may read.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        drop(reopened);
+        let path = dir.path().join("passage.db");
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = Store::open(&url).await.unwrap_err();
+        assert!(err.to_string().contains("chmod 600"), "{err}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -251,17 +594,31 @@ async fn postgres_store_passes_the_contract_and_two_replicas_share_it() {
     let server = Postgres::start();
     let url = server.url();
     // Two replicas starting at once: migrations take turns (advisory lock).
-    let (first, second) = tokio::join!(Store::open(&url), Store::open(&url));
-    let (first, second) = (first.unwrap(), second.unwrap());
+    let kek = KeyEncryptionKey::generate().unwrap();
+    let (first, second) = tokio::join!(open_encrypted(&url, &kek), open_encrypted(&url, &kek));
     assert_eq!(first.backend(), Backend::Postgres);
     store_contract(&first).await;
+    renewal_never_resurrects_a_revoked_agent(&first).await;
     // What one replica wrote, the other reads.
-    assert!(second.is_revoked("04").await.unwrap());
+    assert!(
+        second
+            .certificate_standing("04")
+            .await
+            .unwrap()
+            .unwrap()
+            .agent_revoked_at
+            .is_some()
+    );
     assert_eq!(second.agents(Some("acme")).await.unwrap().len(), 1);
     let dump = server.dump();
     assert!(
         dump.contains("enrolment_tokens"),
         "the dump covers the schema"
+    );
+    assert!(dump.contains("tenant_cas"), "the dump covers the CAs");
+    assert!(
+        !dump.contains(&hex(CA_KEY_MARKER)) && !dump.contains("tenant-ca-private-key-marker"),
+        "no private key in the clear"
     );
 }
 

@@ -92,23 +92,49 @@ pub fn run_to_end(name: &str, args: &[&str]) -> (bool, String, String) {
     (status.success(), stdout, stderr)
 }
 
-/// A child process killed when dropped, whose stderr goes to a log file.
+/// A child process killed when dropped, whose stderr goes to a log file and stdout to a
+/// second one. Dropping it fails the test if the process panicked (a panic in any thread or
+/// task prints "panicked at" on stderr), so no test passes over a crash it did not look for.
 pub struct Process {
     child: Child,
     /// Where its stderr (the structured log) goes.
     pub log_path: PathBuf,
+    /// Where its stdout goes.
+    pub stdout_path: PathBuf,
     /// The first line it printed on stdout (its listening addresses).
     pub ready_line: String,
+    name: String,
+}
+
+/// The log filter of processes started with [`Process::start`]: `info`, or what
+/// `PASSAGE_TEST_LOG` says. Leak checks start theirs with `debug`
+/// ([`Process::start_with_log`]).
+pub fn default_log_filter() -> String {
+    std::env::var("PASSAGE_TEST_LOG").unwrap_or_else(|_| "info".into())
 }
 
 impl Process {
     /// Starts `bin_dir()/name args` with `env` added to its environment, logging stderr to
     /// `log_path`, and waits (up to 30 s) for its first stdout line.
     pub fn start(name: &str, args: &[&str], env: &[(String, String)], log_path: &Path) -> Self {
+        Self::start_with_log(name, args, env, log_path, &default_log_filter())
+    }
+
+    /// [`Process::start`] with the log filter `filter` (`RUST_LOG`).
+    pub fn start_with_log(
+        name: &str,
+        args: &[&str],
+        env: &[(String, String)],
+        log_path: &Path,
+        filter: &str,
+    ) -> Self {
         let log = std::fs::File::create(log_path).expect("creating the process log");
+        let stdout_path = log_path.with_extension("stdout");
+        let mut stdout_file =
+            std::fs::File::create(&stdout_path).expect("creating the process stdout file");
         let mut child = Command::new(bin_dir().join(name))
             .args(args)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", filter)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -118,12 +144,16 @@ impl Process {
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
+            use std::io::Write as _;
             let mut lines = BufReader::new(stdout).lines();
             if let Some(Ok(line)) = lines.next() {
+                let _ = writeln!(stdout_file, "{line}");
                 let _ = tx.send(line);
             }
-            // Keep draining so the child never blocks on a full pipe.
-            for _ in lines {}
+            // Keep draining (into the file, for leak checks) so the child never blocks.
+            for line in lines.map_while(Result::ok) {
+                let _ = writeln!(stdout_file, "{line}");
+            }
         });
         let ready_line = match rx.recv_timeout(Duration::from_secs(30)) {
             Ok(line) => line,
@@ -136,7 +166,9 @@ impl Process {
         Self {
             child,
             log_path: log_path.to_path_buf(),
+            stdout_path,
             ready_line,
+            name: name.to_owned(),
         }
     }
 
@@ -180,11 +212,34 @@ impl Process {
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
+
+    /// Everything it has printed on stdout so far.
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.stdout_path).unwrap_or_default()
+    }
+
+    /// Both its log and its stdout, for leak checks.
+    pub fn output(&self) -> String {
+        format!("{}\n{}", self.log(), self.stdout())
+    }
+
+    /// Fails the test if the process panicked.
+    pub fn assert_no_panic(&self) {
+        let output = self.output();
+        if let Some(at) = output.find("panicked at") {
+            let start = output[..at].rfind('\n').map_or(0, |n| n + 1);
+            let end = output[at..].find("\n\n").map_or(output.len(), |n| at + n);
+            panic!("{} panicked:\n{}", self.name, &output[start..end]);
+        }
+    }
 }
 
 impl Drop for Process {
     fn drop(&mut self) {
         self.kill();
+        if !std::thread::panicking() {
+            self.assert_no_panic();
+        }
     }
 }
 

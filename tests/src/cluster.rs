@@ -7,7 +7,8 @@ use std::{
 };
 
 use passage_proto::v1::{
-    ListAgentKeysRequest, SignInRequest, SignInResponse, dispatcher_client::DispatcherClient,
+    AgentKey, ListAgentKeysRequest, SignInRequest, SignInResponse,
+    agent_enrolment_client::AgentEnrolmentClient, dispatcher_client::DispatcherClient,
     gateway_client::GatewayClient,
 };
 use tonic::{
@@ -24,6 +25,10 @@ use crate::{
 
 /// The client id tests sign in as.
 pub const CLIENT_ID: &str = "e2e-app";
+/// The services CA certificate in a secure cluster's directory.
+pub const SERVICES_CA_FILE: &str = "services-ca.pem";
+/// The store's key-encryption key in a secure cluster's directory.
+pub const STORE_KEY_FILE: &str = "store.key";
 
 /// What to start.
 #[derive(Debug, Clone)]
@@ -51,6 +56,14 @@ pub struct ClusterOptions {
     /// With `enrolment`, the lifetime of agent certificates in seconds (agents then check
     /// for renewal every 300 ms and a group's renewals are spaced by one second).
     pub certificate_lifetime_s: Option<u64>,
+    /// With `enrolment`, how long a certificate replaced by a renewal stays trusted, in seconds
+    /// (dispatcher and gateway; default: theirs).
+    pub certificate_switchover_s: Option<u64>,
+    /// The agents' search base (default: the people OU of the test directory).
+    pub base_dn: Option<String>,
+    /// Start every process at `debug` log level (leak checks: whatever a process could print,
+    /// it prints).
+    pub debug_logs: bool,
     /// Start a private OTLP receiver ([`Cluster::collector`]) and have every process export
     /// its spans to it.
     pub trace_export: bool,
@@ -69,6 +82,9 @@ impl Default for ClusterOptions {
             enrolment: false,
             postgres: false,
             certificate_lifetime_s: None,
+            certificate_switchover_s: None,
+            debug_logs: false,
+            base_dn: None,
             trace_export: false,
         }
     }
@@ -91,13 +107,14 @@ impl DispatcherProcess {
         config: Option<&std::path::Path>,
         env: &[(String, String)],
         log: &std::path::Path,
+        filter: &str,
     ) -> Self {
         let mut args = vec!["--agent-listen", agent_listen, "--api-listen", api_listen];
         match config {
             Some(config) => args.extend(["--config", config.to_str().expect("utf-8 path")]),
             None => args.push("--insecure-plaintext"),
         }
-        let process = Process::start("passage-dispatcher", &args, env, log);
+        let process = Process::start_with_log("passage-dispatcher", &args, env, log, filter);
         let scheme = if config.is_some() { "https" } else { "http" };
         Self {
             agent_url: format!("{scheme}://{}", process.ready_value("agents")),
@@ -172,7 +189,7 @@ async fn channel(url: &str, tls: Option<&ClientTlsConfig>) -> Channel {
 fn service_tls(dir: &std::path::Path, client_certificate: bool) -> ClientTlsConfig {
     let read = |name: &str| std::fs::read(dir.join(name)).expect("TLS material");
     let mut tls =
-        ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read("service-ca.pem")));
+        ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(SERVICES_CA_FILE)));
     if client_certificate {
         tls = tls.identity(Identity::from_pem(
             read("gateway-client.pem"),
@@ -202,15 +219,16 @@ impl Cluster {
             Some(server) => server.url(),
             None => format!("sqlite://{}", dir.path().join("passage.db").display()),
         };
-        let dispatcher_config = options.enrolment.then(|| {
-            write_secure_dispatcher_config(dir.path(), &store_url, options.certificate_lifetime_s)
-        });
+        let dispatcher_config = options
+            .enrolment
+            .then(|| write_secure_dispatcher_config(dir.path(), &store_url, &options));
         let dispatcher = DispatcherProcess::start(
             "127.0.0.1:0",
             "127.0.0.1:0",
             dispatcher_config.as_deref(),
             &process_env,
             &dir.path().join("dispatcher.log"),
+            &log_filter(&options),
         );
 
         let gateway_config = dir.path().join("gateway.toml");
@@ -220,11 +238,12 @@ impl Cluster {
                 "grpc_listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\n\
                  dispatcher_url = \"{}\"\nsigning_key_file = \"{}\"\n\
                  validation_timeout_ms = {}\ninsecure_plaintext = {insecure}\n\
-                 key_cache_ttl_ms = 500\n{store}\n[[clients]]\nid = \"{CLIENT_ID}\"\nname = \"end-to-end tests\"\n",
+                 key_cache_ttl_ms = 500\n{switchover}{store}\n[[clients]]\nid = \"{CLIENT_ID}\"\nname = \"end-to-end tests\"\n",
                 dispatcher.api_url,
                 dir.path().join("token-key.der").display(),
                 options.validation_timeout.as_millis(),
                 insecure = !options.enrolment,
+                switchover = switchover(&options),
                 store = if options.enrolment {
                     let file = |name: &str| dir.path().join(name).display().to_string();
                     format!(
@@ -233,7 +252,7 @@ impl Cluster {
                          dispatcher_tls = {{ ca_file = \"{}\", cert_file = \"{}\", key_file = \"{}\" }}\n",
                         file("gateway.pem"),
                         file("gateway-key.pem"),
-                        file("service-ca.pem"),
+                        file(SERVICES_CA_FILE),
                         file("gateway-client.pem"),
                         file("gateway-client-key.pem"),
                     )
@@ -243,11 +262,12 @@ impl Cluster {
             ),
         )
         .expect("gateway.toml");
-        let gateway = Process::start(
+        let gateway = Process::start_with_log(
             "passage-gateway",
             &["--config", gateway_config.to_str().expect("utf-8 path")],
             &process_env,
             &dir.path().join("gateway.log"),
+            &log_filter(&options),
         );
         let scheme = if options.enrolment { "https" } else { "http" };
         let gateway = GatewayProcess {
@@ -279,7 +299,9 @@ impl Cluster {
         cluster
     }
 
-    fn agent_config(&self, index: usize) -> PathBuf {
+    /// Writes agent `index`'s configuration (state in [`Cluster::agent_state_dir`]) and
+    /// returns its path.
+    pub fn agent_config(&self, index: usize) -> PathBuf {
         let path = self.dir.path().join(format!("agent-{index}.toml"));
         std::fs::write(
             &path,
@@ -287,7 +309,8 @@ impl Cluster {
                 "dispatchers = [\"{dispatcher}\"]\nconnector_group = \"{DOMAIN}\"\n\
                  state_dir = \"{state}\"\ncapacity = {capacity}\nheartbeat_interval_ms = 1000\n\
                  insecure_plaintext = true\n{renew}{proxy}{tls}\n\
-                 [directory]\nkind = \"ldap\"\nurl = \"{url}\"\nbase_dn = \"{PEOPLE_DN}\"\n\
+                 [directory]\nkind = \"ldap\"\nurl = \"{url}\"\nallow_plaintext = true\n\
+                 base_dn = \"{base_dn}\"\n\
                  bind_dn = \"{ADMIN_DN}\"\nbind_password = \"{ADMIN_PASSWORD}\"\n\
                  login_attribute = \"{login}\"\ntimeout_ms = 2000\n{groups}",
                 dispatcher = self.dispatcher.agent_url,
@@ -306,12 +329,13 @@ impl Cluster {
                 tls = if self.options.enrolment {
                     format!(
                         "tls = {{ ca_file = \"{}\" }}\n",
-                        self.dir.path().join("service-ca.pem").display()
+                        self.dir.path().join(SERVICES_CA_FILE).display()
                     )
                 } else {
                     String::new()
                 },
                 url = self.slapd.url(),
+                base_dn = self.options.base_dn.as_deref().unwrap_or(PEOPLE_DN),
                 login = self.options.login_attribute,
                 groups = if self.options.group_search {
                     format!("group_search = {{ base_dn = \"{GROUPS_DN}\" }}\n")
@@ -322,6 +346,61 @@ impl Cluster {
         )
         .expect("agent.toml");
         path
+    }
+
+    /// A client of the dispatcher's gateway API over TLS, presenting the client certificate
+    /// `<dir>/<client>.pem` (with `<client>-key.pem`) if given. Connects lazily, so a refused
+    /// handshake shows as the first call's error.
+    pub fn dispatcher_api(&self, client: Option<&str>) -> DispatcherClient<Channel> {
+        let read = |name: &str| std::fs::read(self.dir.path().join(name)).expect("TLS material");
+        let mut tls =
+            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(SERVICES_CA_FILE)));
+        if let Some(client) = client {
+            tls = tls.identity(Identity::from_pem(
+                read(&format!("{client}.pem")),
+                read(&format!("{client}-key.pem")),
+            ));
+        }
+        let endpoint = Channel::from_shared(self.dispatcher.api_url.clone())
+            .expect("valid URL")
+            .tls_config(tls)
+            .expect("TLS config");
+        DispatcherClient::new(endpoint.connect_lazy())
+    }
+
+    /// A client of the dispatcher's agent listener (enrolment), trusting the services CA.
+    pub fn enrolment_client(&self) -> AgentEnrolmentClient<Channel> {
+        let ca = std::fs::read(self.dir.path().join(SERVICES_CA_FILE)).expect("services CA");
+        let endpoint = Channel::from_shared(self.dispatcher.agent_url.clone())
+            .expect("valid URL")
+            .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)))
+            .expect("TLS config");
+        AgentEnrolmentClient::new(endpoint.connect_lazy())
+    }
+
+    /// `passage gateway certificate issue` for `name` and `tenants`, written as
+    /// `<dir>/<name>.pem` and `<name>-key.pem`.
+    pub fn issue_gateway_certificate(&self, name: &str, tenants: &[&str]) {
+        let dir = self.dir.path().display().to_string();
+        let mut args = vec![
+            "gateway",
+            "certificate",
+            "issue",
+            "--dir",
+            &dir,
+            "--name",
+            name,
+        ];
+        for tenant in tenants {
+            args.extend(["--tenant", tenant]);
+        }
+        let (ok, _, stderr) = run_to_end("passage", &args);
+        assert!(ok, "gateway certificate issue: {stderr}");
+    }
+
+    /// The key-encryption key file of an enrolment cluster's store.
+    pub fn store_key_file(&self) -> String {
+        self.dir.path().join(STORE_KEY_FILE).display().to_string()
     }
 
     /// The store URL of an enrolment cluster.
@@ -339,6 +418,8 @@ impl Cluster {
                 "create",
                 "--store",
                 &self.store_url(),
+                "--store-encryption-key-file",
+                &self.store_key_file(),
                 "--tenant",
                 tenant,
                 "--connector-group",
@@ -354,7 +435,14 @@ impl Cluster {
     /// `passage agent ARGS...` against this cluster's store: (success, stdout, stderr).
     pub fn agent_cli(&self, args: &[&str]) -> (bool, String, String) {
         let store = self.store_url();
-        let mut all = vec!["agent", "--store", store.as_str()];
+        let key = self.store_key_file();
+        let mut all = vec![
+            "agent",
+            "--store",
+            store.as_str(),
+            "--store-encryption-key-file",
+            key.as_str(),
+        ];
         all.extend_from_slice(args);
         run_to_end("passage", &all)
     }
@@ -409,11 +497,12 @@ impl Cluster {
     /// Starts agent `index` from its existing configuration; with `wait`, until listed.
     pub async fn start_agent(&mut self, index: usize, wait: bool) -> &AgentProcess {
         let config = self.dir.path().join(format!("agent-{index}.toml"));
-        let process = Process::start(
+        let process = Process::start_with_log(
             "passage-agent",
             &["run", "--config", config.to_str().expect("utf-8 path")],
             &self.process_env,
             &self.dir.path().join(format!("agent-{index}.log")),
+            &log_filter(&self.options),
         );
         let agent_id = process.ready_value("agent_id");
         if wait {
@@ -450,12 +539,13 @@ impl Cluster {
             config.as_deref(),
             &self.process_env,
             &self.dir.path().join("dispatcher-2.log"),
+            &log_filter(&self.options),
         );
         clean
     }
 
-    /// The agent ids the dispatcher currently offers.
-    pub async fn listed_agents(&self) -> Vec<String> {
+    /// The agent keys the dispatcher currently offers the default tenant's group.
+    pub async fn offered_keys(&self) -> Vec<AgentKey> {
         let tls = self
             .options
             .enrolment
@@ -471,6 +561,12 @@ impl Cluster {
             .expect("ListAgentKeys")
             .into_inner()
             .keys
+    }
+
+    /// The agent ids the dispatcher currently offers.
+    pub async fn listed_agents(&self) -> Vec<String> {
+        self.offered_keys()
+            .await
             .into_iter()
             .map(|k| k.agent_id)
             .collect()
@@ -517,52 +613,82 @@ impl Cluster {
     }
 }
 
-/// Writes TLS material for every hop — a test service CA; server certificates for 127.0.0.1
-/// for the dispatcher and the gateway; the gateway's client certificate towards the
-/// dispatcher (keys 0600) — and a dispatcher configuration using them and `store_url`.
+fn log_filter(options: &ClusterOptions) -> String {
+    if options.debug_logs {
+        "debug".into()
+    } else {
+        crate::bins::default_log_filter()
+    }
+}
+
+fn switchover(options: &ClusterOptions) -> String {
+    options
+        .certificate_switchover_s
+        .map(|s| format!("certificate_switchover_s = {s}\n"))
+        .unwrap_or_default()
+}
+
+/// Makes the TLS material for every hop the way `docs/certificates.md` tells operators to —
+/// with `passage pki init`, `passage pki server` and `passage gateway certificate issue` — and
+/// the store's key-encryption key with `passage store key create`; then writes a dispatcher
+/// configuration using them and `store_url`.
 fn write_secure_dispatcher_config(
     dir: &std::path::Path,
     store_url: &str,
-    certificate_lifetime_s: Option<u64>,
+    options: &ClusterOptions,
 ) -> PathBuf {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-    let ca_key = KeyPair::generate().expect("CA key");
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "Passage test service CA");
-    let ca_cert = ca_params.self_signed(&ca_key).expect("CA certificate");
-    let issuer = Issuer::new(ca_params, ca_key);
-    std::fs::write(dir.join("service-ca.pem"), ca_cert.pem()).expect("service-ca.pem");
-    for name in ["dispatcher", "gateway", "gateway-client"] {
-        let key = KeyPair::generate().expect("key");
-        let params = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-            .expect("params");
-        let cert = params.signed_by(&key, &issuer).expect("certificate");
-        std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).expect("certificate file");
-        let key_path = dir.join(format!("{name}-key.pem"));
-        std::fs::write(&key_path, key.serialize_pem()).expect("key file");
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600))
-                .expect("chmod");
-        }
+    let path = |name: &str| dir.join(name).display().to_string();
+    let passage = |args: &[&str]| {
+        let (ok, _, stderr) = run_to_end("passage", args);
+        assert!(ok, "passage {args:?}: {stderr}");
+    };
+    let dir_arg = path("");
+    passage(&["pki", "init", "--dir", &dir_arg]);
+    for name in ["dispatcher", "gateway"] {
+        passage(&[
+            "pki",
+            "server",
+            "--dir",
+            &dir_arg,
+            "--name",
+            name,
+            "--san",
+            "127.0.0.1",
+            "--san",
+            "localhost",
+        ]);
     }
+    passage(&[
+        "gateway",
+        "certificate",
+        "issue",
+        "--dir",
+        &dir_arg,
+        "--name",
+        "e2e-gateway",
+        "--tenant",
+        "default",
+        "--out",
+        &path("gateway-client"),
+    ]);
+    passage(&["store", "key", "create", "--out", &path(STORE_KEY_FILE)]);
     let config = dir.join("dispatcher.toml");
     std::fs::write(
         &config,
         format!(
-            "store_url = \"{store_url}\"\nheartbeat_interval_ms = 1000\n{lifetime}\n\
+            "store_url = \"{store_url}\"\nheartbeat_interval_ms = 1000\n\
+             store_encryption_key_file = \"{store_key}\"\n{lifetime}\n\
              [agent_tls]\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\n\n\
              [api_tls]\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\nclient_ca_file = \"{ca}\"\n",
-            lifetime = certificate_lifetime_s
+            lifetime = options
+                .certificate_lifetime_s
                 .map(|s| format!("agent_certificate_lifetime_s = {s}\nrenewal_spacing_ms = 1000\n"))
-                .unwrap_or_default(),
-            cert = dir.join("dispatcher.pem").display(),
-            key = dir.join("dispatcher-key.pem").display(),
-            ca = dir.join("service-ca.pem").display()
+                .unwrap_or_default()
+                + &switchover(options),
+            store_key = path(STORE_KEY_FILE),
+            cert = path("dispatcher.pem"),
+            key = path("dispatcher-key.pem"),
+            ca = path(SERVICES_CA_FILE)
         ),
     )
     .expect("dispatcher.toml");

@@ -3,7 +3,8 @@
 //! * [`Password`] can only hold a non-empty password without control characters, prints as
 //!   `[redacted]` and wipes its memory on drop. An empty password must never reach a
 //!   directory: an LDAP simple bind with an empty password is an anonymous bind and succeeds.
-//! * [`Username`] can only be built validated: bounded length, no control characters, and a
+//! * [`Username`] can only be built validated: bounded length, no control, invisible or
+//!   bidirectional-control characters, no surrounding whitespace, NFC-normalised, and a
 //!   `user@domain` shape whose domain routes it to a connector group.
 //! * [`Secret`] is the general redacting, zeroizing wrapper for keys and tokens.
 
@@ -11,6 +12,8 @@ pub mod secret_file;
 
 use std::fmt;
 
+use unicode_normalization::UnicodeNormalization;
+use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
 /// Longest accepted username, in bytes (AD's userPrincipalName is bounded well below this).
@@ -43,9 +46,38 @@ pub enum CredentialError {
         /// Which field.
         field: &'static str,
     },
+    /// The field contained an invisible or bidirectional-control character (see
+    /// [`is_invisible`]): such names look like another user's name on screen and in logs.
+    #[error("{field} must not contain invisible or bidirectional-control characters")]
+    InvisibleCharacter {
+        /// Which field.
+        field: &'static str,
+    },
+    /// The username started or ended with whitespace, which would make two names that look
+    /// alike in a list refer to different directory entries.
+    #[error("username must not start or end with spaces")]
+    SurroundingWhitespace {
+        /// Which field.
+        field: &'static str,
+    },
     /// The username has no `@domain` part, or an empty local part or domain.
     #[error("username must have the form user@domain")]
     NoDomain,
+}
+
+/// Whether `c` is invisible when rendered or reorders the text around it: Unicode general
+/// category Cf (format: zero-width spaces and joiners, bidirectional marks, embeddings and
+/// isolates, the byte-order mark, the soft hyphen, ...), Zl (line separator) or Zp (paragraph
+/// separator).
+///
+/// Control characters (Cc) are not included: [`char::is_control`] covers those.
+pub fn is_invisible(c: char) -> bool {
+    matches!(
+        c.general_category(),
+        GeneralCategory::Format
+            | GeneralCategory::LineSeparator
+            | GeneralCategory::ParagraphSeparator
+    )
 }
 
 /// Checks the rules every free-form request field shares: bounded length, no control characters.
@@ -59,41 +91,64 @@ pub fn check_field(field: &'static str, value: &str, max: usize) -> Result<(), C
     Ok(())
 }
 
-/// A validated sign-in name of the form `user@domain`.
+/// A validated sign-in name of the form `user@domain`, held in Unicode NFC.
 ///
 /// The domain (case-insensitive) selects the connector group; the whole name is what the agent
 /// looks up in the directory (after RFC 4515 escaping).
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Username {
+    /// NFC-normalised.
     value: String,
+    /// Byte index of the last `@` in `value`.
     at: usize,
 }
 
 impl Username {
-    /// Validates `value`.
+    /// Validates `value` and normalises it to NFC.
+    ///
+    /// Refuses empty or over-long names, control characters, invisible or
+    /// bidirectional-control characters ([`is_invisible`]), leading or trailing whitespace,
+    /// and names without a non-empty local part and domain either side of the last `@`.
     pub fn parse(value: &str) -> Result<Self, CredentialError> {
+        const FIELD: &str = "username";
         if value.is_empty() {
-            return Err(CredentialError::Empty { field: "username" });
+            return Err(CredentialError::Empty { field: FIELD });
         }
-        check_field("username", value, MAX_USERNAME_BYTES)?;
+        // Bounds the input before normalising it, so the work below is bounded too.
+        check_field(FIELD, value, MAX_USERNAME_BYTES)?;
+        // A name typed with a combining accent and one typed precomposed are the same name.
+        // Canonical equivalence never turns a character into or out of a control, format or
+        // whitespace one, so checking the normalised name also covers the input.
+        let value: String = value.nfc().collect();
+        // Normalising can lengthen a string (composition exclusions decompose).
+        if value.len() > MAX_USERNAME_BYTES {
+            return Err(CredentialError::TooLong {
+                field: FIELD,
+                max: MAX_USERNAME_BYTES,
+            });
+        }
+        if value.chars().any(is_invisible) {
+            return Err(CredentialError::InvisibleCharacter { field: FIELD });
+        }
+        if value.starts_with(char::is_whitespace) || value.ends_with(char::is_whitespace) {
+            return Err(CredentialError::SurroundingWhitespace { field: FIELD });
+        }
         let at = value.rfind('@').ok_or(CredentialError::NoDomain)?;
         if at == 0 || at + 1 == value.len() {
             return Err(CredentialError::NoDomain);
         }
-        Ok(Self {
-            value: value.to_owned(),
-            at,
-        })
+        Ok(Self { value, at })
     }
 
-    /// The whole name as typed.
+    /// The whole name, NFC-normalised but otherwise as typed (the local part keeps its case).
     pub fn as_str(&self) -> &str {
         &self.value
     }
 
-    /// The part after the last `@`, lower-cased: the routing key for connector groups.
+    /// The part after the last `@`, lower-cased (full Unicode, not only ASCII): the
+    /// case-insensitive routing key for connector groups.
     pub fn domain(&self) -> String {
-        self.value[self.at + 1..].to_ascii_lowercase()
+        self.value[self.at + 1..].to_lowercase()
     }
 }
 
@@ -240,12 +295,97 @@ mod tests {
         assert!(Username::parse("nul\0@corp.example.com").is_err());
     }
 
+    #[test]
+    fn invisible_and_bidi_control_characters_are_refused() {
+        for c in [
+            '\u{200b}', '\u{200e}', '\u{202e}', '\u{2066}', '\u{feff}', '\u{ad}', '\u{2028}',
+            '\u{2029}',
+        ] {
+            assert!(is_invisible(c), "{c:?}");
+            for bad in [
+                format!("al{c}ice@corp.example.com"),
+                format!("alice@corp{c}.example.com"),
+            ] {
+                assert_eq!(
+                    Username::parse(&bad).unwrap_err(),
+                    CredentialError::InvisibleCharacter { field: "username" },
+                    "{bad:?}"
+                );
+            }
+        }
+        assert!(!is_invisible('a'));
+        assert!(!is_invisible(' '));
+    }
+
+    #[test]
+    fn surrounding_whitespace_is_refused() {
+        for bad in [
+            " alice@corp.example.com",
+            "alice@corp.example.com ",
+            "alice@corp.example.com\u{3000}",
+        ] {
+            assert_eq!(
+                Username::parse(bad).unwrap_err(),
+                CredentialError::SurroundingWhitespace { field: "username" },
+                "{bad:?}"
+            );
+        }
+        // Control characters keep their own, earlier refusal.
+        assert_eq!(
+            Username::parse("alice@corp.example.com\n").unwrap_err(),
+            CredentialError::ControlCharacter { field: "username" }
+        );
+    }
+
+    #[test]
+    fn usernames_are_normalised_to_nfc() {
+        let user = Username::parse("e\u{301}mile@corp.example.com").unwrap();
+        assert_eq!(user.as_str(), "\u{e9}mile@corp.example.com");
+        assert_eq!(
+            user,
+            Username::parse("\u{e9}mile@corp.example.com").unwrap()
+        );
+        assert_eq!(user.domain(), "corp.example.com");
+    }
+
+    #[test]
+    fn domain_is_lower_cased_in_full_unicode() {
+        let user = Username::parse("Alice@CORP.Example.Com").unwrap();
+        assert_eq!(user.domain(), "corp.example.com");
+        assert_eq!(user.as_str(), "Alice@CORP.Example.Com");
+        // "a@ÉXAMPLE.COM"
+        let user = Username::parse("a@\u{c9}XAMPLE.COM").unwrap();
+        assert_eq!(user.domain(), "\u{e9}xample.com");
+    }
+
     proptest! {
         #[test]
         fn parsed_usernames_never_hold_control_characters(s in "\\PC*@[a-z.]{1,20}|.*") {
             if let Ok(user) = Username::parse(&s) {
                 prop_assert!(!user.as_str().chars().any(char::is_control));
                 prop_assert!(user.as_str().len() <= MAX_USERNAME_BYTES);
+                prop_assert!(!user.domain().is_empty());
+            }
+        }
+
+        /// The username parser never panics, and anything it accepts is NFC, has no Cf/Zl/Zp or
+        /// control characters, no surrounding whitespace, and is at most MAX_USERNAME_BYTES.
+        #[test]
+        fn accepted_usernames_are_nfc_visible_and_trimmed(
+            s in prop_oneof![
+                any::<String>(),
+                "[a-zE@\u{200b}\u{200e}\u{202e}\u{2066}\u{feff}\u{ad}\u{2028}\u{2029}\u{3000}\u{301}\u{c9} .]{0,40}",
+            ]
+        ) {
+            if let Ok(user) = Username::parse(&s) {
+                let name = user.as_str();
+                prop_assert!(unicode_normalization::is_nfc(name), "{name:?}");
+                prop_assert!(!name.chars().any(|c| c.is_control() || is_invisible(c)), "{name:?}");
+                prop_assert!(!name.starts_with(char::is_whitespace), "{name:?}");
+                prop_assert!(!name.ends_with(char::is_whitespace), "{name:?}");
+                prop_assert!(name.len() <= MAX_USERNAME_BYTES, "{name:?}");
+                let nfc: String = s.nfc().collect();
+                prop_assert_eq!(name, nfc.as_str());
                 prop_assert!(!user.domain().is_empty());
             }
         }

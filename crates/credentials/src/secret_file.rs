@@ -15,7 +15,7 @@ pub fn check_permissions(path: &Path) -> std::io::Result<()> {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::PermissionDenied,
                 format!(
-                    "{} has mode {:o}; private keys must not be readable by group or others (chmod 600)",
+                    "{} has mode {:o}; it holds secrets and must not be readable by group or others (chmod 600)",
                     path.display(),
                     mode & 0o777
                 ),

@@ -44,6 +44,10 @@ pub struct LdapConfig {
     /// Accept any server certificate. Testing only: it lets anyone in the middle read passwords.
     #[serde(default)]
     pub insecure_skip_tls_verify: bool,
+    /// Allow `ldap://` without StartTLS: every user's password then crosses the corporate
+    /// network in clear. Refused unless set (and warned about at start when set).
+    #[serde(default)]
+    pub allow_plaintext: bool,
     /// Where user searches start.
     pub base_dn: String,
     /// Service account that searches for users; anonymous search when absent.
@@ -154,6 +158,7 @@ impl LdapConfig {
             url: url.into(),
             starttls: false,
             insecure_skip_tls_verify: false,
+            allow_plaintext: false,
             base_dn: base_dn.into(),
             bind_dn: None,
             bind_password: None,
@@ -202,6 +207,16 @@ impl LdapDirectory {
                 config.url
             )));
         }
+        if config.url.starts_with("ldap://") && !config.starttls {
+            if !config.allow_plaintext {
+                return Err(DirectoryError::Misconfigured(format!(
+                    "{} is plaintext LDAP: every password would cross the network in clear. Use \
+                     ldaps://, or starttls = true, or set allow_plaintext = true to accept that",
+                    config.url
+                )));
+            }
+            tracing::warn!(url = %config.url, "plaintext LDAP without StartTLS: passwords cross the network in clear (allow_plaintext = true)");
+        }
         if config.bind_pool_size == 0 || config.search_connections == 0 {
             return Err(DirectoryError::Misconfigured(
                 "bind_pool_size and search_connections must be at least 1".into(),
@@ -215,9 +230,11 @@ impl LdapDirectory {
             }
             (Some(inline), None) => Some(Secret::new(inline.clone().into_bytes())),
             (None, Some(path)) => {
-                let text = std::fs::read_to_string(path).map_err(|err| {
-                    DirectoryError::Misconfigured(format!("reading {}: {err}", path.display()))
+                // The same rule as key files: whoever can read it can search the directory.
+                let secret = passage_credentials::secret_file::read(path).map_err(|err| {
+                    DirectoryError::Misconfigured(format!("bind_password_file: {err}"))
                 })?;
+                let text = String::from_utf8_lossy(secret.expose());
                 Some(Secret::new(
                     text.trim_end_matches(['\r', '\n']).as_bytes().to_vec(),
                 ))
@@ -671,6 +688,47 @@ impl std::fmt::Debug for LdapDirectory {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn plaintext_ldap_needs_starttls_or_an_explicit_allowance() {
+        let plain = LdapConfig::new("ldap://dc1.corp.example.com", "dc=corp");
+        let err = LdapDirectory::new(plain.clone()).unwrap_err();
+        assert!(err.to_string().contains("allow_plaintext"), "{err}");
+        LdapDirectory::new(LdapConfig {
+            starttls: true,
+            ..plain.clone()
+        })
+        .unwrap();
+        LdapDirectory::new(LdapConfig {
+            allow_plaintext: true,
+            ..plain.clone()
+        })
+        .unwrap();
+        LdapDirectory::new(LdapConfig::new("ldaps://dc1.corp.example.com", "dc=corp")).unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_readable_bind_password_file_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bind-password");
+        std::fs::write(&path, "service-secret\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let config = LdapConfig {
+            bind_dn: Some("cn=passage,dc=corp".into()),
+            bind_password_file: Some(path.clone()),
+            ..LdapConfig::new("ldaps://dc1.corp.example.com", "dc=corp")
+        };
+        let err = LdapDirectory::new(config.clone()).unwrap_err();
+        assert!(err.to_string().contains("chmod 600"), "{err}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let directory = LdapDirectory::new(config).unwrap();
+        assert_eq!(
+            directory.bind_password.as_ref().unwrap().expose(),
+            b"service-secret"
+        );
+    }
 
     #[test]
     fn filter_escapes_metacharacters() {

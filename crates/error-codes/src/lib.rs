@@ -75,13 +75,58 @@ error_codes! {
     AgentRejected = "PSG80010", Unavailable;
     /// Enrolment was refused: unknown, used, expired or another tenant's token.
     EnrolmentRefused = "PSG82001", PermissionDenied;
-    /// The agent's certificate is missing, not the tenant CA's, revoked or does not match it.
+    /// The agent's certificate is missing, not the tenant CA's, or does not match its hello.
     AgentNotTrusted = "PSG82002", Unauthenticated;
+    /// The agent was revoked, or its certificate was replaced by a renewal or never issued:
+    /// retrying cannot help, the agent must be enrolled again.
+    AgentRevoked = "PSG82003", Unauthenticated;
+    /// The caller's gateway certificate does not name the tenant it asked for (or it presented
+    /// no gateway certificate).
+    GatewayNotPermitted = "PSG82010", PermissionDenied;
     /// An unexpected internal failure.
     Internal = "PSG90000", Internal;
 }
 
 impl ErrorCode {
+    /// The fixed message callers are shown for this code. What an agent or a directory said
+    /// (server messages, DNs, agent ids) goes to logs and traces only.
+    pub fn public_message(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidRequest => "the request is malformed",
+            ErrorCode::UnknownClient => "the application is not registered",
+            ErrorCode::UnknownDomain => "no connector group serves this username's domain",
+            ErrorCode::InvalidCredentials => "invalid username or password",
+            ErrorCode::AccountLocked => {
+                "the account is locked; try again later or contact your administrator"
+            }
+            ErrorCode::AccountDisabled => "the account is disabled",
+            ErrorCode::AccountExpired => "the account has expired",
+            ErrorCode::PasswordExpired => {
+                "the password has expired; your organisation does not allow changing it here — change it on the corporate network"
+            }
+            ErrorCode::PasswordMustChange => {
+                "the password must be changed before first use; your organisation does not allow changing it here"
+            }
+            ErrorCode::NoAgentAvailable => {
+                "no agent is available to check the password; try again shortly"
+            }
+            ErrorCode::AgentTimeout => "the password check took too long; try again",
+            ErrorCode::AgentLost => "the agent checking the password went away; try again",
+            ErrorCode::DirectoryUnavailable => "the directory is unavailable; try again later",
+            ErrorCode::AgentRejected => "the password could not be checked; try again",
+            ErrorCode::EnrolmentRefused => "enrolment refused",
+            ErrorCode::AgentNotTrusted => "the agent is not trusted",
+            ErrorCode::AgentRevoked => "the agent is revoked; enrol it again",
+            ErrorCode::GatewayNotPermitted => "this caller may not act for the tenant",
+            ErrorCode::Internal => "internal error",
+        }
+    }
+
+    /// The status for this code with its fixed [`ErrorCode::public_message`].
+    pub fn public_status(self) -> Status {
+        self.status(self.public_message())
+    }
+
     /// The status for this code, with `message` (which must not contain secrets).
     pub fn status(self, message: impl fmt::Display) -> Status {
         let details = ErrorDetails::with_error_info(self.as_str(), DOMAIN, []);
@@ -126,6 +171,9 @@ mod tests {
             assert_eq!(status.code(), code.grpc_code());
             assert_eq!(ErrorCode::of(&status), Some(*code));
             assert!(status.message().starts_with(code.as_str()));
+            let public = code.public_status();
+            assert_eq!(ErrorCode::of(&public), Some(*code));
+            assert!(!code.public_message().is_empty());
         }
     }
 

@@ -18,6 +18,12 @@ use rcgen::{
 use time::OffsetDateTime;
 use x509_parser::prelude::{FromDer, GeneralName, ParsedExtension, X509Certificate};
 
+pub mod services;
+pub mod trust;
+
+pub use services::{GatewayIdentity, IssuedKeyPair, ServicesCa};
+pub use trust::{AgentClaim, AgentVerifier, Distrust, TrustError};
+
 /// The URI prefix of agent identities.
 pub const IDENTITY_PREFIX: &str = "spiffe://passage/tenant/";
 
@@ -208,6 +214,30 @@ impl CaCertificate {
     }
 }
 
+/// A certificate signing request from an agent, parsed and with its signature verified: the
+/// requester holds the key it names. Parse it before spending anything on the request (an
+/// enrolment token), so a malformed CSR costs nothing.
+pub struct AgentCsr(CertificateSigningRequestParams);
+
+impl std::fmt::Debug for AgentCsr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AgentCsr")
+    }
+}
+
+impl AgentCsr {
+    /// Parses `der` and verifies its signature; the key must be RSA (it is also the key
+    /// passwords are sealed to).
+    pub fn parse(der: &[u8]) -> Result<Self, PkiError> {
+        let csr = CertificateSigningRequestParams::from_der(&der.to_vec().into())
+            .map_err(|e| PkiError::BadCsr(e.to_string()))?;
+        if !is_rsa(&csr.public_key.subject_public_key_info()) {
+            return Err(PkiError::BadCsr("the agent key must be RSA".into()));
+        }
+        Ok(Self(csr))
+    }
+}
+
 /// A tenant's certificate authority.
 pub struct TenantCa {
     tenant: String,
@@ -246,23 +276,7 @@ impl TenantCa {
     /// Creates a new CA (ECDSA P-256, valid ten years) for `tenant`.
     pub fn generate(tenant: &str) -> Result<Self, PkiError> {
         check_name("tenant", tenant)?;
-        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
-            .map_err(|e| PkiError::Ca(e.to_string()))?;
-        let mut params = CertificateParams::new(Vec::<String>::new())
-            .map_err(|e| PkiError::Ca(e.to_string()))?;
-        let mut name = DistinguishedName::new();
-        name.push(DnType::OrganizationName, "Passage");
-        name.push(DnType::CommonName, format!("Passage tenant CA {tenant}"));
-        params.distinguished_name = name;
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let now = SystemTime::now();
-        params.not_before = offset(now - Duration::from_secs(300))?;
-        params.not_after = offset(now + Duration::from_secs(10 * 365 * 24 * 3600))?;
-        params.serial_number = Some(random_serial()?);
-        let cert = params
-            .self_signed(&key)
-            .map_err(|e| PkiError::Ca(e.to_string()))?;
+        let (key, cert) = self_signed_ca(&format!("Passage tenant CA {tenant}"))?;
         Ok(Self {
             tenant: tenant.into(),
             cert_pem: cert.pem(),
@@ -300,11 +314,11 @@ impl TenantCa {
         Secret::new(self.key.serialize_der())
     }
 
-    /// Issues a client certificate for `identity` to the key in `csr_der` (whose signature
-    /// proves the requester holds it). Nothing else in the CSR is trusted.
+    /// Issues a client certificate for `identity` to the key in `csr` (whose signature proved
+    /// the requester holds it). Nothing else in the CSR is trusted.
     pub fn issue_agent(
         &self,
-        csr_der: &[u8],
+        csr: AgentCsr,
         identity: &AgentIdentity,
         lifetime: Duration,
     ) -> Result<IssuedCertificate, PkiError> {
@@ -312,11 +326,7 @@ impl TenantCa {
         if identity.tenant != self.tenant {
             return Err(PkiError::Ca("identity of another tenant".into()));
         }
-        let mut csr = CertificateSigningRequestParams::from_der(&csr_der.to_vec().into())
-            .map_err(|e| PkiError::BadCsr(e.to_string()))?;
-        if !is_rsa(&csr.public_key.subject_public_key_info()) {
-            return Err(PkiError::BadCsr("the agent key must be RSA".into()));
-        }
+        let mut csr = csr.0;
         let mut params = CertificateParams::new(Vec::<String>::new())
             .map_err(|e| PkiError::Ca(e.to_string()))?;
         let mut name = DistinguishedName::new();
@@ -371,6 +381,28 @@ impl TenantCa {
             cert_der: self.cert_der.clone(),
         }
     }
+}
+
+/// A new self-signed CA (ECDSA P-256, valid ten years) that issues end-entity certificates only.
+fn self_signed_ca(common_name: &str) -> Result<(KeyPair, rcgen::Certificate), PkiError> {
+    let key =
+        KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| PkiError::Ca(e.to_string()))?;
+    let mut params =
+        CertificateParams::new(Vec::<String>::new()).map_err(|e| PkiError::Ca(e.to_string()))?;
+    let mut name = DistinguishedName::new();
+    name.push(DnType::OrganizationName, "Passage");
+    name.push(DnType::CommonName, common_name);
+    params.distinguished_name = name;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let now = SystemTime::now();
+    params.not_before = offset(now - Duration::from_secs(300))?;
+    params.not_after = offset(now + Duration::from_secs(10 * 365 * 24 * 3600))?;
+    params.serial_number = Some(random_serial()?);
+    let cert = params
+        .self_signed(&key)
+        .map_err(|e| PkiError::Ca(e.to_string()))?;
+    Ok((key, cert))
 }
 
 fn is_rsa(spki_or_key: &[u8]) -> bool {
@@ -441,7 +473,11 @@ mod tests {
         let key = rsa_key();
         let csr = agent_csr(&key, "whatever-the-agent-says").unwrap();
         let issued = ca
-            .issue_agent(&csr, &identity("default"), Duration::from_secs(3600))
+            .issue_agent(
+                AgentCsr::parse(&csr).unwrap(),
+                &identity("default"),
+                Duration::from_secs(3600),
+            )
             .unwrap();
         let der = pem_to_der(&issued.cert_pem).unwrap();
         let verified = ca.verify(&der, SystemTime::now()).unwrap();
@@ -466,7 +502,11 @@ mod tests {
         let other = TenantCa::generate("default").unwrap();
         let csr = agent_csr(&rsa_key(), "a").unwrap();
         let issued = ca
-            .issue_agent(&csr, &identity("default"), Duration::from_secs(3600))
+            .issue_agent(
+                AgentCsr::parse(&csr).unwrap(),
+                &identity("default"),
+                Duration::from_secs(3600),
+            )
             .unwrap();
         let der = pem_to_der(&issued.cert_pem).unwrap();
         assert!(other.verify(&der, SystemTime::now()).is_err());
@@ -483,11 +523,19 @@ mod tests {
         let csr = agent_csr(&rsa_key(), "a").unwrap();
         assert!(
             reloaded
-                .issue_agent(&csr, &identity("default"), Duration::from_secs(60))
+                .issue_agent(
+                    AgentCsr::parse(&csr).unwrap(),
+                    &identity("default"),
+                    Duration::from_secs(60)
+                )
                 .is_err()
         );
         let issued = reloaded
-            .issue_agent(&csr, &identity("acme"), Duration::from_secs(60))
+            .issue_agent(
+                AgentCsr::parse(&csr).unwrap(),
+                &identity("acme"),
+                Duration::from_secs(60),
+            )
             .unwrap();
         assert!(
             ca.verify(&pem_to_der(&issued.cert_pem).unwrap(), SystemTime::now())
@@ -500,14 +548,18 @@ mod tests {
     fn garbage_csrs_and_bad_names_are_refused() {
         let ca = TenantCa::generate("default").unwrap();
         assert!(matches!(
-            ca.issue_agent(b"not a csr", &identity("default"), Duration::from_secs(60)),
+            AgentCsr::parse(b"not a csr"),
             Err(PkiError::BadCsr(_))
         ));
         let mut bad = identity("default");
         bad.agent_id = "../etc".into();
         let csr = agent_csr(&rsa_key(), "a").unwrap();
         assert!(matches!(
-            ca.issue_agent(&csr, &bad, Duration::from_secs(60)),
+            ca.issue_agent(
+                AgentCsr::parse(&csr).unwrap(),
+                &bad,
+                Duration::from_secs(60)
+            ),
             Err(PkiError::BadName { .. })
         ));
         assert!(

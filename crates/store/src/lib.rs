@@ -8,7 +8,11 @@
 //! What lives here: tenants and their CAs, enrolment tokens (only their hashes), agents and
 //! their certificates, revocations. Never a password, and never an enrolment token itself.
 
+pub mod key_encryption;
+
 use std::borrow::Cow;
+
+pub use key_encryption::{KeyEncryptionError, KeyEncryptionKey, is_sealed};
 
 use passage_credentials::Secret;
 use sqlx::{
@@ -21,7 +25,7 @@ use sqlx::{
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The URL names no supported backend.
-    #[error("unsupported store URL {0:?}: use sqlite://PATH or postgres://...")]
+    #[error("unsupported store URL scheme {0:?}: use sqlite://PATH or postgres://...")]
     UnsupportedUrl(String),
     /// The database failed.
     #[error("store: {0}")]
@@ -29,6 +33,24 @@ pub enum StoreError {
     /// A migration failed.
     #[error("store migration: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
+    /// The SQLite file could not be created, or others may read it.
+    #[error("store file: {0}")]
+    File(std::io::Error),
+    /// A private key could not be encrypted or decrypted.
+    #[error(transparent)]
+    KeyEncryption(#[from] KeyEncryptionError),
+    /// A private key is stored in plaintext although the store's keys are encrypted.
+    #[error(
+        "the CA key of tenant {0} is stored in plaintext; start a dispatcher with \
+         store_encryption_key_file to encrypt it, or find out who wrote it"
+    )]
+    PlaintextKey(String),
+    /// A private key was to be written or read without the key-encryption key.
+    #[error(
+        "the store keeps private keys encrypted: set store_encryption_key_file (create one with \
+         `passage store key create --out FILE`); only a development dispatcher (--insecure-plaintext) keeps them in plaintext"
+    )]
+    NoKeyEncryptionKey,
 }
 
 /// Why an enrolment token was refused.
@@ -46,6 +68,10 @@ pub enum TokenRefusal {
     /// The token belongs to another tenant (it stays usable for its own tenant).
     #[error("enrolment token belongs to another tenant")]
     WrongTenant,
+    /// The token enrols into another connector group than the one asked for (it stays
+    /// usable).
+    #[error("enrolment token is for another connector group")]
+    WrongGroup,
 }
 
 /// Which database a store runs on.
@@ -117,7 +143,7 @@ pub struct AgentRecord {
 
 /// The schema, version by version; a released migration never changes.
 fn migrations(backend: Backend) -> Vec<Migration> {
-    let files: [(i64, &str, &'static str, &'static str); 2] = [
+    let files: [(i64, &str, &'static str, &'static str); 3] = [
         (
             1,
             "tenants, agents, enrolment",
@@ -129,6 +155,12 @@ fn migrations(backend: Backend) -> Vec<Migration> {
             "live agent connections",
             include_str!("../migrations/sqlite/0002_agent_connections.sql"),
             include_str!("../migrations/postgres/0002_agent_connections.sql"),
+        ),
+        (
+            3,
+            "certificate history, final revocation",
+            include_str!("../migrations/sqlite/0003_certificate_history.sql"),
+            include_str!("../migrations/postgres/0003_certificate_history.sql"),
         ),
     ];
     files
@@ -162,11 +194,89 @@ pub struct AgentConnection {
     pub last_heartbeat: i64,
 }
 
+/// A certificate just issued to an agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentCertificate {
+    /// Serial, hex.
+    pub serial: String,
+    /// Expiry, Unix seconds.
+    pub not_after: i64,
+    /// The certified public key (SPKI DER).
+    pub public_key_der: Vec<u8>,
+}
+
+/// What became of a renewal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewal {
+    /// The new certificate is the agent's current one.
+    Renewed,
+    /// The agent is revoked: nothing changed.
+    Revoked,
+    /// The certificate asking was replaced by a renewal: only the current one may renew.
+    Superseded,
+    /// No such agent.
+    Unknown,
+}
+
+/// What the store says about one certificate, for the trust decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateStanding {
+    /// The agent it was issued to.
+    pub agent_id: String,
+    /// That agent's tenant.
+    pub tenant: String,
+    /// Issued, Unix seconds.
+    pub issued_at: i64,
+    /// The key it certifies (SPKI DER), as recorded when it was issued.
+    pub public_key_der: Vec<u8>,
+    /// When a renewal replaced it, Unix seconds.
+    pub superseded_at: Option<i64>,
+    /// When its agent was revoked, Unix seconds.
+    pub agent_revoked_at: Option<i64>,
+}
+
+/// A certificate that a renewal replaced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SupersededCertificate {
+    /// Its agent.
+    pub agent_id: String,
+    /// Its serial.
+    pub serial: String,
+    /// When it was replaced, Unix seconds.
+    pub superseded_at: i64,
+}
+
+/// What [`Store::forget_agent`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forgotten {
+    /// The records are gone.
+    Forgotten,
+    /// The agent is not revoked: revoke it first.
+    NotRevoked,
+    /// Revoked too recently: replicas may not have cut its streams yet.
+    TooRecent,
+    /// No such agent.
+    Unknown,
+}
+
+/// How the store treats the private keys it holds (tenant CA keys).
+#[derive(Clone, Debug, Default)]
+pub enum KeyProtection {
+    /// Not decided: reading or writing a private key is refused.
+    #[default]
+    Unconfigured,
+    /// Encrypted at rest with this key-encryption key (production).
+    Encrypted(KeyEncryptionKey),
+    /// Stored as they are (development only: a dump of the store holds the keys).
+    Plaintext,
+}
+
 /// The store.
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    keys: KeyProtection,
 }
 
 impl std::fmt::Debug for Store {
@@ -204,8 +314,13 @@ impl Store {
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Backend::Postgres
         } else {
-            return Err(StoreError::UnsupportedUrl(url.to_owned()));
+            // Only the scheme: the rest may hold a password.
+            let scheme = url.split(':').next().unwrap_or_default();
+            return Err(StoreError::UnsupportedUrl(scheme.to_owned()));
         };
+        if backend == Backend::Sqlite {
+            secure_sqlite_file(url).map_err(StoreError::File)?;
+        }
         let url = match backend {
             // Create the file on first open.
             Backend::Sqlite if !url.contains("mode=") => {
@@ -225,7 +340,73 @@ impl Store {
         // SQLite has no advisory locks; PostgreSQL replicas starting together take turns.
         migrator.locking = backend == Backend::Postgres;
         migrator.run(&pool).await?;
-        Ok(Self { pool, backend })
+        Ok(Self {
+            pool,
+            backend,
+            keys: KeyProtection::Unconfigured,
+        })
+    }
+
+    /// Sets how private keys are kept. With a key-encryption key, call
+    /// [`Store::encrypt_plaintext_keys`] once at start to encrypt rows written before.
+    pub fn with_key_protection(mut self, keys: KeyProtection) -> Self {
+        self.keys = keys;
+        self
+    }
+
+    /// Encrypts every private key still stored in plaintext (written before a key-encryption
+    /// key was configured) and returns how many were.
+    pub async fn encrypt_plaintext_keys(&self) -> Result<usize, StoreError> {
+        let KeyProtection::Encrypted(kek) = &self.keys else {
+            return Err(StoreError::NoKeyEncryptionKey);
+        };
+        let rows = sqlx::query("SELECT tenant_id, key_der FROM tenant_cas")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut encrypted = 0;
+        for row in rows {
+            let tenant: String = row.try_get("tenant_id")?;
+            let stored: Vec<u8> = row.try_get("key_der")?;
+            if is_sealed(&stored) {
+                continue;
+            }
+            let sealed = kek.seal(&stored, &ca_key_context(&tenant))?;
+            // Only if nobody else encrypted it meanwhile.
+            let result = sqlx::query(
+                "UPDATE tenant_cas SET key_der = $1 WHERE tenant_id = $2 AND key_der = $3",
+            )
+            .bind(sealed)
+            .bind(&tenant)
+            .bind(stored)
+            .execute(&self.pool)
+            .await?;
+            encrypted += result.rows_affected() as usize;
+        }
+        Ok(encrypted)
+    }
+
+    fn seal_key(&self, tenant: &str, key: &Secret) -> Result<Vec<u8>, StoreError> {
+        match &self.keys {
+            KeyProtection::Encrypted(kek) => Ok(kek.seal(key.expose(), &ca_key_context(tenant))?),
+            KeyProtection::Plaintext => Ok(key.expose().to_vec()),
+            KeyProtection::Unconfigured => Err(StoreError::NoKeyEncryptionKey),
+        }
+    }
+
+    fn open_key(&self, tenant: &str, stored: Vec<u8>) -> Result<Secret, StoreError> {
+        match (&self.keys, is_sealed(&stored)) {
+            (KeyProtection::Encrypted(kek), true) => {
+                Ok(kek.open(&stored, &ca_key_context(tenant))?)
+            }
+            // Dispatchers encrypt plaintext keys at start: one found later was written by
+            // someone without the key-encryption key, perhaps to plant a key of their own.
+            (KeyProtection::Encrypted(_), false) => {
+                Err(StoreError::PlaintextKey(tenant.to_owned()))
+            }
+            (KeyProtection::Plaintext, false) => Ok(Secret::new(stored)),
+            (KeyProtection::Plaintext | KeyProtection::Unconfigured, true)
+            | (KeyProtection::Unconfigured, false) => Err(StoreError::NoKeyEncryptionKey),
+        }
     }
 
     /// Which database this is.
@@ -261,10 +442,10 @@ impl Store {
             .bind(tenant)
             .fetch_optional(&self.pool)
             .await?;
-        row.map(|row| {
+        row.map(|row| -> Result<StoredCa, StoreError> {
             Ok(StoredCa {
                 cert_pem: row.try_get("cert_pem")?,
-                key_der: Secret::new(row.try_get("key_der")?),
+                key_der: self.open_key(tenant, row.try_get("key_der")?)?,
             })
         })
         .transpose()
@@ -293,7 +474,7 @@ impl Store {
         )
         .bind(tenant)
         .bind(&ca.cert_pem)
-        .bind(ca.key_der.expose().to_vec())
+        .bind(self.seal_key(tenant, &ca.key_der)?)
         .bind(now)
         .execute(&self.pool)
         .await?;
@@ -316,59 +497,45 @@ impl Store {
         Ok(())
     }
 
-    /// Uses the token with `token_hash` for `tenant` once: the first caller before expiry gets
-    /// the grant, everyone else a refusal saying why. Atomic across replicas.
-    pub async fn redeem_enrolment_token(
+    /// Enrols an agent: spends the enrolment token with `token_hash` for the agent's tenant and
+    /// records the agent and its first certificate, all or nothing. A refused token leaves
+    /// nothing behind; of concurrent enrolments with one token exactly one succeeds.
+    pub async fn enrol_agent(
         &self,
         token_hash: &str,
-        tenant: &str,
+        agent: &AgentRecord,
         now: i64,
-    ) -> Result<Result<TokenGrant, TokenRefusal>, StoreError> {
-        let redeemed = sqlx::query(
+    ) -> Result<Result<(), TokenRefusal>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let spent = sqlx::query(
             "UPDATE enrolment_tokens SET used_at = $1 \
-             WHERE token_hash = $2 AND tenant_id = $3 AND used_at IS NULL AND expires_at > $4 \
-             RETURNING tenant_id, connector_group",
+             WHERE token_hash = $2 AND tenant_id = $3 AND connector_group = $4 \
+             AND used_at IS NULL AND expires_at > $5",
         )
         .bind(now)
         .bind(token_hash)
-        .bind(tenant)
+        .bind(&agent.tenant)
+        .bind(&agent.connector_group)
         .bind(now)
-        .fetch_optional(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        if let Some(row) = redeemed {
-            return Ok(Ok(TokenGrant {
-                tenant: row.try_get("tenant_id")?,
-                connector_group: row.try_get("connector_group")?,
-            }));
+        if spent.rows_affected() != 1 {
+            drop(tx);
+            return Ok(Err(
+                match self
+                    .check_enrolment_token(token_hash, &agent.tenant, now)
+                    .await?
+                {
+                    // The token is fine for another group: the caller asked for the wrong one.
+                    Ok(_) => TokenRefusal::WrongGroup,
+                    Err(refusal) => refusal,
+                },
+            ));
         }
-        let row =
-            sqlx::query("SELECT tenant_id, used_at FROM enrolment_tokens WHERE token_hash = $1")
-                .bind(token_hash)
-                .fetch_optional(&self.pool)
-                .await?;
-        let Some(row) = row else {
-            return Ok(Err(TokenRefusal::Unknown));
-        };
-        Ok(Err(if row.try_get::<String, _>("tenant_id")? != tenant {
-            TokenRefusal::WrongTenant
-        } else if row.try_get::<Option<i64>, _>("used_at")?.is_some() {
-            TokenRefusal::AlreadyUsed
-        } else {
-            TokenRefusal::Expired
-        }))
-    }
-
-    /// Inserts or replaces an agent's record (enrolment, renewal).
-    pub async fn save_agent(&self, agent: &AgentRecord) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO agents (agent_id, tenant_id, connector_group, hostname, version, cert_serial, \
              cert_not_after, public_key_der, enrolled_at, revoked_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
-             ON CONFLICT (agent_id) DO UPDATE SET tenant_id = excluded.tenant_id, \
-             connector_group = excluded.connector_group, hostname = excluded.hostname, \
-             version = excluded.version, cert_serial = excluded.cert_serial, \
-             cert_not_after = excluded.cert_not_after, public_key_der = excluded.public_key_der, \
-             revoked_at = excluded.revoked_at",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL)",
         )
         .bind(&agent.agent_id)
         .bind(&agent.tenant)
@@ -379,10 +546,201 @@ impl Store {
         .bind(agent.cert_not_after)
         .bind(agent.public_key_der.clone())
         .bind(agent.enrolled_at)
-        .bind(agent.revoked_at)
+        .execute(&mut *tx)
+        .await?;
+        let certificate = AgentCertificate {
+            serial: agent.cert_serial.clone(),
+            not_after: agent.cert_not_after,
+            public_key_der: agent.public_key_der.clone(),
+        };
+        insert_certificate(&mut tx, &agent.agent_id, &agent.tenant, &certificate, now).await?;
+        tx.commit().await?;
+        Ok(Ok(()))
+    }
+
+    /// What the token with `token_hash` would grant `tenant` at `now`, without spending it.
+    pub async fn check_enrolment_token(
+        &self,
+        token_hash: &str,
+        tenant: &str,
+        now: i64,
+    ) -> Result<Result<TokenGrant, TokenRefusal>, StoreError> {
+        let row = sqlx::query(
+            "SELECT tenant_id, connector_group, used_at, expires_at FROM enrolment_tokens \
+             WHERE token_hash = $1",
+        )
+        .bind(token_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else {
+            return Ok(Err(TokenRefusal::Unknown));
+        };
+        let token_tenant: String = row.try_get("tenant_id")?;
+        Ok(if token_tenant != tenant {
+            Err(TokenRefusal::WrongTenant)
+        } else if row.try_get::<Option<i64>, _>("used_at")?.is_some() {
+            Err(TokenRefusal::AlreadyUsed)
+        } else if row.try_get::<i64, _>("expires_at")? <= now {
+            Err(TokenRefusal::Expired)
+        } else {
+            Ok(TokenGrant {
+                tenant: token_tenant,
+                connector_group: row.try_get("connector_group")?,
+            })
+        })
+    }
+
+    /// Records a renewal requested over a stream authenticated with the certificate
+    /// `presented`: `certificate` becomes the agent's current certificate. The certificates it
+    /// replaces stay trusted until the agent first connects with the new one
+    /// ([`Store::activate_certificate`]), so a renewal whose answer is lost strands nobody.
+    ///
+    /// Only a certificate no renewal has superseded may renew (a copy of an old one cannot take
+    /// the agent over), and a revoked agent stays revoked and is not renewed, however the
+    /// renewal and the revocation interleave.
+    pub async fn renew_agent(
+        &self,
+        agent_id: &str,
+        presented: &str,
+        certificate: &AgentCertificate,
+        version: &str,
+        now: i64,
+    ) -> Result<Renewal, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // The row lock taken here orders this renewal against any revocation of the agent.
+        let row = sqlx::query(
+            "UPDATE agents SET cert_serial = $1, cert_not_after = $2, public_key_der = $3, version = $4 \
+             WHERE agent_id = $5 AND revoked_at IS NULL AND EXISTS ( \
+                 SELECT 1 FROM agent_certificates c \
+                 WHERE c.serial = $6 AND c.agent_id = $5 AND c.superseded_at IS NULL) \
+             RETURNING tenant_id",
+        )
+        .bind(&certificate.serial)
+        .bind(certificate.not_after)
+        .bind(certificate.public_key_der.clone())
+        .bind(version)
+        .bind(agent_id)
+        .bind(presented)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            drop(tx);
+            return Ok(match self.agent(agent_id).await? {
+                Some(agent) if agent.revoked_at.is_some() => Renewal::Revoked,
+                Some(_) => Renewal::Superseded,
+                None => Renewal::Unknown,
+            });
+        };
+        let tenant: String = row.try_get("tenant_id")?;
+        insert_certificate(&mut tx, agent_id, &tenant, certificate, now).await?;
+        tx.commit().await?;
+        Ok(Renewal::Renewed)
+    }
+
+    /// The agent connected with `serial`: when that is its current certificate, every other
+    /// one still standing is superseded at `now` (trusted for the switch-over window, then
+    /// refused). Returns how many were.
+    pub async fn activate_certificate(
+        &self,
+        agent_id: &str,
+        serial: &str,
+        now: i64,
+    ) -> Result<u64, StoreError> {
+        let result = sqlx::query(
+            "UPDATE agent_certificates SET superseded_at = $1 \
+             WHERE agent_id = $2 AND serial <> $3 AND superseded_at IS NULL \
+             AND EXISTS (SELECT 1 FROM agents a WHERE a.agent_id = $2 AND a.cert_serial = $3)",
+        )
+        .bind(now)
+        .bind(agent_id)
+        .bind(serial)
         .execute(&self.pool)
         .await?;
-        Ok(())
+        Ok(result.rows_affected())
+    }
+
+    /// What the store knows about the certificate with `serial`: whose it is, whether a renewal
+    /// superseded it, whether its agent is revoked. `None` for a certificate never recorded.
+    pub async fn certificate_standing(
+        &self,
+        serial: &str,
+    ) -> Result<Option<CertificateStanding>, StoreError> {
+        let row = sqlx::query(
+            "SELECT c.agent_id, c.tenant_id, c.issued_at, c.public_key_der, c.superseded_at, a.revoked_at \
+             FROM agent_certificates c JOIN agents a ON a.agent_id = c.agent_id \
+             WHERE c.serial = $1",
+        )
+        .bind(serial)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            Ok(CertificateStanding {
+                agent_id: row.try_get("agent_id")?,
+                tenant: row.try_get("tenant_id")?,
+                issued_at: row.try_get("issued_at")?,
+                public_key_der: row.try_get("public_key_der")?,
+                superseded_at: row.try_get("superseded_at")?,
+                agent_revoked_at: row.try_get("revoked_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Certificates superseded by a renewal at or after `since` (Unix seconds), for replicas
+    /// cutting streams that still use one after the switch-over window.
+    pub async fn superseded_since(
+        &self,
+        since: i64,
+    ) -> Result<Vec<SupersededCertificate>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT agent_id, serial, superseded_at FROM agent_certificates \
+             WHERE superseded_at IS NOT NULL AND superseded_at >= $1 ORDER BY superseded_at",
+        )
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(SupersededCertificate {
+                    agent_id: row.try_get("agent_id")?,
+                    serial: row.try_get("serial")?,
+                    superseded_at: row.try_get("superseded_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Deletes the records of an agent revoked at or before `revoked_by` (Unix seconds): long
+    /// enough ago that every replica has read the revocation and cut its streams. Its
+    /// certificates are then unknown, so still refused.
+    pub async fn forget_agent(
+        &self,
+        agent_id: &str,
+        revoked_by: i64,
+    ) -> Result<Forgotten, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query("SELECT revoked_at FROM agents WHERE agent_id = $1")
+            .bind(agent_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        match row
+            .map(|r| r.try_get::<Option<i64>, _>("revoked_at"))
+            .transpose()?
+        {
+            None => return Ok(Forgotten::Unknown),
+            Some(None) => return Ok(Forgotten::NotRevoked),
+            Some(Some(at)) if at > revoked_by => return Ok(Forgotten::TooRecent),
+            Some(Some(_)) => {}
+        }
+        for sql in [
+            "DELETE FROM agent_connections WHERE agent_id = $1",
+            "DELETE FROM agent_certificates WHERE agent_id = $1",
+            "DELETE FROM agents WHERE agent_id = $1",
+        ] {
+            sqlx::query(sql).bind(agent_id).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(Forgotten::Forgotten)
     }
 
     /// One agent.
@@ -433,7 +791,9 @@ impl Store {
             .collect::<Result<_, _>>()?)
     }
 
-    /// Revokes the agent and its current certificate; `None` if there is no such agent.
+    /// Revokes the agent, and with it every certificate ever issued to it; `None` if there is
+    /// no such agent. Revoking again keeps the first time: revocation is final (a trigger in
+    /// both backends refuses any statement that would clear it).
     pub async fn revoke_agent(
         &self,
         agent_id: &str,
@@ -451,14 +811,15 @@ impl Store {
         let Some(agent) = row.as_ref().map(agent_from_row).transpose()? else {
             return Ok(None);
         };
+        // The audit record of every certificate the agent ever had; trust itself is decided by
+        // the agent's revoked_at (see certificate_standing).
         sqlx::query(
-            "INSERT INTO revoked_certificates (serial, tenant_id, agent_id, revoked_at) VALUES ($1, $2, $3, $4) \
+            "INSERT INTO revoked_certificates (serial, tenant_id, agent_id, revoked_at) \
+             SELECT serial, tenant_id, agent_id, $1 FROM agent_certificates WHERE agent_id = $2 \
              ON CONFLICT (serial) DO NOTHING",
         )
-        .bind(&agent.cert_serial)
-        .bind(&agent.tenant)
-        .bind(&agent.agent_id)
         .bind(now)
+        .bind(&agent.agent_id)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -512,13 +873,261 @@ impl Store {
             })
             .collect()
     }
+}
 
-    /// Whether the certificate with `serial` was revoked.
-    pub async fn is_revoked(&self, serial: &str) -> Result<bool, StoreError> {
-        let row = sqlx::query("SELECT serial FROM revoked_certificates WHERE serial = $1")
-            .bind(serial)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.is_some())
+/// The associated data a tenant CA key is sealed with: it opens only in its own row.
+fn ca_key_context(tenant: &str) -> Vec<u8> {
+    format!("tenant_cas.key_der:{tenant}").into_bytes()
+}
+
+/// Creates the SQLite file of `url` with mode 0600 if it is missing, and refuses one that group
+/// or others may read: it holds tenant CAs and every agent's record. SQLite gives its journal
+/// and write-ahead log the database file's mode.
+fn secure_sqlite_file(url: &str) -> std::io::Result<()> {
+    let path = url
+        .trim_start_matches("sqlite:")
+        .trim_start_matches("//")
+        .split('?')
+        .next()
+        .unwrap_or_default();
+    if path.is_empty() || path.starts_with(':') {
+        return Ok(()); // in memory
+    }
+    let path = std::path::Path::new(path);
+    if !path.exists() {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        match options.open(path) {
+            Ok(_) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(err) => {
+                return Err(std::io::Error::new(
+                    err.kind(),
+                    format!("creating {}: {err}", path.display()),
+                ));
+            }
+        }
+    }
+    passage_credentials::secret_file::check_permissions(path)
+}
+
+async fn insert_certificate(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    agent_id: &str,
+    tenant: &str,
+    certificate: &AgentCertificate,
+    now: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO agent_certificates \
+         (serial, agent_id, tenant_id, issued_at, not_after, public_key_der, superseded_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, NULL)",
+    )
+    .bind(&certificate.serial)
+    .bind(agent_id)
+    .bind(tenant)
+    .bind(now)
+    .bind(certificate.not_after)
+    .bind(certificate.public_key_der.clone())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn sqlite(dir: &tempfile::TempDir) -> (Store, String) {
+        let url = format!("sqlite://{}", dir.path().join("p.db").display());
+        (Store::open(&url).await.unwrap(), url)
+    }
+
+    #[tokio::test]
+    async fn no_statement_can_clear_or_move_a_revocation() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = sqlite(&dir).await;
+        store.ensure_tenant("default", 1).await.unwrap();
+        store
+            .create_enrolment_token(&EnrolmentToken {
+                token_hash: "t".into(),
+                tenant: "default".into(),
+                connector_group: "corp".into(),
+                created_at: 1,
+                expires_at: 100,
+            })
+            .await
+            .unwrap();
+        let agent = AgentRecord {
+            agent_id: "a".into(),
+            tenant: "default".into(),
+            connector_group: "corp".into(),
+            hostname: "h".into(),
+            version: "v".into(),
+            cert_serial: "01".into(),
+            cert_not_after: 100,
+            public_key_der: vec![0x30],
+            enrolled_at: 1,
+            revoked_at: None,
+        };
+        store.enrol_agent("t", &agent, 2).await.unwrap().unwrap();
+        store.revoke_agent("a", 5).await.unwrap().unwrap();
+        for sql in [
+            "UPDATE agents SET revoked_at = NULL WHERE agent_id = 'a'",
+            "UPDATE agents SET revoked_at = 9 WHERE agent_id = 'a'",
+        ] {
+            let err = sqlx::query(sql).execute(&store.pool).await.unwrap_err();
+            assert!(err.to_string().contains("revocation is final"), "{err}");
+        }
+        assert_eq!(store.agent("a").await.unwrap().unwrap().revoked_at, Some(5));
+    }
+
+    #[tokio::test]
+    async fn upgrading_restores_revocations_a_racing_renewal_had_undone() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("old.db").display());
+        sqlx::any::install_default_drivers();
+        // A store of version 2, where a renewal wrote revoked_at back to NULL after the agent
+        // was revoked: only the revocation list still says so.
+        let pool = AnyPoolOptions::new().connect(&url).await.unwrap();
+        let mut old = Migrator::with_migrations(migrations(Backend::Sqlite)[..2].to_vec());
+        old.locking = false;
+        old.run(&pool).await.unwrap();
+        for sql in [
+            "INSERT INTO tenants (id, created_at) VALUES ('default', 1)",
+            "INSERT INTO agents (agent_id, tenant_id, connector_group, hostname, version, cert_serial, \
+             cert_not_after, public_key_der, enrolled_at, revoked_at) \
+             VALUES ('resurrected', 'default', 'corp', 'h', 'v', '02', 100, x'30', 1, NULL)",
+            "INSERT INTO agents (agent_id, tenant_id, connector_group, hostname, version, cert_serial, \
+             cert_not_after, public_key_der, enrolled_at, revoked_at) \
+             VALUES ('fine', 'default', 'corp', 'h', 'v', '03', 100, x'30', 1, NULL)",
+            "INSERT INTO revoked_certificates (serial, tenant_id, agent_id, revoked_at) \
+             VALUES ('01', 'default', 'resurrected', 7)",
+        ] {
+            sqlx::query(sql).execute(&pool).await.unwrap();
+        }
+        pool.close().await;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let path = dir.path().join("old.db");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        let store = Store::open(&format!("sqlite://{}", dir.path().join("old.db").display()))
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .agent("resurrected")
+                .await
+                .unwrap()
+                .unwrap()
+                .revoked_at,
+            Some(7)
+        );
+        assert_eq!(store.agent("fine").await.unwrap().unwrap().revoked_at, None);
+        // Their current certificates are recorded, with the key they certify.
+        let standing = store.certificate_standing("03").await.unwrap().unwrap();
+        assert_eq!(standing.public_key_der, vec![0x30]);
+        assert!(
+            store
+                .certificate_standing("02")
+                .await
+                .unwrap()
+                .unwrap()
+                .agent_revoked_at
+                .is_some()
+        );
+    }
+
+    #[tokio::test]
+    async fn ca_keys_are_encrypted_at_rest_and_old_rows_are_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, url) = sqlite(&dir).await;
+        let key = Secret::new(b"0\x81\x87 pkcs8 key bytes".to_vec());
+        let ca = |key: &Secret| StoredCa {
+            cert_pem: "cert".into(),
+            key_der: key.clone(),
+        };
+        store.ensure_tenant("old", 1).await.unwrap();
+        store.ensure_tenant("new", 1).await.unwrap();
+        // Without a decision about keys, none is written or read.
+        assert!(matches!(
+            store.insert_tenant_ca("old", &ca(&key), 1).await,
+            Err(StoreError::NoKeyEncryptionKey)
+        ));
+        // Development: plaintext.
+        let plain = store.clone().with_key_protection(KeyProtection::Plaintext);
+        assert!(plain.insert_tenant_ca("old", &ca(&key), 1).await.unwrap());
+        let raw = |store: &Store, tenant: &'static str| {
+            let pool = store.pool.clone();
+            async move {
+                let row = sqlx::query("SELECT key_der FROM tenant_cas WHERE tenant_id = $1")
+                    .bind(tenant)
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+                row.try_get::<Vec<u8>, _>("key_der").unwrap()
+            }
+        };
+        assert_eq!(raw(&store, "old").await, key.expose());
+
+        // Production: a key-encryption key; the old row is encrypted at start.
+        let kek = KeyEncryptionKey::generate().unwrap();
+        let sealed = Store::open(&url)
+            .await
+            .unwrap()
+            .with_key_protection(KeyProtection::Encrypted(kek.clone()));
+        assert_eq!(sealed.encrypt_plaintext_keys().await.unwrap(), 1);
+        assert_eq!(sealed.encrypt_plaintext_keys().await.unwrap(), 0);
+        assert!(sealed.insert_tenant_ca("new", &ca(&key), 1).await.unwrap());
+        for tenant in ["old", "new"] {
+            let stored = raw(&sealed, tenant).await;
+            assert!(is_sealed(&stored), "{tenant}");
+            assert!(
+                !stored.windows(8).any(|w| w == &key.expose()[..8]),
+                "{tenant}: plaintext in the row"
+            );
+            assert_eq!(
+                sealed
+                    .tenant_ca(tenant)
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .key_der
+                    .expose(),
+                key.expose()
+            );
+        }
+        // A plaintext key planted later (by someone without the key) is refused, not used.
+        plain.ensure_tenant("planted", 1).await.unwrap();
+        assert!(
+            plain
+                .insert_tenant_ca("planted", &ca(&key), 1)
+                .await
+                .unwrap()
+        );
+        let planted = sealed.tenant_ca("planted").await;
+        assert!(
+            matches!(planted, Err(StoreError::PlaintextKey(_))),
+            "{planted:?}"
+        );
+        // Without the key, or with another, encrypted rows do not open.
+        assert!(matches!(
+            plain.tenant_ca("new").await,
+            Err(StoreError::NoKeyEncryptionKey)
+        ));
+        let other = store.with_key_protection(KeyProtection::Encrypted(
+            KeyEncryptionKey::generate().unwrap(),
+        ));
+        assert!(matches!(
+            other.tenant_ca("new").await,
+            Err(StoreError::KeyEncryption(_))
+        ));
     }
 }

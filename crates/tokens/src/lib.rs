@@ -4,6 +4,11 @@
 //! must not be readable by group or others (generated there with mode 0600 on first start).
 //! Its public half is published as a JWKS, and the OIDC discovery document points at it, so
 //! any relying party can verify tokens without talking to Passage otherwise.
+//!
+//! Access and ID tokens share a key and most claims, so they are told apart by the JWT
+//! header's `typ` (explicit typing, RFC 8725 §3.11): access tokens are `at+jwt` (RFC 9068),
+//! ID tokens `JWT`. [`verify_access_token`] and [`verify_id_token`] each accept only their
+//! own type, so an ID token cannot be replayed where an access token is expected.
 
 mod keys;
 
@@ -24,12 +29,58 @@ pub enum TokenError {
     /// Signing failed.
     #[error("signing: {0}")]
     Sign(String),
+    /// The requested scope is not a valid OAuth 2.0 scope (RFC 6749 §3.3).
+    #[error("scope: {0}")]
+    Scope(String),
     /// The token did not verify.
     #[error("token does not verify: {0}")]
     Invalid(String),
+    /// The token verified but is of another type than the caller expects, e.g. an ID token
+    /// presented as an access token.
+    #[error("token type is {found:?}, expected {expected:?}")]
+    WrongType {
+        /// The `typ` the caller expects, as Passage writes it.
+        expected: &'static str,
+        /// The token's header `typ`; empty if it has none.
+        found: String,
+    },
+}
+
+/// Scope of access tokens from [`TokenIssuer::issue`]: the tokens always carry the profile
+/// (name, UPN) and e-mail claims, so the scope says so.
+pub const DEFAULT_SCOPE: &str = "openid profile email";
+
+/// The kinds of token Passage issues, told apart by the JWT header's `typ`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenType {
+    /// OAuth 2.0 access token, `typ: at+jwt` (RFC 9068 §2.1).
+    Access,
+    /// OpenID Connect ID token, `typ: JWT`.
+    Id,
+}
+
+impl TokenType {
+    /// The header `typ` Passage writes for this type.
+    pub fn header_typ(self) -> &'static str {
+        match self {
+            Self::Access => "at+jwt",
+            Self::Id => "JWT",
+        }
+    }
+
+    /// Whether the header `typ` names this type.
+    fn matches(self, typ: &str) -> bool {
+        // `typ` is a media type (RFC 7515 §4.1.9): compared case-insensitively, and the
+        // "application/" prefix may be left out; RFC 9068 §4 names both spellings.
+        let lower = typ.to_ascii_lowercase();
+        let bare = lower.strip_prefix("application/").unwrap_or(lower.as_str());
+        bare.eq_ignore_ascii_case(self.header_typ())
+    }
 }
 
 /// Claims of Passage's access and ID tokens.
+///
+/// Both carry the same identity claims; `client_id` and `scope` are only in access tokens.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
     /// Issuer: the gateway's public URL.
@@ -46,6 +97,12 @@ pub struct Claims {
     pub nbf: u64,
     /// Unique token id.
     pub jti: String,
+    /// Access tokens only: the client the token was issued to (RFC 9068 §2.2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// Access tokens only: granted scopes, space-separated (RFC 9068 §2.2.3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
     /// Tenant.
     pub tid: String,
     /// userPrincipalName.
@@ -111,35 +168,58 @@ impl TokenIssuer {
         &self.issuer
     }
 
-    /// Issues an access token and an ID token for `subject`, audience `client_id`.
+    /// Issues an access token and an ID token for `subject`, audience `client_id`; the
+    /// access token's scope is [`DEFAULT_SCOPE`].
     pub fn issue(&self, subject: &Subject, client_id: &str) -> Result<IssuedTokens, TokenError> {
+        self.issue_with_scope(subject, client_id, DEFAULT_SCOPE)
+    }
+
+    /// Like [`issue`](Self::issue), with the access token's `scope` given: space-separated
+    /// scope tokens (RFC 6749 §3.3). Extra spaces and repeats are dropped; an empty scope
+    /// becomes `openid`, the least an OpenID Connect sign-in (which yields an ID token) implies.
+    pub fn issue_with_scope(
+        &self,
+        subject: &Subject,
+        client_id: &str,
+        scope: &str,
+    ) -> Result<IssuedTokens, TokenError> {
+        let scope = normalize_scope(scope)?;
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_err(|err| TokenError::Sign(err.to_string()))?
             .as_secs();
-        let claims = |jti: String| Claims {
+        let id_claims = Claims {
             iss: self.issuer.clone(),
             sub: subject.sub.clone(),
             aud: client_id.to_owned(),
             exp: now + self.lifetime.as_secs(),
             iat: now,
             nbf: now,
-            jti,
+            jti: random_id(),
+            client_id: None,
+            scope: None,
             tid: subject.tenant.clone(),
             upn: subject.upn.clone(),
             name: subject.name.clone(),
             email: subject.email.clone(),
             groups: subject.groups.clone(),
         };
-        let sign = |typ: &str, claims: &Claims| {
+        // RFC 9068 §2.2 requires client_id in access tokens; the ID token keeps OIDC's claims.
+        let access_claims = Claims {
+            jti: random_id(),
+            client_id: Some(client_id.to_owned()),
+            scope: Some(scope),
+            ..id_claims.clone()
+        };
+        let sign = |typ: TokenType, claims: &Claims| {
             let mut header = Header::new(Algorithm::ES256);
             header.kid = Some(self.key.kid().to_owned());
-            header.typ = Some(typ.to_owned());
+            header.typ = Some(typ.header_typ().to_owned());
             self.key.sign_jwt(&header, claims)
         };
         Ok(IssuedTokens {
-            access_token: sign("at+jwt", &claims(random_id()))?,
-            id_token: sign("JWT", &claims(random_id()))?,
+            access_token: sign(TokenType::Access, &access_claims)?,
+            id_token: sign(TokenType::Id, &id_claims)?,
             expires_in: self.lifetime,
         })
     }
@@ -164,9 +244,35 @@ impl TokenIssuer {
     }
 }
 
-/// Verifies `token` against a JWKS: signature (by `kid`), issuer, audience and expiry.
-pub fn verify(
+/// Verifies an access token: header `typ` `at+jwt` (or `application/at+jwt`, any case,
+/// RFC 9068 §4), then as [`verify_token`]. An ID token is refused with
+/// [`TokenError::WrongType`].
+pub fn verify_access_token(
     token: &str,
+    jwks: &JwkSet,
+    issuer: &str,
+    audience: &str,
+) -> Result<Claims, TokenError> {
+    verify_token(token, TokenType::Access, jwks, issuer, audience)
+}
+
+/// Verifies an ID token: header `typ` `JWT` (or `application/jwt`, any case), then as
+/// [`verify_token`]. An access token is refused with [`TokenError::WrongType`].
+pub fn verify_id_token(
+    token: &str,
+    jwks: &JwkSet,
+    issuer: &str,
+    audience: &str,
+) -> Result<Claims, TokenError> {
+    verify_token(token, TokenType::Id, jwks, issuer, audience)
+}
+
+/// Verifies `token` against a JWKS: signature (by `kid`), issuer, audience, expiry, and that
+/// its header `typ` is `expected`'s. A token without `typ` is refused: Passage always sets
+/// it, and an untyped token could be anything.
+pub fn verify_token(
+    token: &str,
+    expected: TokenType,
     jwks: &JwkSet,
     issuer: &str,
     audience: &str,
@@ -184,9 +290,42 @@ pub fn verify(
     validation.set_issuer(&[issuer]);
     validation.set_audience(&[audience]);
     validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-    jsonwebtoken::decode::<Claims>(token, &key, &validation)
-        .map(|data| data.claims)
-        .map_err(|err| TokenError::Invalid(err.to_string()))
+    let data = jsonwebtoken::decode::<Claims>(token, &key, &validation)
+        .map_err(|err| TokenError::Invalid(err.to_string()))?;
+    // The type is read from the header decode() verified, so WrongType is only ever
+    // reported for a genuine token, never for a forgery.
+    let found = data.header.typ.unwrap_or_default();
+    if !expected.matches(&found) {
+        return Err(TokenError::WrongType {
+            expected: expected.header_typ(),
+            found,
+        });
+    }
+    Ok(data.claims)
+}
+
+/// Checks and tidies a scope: space-separated tokens of printable ASCII other than `"` and
+/// `\` (RFC 6749 §3.3). Checked rather than passed through so that relying parties splitting
+/// the claim on spaces always see the scopes that were meant.
+fn normalize_scope(scope: &str) -> Result<String, TokenError> {
+    let mut tokens: Vec<&str> = Vec::new();
+    for token in scope.split(' ').filter(|token| !token.is_empty()) {
+        if let Some(bad) = token
+            .chars()
+            .find(|&c| !matches!(c, '\x21' | '\x23'..='\x5b' | '\x5d'..='\x7e'))
+        {
+            return Err(TokenError::Scope(format!(
+                "{bad:?} is not allowed in scope token {token:?}"
+            )));
+        }
+        if !tokens.contains(&token) {
+            tokens.push(token);
+        }
+    }
+    if tokens.is_empty() {
+        return Ok("openid".to_owned());
+    }
+    Ok(tokens.join(" "))
 }
 
 fn random_id() -> String {
@@ -220,6 +359,10 @@ mod tests {
         }
     }
 
+    fn typ_of(token: &str) -> Option<String> {
+        jsonwebtoken::decode_header(token).unwrap().typ
+    }
+
     #[test]
     fn issued_tokens_verify_against_the_jwks() {
         let issuer = issuer();
@@ -227,8 +370,12 @@ mod tests {
         // Round-trip the JWKS through JSON as a relying party would receive it.
         let jwks: JwkSet =
             serde_json::from_str(&serde_json::to_string(&issuer.jwks()).unwrap()).unwrap();
-        for token in [&tokens.access_token, &tokens.id_token] {
-            let claims = verify(token, &jwks, "https://login.example.com", "app-1").unwrap();
+        for (token, typ) in [
+            (&tokens.access_token, TokenType::Access),
+            (&tokens.id_token, TokenType::Id),
+        ] {
+            let claims =
+                verify_token(token, typ, &jwks, "https://login.example.com", "app-1").unwrap();
             assert_eq!(claims.upn, "alice@corp.example.com");
             assert_eq!(claims.aud, "app-1");
             assert_eq!(claims.sub, "3f2a");
@@ -237,12 +384,143 @@ mod tests {
     }
 
     #[test]
+    fn access_token_is_at_jwt_with_client_id_and_scope() {
+        let issuer = issuer();
+        let tokens = issuer.issue(&alice(), "app-1").unwrap();
+        let jwks = issuer.jwks();
+        assert_eq!(typ_of(&tokens.access_token).as_deref(), Some("at+jwt"));
+        let access = verify_access_token(
+            &tokens.access_token,
+            &jwks,
+            "https://login.example.com",
+            "app-1",
+        )
+        .unwrap();
+        assert_eq!(access.client_id.as_deref(), Some("app-1"));
+        assert_eq!(access.scope.as_deref(), Some(DEFAULT_SCOPE));
+        assert!(!access.jti.is_empty());
+        assert!(access.iat > 0);
+
+        // The ID token keeps OIDC's claims only.
+        assert_eq!(typ_of(&tokens.id_token).as_deref(), Some("JWT"));
+        let id = verify_id_token(
+            &tokens.id_token,
+            &jwks,
+            "https://login.example.com",
+            "app-1",
+        )
+        .unwrap();
+        assert_eq!(id.client_id, None);
+        assert_eq!(id.scope, None);
+        assert_ne!(id.jti, access.jti);
+    }
+
+    #[test]
+    fn id_token_is_refused_as_access_token() {
+        let issuer = issuer();
+        let tokens = issuer.issue(&alice(), "app-1").unwrap();
+        let err = verify_access_token(
+            &tokens.id_token,
+            &issuer.jwks(),
+            "https://login.example.com",
+            "app-1",
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&err, TokenError::WrongType { expected: "at+jwt", found } if found == "JWT"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn access_token_is_refused_as_id_token() {
+        let issuer = issuer();
+        let tokens = issuer.issue(&alice(), "app-1").unwrap();
+        let err = verify_id_token(
+            &tokens.access_token,
+            &issuer.jwks(),
+            "https://login.example.com",
+            "app-1",
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&err, TokenError::WrongType { expected: "JWT", found } if found == "at+jwt"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn typ_is_compared_as_a_media_type_and_required() {
+        let issuer = issuer();
+        let tokens = issuer.issue(&alice(), "app-1").unwrap();
+        let jwks = issuer.jwks();
+        let claims = verify_access_token(
+            &tokens.access_token,
+            &jwks,
+            "https://login.example.com",
+            "app-1",
+        )
+        .unwrap();
+        let resign = |typ: Option<&str>| {
+            let mut header = Header::new(Algorithm::ES256);
+            header.kid = Some(issuer.key.kid().to_owned());
+            header.typ = typ.map(str::to_owned);
+            issuer.key.sign_jwt(&header, &claims).unwrap()
+        };
+        for typ in ["application/at+jwt", "AT+JWT", "Application/At+Jwt"] {
+            let token = resign(Some(typ));
+            assert!(
+                verify_access_token(&token, &jwks, "https://login.example.com", "app-1").is_ok(),
+                "{typ}"
+            );
+        }
+        let token = resign(Some("application/jwt"));
+        assert!(verify_id_token(&token, &jwks, "https://login.example.com", "app-1").is_ok());
+        // Untyped tokens are neither.
+        let token = resign(None);
+        assert!(matches!(
+            verify_access_token(&token, &jwks, "https://login.example.com", "app-1"),
+            Err(TokenError::WrongType { .. })
+        ));
+        assert!(matches!(
+            verify_id_token(&token, &jwks, "https://login.example.com", "app-1"),
+            Err(TokenError::WrongType { .. })
+        ));
+    }
+
+    #[test]
+    fn scope_is_normalized_and_checked() {
+        let issuer = issuer();
+        let jwks = issuer.jwks();
+        let scope_of = |scope: &str| -> Result<String, TokenError> {
+            let tokens = issuer.issue_with_scope(&alice(), "app-1", scope)?;
+            verify_access_token(
+                &tokens.access_token,
+                &jwks,
+                "https://login.example.com",
+                "app-1",
+            )
+            .map(|claims| claims.scope.unwrap_or_default())
+        };
+        assert_eq!(
+            scope_of("openid  api:read openid ").unwrap(),
+            "openid api:read"
+        );
+        assert_eq!(scope_of("").unwrap(), "openid");
+        assert!(matches!(
+            scope_of("openid\tprofile"),
+            Err(TokenError::Scope(_))
+        ));
+        assert!(matches!(scope_of("a\"b"), Err(TokenError::Scope(_))));
+    }
+
+    #[test]
     fn wrong_audience_issuer_or_key_is_refused() {
         let issuer = issuer();
         let tokens = issuer.issue(&alice(), "app-1").unwrap();
         let jwks = issuer.jwks();
         assert!(
-            verify(
+            verify_id_token(
                 &tokens.id_token,
                 &jwks,
                 "https://login.example.com",
@@ -250,14 +528,16 @@ mod tests {
             )
             .is_err()
         );
-        assert!(verify(&tokens.id_token, &jwks, "https://evil.example.com", "app-1").is_err());
+        assert!(
+            verify_id_token(&tokens.id_token, &jwks, "https://evil.example.com", "app-1").is_err()
+        );
         let other = TokenIssuer::new(
             "https://login.example.com",
             SigningKey::generate().unwrap(),
             Duration::from_secs(60),
         );
         assert!(
-            verify(
+            verify_id_token(
                 &tokens.id_token,
                 &other.jwks(),
                 "https://login.example.com",
@@ -277,7 +557,7 @@ mod tests {
         let forged = issuer.issue(&claims, "app-1").unwrap().id_token;
         parts[1] = forged.split('.').nth(1).unwrap().to_owned();
         assert!(
-            verify(
+            verify_id_token(
                 &parts.join("."),
                 &issuer.jwks(),
                 "https://login.example.com",
@@ -285,6 +565,24 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn retyped_token_is_refused() {
+        // Swapping the header to pass an ID token off as an access token breaks the signature.
+        let issuer = issuer();
+        let tokens = issuer.issue(&alice(), "app-1").unwrap();
+        let mut parts: Vec<String> = tokens.id_token.split('.').map(str::to_owned).collect();
+        parts[0] = tokens.access_token.split('.').next().unwrap().to_owned();
+        assert!(matches!(
+            verify_access_token(
+                &parts.join("."),
+                &issuer.jwks(),
+                "https://login.example.com",
+                "app-1"
+            ),
+            Err(TokenError::Invalid(_))
+        ));
     }
 
     #[test]

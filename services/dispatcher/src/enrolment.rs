@@ -11,7 +11,7 @@ use aws_lc_rs::{
 };
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use passage_error_codes::ErrorCode;
-use passage_pki::{AgentIdentity, TenantCa, check_name};
+use passage_pki::{AgentCsr, AgentIdentity, TenantCa, check_name};
 use passage_proto::v1::{EnrolRequest, EnrolResponse, agent_enrolment_server::AgentEnrolment};
 use passage_store::{AgentRecord, EnrolmentToken, Store, StoreError, StoredCa, TokenRefusal};
 use tonic::{Request, Response, Status};
@@ -68,9 +68,11 @@ pub async fn create_token(
     Ok(token)
 }
 
+/// A store failure: the detail (which may be an operator's configuration mistake, such as a
+/// missing key-encryption key) is logged; the caller learns only that it failed.
 fn internal(err: StoreError) -> Status {
     tracing::error!(error = %err, "store failure");
-    ErrorCode::Internal.status("the store failed")
+    ErrorCode::Internal.public_status()
 }
 
 /// The tenant's CA from the store, created (once, across replicas) if missing.
@@ -78,8 +80,10 @@ pub async fn tenant_ca(store: &Store, tenant: &str) -> Result<TenantCa, Status> 
     let now = unix_now();
     store.ensure_tenant(tenant, now).await.map_err(internal)?;
     if let Some(stored) = store.tenant_ca(tenant).await.map_err(internal)? {
-        return TenantCa::from_parts(tenant, &stored.cert_pem, &stored.key_der)
-            .map_err(|e| ErrorCode::Internal.status(e));
+        return TenantCa::from_parts(tenant, &stored.cert_pem, &stored.key_der).map_err(|err| {
+            tracing::error!(%tenant, error = %err, "the stored tenant CA is unusable");
+            ErrorCode::Internal.public_status()
+        });
     }
     let ca = TenantCa::generate(tenant).map_err(|e| ErrorCode::Internal.status(e))?;
     let stored = StoredCa {
@@ -102,6 +106,24 @@ pub async fn tenant_ca(store: &Store, tenant: &str) -> Result<TenantCa, Status> 
         .ok_or_else(|| ErrorCode::Internal.status("tenant CA vanished"))?;
     TenantCa::from_parts(tenant, &stored.cert_pem, &stored.key_der)
         .map_err(|e| ErrorCode::Internal.status(e))
+}
+
+/// Makes sure `tenant` has a CA (creating it, once across replicas, if missing) without
+/// reading its key when it exists: what `passage agent token create` needs.
+pub async fn ensure_tenant_ca(store: &Store, tenant: &str) -> Result<(), Status> {
+    store
+        .ensure_tenant(tenant, unix_now())
+        .await
+        .map_err(internal)?;
+    if store
+        .tenant_ca_certificate(tenant)
+        .await
+        .map_err(internal)?
+        .is_some()
+    {
+        return Ok(());
+    }
+    tenant_ca(store, tenant).await.map(drop)
 }
 
 /// The `AgentEnrolment` service.
@@ -148,26 +170,52 @@ impl AgentEnrolment for EnrolmentService {
         if request.hostname.len() > 256 || request.version.len() > 64 {
             return Err(ErrorCode::InvalidRequest.status("hostname or version too long"));
         }
+        if !request.connector_group.is_empty() {
+            check_name("connector_group", &request.connector_group)
+                .map_err(|e| ErrorCode::InvalidRequest.status(e))?;
+        }
+        // A malformed CSR is refused before the token is looked at: it must not cost the token.
+        let csr =
+            AgentCsr::parse(&request.csr_der).map_err(|e| ErrorCode::InvalidRequest.status(e))?;
         let now = unix_now();
+        let token_hash = token_hash(&request.token);
+        let refuse = |refusal: TokenRefusal, hostname: &str| {
+            tracing::warn!(tenant = %request.tenant, %hostname, %refusal, "enrolment refused");
+            refused(match refusal {
+                TokenRefusal::Unknown => "unknown enrolment token",
+                TokenRefusal::AlreadyUsed => {
+                    "the enrolment token was already used; create a new one"
+                }
+                TokenRefusal::Expired => "the enrolment token has expired; create a new one",
+                TokenRefusal::WrongTenant => "the enrolment token belongs to another tenant",
+                TokenRefusal::WrongGroup => "the enrolment token is for another connector group",
+            })
+        };
         let grant = match self
             .store
-            .redeem_enrolment_token(&token_hash(&request.token), &request.tenant, now)
+            .check_enrolment_token(&token_hash, &request.tenant, now)
             .await
             .map_err(internal)?
         {
             Ok(grant) => grant,
-            Err(refusal) => {
-                tracing::warn!(tenant = %request.tenant, hostname = %request.hostname, %refusal, "enrolment refused");
-                return Err(refused(match refusal {
-                    TokenRefusal::Unknown => "unknown enrolment token",
-                    TokenRefusal::AlreadyUsed => {
-                        "the enrolment token was already used; create a new one"
-                    }
-                    TokenRefusal::Expired => "the enrolment token has expired; create a new one",
-                    TokenRefusal::WrongTenant => "the enrolment token belongs to another tenant",
-                }));
-            }
+            Err(refusal) => return Err(refuse(refusal, &request.hostname)),
         };
+        if !request.connector_group.is_empty() && request.connector_group != grant.connector_group {
+            tracing::warn!(
+                token_group = %grant.connector_group,
+                configured_group = %request.connector_group,
+                "enrolment refused: the token is for another connector group"
+            );
+            return Err(refused(format!(
+                "the token enrols into connector group {:?} but the agent is configured for {:?}; \
+                 create a token with --connector-group {} or set connector_group = \"{}\" in the \
+                 agent's configuration (the token is still unused)",
+                grant.connector_group,
+                request.connector_group,
+                request.connector_group,
+                grant.connector_group
+            )));
+        }
         let ca = tenant_ca(&self.store, &grant.tenant).await?;
         let mut id = [0u8; 8];
         SystemRandom::new()
@@ -182,23 +230,31 @@ impl AgentEnrolment for EnrolmentService {
             ),
         };
         let issued = ca
-            .issue_agent(&request.csr_der, &identity, self.certificate_lifetime)
+            .issue_agent(csr, &identity, self.certificate_lifetime)
             .map_err(|e| ErrorCode::InvalidRequest.status(e))?;
-        self.store
-            .save_agent(&AgentRecord {
-                agent_id: identity.agent_id.clone(),
-                tenant: identity.tenant.clone(),
-                connector_group: identity.connector_group.clone(),
-                hostname: request.hostname,
-                version: request.version,
-                cert_serial: issued.certified.serial.clone(),
-                cert_not_after: issued.certified.not_after,
-                public_key_der: issued.certified.public_key_der.clone(),
-                enrolled_at: now,
-                revoked_at: None,
-            })
+        // Spending the token and recording the agent is one transaction: the token is spent
+        // only when a certificate was issued for it, and of racing enrolments one wins (the
+        // certificates of the others are never recorded, so never trusted).
+        let record = AgentRecord {
+            agent_id: identity.agent_id.clone(),
+            tenant: identity.tenant.clone(),
+            connector_group: identity.connector_group.clone(),
+            hostname: request.hostname.clone(),
+            version: request.version,
+            cert_serial: issued.certified.serial.clone(),
+            cert_not_after: issued.certified.not_after,
+            public_key_der: issued.certified.public_key_der.clone(),
+            enrolled_at: now,
+            revoked_at: None,
+        };
+        if let Err(refusal) = self
+            .store
+            .enrol_agent(&token_hash, &record, now)
             .await
-            .map_err(internal)?;
+            .map_err(internal)?
+        {
+            return Err(refuse(refusal, &request.hostname));
+        }
         tracing::info!(
             agent_id = %identity.agent_id,
             tenant = %identity.tenant,

@@ -13,7 +13,7 @@ pub mod registry;
 pub mod relay;
 pub mod tunnel;
 
-use std::{future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
+use std::{future::Future, net::SocketAddr, path::PathBuf, pin::Pin, sync::Arc, time::Duration};
 
 use std::collections::HashMap;
 
@@ -22,7 +22,7 @@ use passage_proto::v1::{
     agent_enrolment_server::AgentEnrolmentServer, agent_tunnel_server::AgentTunnelServer,
     dispatcher_server::DispatcherServer,
 };
-use passage_store::Store;
+use passage_store::{KeyEncryptionKey, KeyProtection, Store};
 use passage_transport::{
     ServerTls, TransportError,
     tls::{self, ClientCas, TlsListener},
@@ -76,6 +76,14 @@ pub struct DispatcherConfig {
     pub revocation_poll_ms: u64,
     /// How often new tenants are read from the store, in milliseconds.
     pub tenant_poll_ms: u64,
+    /// File holding the key-encryption key (32 random bytes, base64; `passage store key
+    /// create`) that tenant CA keys are encrypted with in the store. Required with a store
+    /// unless `insecure_plaintext`; plaintext keys left from before are encrypted at start.
+    pub store_encryption_key_file: Option<PathBuf>,
+    /// How long a certificate replaced by a renewal stays trusted, in seconds. Agents reconnect
+    /// with the new certificate at once; after this window the old one is refused everywhere
+    /// and streams still using it are cut.
+    pub certificate_switchover_s: u64,
 }
 
 impl Default for DispatcherConfig {
@@ -96,13 +104,42 @@ impl Default for DispatcherConfig {
             renewal_spacing_ms: 10_000,
             revocation_poll_ms: 500,
             tenant_poll_ms: 5_000,
+            certificate_switchover_s: 60,
+            store_encryption_key_file: None,
         }
+    }
+}
+
+/// How the store keeps tenant CA keys: encrypted with the configured key-encryption key, or —
+/// in development only — in plaintext.
+fn key_protection(config: &DispatcherConfig) -> Result<KeyProtection, DispatcherError> {
+    match (&config.store_encryption_key_file, config.insecure_plaintext) {
+        (Some(path), _) => {
+            let kek =
+                KeyEncryptionKey::from_file(path).map_err(|e| DispatcherError::Store(e.into()))?;
+            tracing::info!(fingerprint = %kek.fingerprint(), "tenant CA keys are encrypted at rest");
+            Ok(KeyProtection::Encrypted(kek))
+        }
+        (None, true) => {
+            tracing::warn!(
+                "no store_encryption_key_file: tenant CA keys are stored in plaintext (development only)"
+            );
+            Ok(KeyProtection::Plaintext)
+        }
+        (None, false) => Err(DispatcherError::Config(
+            "with a store, tenant CA keys are encrypted at rest: set store_encryption_key_file \
+             (create the key with `passage store key create --out FILE`), or pass \
+             --insecure-plaintext for development"
+                .into(),
+        )),
     }
 }
 
 /// A dispatcher whose listeners are bound; [`BoundDispatcher::run`] serves.
 pub struct BoundDispatcher {
     config: DispatcherConfig,
+    /// Whether gateways present certificates naming their tenants (checked per request).
+    gateways_authenticated: bool,
     store: Option<Store>,
     trust: Option<Arc<AgentTrust>>,
     registry: Arc<AgentRegistry>,
@@ -152,7 +189,18 @@ pub async fn bind(config: DispatcherConfig) -> Result<BoundDispatcher, Dispatche
     };
     let (store, trust) = match &config.store_url {
         Some(url) => {
-            let store = Store::open(url).await?;
+            let store = Store::open(url)
+                .await?
+                .with_key_protection(key_protection(&config)?);
+            if config.store_encryption_key_file.is_some() {
+                let encrypted = store.encrypt_plaintext_keys().await?;
+                if encrypted > 0 {
+                    tracing::info!(
+                        encrypted,
+                        "encrypted tenant CA keys that were stored in plaintext"
+                    );
+                }
+            }
             let mut tenants = config.tenants.clone();
             tenants.extend(store.tenants().await?);
             tenants.sort();
@@ -173,6 +221,7 @@ pub async fn bind(config: DispatcherConfig) -> Result<BoundDispatcher, Dispatche
                     extra_client_ca.clone(),
                     Duration::from_secs(config.agent_certificate_lifetime_s),
                     Duration::from_millis(config.renewal_spacing_ms),
+                    Duration::from_secs(config.certificate_switchover_s),
                 )?)),
                 None if config.insecure_plaintext => {
                     tracing::warn!(
@@ -212,6 +261,25 @@ pub async fn bind(config: DispatcherConfig) -> Result<BoundDispatcher, Dispatche
         config.api_tls.as_ref(),
         config.insecure_plaintext,
     )?;
+    let gateways_authenticated = config
+        .api_tls
+        .as_ref()
+        .is_some_and(|tls| tls.client_ca_file.is_some());
+    // In production trust only gateways, each for its own tenants, may ask for keys and
+    // validations: anyone else reaching the API would have a password oracle.
+    if store.is_some() && !gateways_authenticated && !config.insecure_plaintext {
+        return Err(DispatcherError::Config(
+            "with a store (production trust) the gateway API requires mutual TLS: set \
+             api_tls.client_ca_file to the services CA that issues gateway certificates \
+             (passage gateway certificate issue), or pass --insecure-plaintext for development"
+                .into(),
+        ));
+    }
+    if !gateways_authenticated {
+        tracing::warn!(
+            "gateway API without client certificates: any caller may act for any tenant (development only)"
+        );
+    }
     let (agent_listener, agent_addr) = match agent_tls {
         Some(server_config) => {
             let (listener, addr) = passage_transport::bind_tcp(config.agent_listen).await?;
@@ -224,6 +292,7 @@ pub async fn bind(config: DispatcherConfig) -> Result<BoundDispatcher, Dispatche
     };
     let (api_incoming, api_addr) = passage_transport::bind(config.api_listen).await?;
     Ok(BoundDispatcher {
+        gateways_authenticated,
         config,
         store,
         trust,
@@ -284,6 +353,7 @@ impl BoundDispatcher {
                 store.clone(),
                 Arc::clone(&self.registry),
                 Duration::from_millis(config.revocation_poll_ms),
+                Duration::from_secs(config.certificate_switchover_s),
             ));
             tokio::spawn(report_connections(
                 store,
@@ -296,6 +366,7 @@ impl BoundDispatcher {
             Arc::clone(&self.registry),
             Duration::from_millis(config.validation_timeout_ms),
             heartbeat * 3,
+            self.gateways_authenticated,
         );
 
         let (agent_health_reporter, agent_health) = passage_transport::health();
@@ -397,13 +468,20 @@ async fn watch_tenants(trust: Arc<AgentTrust>, every: Duration) {
 /// from the clock of whoever revoked (the CLI, another replica).
 const REVOCATION_CLOCK_SKEW_S: i64 = 120;
 
-/// Cuts the streams of revoked agents: reads the revocations made since the previous read
-/// every `every` (revocations may be made by the CLI or another replica). An agent revoked
-/// before this replica started never got a stream here: `Connect` checks revocation.
-async fn watch_revocations(store: Store, registry: Arc<AgentRegistry>, every: Duration) {
+/// Cuts the streams of revoked agents, and the streams still using a certificate that a
+/// renewal replaced more than `switchover` ago: reads the revocations and renewals made since
+/// the previous read every `every` (they may be made by the CLI or another replica). An agent
+/// revoked before this replica started never got a stream here: `Connect` checks trust.
+async fn watch_revocations(
+    store: Store,
+    registry: Arc<AgentRegistry>,
+    every: Duration,
+    switchover: Duration,
+) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut since = enrolment::unix_now() - REVOCATION_CLOCK_SKEW_S;
+    let switchover = switchover.as_secs() as i64;
     loop {
         tick.tick().await;
         let polled_at = enrolment::unix_now();
@@ -416,10 +494,37 @@ async fn watch_revocations(store: Store, registry: Arc<AgentRegistry>, every: Du
         };
         since = polled_at - REVOCATION_CLOCK_SKEW_S;
         for agent_id in revoked {
-            let status =
-                ErrorCode::AgentNotTrusted.status(format!("agent {agent_id} has been revoked"));
+            let status = ErrorCode::AgentRevoked.status(format!(
+                "agent {agent_id} has been revoked; enrol the agent again with a new token"
+            ));
             if registry.cut(&agent_id, status) {
                 tracing::warn!(%agent_id, "revoked agent's stream cut");
+            }
+        }
+        let superseded = match store
+            .superseded_since(polled_at - switchover - REVOCATION_CLOCK_SKEW_S)
+            .await
+        {
+            Ok(superseded) => superseded,
+            Err(err) => {
+                tracing::warn!(error = %err, "reading renewals failed");
+                continue;
+            }
+        };
+        for old in superseded {
+            if polled_at < old.superseded_at + switchover {
+                continue;
+            }
+            let stream = registry
+                .get(&old.agent_id)
+                .filter(|c| c.identity.cert_serial.as_deref() == Some(old.serial.as_str()));
+            if let Some(stream) = stream {
+                let status = ErrorCode::AgentRevoked
+                    .status("this certificate was replaced by a renewal; enrol the agent again");
+                // That stream only: the agent may have reconnected with its new certificate.
+                if registry.cut_connection(&old.agent_id, stream.connection_id, status) {
+                    tracing::warn!(agent_id = %old.agent_id, serial = %old.serial, "stream on a superseded certificate cut");
+                }
             }
         }
     }

@@ -250,13 +250,17 @@ impl AgentRegistry {
         self.next_connection_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Registers `connection`, replacing (and closing) an older stream of the same agent.
+    /// Registers `connection`, replacing an older stream of the same agent and ending it: a
+    /// stream no longer in the registry would otherwise live on unseen by revocation, and its
+    /// agent would never learn it serves nothing.
     pub fn register(&self, connection: Arc<AgentConnection>) {
         if let Some(old) = self
             .agents
             .insert(connection.identity.agent_id.clone(), connection)
         {
-            old.close();
+            old.terminate(Status::aborted(
+                "a newer stream of this agent replaced this one",
+            ));
         }
     }
 
@@ -296,6 +300,20 @@ impl AgentRegistry {
     /// Removes and terminates the stream of `agent_id` with `status`; true if there was one.
     pub fn cut(&self, agent_id: &str, status: Status) -> bool {
         match self.agents.remove(agent_id) {
+            Some((_, connection)) => {
+                connection.terminate(status);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Like [`AgentRegistry::cut`], but only if the agent's stream is still `connection_id`.
+    pub fn cut_connection(&self, agent_id: &str, connection_id: u64, status: Status) -> bool {
+        match self
+            .agents
+            .remove_if(agent_id, |_, c| c.connection_id == connection_id)
+        {
             Some((_, connection)) => {
                 connection.terminate(status);
                 true
@@ -399,13 +417,19 @@ mod tests {
     #[tokio::test]
     async fn a_newer_stream_is_not_removed_by_the_older_ones_end() {
         let registry = AgentRegistry::default();
-        let (old, _rx1) = connection(&registry, "a");
+        let (old, mut old_rx) = connection(&registry, "a");
         let (new, _rx2) = connection(&registry, "a");
         registry.register(Arc::clone(&old));
         registry.register(Arc::clone(&new));
         registry.unregister("a", old.connection_id);
         assert_eq!(registry.get("a").unwrap().connection_id, new.connection_id);
         assert!(!old.is_healthy(Duration::from_secs(60)));
+        // The replaced stream was ended, so its agent knows.
+        let mut ended = false;
+        while let Ok(message) = old_rx.try_recv() {
+            ended |= message.is_err();
+        }
+        assert!(ended, "the replaced stream is ended with a status");
     }
 
     #[tokio::test]

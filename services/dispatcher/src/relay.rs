@@ -3,6 +3,7 @@
 use std::{sync::Arc, time::Duration};
 
 use passage_error_codes::ErrorCode;
+use passage_pki::GatewayIdentity;
 use passage_proto::v1::{
     AgentError, AgentKey, ListAgentKeysRequest, ListAgentKeysResponse, ValidateRequest,
     ValidateResponse, ValidationAnswer, ValidationOutcome, ValidationTask,
@@ -24,21 +25,51 @@ pub struct RelayService {
     registry: Arc<AgentRegistry>,
     default_timeout: Duration,
     liveness: Duration,
+    gateways_authenticated: bool,
 }
 
 impl RelayService {
     /// A relay over `registry`, waiting at most `default_timeout` unless the caller's deadline
-    /// is shorter; agents unheard of for `liveness` are not offered.
+    /// is shorter; agents unheard of for `liveness` are not offered. With
+    /// `gateways_authenticated`, every call must come with a gateway certificate naming the
+    /// tenant it asks for.
     pub fn new(
         registry: Arc<AgentRegistry>,
         default_timeout: Duration,
         liveness: Duration,
+        gateways_authenticated: bool,
     ) -> Self {
         Self {
             registry,
             default_timeout,
             liveness,
+            gateways_authenticated,
         }
+    }
+
+    /// Refuses a caller whose gateway certificate does not name `tenant`. TLS has verified
+    /// the certificate's chain to the services CA; this reads what it permits.
+    fn authorise<T>(&self, request: &Request<T>, tenant: &str) -> Result<(), Status> {
+        if !self.gateways_authenticated {
+            return Ok(());
+        }
+        let certs = request.peer_certs();
+        let Some(cert) = certs.as_ref().and_then(|c| c.first()) else {
+            return Err(ErrorCode::GatewayNotPermitted
+                .status("a gateway certificate is required (passage gateway certificate issue)"));
+        };
+        let gateway = GatewayIdentity::from_certificate(cert.as_ref()).map_err(|err| {
+            tracing::warn!(error = %err, "caller refused: not a gateway certificate");
+            ErrorCode::GatewayNotPermitted
+                .status("the client certificate is not a gateway certificate")
+        })?;
+        if !gateway.may_act_for(tenant) {
+            tracing::warn!(gateway = %gateway.name, %tenant, "gateway refused: tenant not in its certificate");
+            return Err(ErrorCode::GatewayNotPermitted.status(format!(
+                "this gateway's certificate does not permit tenant {tenant:?}"
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -115,10 +146,8 @@ impl RelayService {
             })
             .collect();
         if candidates.is_empty() {
-            return Err(ErrorCode::NoAgentAvailable.status(format!(
-                "no agent of connector group {} is connected",
-                request.connector_group
-            )));
+            tracing::warn!(connector_group = %request.connector_group, "no candidate agent is connected here");
+            return Err(ErrorCode::NoAgentAvailable.public_status());
         }
         candidates.sort_by_key(|(c, _)| (c.is_full(), c.in_flight()));
 
@@ -170,8 +199,8 @@ impl RelayService {
                             continue;
                         }
                         ValidationOutcome::Unspecified => {
-                            return Err(ErrorCode::Internal
-                                .status(format!("agent {agent_id} sent no outcome")));
+                            tracing::error!(%agent_id, "the agent sent no outcome");
+                            return Err(ErrorCode::Internal.public_status());
                         }
                         _ => {
                             return Ok(Response::new(ValidateResponse {
@@ -189,25 +218,25 @@ impl RelayService {
                 Attempt::Unusable => {}
                 Attempt::TimedOut => {
                     tracing::warn!(%agent_id, ?timeout, "agent did not answer in time");
-                    return Err(ErrorCode::AgentTimeout.status(format!(
-                        "agent {agent_id} did not answer within {} ms",
-                        timeout.as_millis()
-                    )));
+                    return Err(ErrorCode::AgentTimeout.public_status());
                 }
             }
         }
-        Err(if let Some(detail) = directory_down {
+        // What the agents said stays here, in the log and the trace; the caller gets the code.
+        let code = if let Some(detail) = directory_down {
+            tracing::warn!(%detail, "the agent could not reach the directory");
             ErrorCode::DirectoryUnavailable
-                .status(format!("the agent could not reach the directory: {detail}"))
         } else if let Some((error, detail)) = rejected {
-            ErrorCode::AgentRejected.status(format!(
-                "the agent refused the sealed password ({error:?}): {detail}"
-            ))
+            tracing::warn!(?error, %detail, "the agent refused the sealed password");
+            ErrorCode::AgentRejected
         } else if lost {
-            ErrorCode::AgentLost.status("every candidate agent disconnected before answering")
+            tracing::warn!("every candidate agent disconnected before answering");
+            ErrorCode::AgentLost
         } else {
-            ErrorCode::NoAgentAvailable.status("every candidate agent is gone or at capacity")
-        })
+            tracing::warn!("every candidate agent is gone or at capacity");
+            ErrorCode::NoAgentAvailable
+        };
+        Err(code.public_status())
     }
 }
 
@@ -230,6 +259,7 @@ impl Dispatcher for RelayService {
             .and_then(TraceParent::parse);
         let started = tokio::time::Instant::now();
         let deadline = started + timeout;
+        self.authorise(&request, &request.get_ref().tenant)?;
         let request = request.into_inner();
         check_name("tenant", &request.tenant)?;
         check_name("connector_group", &request.connector_group)?;
@@ -264,6 +294,7 @@ impl Dispatcher for RelayService {
         &self,
         request: Request<ListAgentKeysRequest>,
     ) -> Result<Response<ListAgentKeysResponse>, Status> {
+        self.authorise(&request, &request.get_ref().tenant)?;
         let request = request.into_inner();
         check_name("tenant", &request.tenant)?;
         check_name("connector_group", &request.connector_group)?;

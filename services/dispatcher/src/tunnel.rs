@@ -9,12 +9,12 @@ use std::{
 
 use passage_envelope::SealingKey;
 use passage_error_codes::ErrorCode;
-use passage_pki::{CertifiedAgent, TenantCa};
+use passage_pki::{AgentClaim, AgentCsr, AgentVerifier, CertifiedAgent, TenantCa, TrustError};
 use passage_proto::v1::{
     AgentHello, ConnectRequest, ConnectResponse, RenewResponse, Welcome,
     agent_tunnel_server::AgentTunnel, connect_request, connect_response,
 };
-use passage_store::Store;
+use passage_store::{AgentCertificate, Renewal, Store};
 use passage_transport::{TransportError, tls::ClientCas};
 use tokio::sync::mpsc;
 use tokio_stream::{Stream, wrappers::ReceiverStream};
@@ -30,8 +30,10 @@ const MAX_CAPACITY: u32 = 4096;
 /// What agents must prove: a certificate from their tenant's CA, not revoked. Also renews
 /// certificates over the live stream.
 pub struct AgentTrust {
-    /// Where revocations are recorded.
+    /// Where agents, their certificates and revocations are recorded.
     pub store: Store,
+    /// The one trust decision, shared with the gateway.
+    verifier: AgentVerifier,
     /// Tenant CAs by tenant: the ones known at start, and those learnt since.
     cas: RwLock<HashMap<String, Arc<TenantCa>>>,
     /// The agent listener's TLS roots: every tenant CA, plus `extra_client_ca`.
@@ -55,11 +57,13 @@ impl AgentTrust {
         extra_client_ca: Option<String>,
         certificate_lifetime: Duration,
         renewal_spacing: Duration,
+        switchover: Duration,
     ) -> Result<Self, TransportError> {
         let cas: HashMap<String, Arc<TenantCa>> =
             cas.into_iter().map(|(t, ca)| (t, Arc::new(ca))).collect();
         let client_cas = ClientCas::new(tls_roots(&cas, extra_client_ca.as_deref()), false)?;
         Ok(Self {
+            verifier: AgentVerifier::new(store.clone(), switchover),
             store,
             cas: RwLock::new(cas),
             client_cas,
@@ -130,6 +134,11 @@ impl AgentTrust {
         Ok(learnt)
     }
 
+    /// How long a certificate replaced by a renewal stays trusted.
+    pub fn switchover(&self) -> Duration {
+        self.verifier.switchover()
+    }
+
     /// Checks the client certificate (DER) and returns what it certifies.
     async fn check(&self, cert: Option<&[u8]>) -> Result<(CertifiedAgent, Vec<u8>), Status> {
         let not_trusted = |message: String| ErrorCode::AgentNotTrusted.status(message);
@@ -140,25 +149,45 @@ impl AgentTrust {
         let ca = self
             .ca(&claimed.identity.tenant)
             .ok_or_else(|| not_trusted(format!("unknown tenant {}", claimed.identity.tenant)))?;
-        // TLS checked the chain against every tenant CA; this pins it to the tenant it names.
-        let certified = ca
-            .verify(cert, std::time::SystemTime::now())
-            .map_err(|e| not_trusted(format!("{e}; if it expired, enrol the agent again")))?;
-        let revoked = self
-            .store
-            .is_revoked(&certified.serial)
+        // TLS checked the chain against every tenant CA; this pins it to the tenant it names
+        // and asks the store whether the certificate still stands.
+        match self
+            .verifier
+            .verify(&ca.certificate(), cert, std::time::SystemTime::now())
             .await
-            .map_err(|err| {
+        {
+            Ok(certified) => {
+                // The first connection with a renewed certificate retires the ones before it.
+                let activated = self
+                    .store
+                    .activate_certificate(
+                        &certified.identity.agent_id,
+                        &certified.serial,
+                        crate::enrolment::unix_now(),
+                    )
+                    .await
+                    .map_err(|err| {
+                        tracing::error!(error = %err, "store failure");
+                        ErrorCode::Internal.public_status()
+                    })?;
+                if activated > 0 {
+                    tracing::info!(agent_id = %certified.identity.agent_id, serial = %certified.serial, superseded = activated, "agent switched to its renewed certificate");
+                }
+                Ok((certified, cert.to_vec()))
+            }
+            Err(TrustError::Distrust(distrust)) if distrust.is_final() => {
+                Err(ErrorCode::AgentRevoked.status(format!(
+                    "{distrust}; enrol the agent again with a new token"
+                )))
+            }
+            Err(TrustError::Distrust(distrust)) => Err(not_trusted(format!(
+                "{distrust}; if the certificate expired, enrol the agent again"
+            ))),
+            Err(TrustError::Store(err)) => {
                 tracing::error!(error = %err, "store failure");
-                ErrorCode::Internal.status("the store failed")
-            })?;
-        if revoked {
-            return Err(not_trusted(format!(
-                "agent {} has been revoked",
-                certified.identity.agent_id
-            )));
+                Err(ErrorCode::Internal.public_status())
+            }
         }
-        Ok((certified, cert.to_vec()))
     }
 
     /// Issues a certificate for the stream's agent to the key in `csr_der`: the stream's
@@ -183,24 +212,46 @@ impl AgentTrust {
             connector_group: identity.connector_group.clone(),
             agent_id: identity.agent_id.clone(),
         };
+        let csr = AgentCsr::parse(csr_der).map_err(|e| e.to_string())?;
         let issued = ca
-            .issue_agent(csr_der, &subject, self.certificate_lifetime)
+            .issue_agent(csr, &subject, self.certificate_lifetime)
             .map_err(|e| e.to_string())?;
-        let store_error = |e: passage_store::StoreError| format!("store: {e}");
-        let mut record = self
+        let certificate = AgentCertificate {
+            serial: issued.certified.serial.clone(),
+            not_after: issued.certified.not_after,
+            public_key_der: issued.certified.public_key_der.clone(),
+        };
+        let presented = identity
+            .cert_serial
+            .as_deref()
+            .ok_or("this stream has no certificate to renew")?;
+        // One transaction: a revocation racing this renewal wins, and the certificate just
+        // signed is then never recorded, so never trusted. Only a current certificate renews.
+        let renewal = self
             .store
-            .agent(&identity.agent_id)
+            .renew_agent(
+                &identity.agent_id,
+                presented,
+                &certificate,
+                &identity.version,
+                crate::enrolment::unix_now(),
+            )
             .await
-            .map_err(store_error)?
-            .ok_or("the agent is not enrolled")?;
-        if record.revoked_at.is_some() {
-            return Err("the agent has been revoked".into());
+            .map_err(|err| {
+                tracing::error!(error = %err, "store failure during a renewal");
+                "the store failed; retry later".to_owned()
+            })?;
+        match renewal {
+            Renewal::Renewed => {}
+            Renewal::Revoked => return Err("the agent has been revoked".into()),
+            Renewal::Superseded => {
+                return Err(
+                    "this certificate was replaced by a renewal; only the current one renews"
+                        .into(),
+                );
+            }
+            Renewal::Unknown => return Err("the agent is not enrolled".into()),
         }
-        record.cert_serial = issued.certified.serial.clone();
-        record.cert_not_after = issued.certified.not_after;
-        record.public_key_der = issued.certified.public_key_der.clone();
-        record.version = identity.version.clone();
-        self.store.save_agent(&record).await.map_err(store_error)?;
         tracing::info!(
             agent_id = %identity.agent_id,
             serial = %issued.certified.serial,
@@ -292,27 +343,14 @@ fn identity_from_hello(hello: AgentHello) -> Result<AgentIdentity, Status> {
 
 /// Refuses a hello that does not match the certificate it came with.
 fn matches_certificate(identity: &AgentIdentity, certified: &CertifiedAgent) -> Result<(), Status> {
-    let id = &certified.identity;
-    if identity.agent_id != id.agent_id
-        || identity.tenant != id.tenant
-        || identity.connector_group != id.connector_group
-    {
-        return Err(ErrorCode::AgentNotTrusted.status(format!(
-            "hello names {}/{}/{} but the certificate is for {}/{}/{}",
-            identity.tenant,
-            identity.connector_group,
-            identity.agent_id,
-            id.tenant,
-            id.connector_group,
-            id.agent_id
-        )));
-    }
-    if identity.public_key_der != certified.public_key_der {
-        return Err(
-            ErrorCode::AgentNotTrusted.status("hello.public_key_der is not the certified key")
-        );
-    }
-    Ok(())
+    certified
+        .check_claim(&AgentClaim {
+            tenant: &identity.tenant,
+            connector_group: &identity.connector_group,
+            agent_id: &identity.agent_id,
+            public_key_der: &identity.public_key_der,
+        })
+        .map_err(|distrust| ErrorCode::AgentNotTrusted.status(format!("hello: {distrust}")))
 }
 
 type ResponseStream = Pin<Box<dyn Stream<Item = Result<ConnectResponse, Status>> + Send>>;
@@ -461,7 +499,10 @@ mod tests {
     async fn tenants_created_after_start_are_learnt_from_the_store() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("passage.db").display());
-        let store = Store::open(&url).await.unwrap();
+        let store = Store::open(&url)
+            .await
+            .unwrap()
+            .with_key_protection(passage_store::KeyProtection::Plaintext);
         let default_ca = crate::enrolment::tenant_ca(&store, "default")
             .await
             .unwrap();
@@ -471,6 +512,7 @@ mod tests {
             None,
             Duration::from_secs(3600),
             Duration::from_secs(1),
+            Duration::from_secs(60),
         )
         .unwrap();
         assert_eq!(trust.learn_new_tenants().await.unwrap(), 0);

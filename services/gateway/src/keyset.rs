@@ -8,9 +8,8 @@ use std::{
 
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use passage_envelope::SealingKey;
-use passage_pki::{CaCertificate, CertifiedAgent};
+use passage_pki::{AgentClaim, AgentVerifier, CaCertificate, CertifiedAgent, Distrust, TrustError};
 use passage_proto::v1::{AgentKey, ListAgentKeysRequest, dispatcher_client::DispatcherClient};
-use passage_store::Store;
 use tonic::{Status, transport::Channel};
 
 /// One agent a password can be sealed to.
@@ -21,102 +20,152 @@ pub struct AgentSealingKey {
     pub key: SealingKey,
 }
 
-/// What makes a key trustworthy: a certificate from the tenant CA, not revoked.
+/// What makes a key trustworthy: a certificate from the tenant CA that the store says still
+/// stands (the one decision, shared with the dispatcher: [`AgentVerifier`]).
 pub struct KeyVerifier {
     /// The tenant CA's certificate (the gateway never holds the CA key).
     pub ca: CaCertificate,
-    /// Where revocations are recorded.
-    pub store: Store,
+    /// The trust decision.
+    pub verifier: AgentVerifier,
 }
 
-/// Checks that `key` comes with a certificate from `ca`, valid now, for this agent, group and
-/// key. A dispatcher cannot make the gateway seal a password to a key of its choosing.
-pub fn check_certificate(
-    ca: &CaCertificate,
-    key: &AgentKey,
-    group: &str,
-) -> Result<CertifiedAgent, String> {
-    if key.certificate_der.is_empty() {
-        return Err("no certificate".into());
+impl KeyVerifier {
+    /// Checks that `key` comes with a certificate the tenant trusts now, for exactly this
+    /// agent, group and key: a dispatcher cannot make the gateway seal a password to a key of
+    /// its choosing.
+    pub async fn check(
+        &self,
+        tenant: &str,
+        key: &AgentKey,
+        group: &str,
+    ) -> Result<CertifiedAgent, TrustError> {
+        if key.certificate_der.is_empty() {
+            return Err(Distrust::NotVerified(passage_pki::PkiError::BadCertificate(
+                "no certificate".into(),
+            ))
+            .into());
+        }
+        let certified = self
+            .verifier
+            .verify(&self.ca, &key.certificate_der, SystemTime::now())
+            .await?;
+        certified.check_claim(&AgentClaim {
+            tenant,
+            connector_group: group,
+            agent_id: &key.agent_id,
+            public_key_der: &key.public_key_der,
+        })?;
+        Ok(certified)
     }
-    let certified = ca
-        .verify(&key.certificate_der, SystemTime::now())
-        .map_err(|e| e.to_string())?;
-    let id = &certified.identity;
-    if id.agent_id != key.agent_id || id.connector_group != group {
-        return Err(format!(
-            "certificate is for {}/{}, offered as {}/{group}",
-            id.connector_group, id.agent_id, key.agent_id
-        ));
-    }
-    if certified.public_key_der != key.public_key_der {
-        return Err("the offered key is not the certified key".into());
-    }
-    Ok(certified)
 }
 
-struct Cached {
-    fetched: Instant,
-    keys: Arc<Vec<Arc<AgentSealingKey>>>,
+/// The shared, immutable key set of one group.
+pub type KeySet = Arc<Vec<Arc<AgentSealingKey>>>;
+
+/// One connector group's cache entry. Each group has its own refresh lock, so a slow or
+/// failing refresh of one group never holds up another.
+struct GroupEntry {
+    cached: Mutex<Option<(Instant, KeySet)>>,
+    last_used: Mutex<Instant>,
+    refresh: tokio::sync::Mutex<()>,
 }
 
-/// Key sets by connector group, refreshed after `ttl` or on demand.
+impl GroupEntry {
+    fn new() -> Self {
+        Self {
+            cached: Mutex::new(None),
+            last_used: Mutex::new(Instant::now()),
+            refresh: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn fresh(&self, ttl: Duration, newer_than: Option<Instant>) -> Option<KeySet> {
+        let cached = lock(&self.cached);
+        let (fetched, keys) = cached.as_ref()?;
+        let fresh = fetched.elapsed() < ttl && newer_than.is_none_or(|t| *fetched > t);
+        fresh.then(|| Arc::clone(keys))
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Key sets by connector group, refreshed after `ttl` or on demand. At most `max_groups`
+/// groups are kept (least recently used go first), so sign-ins for endless made-up domains
+/// cannot grow it; an empty key set is cached like any other (negative caching).
 pub struct KeySetCache {
     dispatcher: DispatcherClient<Channel>,
     tenant: String,
     ttl: Duration,
-    cache: Mutex<HashMap<String, Cached>>,
+    max_groups: usize,
+    groups: Mutex<HashMap<String, Arc<GroupEntry>>>,
     verifier: Option<KeyVerifier>,
-    /// Serialises refreshes so a burst of sign-ins makes one dispatcher call, not hundreds.
-    refresh: tokio::sync::Mutex<()>,
 }
 
 impl KeySetCache {
-    /// A cache over `dispatcher` for `tenant`; with `verifier`, only certified, unrevoked keys
-    /// are kept (without, in development mode, every key the dispatcher offers).
+    /// A cache over `dispatcher` for `tenant` holding at most `max_groups` groups; with
+    /// `verifier`, only trusted keys are kept (without, in development mode, every key the
+    /// dispatcher offers).
     pub fn new(
         dispatcher: DispatcherClient<Channel>,
         tenant: String,
         ttl: Duration,
+        max_groups: usize,
         verifier: Option<KeyVerifier>,
     ) -> Self {
         Self {
             dispatcher,
             tenant,
             ttl,
-            cache: Mutex::new(HashMap::new()),
+            max_groups: max_groups.max(1),
+            groups: Mutex::new(HashMap::new()),
             verifier,
-            refresh: tokio::sync::Mutex::new(()),
         }
     }
 
-    fn cached(
-        &self,
-        group: &str,
-        newer_than: Option<Instant>,
-    ) -> Option<Arc<Vec<Arc<AgentSealingKey>>>> {
-        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = cache.get(group)?;
-        let fresh =
-            entry.fetched.elapsed() < self.ttl && newer_than.is_none_or(|t| entry.fetched > t);
-        fresh.then(|| Arc::clone(&entry.keys))
+    /// Groups currently cached.
+    pub fn len(&self) -> usize {
+        lock(&self.groups).len()
+    }
+
+    /// Whether no group is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The entry of `group`, made (evicting the least recently used when full) if missing.
+    fn entry(&self, group: &str) -> Arc<GroupEntry> {
+        let mut groups = lock(&self.groups);
+        if let Some(entry) = groups.get(group) {
+            *lock(&entry.last_used) = Instant::now();
+            return Arc::clone(entry);
+        }
+        if groups.len() >= self.max_groups {
+            let oldest = groups
+                .iter()
+                .min_by_key(|(_, e)| *lock(&e.last_used))
+                .map(|(name, _)| name.clone());
+            if let Some(oldest) = oldest {
+                groups.remove(&oldest);
+            }
+        }
+        let entry = Arc::new(GroupEntry::new());
+        groups.insert(group.to_owned(), Arc::clone(&entry));
+        entry
     }
 
     /// The key set of `group`: cached, or fetched when stale or when `force` (after a failure
     /// that suggests the set changed).
-    pub async fn keys(
-        &self,
-        group: &str,
-        force: bool,
-    ) -> Result<Arc<Vec<Arc<AgentSealingKey>>>, Status> {
+    pub async fn keys(&self, group: &str, force: bool) -> Result<KeySet, Status> {
         let asked = Instant::now();
-        if !force && let Some(keys) = self.cached(group, None) {
+        let entry = self.entry(group);
+        if !force && let Some(keys) = entry.fresh(self.ttl, None) {
             return Ok(keys);
         }
-        let _refreshing = self.refresh.lock().await;
-        // Someone else may have refreshed while we waited.
-        let newer_than = force.then_some(asked);
-        if let Some(keys) = self.cached(group, newer_than) {
+        // A burst of sign-ins for one group makes one dispatcher call, not hundreds.
+        let _refreshing = entry.refresh.lock().await;
+        if let Some(keys) = entry.fresh(self.ttl, force.then_some(asked)) {
             return Ok(keys);
         }
         let response = self
@@ -130,7 +179,9 @@ impl KeySetCache {
             .into_inner();
         let mut keys = Vec::new();
         for k in response.keys {
-            if let Err(reason) = self.trusted(&k, group).await {
+            if let Some(verifier) = &self.verifier
+                && let Err(reason) = verifier.check(&self.tenant, &k, group).await
+            {
                 tracing::warn!(agent_id = %k.agent_id, %reason, "not sealing to an untrusted agent key");
                 continue;
             }
@@ -145,28 +196,8 @@ impl KeySetCache {
             }
         }
         let keys = Arc::new(keys);
-        self.cache.lock().unwrap_or_else(|p| p.into_inner()).insert(
-            group.to_owned(),
-            Cached {
-                fetched: Instant::now(),
-                keys: Arc::clone(&keys),
-            },
-        );
+        *lock(&entry.cached) = Some((Instant::now(), Arc::clone(&keys)));
         Ok(keys)
-    }
-}
-
-impl KeySetCache {
-    async fn trusted(&self, key: &AgentKey, group: &str) -> Result<(), String> {
-        let Some(verifier) = &self.verifier else {
-            return Ok(());
-        };
-        let certified = check_certificate(&verifier.ca, key, group)?;
-        match verifier.store.is_revoked(&certified.serial).await {
-            Ok(false) => Ok(()),
-            Ok(true) => Err("certificate revoked".into()),
-            Err(err) => Err(format!("revocation check failed: {err}")),
-        }
     }
 }
 
@@ -197,9 +228,10 @@ mod tests {
         encoding::AsDer,
         rsa::{KeySize, PrivateDecryptingKey},
     };
-    use passage_pki::{AgentIdentity, TenantCa, agent_csr, pem_to_der};
+    use passage_pki::{AgentCsr, AgentIdentity, TenantCa, agent_csr, pem_to_der};
+    use passage_store::{AgentRecord, EnrolmentToken, Store};
 
-    fn offered(ca: &TenantCa, agent_id: &str, group: &str) -> AgentKey {
+    fn offered(ca: &TenantCa, agent_id: &str, group: &str) -> (AgentKey, AgentRecord) {
         let key = PrivateDecryptingKey::generate(KeySize::Rsa2048).unwrap();
         let csr = agent_csr(key.as_der().unwrap().as_ref(), agent_id).unwrap();
         let identity = AgentIdentity {
@@ -208,42 +240,125 @@ mod tests {
             agent_id: agent_id.into(),
         };
         let issued = ca
-            .issue_agent(&csr, &identity, Duration::from_secs(3600))
+            .issue_agent(
+                AgentCsr::parse(&csr).unwrap(),
+                &identity,
+                Duration::from_secs(3600),
+            )
             .unwrap();
-        AgentKey {
+        let record = AgentRecord {
+            agent_id: agent_id.into(),
+            tenant: ca.tenant().into(),
+            connector_group: group.into(),
+            hostname: "host".into(),
+            version: "test".into(),
+            cert_serial: issued.certified.serial.clone(),
+            cert_not_after: issued.certified.not_after,
+            public_key_der: issued.certified.public_key_der.clone(),
+            enrolled_at: 0,
+            revoked_at: None,
+        };
+        let offered = AgentKey {
             agent_id: agent_id.into(),
             connector_group: group.into(),
             public_key_der: key.public_key().as_der().unwrap().as_ref().to_vec(),
             in_flight: 0,
             certificate_der: pem_to_der(&issued.cert_pem).unwrap(),
-        }
+        };
+        (offered, record)
     }
 
-    #[test]
-    fn only_certified_keys_of_the_right_agent_and_group_are_trusted() {
-        let ca = TenantCa::generate("default").unwrap();
-        let good = offered(&ca, "agent-1", "corp");
-        check_certificate(&ca.certificate(), &good, "corp").unwrap();
+    async fn enrol(store: &Store, record: &AgentRecord, token: &str) {
+        let now = 1_000;
+        store.ensure_tenant(&record.tenant, now).await.unwrap();
+        store
+            .create_enrolment_token(&EnrolmentToken {
+                token_hash: token.into(),
+                tenant: record.tenant.clone(),
+                connector_group: record.connector_group.clone(),
+                created_at: now,
+                expires_at: i64::MAX,
+            })
+            .await
+            .unwrap();
+        store
+            .enrol_agent(token, record, now)
+            .await
+            .unwrap()
+            .unwrap();
+    }
 
-        assert!(check_certificate(&ca.certificate(), &good, "other-group").is_err());
+    #[tokio::test]
+    async fn only_recorded_certified_keys_of_the_right_agent_and_group_are_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&format!("sqlite://{}", dir.path().join("p.db").display()))
+            .await
+            .unwrap();
+        let ca = TenantCa::generate("default").unwrap();
+        let verifier = KeyVerifier {
+            ca: ca.certificate(),
+            verifier: AgentVerifier::new(store.clone(), Duration::from_secs(60)),
+        };
+        let (good, record) = offered(&ca, "agent-1", "corp");
+        // Issued by the CA but never recorded in the store: refused.
+        assert!(verifier.check("default", &good, "corp").await.is_err());
+        enrol(&store, &record, "token-1").await;
+        verifier.check("default", &good, "corp").await.unwrap();
+
+        assert!(
+            verifier
+                .check("default", &good, "other-group")
+                .await
+                .is_err()
+        );
+        assert!(verifier.check("acme", &good, "corp").await.is_err());
         let renamed = AgentKey {
             agent_id: "agent-2".into(),
             ..good.clone()
         };
-        assert!(check_certificate(&ca.certificate(), &renamed, "corp").is_err());
+        assert!(verifier.check("default", &renamed, "corp").await.is_err());
         // A dispatcher swapping in its own key keeps the certificate but not the key.
         let swapped = AgentKey {
-            public_key_der: offered(&ca, "agent-1", "corp").public_key_der,
+            public_key_der: offered(&ca, "agent-1", "corp").0.public_key_der,
             ..good.clone()
         };
-        assert!(check_certificate(&ca.certificate(), &swapped, "corp").is_err());
+        assert!(verifier.check("default", &swapped, "corp").await.is_err());
         let bare = AgentKey {
             certificate_der: vec![],
             ..good.clone()
         };
-        assert!(check_certificate(&ca.certificate(), &bare, "corp").is_err());
-        let rogue = TenantCa::generate("default").unwrap();
-        assert!(check_certificate(&rogue.certificate(), &good, "corp").is_err());
+        assert!(verifier.check("default", &bare, "corp").await.is_err());
+        let rogue = KeyVerifier {
+            ca: TenantCa::generate("default").unwrap().certificate(),
+            verifier: AgentVerifier::new(store.clone(), Duration::from_secs(60)),
+        };
+        assert!(rogue.check("default", &good, "corp").await.is_err());
+        // Revocation refuses it at once.
+        store.revoke_agent("agent-1", 2_000).await.unwrap().unwrap();
+        assert!(matches!(
+            verifier.check("default", &good, "corp").await,
+            Err(TrustError::Distrust(Distrust::Revoked { .. }))
+        ));
+    }
+
+    #[tokio::test]
+    async fn the_cache_keeps_at_most_its_bound_of_groups() {
+        let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy();
+        let cache = KeySetCache::new(
+            DispatcherClient::new(channel),
+            "default".into(),
+            Duration::from_secs(60),
+            16,
+            None,
+        );
+        cache.entry("corp");
+        for n in 0..1_000 {
+            cache.entry(&format!("made-up-{n}.example"));
+            // The group in use is never the one evicted.
+            cache.entry("corp");
+            assert!(cache.len() <= 16);
+        }
+        assert!(lock(&cache.groups).contains_key("corp"));
     }
 
     #[test]

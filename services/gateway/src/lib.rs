@@ -73,10 +73,20 @@ pub struct GatewayConfig {
     /// Serve plaintext gRPC and dial `http://` dispatchers. Development only.
     #[serde(default)]
     pub insecure_plaintext: bool,
-    /// The shared store. With it, passwords are sealed only to agent keys whose certificate
-    /// chains to the tenant CA and is not revoked; without (development), to any offered key.
+    /// The shared store. With it (production trust), passwords are sealed only to agent keys
+    /// whose certificate chains to the tenant CA and still stands in the store; a gateway
+    /// without one refuses to start unless `insecure_plaintext` (development trust: any key the
+    /// dispatcher offers).
     #[serde(default)]
     pub store_url: Option<String>,
+    /// How long a certificate replaced by a renewal stays trusted, in seconds (as the
+    /// dispatcher's setting of the same name).
+    #[serde(default = "default_certificate_switchover_s")]
+    pub certificate_switchover_s: u64,
+    /// Most connector groups whose key sets are cached at once (least recently used are
+    /// dropped), so sign-ins for endless unknown domains cannot grow the gateway.
+    #[serde(default = "default_key_cache_max_groups")]
+    pub key_cache_max_groups: usize,
 }
 
 /// A connector group and the username domains it serves.
@@ -121,6 +131,12 @@ fn default_key_cache_ttl_ms() -> u64 {
 fn default_validation_timeout_ms() -> u64 {
     10_000
 }
+fn default_certificate_switchover_s() -> u64 {
+    60
+}
+fn default_key_cache_max_groups() -> usize {
+    1024
+}
 
 impl GatewayConfig {
     /// A development configuration: plaintext, one open client, everything else default.
@@ -142,6 +158,8 @@ impl GatewayConfig {
             validation_timeout_ms: default_validation_timeout_ms(),
             insecure_plaintext: true,
             store_url: None,
+            certificate_switchover_s: default_certificate_switchover_s(),
+            key_cache_max_groups: default_key_cache_max_groups(),
         }
     }
 }
@@ -204,9 +222,32 @@ pub async fn bind(config: GatewayConfig) -> Result<BoundGateway, GatewayError> {
             })?;
             let ca = passage_pki::CaCertificate::from_pem(&config.tenant, &pem)
                 .map_err(|e| GatewayError::Config(e.to_string()))?;
-            Some(KeyVerifier { ca, store })
+            tracing::info!(
+                tenant = %config.tenant,
+                "trust mode: production — passwords are sealed only to agents whose certificate the tenant CA issued and the store still trusts"
+            );
+            Some(KeyVerifier {
+                ca,
+                verifier: passage_pki::AgentVerifier::new(
+                    store,
+                    Duration::from_secs(config.certificate_switchover_s),
+                ),
+            })
         }
-        None => None,
+        None if config.insecure_plaintext => {
+            tracing::warn!(
+                "trust mode: development — no store, so passwords are sealed to any key the dispatcher offers (never use this in production)"
+            );
+            None
+        }
+        None => {
+            return Err(GatewayError::Config(
+                "no store_url: without the store the gateway cannot tell which agent keys to trust \
+                 and would seal passwords to any key the dispatcher offers. Set store_url (the \
+                 dispatcher's store), or pass --insecure-plaintext for development"
+                    .into(),
+            ));
+        }
     };
     let key = passage_tokens::load_or_create_signing_key(&config.signing_key_file)?;
     let (grpc_incoming, grpc_addr) = passage_transport::bind(config.grpc_listen).await?;
@@ -272,6 +313,7 @@ impl BoundGateway {
             dispatcher.clone(),
             config.tenant.clone(),
             Duration::from_millis(config.key_cache_ttl_ms),
+            config.key_cache_max_groups,
             self.verifier,
         ));
         let service = SignInService::new(&config, dispatcher, keys, Arc::clone(&self.issuer));

@@ -43,8 +43,93 @@ struct CheckedRequest {
     client_ip: Option<IpAddr>,
 }
 
-fn invalid(err: CredentialError) -> Status {
-    ErrorCode::InvalidRequest.status(err)
+/// Why a sign-in did not produce tokens. Converted to a [`Status`] in one place,
+/// [`SignInError::into_status`]: the caller gets a stable code and a fixed message; what an
+/// agent, the dispatcher or the directory said stays in the logs and traces.
+#[derive(Debug, thiserror::Error)]
+pub enum SignInError {
+    /// A malformed field (the message names the caller's own field, nothing internal).
+    #[error("{0}")]
+    Invalid(#[from] CredentialError),
+    /// `client_ip` is not an IP address.
+    #[error("client_ip is not an IP address")]
+    BadClientIp,
+    /// The client id is not registered.
+    #[error("client_id {0:?} is not registered")]
+    UnknownClient(String),
+    /// No connector group serves the domain.
+    #[error("no connector group serves the domain {0}")]
+    UnknownDomain(String),
+    /// The directory answered, and not with success.
+    #[error("the directory answered {0:?}")]
+    Refused(ValidationOutcome),
+    /// No trusted agent of the group is connected.
+    #[error("no agent of connector group {0} is connected")]
+    NoAgent(String),
+    /// The dispatcher answered with a Passage error.
+    #[error("dispatcher: {message}")]
+    Dispatcher {
+        /// Its code.
+        code: ErrorCode,
+        /// What it said (logs only).
+        message: String,
+    },
+    /// No answer in time.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// The dispatcher could not be reached or failed without a Passage code.
+    #[error("dispatcher unreachable: {0}")]
+    Unreachable(String),
+    /// Sealing the password failed.
+    #[error("sealing for agent {agent_id}: {source}")]
+    Seal {
+        /// The agent.
+        agent_id: String,
+        /// Why.
+        source: passage_envelope::EnvelopeError,
+    },
+    /// Issuing tokens failed.
+    #[error("issuing tokens: {0}")]
+    Tokens(#[from] passage_tokens::TokenError),
+}
+
+impl SignInError {
+    /// The stable code.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            SignInError::Invalid(_) | SignInError::BadClientIp => ErrorCode::InvalidRequest,
+            SignInError::UnknownClient(_) => ErrorCode::UnknownClient,
+            SignInError::UnknownDomain(_) => ErrorCode::UnknownDomain,
+            SignInError::Refused(outcome) => match outcome {
+                ValidationOutcome::AccountLocked => ErrorCode::AccountLocked,
+                ValidationOutcome::AccountDisabled => ErrorCode::AccountDisabled,
+                ValidationOutcome::AccountExpired => ErrorCode::AccountExpired,
+                ValidationOutcome::PasswordExpired => ErrorCode::PasswordExpired,
+                ValidationOutcome::PasswordMustChange => ErrorCode::PasswordMustChange,
+                ValidationOutcome::DirectoryUnavailable => ErrorCode::DirectoryUnavailable,
+                ValidationOutcome::InvalidCredentials
+                | ValidationOutcome::Success
+                | ValidationOutcome::Unspecified => ErrorCode::InvalidCredentials,
+            },
+            SignInError::NoAgent(_) | SignInError::Unreachable(_) => ErrorCode::NoAgentAvailable,
+            SignInError::Dispatcher { code, .. } => *code,
+            SignInError::Timeout(_) => ErrorCode::AgentTimeout,
+            SignInError::Seal { .. } | SignInError::Tokens(_) => ErrorCode::Internal,
+        }
+    }
+
+    /// The caller's view: the code and, for input errors, which field; otherwise the code's
+    /// fixed message.
+    pub fn into_status(self) -> Status {
+        let code = self.code();
+        match self {
+            SignInError::Invalid(_)
+            | SignInError::BadClientIp
+            | SignInError::UnknownClient(_)
+            | SignInError::UnknownDomain(_) => code.status(self),
+            _ => code.public_status(),
+        }
+    }
 }
 
 impl SignInService {
@@ -68,7 +153,7 @@ impl SignInService {
     }
 
     /// Every check that needs nothing but the request: nothing malformed goes further.
-    fn check(&self, request: SignInRequest) -> Result<CheckedRequest, Status> {
+    fn check(&self, request: SignInRequest) -> Result<CheckedRequest, SignInError> {
         let SignInRequest {
             username,
             password,
@@ -76,24 +161,23 @@ impl SignInService {
             client_ip,
         } = request;
         // Check the password first, so it is wiped (Password::new) on every path.
-        let password = Password::new(password).map_err(invalid)?;
-        let username = Username::parse(&username).map_err(invalid)?;
-        check_field("client_id", &client_id, MAX_FIELD_BYTES).map_err(invalid)?;
+        let password = Password::new(password)?;
+        let username = Username::parse(&username)?;
+        check_field("client_id", &client_id, MAX_FIELD_BYTES)?;
         if client_id.is_empty() {
-            return Err(invalid(CredentialError::Empty { field: "client_id" }));
+            return Err(CredentialError::Empty { field: "client_id" }.into());
         }
         if !self.clients.is_empty() && !self.clients.iter().any(|c| c.id == client_id) {
-            return Err(ErrorCode::UnknownClient
-                .status(format!("client_id {client_id:?} is not registered")));
+            return Err(SignInError::UnknownClient(client_id));
         }
-        check_field("client_ip", &client_ip, MAX_FIELD_BYTES).map_err(invalid)?;
-        let client_ip =
-            match client_ip.as_str() {
-                "" => None,
-                text => Some(text.parse::<IpAddr>().map_err(|_| {
-                    ErrorCode::InvalidRequest.status("client_ip is not an IP address")
-                })?),
-            };
+        check_field("client_ip", &client_ip, MAX_FIELD_BYTES)?;
+        let client_ip = match client_ip.as_str() {
+            "" => None,
+            text => Some(
+                text.parse::<IpAddr>()
+                    .map_err(|_| SignInError::BadClientIp)?,
+            ),
+        };
         Ok(CheckedRequest {
             username,
             password,
@@ -103,7 +187,7 @@ impl SignInService {
     }
 
     /// The connector group serving `username`'s domain.
-    fn route(&self, username: &Username) -> Result<String, Status> {
+    fn route(&self, username: &Username) -> Result<String, SignInError> {
         let domain = username.domain();
         if self.routes.is_empty() {
             return Ok(domain);
@@ -117,10 +201,7 @@ impl SignInService {
                     .any(|d| d.eq_ignore_ascii_case(&domain))
             })
             .map(|route| route.name.clone())
-            .ok_or_else(|| {
-                ErrorCode::UnknownDomain
-                    .status(format!("no connector group serves the domain {domain}"))
-            })
+            .ok_or(SignInError::UnknownDomain(domain))
     }
 
     /// Seals to two random agents and asks the dispatcher; on a failure that a fresh key set
@@ -130,33 +211,30 @@ impl SignInService {
         request: &CheckedRequest,
         group: &str,
         trace: &TraceParent,
-    ) -> Result<ValidateResponse, Status> {
+    ) -> Result<ValidateResponse, SignInError> {
         let mut refreshed = false;
         loop {
             let keys = self
                 .keys
                 .keys(group, refreshed)
                 .await
-                .map_err(dispatcher_unreachable)?;
+                .map_err(dispatcher_failed)?;
             let result = if keys.is_empty() {
-                Err(ErrorCode::NoAgentAvailable
-                    .status(format!("no agent of connector group {group} is connected")))
+                Err(SignInError::NoAgent(group.to_owned()))
             } else {
                 self.call_dispatcher(request, group, &keys, trace).await
             };
             match result {
-                Err(status)
+                Err(err)
                     if !refreshed
                         && matches!(
-                            ErrorCode::of(&status),
-                            Some(
-                                ErrorCode::NoAgentAvailable
-                                    | ErrorCode::AgentLost
-                                    | ErrorCode::AgentRejected
-                            )
+                            err.code(),
+                            ErrorCode::NoAgentAvailable
+                                | ErrorCode::AgentLost
+                                | ErrorCode::AgentRejected
                         ) =>
                 {
-                    tracing::debug!(message = %status.message(), "retrying with a fresh key set");
+                    tracing::debug!(error = %err, "retrying with a fresh key set");
                     refreshed = true;
                 }
                 other => return other,
@@ -170,7 +248,7 @@ impl SignInService {
         group: &str,
         keys: &[Arc<crate::keyset::AgentSealingKey>],
         trace: &TraceParent,
-    ) -> Result<ValidateResponse, Status> {
+    ) -> Result<ValidateResponse, SignInError> {
         let not_after = SystemTime::now() + self.envelope_lifetime;
         let fields = PayloadFields {
             username: request.username.as_str(),
@@ -181,15 +259,19 @@ impl SignInService {
         let candidates = pick_two(keys)
             .into_iter()
             .map(|agent| {
-                let ciphertext = agent.key.seal(&fields).map_err(|err| {
-                    ErrorCode::Internal.status(format!("sealing for {}: {err}", agent.agent_id))
-                })?;
+                let ciphertext = agent
+                    .key
+                    .seal(&fields)
+                    .map_err(|source| SignInError::Seal {
+                        agent_id: agent.agent_id.clone(),
+                        source,
+                    })?;
                 Ok(SealedPassword {
                     agent_id: agent.agent_id.clone(),
                     ciphertext,
                 })
             })
-            .collect::<Result<Vec<_>, Status>>()?;
+            .collect::<Result<Vec<_>, SignInError>>()?;
         let mut call = Request::new(ValidateRequest {
             tenant: self.tenant.clone(),
             connector_group: group.to_owned(),
@@ -203,42 +285,25 @@ impl SignInService {
         }
         match self.dispatcher.clone().validate(call).await {
             Ok(response) => Ok(response.into_inner()),
-            Err(status) if ErrorCode::of(&status).is_some() => Err(status),
-            Err(status) if status.code() == tonic::Code::DeadlineExceeded => {
-                Err(ErrorCode::AgentTimeout.status(format!(
-                    "no answer within {} ms",
-                    self.validation_timeout.as_millis()
-                )))
+            Err(status)
+                if status.code() == tonic::Code::DeadlineExceeded
+                    && ErrorCode::of(&status).is_none() =>
+            {
+                Err(SignInError::Timeout(self.validation_timeout))
             }
-            Err(status) => Err(dispatcher_unreachable(status)),
+            Err(status) => Err(dispatcher_failed(status)),
         }
     }
 }
 
-fn dispatcher_unreachable(status: Status) -> Status {
-    if ErrorCode::of(&status).is_some() {
-        return status;
-    }
-    tracing::warn!(code = ?status.code(), message = %status.message(), "dispatcher call failed");
-    ErrorCode::NoAgentAvailable.status("the sign-in service cannot reach any agent right now")
-}
-
-/// The user-facing error for a directory answer other than success.
-fn outcome_error(outcome: ValidationOutcome) -> Status {
-    match outcome {
-        ValidationOutcome::AccountLocked => ErrorCode::AccountLocked.status("the account is locked; try again later or contact your administrator"),
-        ValidationOutcome::AccountDisabled => ErrorCode::AccountDisabled.status("the account is disabled"),
-        ValidationOutcome::AccountExpired => ErrorCode::AccountExpired.status("the account has expired"),
-        ValidationOutcome::PasswordExpired => ErrorCode::PasswordExpired.status(
-            "the password has expired; your organisation does not allow changing it here — change it on the corporate network",
-        ),
-        ValidationOutcome::PasswordMustChange => ErrorCode::PasswordMustChange.status(
-            "the password must be changed before first use; your organisation does not allow changing it here",
-        ),
-        ValidationOutcome::DirectoryUnavailable => ErrorCode::DirectoryUnavailable.status("the directory is unavailable"),
-        ValidationOutcome::InvalidCredentials | ValidationOutcome::Success | ValidationOutcome::Unspecified => {
-            ErrorCode::InvalidCredentials.status("invalid username or password")
-        }
+/// A dispatcher failure as a sign-in error, keeping its Passage code when it has one.
+fn dispatcher_failed(status: Status) -> SignInError {
+    match ErrorCode::of(&status) {
+        Some(code) => SignInError::Dispatcher {
+            code,
+            message: status.message().to_owned(),
+        },
+        None => SignInError::Unreachable(format!("{:?}: {}", status.code(), status.message())),
     }
 }
 
@@ -254,8 +319,12 @@ impl Gateway for SignInService {
             .get("traceparent")
             .and_then(|v| v.to_str().ok())
             .and_then(TraceParent::parse);
-        let request = self.check(request.into_inner())?;
-        let group = self.route(&request.username)?;
+        let request = self
+            .check(request.into_inner())
+            .map_err(SignInError::into_status)?;
+        let group = self
+            .route(&request.username)
+            .map_err(SignInError::into_status)?;
         let span = tracing::info_span!(
             "sign_in",
             otel.kind = "server",
@@ -289,7 +358,7 @@ impl SignInService {
                 let outcome = ValidationOutcome::try_from(response.outcome).unwrap_or_default();
                 match (outcome, response.user) {
                     (ValidationOutcome::Success, Some(user)) => Ok((user, response.agent_id)),
-                    (outcome, _) => Err(outcome_error(outcome)),
+                    (outcome, _) => Err(SignInError::Refused(outcome)),
                 }
             });
         let elapsed_ms = started.elapsed().as_millis() as u64;
@@ -315,10 +384,13 @@ impl SignInService {
                     email: user.mail,
                     groups: user.groups,
                 };
-                let tokens = self
-                    .issuer
-                    .issue(&subject, &request.client_id)
-                    .map_err(|err| ErrorCode::Internal.status(err))?;
+                let tokens = match self.issuer.issue(&subject, &request.client_id) {
+                    Ok(tokens) => tokens,
+                    Err(err) => {
+                        tracing::error!(error = %err, "issuing tokens failed");
+                        return Err(SignInError::from(err).into_status());
+                    }
+                };
                 tracing::info!(target: "passage::signin_log", outcome = "success", %agent_id, %client_ip, elapsed_ms, "sign-in");
                 Ok(Response::new(SignInResponse {
                     access_token: tokens.access_token,
@@ -327,13 +399,14 @@ impl SignInService {
                     expires_in: tokens.expires_in.as_secs() as u32,
                 }))
             }
-            Err(status) => {
-                let code = ErrorCode::of(&status).map_or("-", ErrorCode::as_str);
+            Err(err) => {
+                let code = err.code().as_str();
                 let span = tracing::Span::current();
                 span.record("error_code", code);
                 span.record("otel.status_code", "ERROR");
-                tracing::info!(target: "passage::signin_log", outcome = "failure", error_code = code, %client_ip, elapsed_ms, "sign-in");
-                Err(status)
+                // The detail (what the dispatcher, agent or directory said) is for operators.
+                tracing::info!(target: "passage::signin_log", outcome = "failure", error_code = code, detail = %err, %client_ip, elapsed_ms, "sign-in");
+                Err(err.into_status())
             }
         }
     }
