@@ -7,6 +7,8 @@
 //! ```
 //!
 //! `PASSAGE_BENCH_SECONDS` (default 10) and `PASSAGE_BENCH_CONCURRENCY` (default 64) tune it.
+//! It also measures user enumeration by timing (wrong password vs unknown user, the rank
+//! statistic P(wrong > unknown), where 0.5 means indistinguishable).
 //! Results go to stdout; record them in docs/benchmarks.md.
 
 use std::{
@@ -40,6 +42,8 @@ struct Report {
     all_ops: usize,
     errors: usize,
     elapsed: Duration,
+    /// Wall time including the warm-up (for cores kept busy).
+    wall: Duration,
     latencies: Vec<Duration>,
 }
 
@@ -129,6 +133,7 @@ where
         all_ops,
         errors,
         elapsed: duration,
+        wall: start.elapsed(),
         latencies,
     }
 }
@@ -166,6 +171,18 @@ fn print_cpu(
         })
         .collect();
     println!("    CPU µs per operation: {}", parts.join(", "));
+    // The CPU used from the first snapshot to the last, over the same wall time (warm-up
+    // included on both sides): how many of the machine's cores the phase kept busy.
+    let used: Duration = before
+        .iter()
+        .zip(after)
+        .map(|((_, b), (_, a))| *a - *b)
+        .sum();
+    println!(
+        "    cores kept busy: {:.2} of {}",
+        used.as_secs_f64() / report.wall.as_secs_f64().max(1e-9),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
 }
 
 fn bench_users() -> Vec<TestUser> {
@@ -282,6 +299,11 @@ async fn main() {
     .await;
     let cpu_after_pipeline = cpu_snapshot(&cluster);
 
+    // User enumeration by timing, on the now idle pipeline: 100 users × 2 wrong passwords
+    // against 200 unknown users, interleaved at random, one at a time.
+    let enumeration =
+        passage_tests::timing::measure(&cluster.gateway_client(), &users[..USERS / 2]).await;
+
     // Production trust: enrolled agent, mutual TLS agent → dispatcher and gateway →
     // dispatcher, TLS client → gateway, SQLite store. The first cluster stops first, so both
     // pipelines have the machine to themselves.
@@ -319,6 +341,7 @@ async fn main() {
             report.percentile(0.5).as_secs_f64() / baseline.percentile(0.5).as_secs_f64().max(1e-9)
         );
     }
+    println!("user enumeration by timing: {}", enumeration.summary());
     assert_eq!(baseline.errors, 0, "direct LDAP errors");
     assert_eq!(pipeline.errors, 0, "pipeline errors");
     assert_eq!(secure_pipeline.errors, 0, "TLS pipeline errors");

@@ -167,11 +167,20 @@ async fn revoking_an_agent_cuts_its_stream_at_once_and_sign_ins_fail_over() {
     }
     // The revoked agent keeps trying and keeps being refused.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(cluster.listed_agents().await, vec![second]);
+    assert_eq!(cluster.listed_agents().await, vec![second.clone()]);
     let log = cluster.agents[0].process.log();
     assert!(log.contains("has been revoked"), "{log}");
-    let (_, listing, _) = cluster.agent_cli(&["list"]);
+    let (_, listing, hint) = cluster.agent_cli(&["list"]);
     assert!(listing.contains("revoked"), "{listing}");
+    // It offers to forget the revoked agent, but not before every replica has cut it.
+    assert!(
+        hint.contains(&format!("passage agent forget {first}")),
+        "{hint}"
+    );
+    let (ok, _, stderr) = cluster.agent_cli(&["forget", &first]);
+    assert!(!ok && stderr.contains("revoked less than"), "{stderr}");
+    let (ok, _, stderr) = cluster.agent_cli(&["forget", &second]);
+    assert!(!ok && stderr.contains("not revoked"), "{stderr}");
 }
 
 /// Signs in (right, wrong and empty password) through two enrolled agents, then looks for the

@@ -11,7 +11,7 @@ use std::{
 use passage_error_codes::ErrorCode;
 use passage_proto::v1::SignInRequest;
 use passage_tests::{
-    Cluster, ClusterOptions,
+    Cluster, ClusterOptions, TestUser,
     cluster::CLIENT_ID,
     slapd::{DOMAIN, default_users},
 };
@@ -436,4 +436,73 @@ async fn what_the_directory_said_stays_in_the_logs() {
     // The operator can still see why.
     let agent_log = cluster.agents[0].process.log();
     assert!(agent_log.contains(missing), "{agent_log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_users_and_wrong_passwords_take_the_same_time() {
+    // 100 users, each tried twice with a wrong password (the directory's own lockout, at 5
+    // failures, never answers), and 200 users that do not exist, interleaved at random.
+    let users: Vec<TestUser> = (0..100)
+        .map(|i| {
+            TestUser::new(
+                &format!("timing{i:03}"),
+                &format!("Timing-Pass-{i:03}!"),
+                &["staff"],
+            )
+        })
+        .collect();
+    let warm = TestUser::new("warmup", "Warm-Up-Pass-1!", &["staff"]);
+    let cluster = Cluster::start(ClusterOptions {
+        users: users.iter().cloned().chain([warm.clone()]).collect(),
+        slapd_stats_log: false,
+        group_search: false,
+        ..ClusterOptions::default()
+    })
+    .await;
+    // Connections up, and the agent has seen what a failed bind costs here.
+    cluster
+        .sign_in(&warm.upn, &warm.password)
+        .await
+        .expect("warm-up sign-in");
+    for _ in 0..2 {
+        assert!(
+            cluster
+                .sign_in(&warm.upn, "Wrong-Warm-Up-1!")
+                .await
+                .is_err()
+        );
+    }
+    let timing = passage_tests::timing::measure(&cluster.gateway_client(), &users).await;
+    println!("{}", timing.summary());
+    assert_eq!(timing.wrong_password.len() + timing.unknown_user.len(), 400);
+    let rank = timing.rank_statistic();
+    assert!(
+        (0.35..=0.65).contains(&rank),
+        "timing tells unknown users from wrong passwords: {}",
+        timing.summary()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_carries_the_directory_spelling_of_the_name() {
+    let cluster = Cluster::start(ClusterOptions::default()).await;
+    let alice = alice();
+    // userPrincipalName matches case-insensitively, as in Active Directory.
+    let typed = alice.upn.to_uppercase();
+    let response = cluster
+        .sign_in(&typed, &alice.password)
+        .await
+        .expect("sign-in with another casing");
+    let jwks = passage_gateway::client::fetch_jwks(&cluster.gateway.issuer, None)
+        .await
+        .expect("JWKS");
+    let claims = passage_tokens::verify_id_token(
+        &response.id_token,
+        &jwks,
+        &cluster.gateway.issuer,
+        CLIENT_ID,
+    )
+    .expect("ID token");
+    assert_eq!(claims.upn, alice.upn);
+    assert_ne!(claims.upn, typed);
 }

@@ -59,6 +59,8 @@ pub struct ClusterOptions {
     /// With `enrolment`, how long a certificate replaced by a renewal stays trusted, in seconds
     /// (dispatcher and gateway; default: theirs).
     pub certificate_switchover_s: Option<u64>,
+    /// Extra lines for the gateway's configuration file.
+    pub gateway_config: String,
     /// The agents' search base (default: the people OU of the test directory).
     pub base_dn: Option<String>,
     /// Start every process at `debug` log level (leak checks: whatever a process could print,
@@ -85,6 +87,7 @@ impl Default for ClusterOptions {
             certificate_switchover_s: None,
             debug_logs: false,
             base_dn: None,
+            gateway_config: String::new(),
             trace_export: false,
         }
     }
@@ -238,12 +241,13 @@ impl Cluster {
                 "grpc_listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\n\
                  dispatcher_url = \"{}\"\nsigning_key_file = \"{}\"\n\
                  validation_timeout_ms = {}\ninsecure_plaintext = {insecure}\n\
-                 key_cache_ttl_ms = 500\n{switchover}{store}\n[[clients]]\nid = \"{CLIENT_ID}\"\nname = \"end-to-end tests\"\n",
+                 key_cache_ttl_ms = 500\n{switchover}{extra}\n{store}\n[[clients]]\nid = \"{CLIENT_ID}\"\nname = \"end-to-end tests\"\n",
                 dispatcher.api_url,
                 dir.path().join("token-key.der").display(),
                 options.validation_timeout.as_millis(),
                 insecure = !options.enrolment,
                 switchover = switchover(&options),
+                extra = options.gateway_config,
                 store = if options.enrolment {
                     let file = |name: &str| dir.path().join(name).display().to_string();
                     format!(

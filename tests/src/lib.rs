@@ -10,6 +10,7 @@ pub mod otlp;
 pub mod postgres;
 pub mod proxy;
 pub mod slapd;
+pub mod timing;
 
 pub use cluster::{AgentProcess, Cluster, ClusterOptions, DispatcherProcess, GatewayProcess};
 pub use slapd::{Slapd, TestUser};

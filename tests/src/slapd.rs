@@ -295,6 +295,18 @@ impl Slapd {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
+    /// The DN of every simple bind the directory received, in order (the service account's
+    /// included); needs `log_stats`.
+    pub fn bound_dns(&self) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter_map(|l| {
+                let rest = l.split("BIND dn=\"").nth(1)?;
+                Some(rest.split("\" method=").next()?.to_owned())
+            })
+            .collect()
+    }
+
     /// How many BIND requests named `dn` (the stats level logs each request once with its
     /// `method=`, and again with its result).
     pub fn binds_as(&self, dn: &str) -> usize {

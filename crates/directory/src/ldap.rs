@@ -5,7 +5,7 @@ use std::{
     path::PathBuf,
     sync::{
         Mutex,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -192,9 +192,10 @@ pub struct LdapDirectory {
     next_search: AtomicUsize,
     bind_permits: Semaphore,
     idle_binds: Mutex<Vec<Ldap>>,
-    /// Moving average of user-bind latency, in microseconds: an unknown user waits this long,
-    /// so that "no such user" is not faster than "wrong password" (user enumeration by timing).
-    bind_latency_us: AtomicU64,
+    /// How long recent binds with a wrong password took: an unknown user waits a duration
+    /// drawn from these, so "no such user" takes as long as "wrong password" — the same
+    /// distribution, not a typical bind's average (user enumeration by timing).
+    failed_binds: FailedBindTimes,
     attributes: Vec<String>,
 }
 
@@ -263,7 +264,7 @@ impl LdapDirectory {
             next_search: AtomicUsize::new(0),
             bind_permits: Semaphore::new(config.bind_pool_size),
             idle_binds: Mutex::new(Vec::new()),
-            bind_latency_us: AtomicU64::new(0),
+            failed_binds: FailedBindTimes::default(),
             bind_password,
             attributes,
             config,
@@ -447,6 +448,23 @@ impl LdapDirectory {
         unreachable!("the loop returns on its second attempt")
     }
 
+    /// What an unknown user costs: as long as a wrong password's bind, drawn from the recent
+    /// ones. Before any was seen, a real bind that must fail (a DN that does not exist) does
+    /// the same kind of work.
+    async fn wait_like_a_failed_bind(&self, password: &Password) {
+        match self.failed_binds.sample() {
+            // tokio's timer rounds up to whole milliseconds, a bias as large as the difference
+            // this hides; a blocking thread's sleep is precise to tens of microseconds.
+            Some(wait) => {
+                let _ = tokio::task::spawn_blocking(move || std::thread::sleep(wait)).await;
+            }
+            None => {
+                let decoy = format!("cn=passage-no-such-user,{}", self.config.base_dn);
+                let _ = self.user_bind(&decoy, password).await;
+            }
+        }
+    }
+
     async fn groups_of(&self, entry: &SearchEntry) -> Result<Vec<String>, DirectoryError> {
         let mut groups: Vec<String> = self
             .config
@@ -497,16 +515,14 @@ impl Directory for LdapDirectory {
                 return Ok(Verdict::InvalidCredentials);
             }
             let Some(entry) = self.search_user(login).await? else {
-                let typical = self.bind_latency_us.load(Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_micros(typical)).await;
+                self.wait_like_a_failed_bind(password).await;
                 return Ok(Verdict::InvalidCredentials);
             };
             let started = std::time::Instant::now();
             let answer = self.user_bind(&entry.dn, password).await?;
-            let sample = started.elapsed().as_micros().min(u128::from(u64::MAX)) as u64;
-            let previous = self.bind_latency_us.load(Ordering::Relaxed);
-            self.bind_latency_us
-                .store(moving_average(previous, sample), Ordering::Relaxed);
+            if answer == BindAnswer::Refused(Verdict::InvalidCredentials) {
+                self.failed_binds.record(started.elapsed());
+            }
             match answer {
                 BindAnswer::Success => {}
                 BindAnswer::Refused(verdict) => return Ok(verdict),
@@ -527,7 +543,11 @@ impl Directory for LdapDirectory {
                     })
             };
             Ok(Verdict::Success(UserInfo {
-                upn: first(&self.config.upn_attribute).unwrap_or_else(|| login.to_owned()),
+                // The directory's spelling, never the casing the user typed: the UPN
+                // attribute, else the login attribute's stored value.
+                upn: first(&self.config.upn_attribute)
+                    .or_else(|| first(&self.config.login_attribute))
+                    .unwrap_or_else(|| login.to_owned()),
                 display_name: first(&self.config.display_name_attribute)
                     .or_else(|| first("cn"))
                     .unwrap_or_default(),
@@ -645,12 +665,38 @@ fn der_element(bytes: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     Some((tag, &rest[..len], &rest[len..]))
 }
 
-/// Exponentially weighted moving average (weight 1/8 for the new sample); starts at the first.
-fn moving_average(previous: u64, sample: u64) -> u64 {
-    if previous == 0 {
-        sample
-    } else {
-        previous - previous / 8 + sample / 8
+/// The durations of the most recent failed binds, to draw an unknown user's wait from.
+#[derive(Debug, Default)]
+struct FailedBindTimes {
+    ring: Mutex<(Vec<Duration>, usize)>,
+}
+
+impl FailedBindTimes {
+    /// How many recent samples are kept: enough to follow the directory's load, few enough
+    /// to follow it quickly.
+    const KEPT: usize = 256;
+
+    fn record(&self, took: Duration) {
+        let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+        let (samples, next) = &mut *ring;
+        if samples.len() < Self::KEPT {
+            samples.push(took);
+        } else {
+            samples[*next] = took;
+        }
+        *next = (*next + 1) % Self::KEPT;
+    }
+
+    /// A uniformly random one of the recent samples, if any.
+    fn sample(&self) -> Option<Duration> {
+        let ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+        let samples = &ring.0;
+        if samples.is_empty() {
+            return None;
+        }
+        let mut bytes = [0u8; 8];
+        aws_lc_rs::rand::fill(&mut bytes).ok()?;
+        Some(samples[(u64::from_le_bytes(bytes) % samples.len() as u64) as usize])
     }
 }
 
@@ -772,13 +818,24 @@ mod tests {
     }
 
     #[test]
-    fn bind_latency_average_follows_samples() {
-        assert_eq!(moving_average(0, 800), 800);
-        let mut average = 800;
-        for _ in 0..100 {
-            average = moving_average(average, 1600);
+    fn unknown_users_wait_a_recent_failed_binds_time() {
+        let times = FailedBindTimes::default();
+        assert_eq!(times.sample(), None);
+        for ms in 1..=10 {
+            times.record(Duration::from_millis(ms));
         }
-        assert!((1500..=1600).contains(&average), "{average}");
+        let mut seen = HashSet::new();
+        for _ in 0..2_000 {
+            let sample = times.sample().unwrap();
+            assert!(sample >= Duration::from_millis(1) && sample <= Duration::from_millis(10));
+            seen.insert(sample);
+        }
+        assert_eq!(seen.len(), 10, "every recent sample is drawn");
+        // Only the most recent are kept.
+        for _ in 0..FailedBindTimes::KEPT {
+            times.record(Duration::from_millis(50));
+        }
+        assert_eq!(times.sample(), Some(Duration::from_millis(50)));
     }
 
     #[test]

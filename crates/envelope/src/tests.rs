@@ -177,4 +177,12 @@ proptest! {
     fn garbage_never_opens(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
         prop_assert!(key().open(&bytes).is_err());
     }
+
+    /// Past the header checks: version 1 and the key's own wrapped-key length, then anything.
+    #[test]
+    fn well_framed_garbage_never_opens(body in proptest::collection::vec(any::<u8>(), 0..700)) {
+        let mut envelope = vec![VERSION, 0x01, 0x00];
+        envelope.extend(body);
+        prop_assert!(key().open(&envelope).is_err());
+    }
 }

@@ -1,9 +1,18 @@
-//! OIDC discovery and JWKS over HTTP.
+//! OIDC discovery and JWKS over HTTP, served within limits (header-read timeout, request
+//! timeout, connection limit, body limit) so a slow or greedy client cannot hold the listener.
 
-use std::sync::Arc;
+use std::{future::Future, sync::Arc, time::Duration};
 
-use axum::{Json, Router, extract::State, response::IntoResponse, routing::get};
+use axum::{Json, Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
+use hyper::server::conn::http1;
+use hyper_util::{
+    rt::{TokioIo, TokioTimer},
+    server::graceful::GracefulShutdown,
+    service::TowerToHyperService,
+};
 use passage_tokens::TokenIssuer;
+use tokio::sync::Semaphore;
+use tower_http::{limit::RequestBodyLimitLayer, timeout::TimeoutLayer};
 
 /// The HTTP routes: `/.well-known/openid-configuration`, `/.well-known/jwks.json`, `/healthz`.
 pub fn router(issuer: Arc<TokenIssuer>) -> Router {
@@ -23,4 +32,62 @@ async fn jwks(State(issuer): State<Arc<TokenIssuer>>) -> impl IntoResponse {
         [(axum::http::header::CACHE_CONTROL, "public, max-age=300")],
         Json(issuer.jwks()),
     )
+}
+
+/// Limits on the HTTP listener, so a slow or greedy client cannot hold it.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    /// Longest a client may take to send a request's headers; then the connection is closed.
+    pub header_read_timeout: Duration,
+    /// Longest a request may take, end to end (answered `408` past it).
+    pub request_timeout: Duration,
+    /// Most connections open at once; more are closed as soon as they are accepted.
+    pub max_connections: usize,
+    /// Largest request body accepted (`413` past it).
+    pub max_body_bytes: usize,
+}
+
+/// Serves `router` on `listener` within `limits` until `shutdown` resolves, then lets the
+/// requests in progress finish (at most `limits.request_timeout`).
+pub async fn serve<L>(
+    mut listener: L,
+    router: Router,
+    limits: HttpLimits,
+    shutdown: impl Future<Output = ()> + Send,
+) where
+    L: axum::serve::Listener,
+    L::Io: Send + 'static,
+{
+    let router = router.layer((
+        RequestBodyLimitLayer::new(limits.max_body_bytes),
+        TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, limits.request_timeout),
+    ));
+    let connections = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (io, _peer) = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => break,
+        };
+        let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
+            // Closing at once costs less than letting the connection wait for a slot.
+            tracing::debug!("HTTP connection limit reached; closing a new connection");
+            drop(io);
+            continue;
+        };
+        let service = TowerToHyperService::new(router.clone());
+        let connection = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .serve_connection(TokioIo::new(io), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(error = %err, "HTTP connection ended");
+            }
+            drop(permit);
+        });
+    }
+    let _ = tokio::time::timeout(limits.request_timeout, graceful.shutdown()).await;
 }

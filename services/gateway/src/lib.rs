@@ -83,6 +83,15 @@ pub struct GatewayConfig {
     /// dispatcher's setting of the same name).
     #[serde(default = "default_certificate_switchover_s")]
     pub certificate_switchover_s: u64,
+    /// Longest an HTTP client may take to send a request's headers, in milliseconds.
+    #[serde(default = "default_http_header_read_timeout_ms")]
+    pub http_header_read_timeout_ms: u64,
+    /// Longest an HTTP request may take, in milliseconds (answered 408 past it).
+    #[serde(default = "default_http_request_timeout_ms")]
+    pub http_request_timeout_ms: u64,
+    /// Most HTTP connections open at once; more are closed when accepted.
+    #[serde(default = "default_http_max_connections")]
+    pub http_max_connections: usize,
     /// Most connector groups whose key sets are cached at once (least recently used are
     /// dropped), so sign-ins for endless unknown domains cannot grow the gateway.
     #[serde(default = "default_key_cache_max_groups")]
@@ -131,6 +140,15 @@ fn default_key_cache_ttl_ms() -> u64 {
 fn default_validation_timeout_ms() -> u64 {
     10_000
 }
+fn default_http_header_read_timeout_ms() -> u64 {
+    5_000
+}
+fn default_http_request_timeout_ms() -> u64 {
+    10_000
+}
+fn default_http_max_connections() -> usize {
+    1024
+}
 fn default_certificate_switchover_s() -> u64 {
     60
 }
@@ -159,6 +177,9 @@ impl GatewayConfig {
             insecure_plaintext: true,
             store_url: None,
             certificate_switchover_s: default_certificate_switchover_s(),
+            http_header_read_timeout_ms: default_http_header_read_timeout_ms(),
+            http_request_timeout_ms: default_http_request_timeout_ms(),
+            http_max_connections: default_http_max_connections(),
             key_cache_max_groups: default_key_cache_max_groups(),
         }
     }
@@ -338,23 +359,25 @@ impl BoundGateway {
         .serve_with_incoming_shutdown(self.grpc_incoming, stopped(stop_rx.clone()));
         let router = http::router(Arc::clone(&self.issuer));
         let http_stopped = stopped(stop_rx);
-        let http: std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> =
-            match self.http_tls {
-                Some(tls) => {
-                    let listener = tls::TlsListener::new(self.http_listener, tls)
-                        .map_err(|e| GatewayError::Config(format!("HTTP listener: {e}")))?;
-                    Box::pin(async move {
-                        axum::serve(listener, router)
-                            .with_graceful_shutdown(http_stopped)
-                            .await
-                    })
-                }
-                None => Box::pin(async move {
-                    axum::serve(self.http_listener, router)
-                        .with_graceful_shutdown(http_stopped)
-                        .await
-                }),
-            };
+        let limits = http::HttpLimits {
+            header_read_timeout: Duration::from_millis(config.http_header_read_timeout_ms),
+            request_timeout: Duration::from_millis(config.http_request_timeout_ms),
+            max_connections: config.http_max_connections.max(1),
+            max_body_bytes: 64 * 1024,
+        };
+        let http: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> = match self.http_tls {
+            Some(tls) => {
+                let listener = tls::TlsListener::new(self.http_listener, tls)
+                    .map_err(|e| GatewayError::Config(format!("HTTP listener: {e}")))?;
+                Box::pin(http::serve(listener, router, limits, http_stopped))
+            }
+            None => Box::pin(http::serve(
+                self.http_listener,
+                router,
+                limits,
+                http_stopped,
+            )),
+        };
         tracing::info!(grpc = %self.grpc_addr, http = %self.http_addr, issuer = %self.issuer.issuer(), "gateway serving");
         tokio::spawn(async move {
             shutdown.await;
@@ -364,9 +387,8 @@ impl BoundGateway {
                 .await;
             let _ = stop_tx.send(true);
         });
-        let (grpc, http) = tokio::join!(grpc, http);
+        let (grpc, ()) = tokio::join!(grpc, http);
         grpc.map_err(|err| GatewayError::Config(err.to_string()))?;
-        http.map_err(|err| GatewayError::Config(err.to_string()))?;
         Ok(())
     }
 }
