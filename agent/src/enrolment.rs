@@ -27,9 +27,17 @@ pub async fn register(
     let url = url
         .or_else(|| config.dispatchers.first().map(String::as_str))
         .ok_or_else(|| AgentError::Config("no dispatcher URL".into()))?;
-    let state = AgentState::load_or_create(&config.state_dir, config.rsa_bits()?)?;
-    let csr = agent_csr(state.key.pkcs8_der().expose(), &state.agent_id)
-        .map_err(|e| AgentError::Config(e.to_string()))?;
+    let state = AgentState::load_or_create(
+        &config.state_dir,
+        config.rsa_bits()?,
+        config.post_quantum_sealing,
+    )?;
+    let csr = agent_csr(
+        state.key.pkcs8_der().expose(),
+        &state.agent_id,
+        state.key.hybrid().map(|h| h.public().as_bytes()),
+    )
+    .map_err(|e| AgentError::Config(e.to_string()))?;
     // Server-authenticated TLS only: the agent has no certificate yet.
     let channel = crate::dial(config, url, None)
         .await

@@ -40,6 +40,11 @@ pub struct AgentConfig {
     /// RSA key size for a newly generated key: 2048, 3072 or 4096.
     #[serde(default = "default_rsa_bits")]
     pub rsa_bits: u32,
+    /// Seal passwords to this agent with envelope version 2 (hybrid X25519 + ML-KEM-768,
+    /// post-quantum): the agent keeps a hybrid key pair beside its RSA key and has it
+    /// certified at enrolment and renewal. Without, version 1 (RSA-OAEP) only.
+    #[serde(default = "default_true")]
+    pub post_quantum_sealing: bool,
     /// Threads that may decrypt at once (default: the number of CPUs).
     #[serde(default)]
     pub decrypt_threads: Option<usize>,
@@ -72,6 +77,9 @@ pub struct AgentConfig {
     pub directory: DirectoryConfig,
 }
 
+fn default_true() -> bool {
+    true
+}
 fn default_tenant() -> String {
     "default".into()
 }
@@ -173,7 +181,11 @@ pub async fn dial(
 /// Builds everything the agent needs from its configuration: state, key, directory, validator.
 pub fn prepare(config: &AgentConfig) -> Result<(state::AgentState, Arc<Validator>), AgentError> {
     config.validate()?;
-    let state = state::AgentState::load_or_create(&config.state_dir, config.rsa_bits()?)?;
+    let state = state::AgentState::load_or_create(
+        &config.state_dir,
+        config.rsa_bits()?,
+        config.post_quantum_sealing,
+    )?;
     if let Some((_, certified)) = &state.certificate {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -194,6 +206,7 @@ pub fn prepare(config: &AgentConfig) -> Result<(state::AgentState, Arc<Validator
     let validator = Validator::new(
         Arc::clone(&state.key),
         Arc::from(directory),
+        state.agent_id.clone(),
         config.tenant.clone(),
         config
             .decrypt_threads

@@ -5,7 +5,7 @@ use std::{path::Path, sync::Arc};
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use base64::{Engine, engine::general_purpose::STANDARD};
 use passage_credentials::{Secret, secret_file};
-use passage_envelope::{AgentKey, RsaBits};
+use passage_envelope::{AgentKey, HybridKey, RsaBits};
 use passage_pki::{CertifiedAgent, pem_to_der};
 use passage_transport::ClientIdentity;
 
@@ -15,6 +15,8 @@ use crate::AgentError;
 pub const AGENT_ID_FILE: &str = "agent-id";
 /// File name of the PKCS#8 DER private key.
 pub const KEY_FILE: &str = "agent-key.der";
+/// File name of the hybrid X25519 + ML-KEM-768 sealing key (envelope version 2).
+pub const HYBRID_KEY_FILE: &str = "sealing-key.bin";
 /// File name of the certificate issued at enrolment (PEM).
 pub const CERT_FILE: &str = "agent-cert.pem";
 /// File name of the tenant CA certificate received at enrolment (PEM).
@@ -48,11 +50,21 @@ impl AgentState {
         let _ = std::fs::remove_file(&staged);
         secret_file::write_new(&staged, key.pkcs8_der().expose())
             .map_err(|e| fail("writing the new key", e))?;
+        let staged_hybrid = dir.join(format!("{HYBRID_KEY_FILE}.new"));
+        if let Some(hybrid) = key.hybrid() {
+            let _ = std::fs::remove_file(&staged_hybrid);
+            secret_file::write_new(&staged_hybrid, hybrid.private_bytes().expose())
+                .map_err(|e| fail("writing the new sealing key", e))?;
+        }
         let staged_cert = dir.join(format!("{CERT_FILE}.new"));
         std::fs::write(&staged_cert, cert_pem)
             .map_err(|e| fail("writing the new certificate", e))?;
         std::fs::rename(&staged, dir.join(KEY_FILE))
             .map_err(|e| fail("installing the new key", e))?;
+        if key.hybrid().is_some() {
+            std::fs::rename(&staged_hybrid, dir.join(HYBRID_KEY_FILE))
+                .map_err(|e| fail("installing the new sealing key", e))?;
+        }
         std::fs::rename(&staged_cert, dir.join(CERT_FILE))
             .map_err(|e| fail("installing the new certificate", e))
     }
@@ -95,8 +107,9 @@ fn pkcs8_pem(der: &[u8]) -> String {
 }
 
 impl AgentState {
-    /// Loads the state from `dir`, generating the id and key on first start.
-    pub fn load_or_create(dir: &Path, bits: RsaBits) -> Result<Self, AgentError> {
+    /// Loads the state from `dir`, generating the id and keys on first start: the RSA key
+    /// always (TLS identity, envelope version 1), the hybrid sealing key when `hybrid`.
+    pub fn load_or_create(dir: &Path, bits: RsaBits, hybrid: bool) -> Result<Self, AgentError> {
         let state_err = |what: &str, err: std::io::Error| {
             AgentError::State(format!("{what} in {}: {err}", dir.display()))
         };
@@ -136,6 +149,25 @@ impl AgentState {
             tracing::info!(path = %key_path.display(), "generated a new agent key pair");
             key
         };
+        let key = if hybrid {
+            let path = dir.join(HYBRID_KEY_FILE);
+            let sealing = if path.exists() {
+                let bytes = secret_file::read(&path)
+                    .map_err(|e| state_err("reading sealing-key.bin", e))?;
+                HybridKey::from_bytes(bytes.expose())
+                    .map_err(|err| AgentError::State(format!("{}: {err}", path.display())))?
+            } else {
+                let sealing =
+                    HybridKey::generate().map_err(|err| AgentError::State(err.to_string()))?;
+                secret_file::write_new(&path, sealing.private_bytes().expose())
+                    .map_err(|e| state_err("writing sealing-key.bin", e))?;
+                tracing::info!(path = %path.display(), "generated a new hybrid sealing key pair");
+                sealing
+            };
+            key.with_hybrid(sealing)
+        } else {
+            key
+        };
         let cert_path = dir.join(CERT_FILE);
         let certificate = match std::fs::read_to_string(&cert_path) {
             Ok(pem) => {
@@ -149,6 +181,17 @@ impl AgentState {
                         "{} does not certify {}; enrol again",
                         cert_path.display(),
                         key_path.display()
+                    )));
+                }
+                // A certificate from before the agent had a hybrid key certifies none: the
+                // agent seals with RSA until its next renewal certifies one.
+                if let Some(certified_hybrid) = &certified.hybrid_public_key
+                    && key.hybrid().map(|h| h.public().as_bytes())
+                        != Some(certified_hybrid.as_slice())
+                {
+                    return Err(AgentError::State(format!(
+                        "{} certifies another sealing key than {HYBRID_KEY_FILE}; enrol again",
+                        cert_path.display()
                     )));
                 }
                 Some((pem, certified))
@@ -171,24 +214,30 @@ mod tests {
     #[test]
     fn state_is_created_once_with_a_private_key_file() {
         let dir = tempfile::tempdir().unwrap();
-        let first = AgentState::load_or_create(dir.path(), RsaBits::Rsa2048).unwrap();
-        let again = AgentState::load_or_create(dir.path(), RsaBits::Rsa2048).unwrap();
+        let first = AgentState::load_or_create(dir.path(), RsaBits::Rsa2048, true).unwrap();
+        let again = AgentState::load_or_create(dir.path(), RsaBits::Rsa2048, true).unwrap();
         assert_eq!(first.agent_id, again.agent_id);
         assert_eq!(first.key.public_key_der(), again.key.public_key_der());
+        assert_eq!(
+            first.key.hybrid().unwrap().public().as_bytes(),
+            again.key.hybrid().unwrap().public().as_bytes()
+        );
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(dir.path().join(KEY_FILE))
-                .unwrap()
-                .permissions()
-                .mode();
-            assert_eq!(mode & 0o777, 0o600);
+            for file in [KEY_FILE, HYBRID_KEY_FILE] {
+                let mode = std::fs::metadata(dir.path().join(file))
+                    .unwrap()
+                    .permissions()
+                    .mode();
+                assert_eq!(mode & 0o777, 0o600, "{file}");
+            }
             std::fs::set_permissions(
                 dir.path().join(KEY_FILE),
                 std::fs::Permissions::from_mode(0o644),
             )
             .unwrap();
-            let err = AgentState::load_or_create(dir.path(), RsaBits::Rsa2048).unwrap_err();
+            let err = AgentState::load_or_create(dir.path(), RsaBits::Rsa2048, true).unwrap_err();
             assert!(err.to_string().contains("chmod 600"), "{err}");
         }
     }

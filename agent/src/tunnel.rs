@@ -21,7 +21,7 @@ use passage_error_codes::ErrorCode;
 
 use std::sync::{Mutex, RwLock};
 
-use passage_envelope::AgentKey;
+use passage_envelope::{AgentKey, HybridKey};
 use passage_pki::{CertifiedAgent, agent_csr, pem_to_der};
 use passage_proto::v1::{RenewRequest, RenewResponse};
 use passage_transport::ClientIdentity;
@@ -122,6 +122,10 @@ pub async fn run(
             capacity: config.capacity,
             public_key_der: state.key.public_key_der().to_vec(),
             hostname: hostname(),
+            hybrid_public_key: announced_hybrid_key(
+                &state.key,
+                state.certificate.as_ref().map(|(_, c)| c),
+            ),
         }),
         identity: RwLock::new(state.client_identity()),
         certificate: RwLock::new(state.certificate.as_ref().map(|(_, c)| c.clone())),
@@ -203,20 +207,46 @@ async fn keep_renewed(link: Arc<Link>, mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// One renewal: new key pair, CSR over the live stream, new certificate, switch over.
+/// The hybrid key to announce in the hello: the certified one once enrolled (a certificate
+/// from before the agent had one certifies none, and a claim it does not certify is refused),
+/// the agent's own in development mode.
+fn announced_hybrid_key(key: &AgentKey, certificate: Option<&CertifiedAgent>) -> Vec<u8> {
+    match certificate {
+        Some(certified) => certified.hybrid_public_key.clone().unwrap_or_default(),
+        None => key
+            .hybrid()
+            .map(|h| h.public().as_bytes().to_vec())
+            .unwrap_or_default(),
+    }
+}
+
+/// One renewal: new key pairs, CSR over the live stream, new certificate, switch over.
 async fn renew(link: &Link) -> Result<i64, String> {
     let bits = link.config.rsa_bits().map_err(|e| e.to_string())?;
-    let key = tokio::task::spawn_blocking(move || AgentKey::generate(bits))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
+    let hybrid = link.config.post_quantum_sealing;
+    let key = tokio::task::spawn_blocking(move || {
+        let key = AgentKey::generate(bits)?;
+        Ok::<_, passage_envelope::EnvelopeError>(if hybrid {
+            key.with_hybrid(HybridKey::generate()?)
+        } else {
+            key
+        })
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())?;
     let agent_id = link
         .hello
         .read()
         .unwrap_or_else(|p| p.into_inner())
         .agent_id
         .clone();
-    let csr_der = agent_csr(key.pkcs8_der().expose(), &agent_id).map_err(|e| e.to_string())?;
+    let csr_der = agent_csr(
+        key.pkcs8_der().expose(),
+        &agent_id,
+        key.hybrid().map(|h| h.public().as_bytes()),
+    )
+    .map_err(|e| e.to_string())?;
     let sender = lock(&link.live)
         .clone()
         .ok_or("no live stream to renew over")?;
@@ -237,8 +267,10 @@ async fn renew(link: &Link) -> Result<i64, String> {
     }
     let der = pem_to_der(&response.certificate_pem).ok_or("the new certificate is not PEM")?;
     let certified = CertifiedAgent::parse(&der).map_err(|e| e.to_string())?;
-    if certified.public_key_der != key.public_key_der() {
-        return Err("the new certificate does not certify the new key".into());
+    if certified.public_key_der != key.public_key_der()
+        || certified.hybrid_public_key.as_deref() != key.hybrid().map(|h| h.public().as_bytes())
+    {
+        return Err("the new certificate does not certify the new keys".into());
     }
     AgentState::save_renewal(&link.config.state_dir, &key, &response.certificate_pem)
         .map_err(|e| e.to_string())?;
@@ -249,10 +281,11 @@ async fn renew(link: &Link) -> Result<i64, String> {
     *link.identity.write().unwrap_or_else(|p| p.into_inner()) = Some(
         crate::state::client_identity(&response.certificate_pem, &key),
     );
-    link.hello
-        .write()
-        .unwrap_or_else(|p| p.into_inner())
-        .public_key_der = key.public_key_der().to_vec();
+    {
+        let mut hello = link.hello.write().unwrap_or_else(|p| p.into_inner());
+        hello.public_key_der = key.public_key_der().to_vec();
+        hello.hybrid_public_key = announced_hybrid_key(&key, Some(&certified));
+    }
     let not_after = certified.not_after;
     *link.certificate.write().unwrap_or_else(|p| p.into_inner()) = Some(certified);
     link.generation.send_modify(|g| *g += 1);

@@ -6,11 +6,12 @@ use std::{
 };
 
 use passage_directory::{Directory, DirectoryError, Verdict};
-use passage_envelope::{AgentKey, EnvelopeError, ReplayGuard};
+use passage_envelope::{AgentKey, AnswerBinding, EnvelopeError, ReplayGuard};
 use passage_proto::v1::{
-    AgentError, DirectoryUser, ValidationAnswer, ValidationOutcome, ValidationTask,
+    AgentError, DirectoryUser, SealedVerdict, ValidationAnswer, ValidationOutcome, ValidationTask,
 };
 use passage_telemetry::{TraceParent, join_trace};
+use prost::Message;
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
@@ -20,18 +21,21 @@ pub struct Validator {
     /// while the switch happens still open.
     keys: std::sync::RwLock<(Arc<AgentKey>, Option<Arc<AgentKey>>)>,
     directory: Arc<dyn Directory>,
+    agent_id: String,
     tenant: String,
     replay: ReplayGuard,
     decrypt_permits: Semaphore,
 }
 
 impl Validator {
-    /// A validator opening with `key`, checking against `directory`, for `tenant`; at most
+    /// A validator opening with `key`, checking against `directory`, answering as `agent_id`
+    /// for `tenant`; at most
     /// `decrypt_threads` RSA decryptions run at once; sealed passwords valid for longer than
     /// `replay_window` are refused.
     pub fn new(
         key: Arc<AgentKey>,
         directory: Arc<dyn Directory>,
+        agent_id: String,
         tenant: String,
         decrypt_threads: usize,
         replay_window: Duration,
@@ -39,6 +43,7 @@ impl Validator {
         Self {
             keys: std::sync::RwLock::new((key, None)),
             directory,
+            agent_id,
             tenant,
             replay: ReplayGuard::new(replay_window, 1_000_000),
             decrypt_permits: Semaphore::new(decrypt_threads.max(1)),
@@ -67,7 +72,8 @@ impl Validator {
         let answer = self.validate_inner(task).instrument(span.clone()).await;
         let _guard = span.enter();
         tracing::info!(
-            outcome = ?ValidationOutcome::try_from(answer.outcome).unwrap_or_default(),
+            answered = !answer.sealed_answer.is_empty(),
+            retryable = answer.retryable,
             error = ?AgentError::try_from(answer.error).unwrap_or_default(),
             elapsed_ms = started.elapsed().as_millis() as u64,
             "validation finished"
@@ -126,7 +132,27 @@ impl Validator {
                 tracing::warn!(%detail, "directory could not answer");
                 unavailable(&detail)
             }
-            Ok(Ok(verdict)) => answer_for(verdict),
+            Ok(Ok(verdict)) => {
+                tracing::info!(outcome = verdict.name(), "the directory answered");
+                // Only the gateway that sealed the password can read the verdict, and only
+                // for this sign-in: the dispatcher relays it blind.
+                let binding = AnswerBinding {
+                    nonce: &opened.nonce,
+                    agent_id: &self.agent_id,
+                    tenant: &self.tenant,
+                    username: &opened.username,
+                };
+                match opened
+                    .answer_key
+                    .seal(&binding, &verdict_message(verdict).encode_to_vec())
+                {
+                    Ok(sealed_answer) => ValidationAnswer {
+                        sealed_answer,
+                        ..Default::default()
+                    },
+                    Err(err) => refused(AgentError::DecryptFailed, &err.to_string()),
+                }
+            }
         }
     }
 }
@@ -140,13 +166,13 @@ fn envelope_error(err: &EnvelopeError) -> AgentError {
         EnvelopeError::BadPublicKey
         | EnvelopeError::BadPrivateKey
         | EnvelopeError::DecryptFailed
-        | EnvelopeError::BadPayload => AgentError::DecryptFailed,
+        | EnvelopeError::BadPayload
+        | EnvelopeError::BadAnswer => AgentError::DecryptFailed,
     }
 }
 
 fn refused(error: AgentError, detail: &str) -> ValidationAnswer {
     ValidationAnswer {
-        outcome: ValidationOutcome::Unspecified as i32,
         error: error as i32,
         detail: detail.to_owned(),
         ..Default::default()
@@ -155,13 +181,14 @@ fn refused(error: AgentError, detail: &str) -> ValidationAnswer {
 
 fn unavailable(detail: &str) -> ValidationAnswer {
     ValidationAnswer {
-        outcome: ValidationOutcome::DirectoryUnavailable as i32,
+        retryable: true,
         detail: detail.to_owned(),
         ..Default::default()
     }
 }
 
-fn answer_for(verdict: Verdict) -> ValidationAnswer {
+/// The verdict as the gateway will read it.
+fn verdict_message(verdict: Verdict) -> SealedVerdict {
     let (outcome, user) = match verdict {
         Verdict::Success(info) => (
             ValidationOutcome::Success,
@@ -181,10 +208,9 @@ fn answer_for(verdict: Verdict) -> ValidationAnswer {
         Verdict::PasswordExpired => (ValidationOutcome::PasswordExpired, None),
         Verdict::PasswordMustChange => (ValidationOutcome::PasswordMustChange, None),
     };
-    ValidationAnswer {
+    SealedVerdict {
         outcome: outcome as i32,
         user,
-        ..Default::default()
     }
 }
 
@@ -192,7 +218,7 @@ fn answer_for(verdict: Verdict) -> ValidationAnswer {
 mod tests {
     use passage_credentials::Password;
     use passage_directory::{StaticDirectory, StaticUser, UserState, static_file::hash_password};
-    use passage_envelope::{PayloadFields, RsaBits, SealingKey};
+    use passage_envelope::{HybridKey, PayloadFields, RsaBits, Sealed, SealingKey};
 
     use super::*;
 
@@ -209,21 +235,27 @@ mod tests {
         Validator::new(
             key,
             Arc::new(directory),
+            "agent-1".into(),
             "default".into(),
             2,
             Duration::from_secs(60),
         )
     }
 
+    /// A task for `request_user` carrying `password` sealed for `sealed_user` (version 2 when
+    /// the key has a hybrid half), and what the gateway keeps to read the answer.
     fn task(
         key: &AgentKey,
         sealed_user: &str,
         request_user: &str,
         password: &str,
-    ) -> ValidationTask {
+    ) -> (ValidationTask, Sealed) {
         let password = Password::new(password.into()).unwrap();
-        let ciphertext = SealingKey::from_der(key.public_key_der())
-            .unwrap()
+        let sealing = match key.hybrid() {
+            Some(hybrid) => SealingKey::hybrid(hybrid.public().as_bytes()).unwrap(),
+            None => SealingKey::from_der(key.public_key_der()).unwrap(),
+        };
+        let sealed = sealing
             .seal(&PayloadFields {
                 username: sealed_user,
                 password: &password,
@@ -231,69 +263,127 @@ mod tests {
                 not_after: SystemTime::now() + Duration::from_secs(30),
             })
             .unwrap();
-        ValidationTask {
+        let task = ValidationTask {
             request_id: 7,
             username: request_user.into(),
             tenant: "default".into(),
-            ciphertext,
+            ciphertext: sealed.ciphertext.clone(),
             timeout_ms: 5_000,
             trace: None,
-        }
+        };
+        (task, sealed)
     }
 
-    #[tokio::test]
-    async fn right_wrong_swapped_and_replayed() {
-        let key = Arc::new(AgentKey::generate(RsaBits::Rsa2048).unwrap());
+    /// What the gateway reads from `answer` for the sign-in of `username` it sealed.
+    fn read(sealed: &Sealed, username: &str, answer: &ValidationAnswer) -> SealedVerdict {
+        let binding = AnswerBinding {
+            nonce: &sealed.nonce,
+            agent_id: "agent-1",
+            tenant: "default",
+            username,
+        };
+        let plain = sealed
+            .answer_key
+            .open(&binding, &answer.sealed_answer)
+            .expect("the answer opens for its own sign-in");
+        SealedVerdict::decode(plain.as_slice()).unwrap()
+    }
+
+    async fn right_wrong_swapped_and_replayed(key: Arc<AgentKey>) {
         let v = validator(Arc::clone(&key));
+        let user = "alice@x.test";
 
-        let ok = v
-            .validate(task(&key, "alice@x.test", "alice@x.test", "right"))
-            .await;
-        assert_eq!(ok.outcome, ValidationOutcome::Success as i32);
+        let (ok_task, ok_sealed) = task(&key, user, user, "right");
+        let ok = v.validate(ok_task).await;
         assert_eq!(ok.request_id, 7);
-        assert_eq!(ok.user.unwrap().mail, "alice@x.test");
+        // Nothing readable in the clear: the verdict and the attributes are sealed.
+        #[allow(deprecated)]
+        {
+            assert_eq!(ok.outcome, ValidationOutcome::Unspecified as i32);
+            assert!(ok.user.is_none());
+        }
+        let verdict = read(&ok_sealed, user, &ok);
+        assert_eq!(verdict.outcome, ValidationOutcome::Success as i32);
+        assert_eq!(verdict.user.unwrap().mail, "alice@x.test");
+        // Another sign-in's key cannot read it.
+        let (_, other) = task(&key, user, user, "right");
+        let binding = AnswerBinding {
+            nonce: &other.nonce,
+            agent_id: "agent-1",
+            tenant: "default",
+            username: user,
+        };
+        assert!(other.answer_key.open(&binding, &ok.sealed_answer).is_err());
 
-        let wrong = v
-            .validate(task(&key, "alice@x.test", "alice@x.test", "wrong"))
-            .await;
-        assert_eq!(wrong.outcome, ValidationOutcome::InvalidCredentials as i32);
+        let (wrong_task, wrong_sealed) = task(&key, user, user, "wrong");
+        let wrong = v.validate(wrong_task).await;
+        assert_eq!(
+            read(&wrong_sealed, user, &wrong).outcome,
+            ValidationOutcome::InvalidCredentials as i32
+        );
 
-        let swapped = v
-            .validate(task(&key, "alice@x.test", "bob@x.test", "right"))
-            .await;
+        let (swapped_task, _) = task(&key, user, "bob@x.test", "right");
+        let swapped = v.validate(swapped_task).await;
         assert_eq!(swapped.error, AgentError::UsernameMismatch as i32);
-        assert_ne!(swapped.outcome, ValidationOutcome::Success as i32);
+        assert!(swapped.sealed_answer.is_empty());
 
-        // After a rotation, envelopes sealed to the old key still open; new ones use the new key.
-        let sealed_to_old = task(&key, "alice@x.test", "alice@x.test", "right");
-        let new_key = Arc::new(AgentKey::generate(RsaBits::Rsa2048).unwrap());
-        v.rotate(Arc::clone(&new_key));
+        let (replayed, replayed_sealed) = task(&key, user, user, "right");
+        let first = v.validate(replayed.clone()).await;
         assert_eq!(
-            v.validate(sealed_to_old).await.outcome,
-            ValidationOutcome::Success as i32
-        );
-        let sealed_to_new = task(&new_key, "alice@x.test", "alice@x.test", "right");
-        assert_eq!(
-            v.validate(sealed_to_new).await.outcome,
-            ValidationOutcome::Success as i32
-        );
-
-        let replayed = task(&key, "alice@x.test", "alice@x.test", "right");
-        assert_eq!(
-            v.validate(replayed.clone()).await.outcome,
+            read(&replayed_sealed, user, &first).outcome,
             ValidationOutcome::Success as i32
         );
         let again = v.validate(replayed).await;
         assert_eq!(again.error, AgentError::Replayed as i32);
-        assert_ne!(again.outcome, ValidationOutcome::Success as i32);
+        assert!(again.sealed_answer.is_empty());
 
-        let garbage = ValidationTask {
-            ciphertext: vec![1, 2, 3],
-            ..task(&key, "alice@x.test", "alice@x.test", "right")
-        };
+        let (mut garbage, _) = task(&key, user, user, "right");
+        garbage.ciphertext = vec![1, 2, 3];
         assert_eq!(
             v.validate(garbage).await.error,
             AgentError::DecryptFailed as i32
+        );
+    }
+
+    #[tokio::test]
+    async fn version_1_answers_are_sealed_and_checked() {
+        right_wrong_swapped_and_replayed(Arc::new(AgentKey::generate(RsaBits::Rsa2048).unwrap()))
+            .await;
+    }
+
+    #[tokio::test]
+    async fn version_2_answers_are_sealed_and_checked() {
+        let key = AgentKey::generate(RsaBits::Rsa2048)
+            .unwrap()
+            .with_hybrid(HybridKey::generate().unwrap());
+        right_wrong_swapped_and_replayed(Arc::new(key)).await;
+    }
+
+    #[tokio::test]
+    async fn after_a_rotation_envelopes_sealed_to_the_old_keys_still_open() {
+        let key = Arc::new(
+            AgentKey::generate(RsaBits::Rsa2048)
+                .unwrap()
+                .with_hybrid(HybridKey::generate().unwrap()),
+        );
+        let v = validator(Arc::clone(&key));
+        let (to_old, old_sealed) = task(&key, "alice@x.test", "alice@x.test", "right");
+        let new_key = Arc::new(
+            AgentKey::generate(RsaBits::Rsa2048)
+                .unwrap()
+                .with_hybrid(HybridKey::generate().unwrap()),
+        );
+        v.rotate(Arc::clone(&new_key));
+        let answer = v.validate(to_old).await;
+        assert_eq!(
+            read(&old_sealed, "alice@x.test", &answer).outcome,
+            ValidationOutcome::Success as i32
+        );
+        let (to_new, new_sealed) = task(&new_key, "alice@x.test", "alice@x.test", "right");
+        let answer = v.validate(to_new).await;
+        assert_eq!(
+            read(&new_sealed, "alice@x.test", &answer).outcome,
+            ValidationOutcome::Success as i32
         );
     }
 }

@@ -84,6 +84,7 @@ pub async fn run(signin: Option<String>) -> Result<(), String> {
         state_dir: dir.path().join("agent"),
         capacity: 64,
         rsa_bits: 2048,
+        post_quantum_sealing: true,
         decrypt_threads: None,
         heartbeat_interval_ms: 5_000,
         replay_window_s: 300,

@@ -107,7 +107,7 @@ async fn agents_without_a_valid_certificate_are_refused() {
     let rogue = TenantCa::generate("default").unwrap();
     let forged = rogue
         .issue_agent(
-            passage_pki::AgentCsr::parse(&agent_csr(&key, &agent_id).unwrap()).unwrap(),
+            passage_pki::AgentCsr::parse(&agent_csr(&key, &agent_id, None).unwrap()).unwrap(),
             &AgentIdentity {
                 tenant: "default".into(),
                 connector_group: DOMAIN.into(),

@@ -4,13 +4,14 @@
 use std::time::{Duration, SystemTime};
 
 use passage_credentials::Password;
-use passage_envelope::{PayloadFields, SealingKey};
+use passage_envelope::{AnswerBinding, PayloadFields, Sealed, SealingKey};
 use passage_error_codes::ErrorCode;
 use passage_proto::v1::{
-    ListAgentKeysRequest, SealedPassword, ValidateRequest, ValidationOutcome,
+    ListAgentKeysRequest, SealedPassword, SealedVerdict, ValidateRequest, ValidationOutcome,
     dispatcher_client::DispatcherClient,
 };
 use passage_tests::{Cluster, ClusterOptions, slapd::DOMAIN, slapd::default_users};
+use prost::Message;
 use tonic::transport::Channel;
 
 struct Attacker {
@@ -37,14 +38,20 @@ impl Attacker {
             .into_inner()
             .keys;
         let agent = keys.into_iter().next().expect("one agent");
+        // The agent seals with version 2 when it has a hybrid key, as the gateway would.
+        let key = if agent.hybrid_public_key.is_empty() {
+            SealingKey::from_der(&agent.public_key_der).unwrap()
+        } else {
+            SealingKey::hybrid(&agent.hybrid_public_key).unwrap()
+        };
         Self {
             dispatcher,
-            key: SealingKey::from_der(&agent.public_key_der).unwrap(),
+            key,
             agent_id: agent.agent_id,
         }
     }
 
-    fn seal(&self, username: &str, password: &str, tenant: &str, not_after: SystemTime) -> Vec<u8> {
+    fn seal(&self, username: &str, password: &str, tenant: &str, not_after: SystemTime) -> Sealed {
         let password = Password::new(password.into()).unwrap();
         self.key
             .seal(&PayloadFields {
@@ -56,8 +63,11 @@ impl Attacker {
             .unwrap()
     }
 
-    async fn validate(&self, username: &str, ciphertext: Vec<u8>) -> Result<i32, tonic::Status> {
-        self.dispatcher
+    /// Relays `sealed` as the sign-in of `username` and reads the answer (the attacker sealed
+    /// the password, so it holds the answer key).
+    async fn validate(&self, username: &str, sealed: &Sealed) -> Result<i32, tonic::Status> {
+        let response = self
+            .dispatcher
             .clone()
             .validate(ValidateRequest {
                 tenant: "default".into(),
@@ -65,12 +75,23 @@ impl Attacker {
                 username: username.into(),
                 candidates: vec![SealedPassword {
                     agent_id: self.agent_id.clone(),
-                    ciphertext,
+                    ciphertext: sealed.ciphertext.clone(),
                 }],
                 trace: None,
             })
-            .await
-            .map(|r| r.into_inner().outcome)
+            .await?
+            .into_inner();
+        let binding = AnswerBinding {
+            nonce: &sealed.nonce,
+            agent_id: &response.agent_id,
+            tenant: "default",
+            username,
+        };
+        let plain = sealed
+            .answer_key
+            .open(&binding, &response.sealed_answer)
+            .expect("the agent's answer opens");
+        Ok(SealedVerdict::decode(plain.as_slice()).unwrap().outcome)
     }
 }
 
@@ -104,13 +125,13 @@ async fn captured_ciphertext_cannot_be_replayed() {
     let captured = attacker.seal(&alice.upn, &alice.password, "default", soon());
 
     let first = attacker
-        .validate(&alice.upn, captured.clone())
+        .validate(&alice.upn, &captured)
         .await
         .expect("first use");
     assert_eq!(first, ValidationOutcome::Success as i32);
     let binds = cluster.slapd.binds_as(&alice.dn());
 
-    let replay = attacker.validate(&alice.upn, captured).await.unwrap_err();
+    let replay = attacker.validate(&alice.upn, &captured).await.unwrap_err();
     assert_refused_for(&cluster, &replay, "Replayed");
     assert_eq!(
         cluster.slapd.binds_as(&alice.dn()),
@@ -128,12 +149,12 @@ async fn ciphertext_cannot_be_moved_to_another_username_tenant_or_time() {
 
     // Alice's password sealed for alice, presented as bob's sign-in.
     let swapped = attacker.seal(&alice.upn, &alice.password, "default", soon());
-    let status = attacker.validate(&bob.upn, swapped).await.unwrap_err();
+    let status = attacker.validate(&bob.upn, &swapped).await.unwrap_err();
     assert_refused_for(&cluster, &status, "UsernameMismatch");
 
     let other_tenant = attacker.seal(&alice.upn, &alice.password, "another-tenant", soon());
     let status = attacker
-        .validate(&alice.upn, other_tenant)
+        .validate(&alice.upn, &other_tenant)
         .await
         .unwrap_err();
     assert_refused_for(&cluster, &status, "WrongTenant");
@@ -144,13 +165,13 @@ async fn ciphertext_cannot_be_moved_to_another_username_tenant_or_time() {
         "default",
         SystemTime::now() - Duration::from_secs(1),
     );
-    let status = attacker.validate(&alice.upn, expired).await.unwrap_err();
+    let status = attacker.validate(&alice.upn, &expired).await.unwrap_err();
     assert_refused_for(&cluster, &status, "Expired");
 
     let mut tampered = attacker.seal(&alice.upn, &alice.password, "default", soon());
-    let last = tampered.len() - 1;
-    tampered[last] ^= 1;
-    let status = attacker.validate(&alice.upn, tampered).await.unwrap_err();
+    let last = tampered.ciphertext.len() - 1;
+    tampered.ciphertext[last] ^= 1;
+    let status = attacker.validate(&alice.upn, &tampered).await.unwrap_err();
     assert_refused_for(&cluster, &status, "DecryptFailed");
 
     for user in [alice, bob] {

@@ -236,7 +236,12 @@ async fn a_thousand_hostile_inputs_sign_nobody_in_and_crash_nothing() {
     };
 
     // 6. Random and truncated ciphertexts.
-    let sealing = SealingKey::from_der(&agent.public_key_der).expect("the agent's key");
+    let sealing = if agent.hybrid_public_key.is_empty() {
+        SealingKey::from_der(&agent.public_key_der)
+    } else {
+        SealingKey::hybrid(&agent.hybrid_public_key)
+    }
+    .expect("the agent's key");
     let password = Password::new(alice.password.clone()).unwrap();
     let seal = || {
         sealing
@@ -247,6 +252,7 @@ async fn a_thousand_hostile_inputs_sign_nobody_in_and_crash_nothing() {
                 not_after: SystemTime::now() + std::time::Duration::from_secs(30),
             })
             .unwrap()
+            .ciphertext
     };
     for n in 0..150 {
         let ciphertext = if n % 2 == 0 {

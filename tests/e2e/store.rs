@@ -33,6 +33,7 @@ fn agent(id: &str, tenant: &str, serial: &str) -> AgentRecord {
         cert_serial: serial.into(),
         cert_not_after: 2_000_000_000,
         public_key_der: vec![0x30, 0x82, 1, 2, 3],
+        hybrid_public_key: Some(vec![7; 16]),
         enrolled_at: 1_700_000_000,
         revoked_at: None,
     }
@@ -226,6 +227,7 @@ async fn store_contract(store: &Store) {
         serial: "04".into(),
         not_after: 2_100_000_000,
         public_key_der: vec![0x30, 9, 9],
+        hybrid_public_key: Some(vec![8; 16]),
     };
     assert_eq!(
         store
@@ -277,6 +279,16 @@ async fn store_contract(store: &Store) {
     let current = store.certificate_standing("05").await.unwrap().unwrap();
     assert_eq!(current.superseded_at, None);
     assert_eq!(current.public_key_der, vec![0x30, 9, 9]);
+    assert_eq!(current.hybrid_public_key, Some(vec![8; 16]));
+    assert_eq!(
+        store
+            .agent("agent-a")
+            .await
+            .unwrap()
+            .unwrap()
+            .hybrid_public_key,
+        Some(vec![8; 16])
+    );
     assert!(store.certificate_standing("99").await.unwrap().is_none());
     // A superseded certificate (a copy taken before the renewal) cannot renew.
     let stolen = AgentCertificate {
@@ -475,6 +487,7 @@ async fn renewal_never_resurrects_a_revoked_agent(store: &Store) {
                     serial: format!("r{round}-{n}"),
                     not_after: now + 1000,
                     public_key_der: vec![0x30, n],
+                    hybrid_public_key: None,
                 };
                 let outcome = store
                     .renew_agent(
@@ -529,6 +542,7 @@ async fn renewal_never_resurrects_a_revoked_agent(store: &Store) {
             serial: format!("r{round}-9"),
             not_after: now + 1000,
             public_key_der: vec![0x30],
+            hybrid_public_key: None,
         };
         assert_eq!(
             store

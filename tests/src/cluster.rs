@@ -402,6 +402,49 @@ impl Cluster {
         assert!(ok, "gateway certificate issue: {stderr}");
     }
 
+    /// Replaces the gateway with one that calls `dispatcher_url` instead of the cluster's
+    /// dispatcher (everything else configured the same), e.g. a dispatcher that lies.
+    pub async fn restart_gateway_via(&mut self, dispatcher_url: &str) {
+        let original =
+            std::fs::read_to_string(self.dir.path().join("gateway.toml")).expect("gateway.toml");
+        let config: String = original
+            .lines()
+            .map(|line| {
+                if line.starts_with("dispatcher_url") {
+                    format!("dispatcher_url = \"{dispatcher_url}\"")
+                } else {
+                    line.to_owned()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let path = self.dir.path().join("gateway-via.toml");
+        std::fs::write(&path, config).expect("gateway-via.toml");
+        let process = Process::start_with_log(
+            "passage-gateway",
+            &["--config", path.to_str().expect("utf-8 path")],
+            &self.process_env,
+            &self.dir.path().join("gateway-via.log"),
+            &log_filter(&self.options),
+        );
+        let scheme = if self.options.enrolment {
+            "https"
+        } else {
+            "http"
+        };
+        self.gateway = GatewayProcess {
+            grpc_url: format!("{scheme}://{}", process.ready_value("grpc")),
+            issuer: process.ready_value("issuer"),
+            process,
+        };
+        let tls = self
+            .options
+            .enrolment
+            .then(|| service_tls(self.dir.path(), false));
+        self.gateway_client =
+            GatewayClient::new(channel(&self.gateway.grpc_url, tls.as_ref()).await);
+    }
+
     /// The key-encryption key file of an enrolment cluster's store.
     pub fn store_key_file(&self) -> String {
         self.dir.path().join(STORE_KEY_FILE).display().to_string()

@@ -453,10 +453,16 @@ impl LdapDirectory {
     /// the same kind of work.
     async fn wait_like_a_failed_bind(&self, password: &Password) {
         match self.failed_binds.sample() {
-            // tokio's timer rounds up to whole milliseconds, a bias as large as the difference
-            // this hides; a blocking thread's sleep is precise to tens of microseconds.
             Some(wait) => {
-                let _ = tokio::task::spawn_blocking(move || std::thread::sleep(wait)).await;
+                // tokio's timer rounds up to whole milliseconds, a bias as large as the
+                // difference this hides; a blocking thread's sleep is precise, but handing the
+                // wait to that thread and back costs time too, so that cost (measured, and
+                // followed as it changes) is taken off the sleep.
+                let sleep = wait.saturating_sub(self.failed_binds.handoff());
+                let started = std::time::Instant::now();
+                let _ = tokio::task::spawn_blocking(move || std::thread::sleep(sleep)).await;
+                self.failed_binds
+                    .record_handoff(started.elapsed().saturating_sub(sleep));
             }
             None => {
                 let decoy = format!("cn=passage-no-such-user,{}", self.config.base_dn);
@@ -669,6 +675,9 @@ fn der_element(bytes: &[u8]) -> Option<(u8, &[u8], &[u8])> {
 #[derive(Debug, Default)]
 struct FailedBindTimes {
     ring: Mutex<(Vec<Duration>, usize)>,
+    /// Moving average of what a wait costs beyond its sleep (thread hand-off, timer slack),
+    /// in nanoseconds.
+    handoff_ns: std::sync::atomic::AtomicU64,
 }
 
 impl FailedBindTimes {
@@ -685,6 +694,23 @@ impl FailedBindTimes {
             samples[*next] = took;
         }
         *next = (*next + 1) % Self::KEPT;
+    }
+
+    /// What a wait costs beyond its sleep, as recently measured.
+    fn handoff(&self) -> Duration {
+        Duration::from_nanos(self.handoff_ns.load(Ordering::Relaxed))
+    }
+
+    /// Follows the hand-off cost (exponential moving average, weight 1/8).
+    fn record_handoff(&self, took: Duration) {
+        let sample = took.as_nanos().min(u128::from(u64::MAX)) as u64;
+        let previous = self.handoff_ns.load(Ordering::Relaxed);
+        let next = if previous == 0 {
+            sample
+        } else {
+            previous - previous / 8 + sample / 8
+        };
+        self.handoff_ns.store(next, Ordering::Relaxed);
     }
 
     /// A uniformly random one of the recent samples, if any.
@@ -836,6 +862,14 @@ mod tests {
             times.record(Duration::from_millis(50));
         }
         assert_eq!(times.sample(), Some(Duration::from_millis(50)));
+        // The hand-off cost follows what is measured.
+        assert_eq!(times.handoff(), Duration::ZERO);
+        times.record_handoff(Duration::from_micros(80));
+        assert_eq!(times.handoff(), Duration::from_micros(80));
+        for _ in 0..100 {
+            times.record_handoff(Duration::from_micros(160));
+        }
+        assert!(times.handoff() > Duration::from_micros(150));
     }
 
     #[test]

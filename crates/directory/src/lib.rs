@@ -56,6 +56,21 @@ pub enum Verdict {
     PasswordMustChange,
 }
 
+impl Verdict {
+    /// The verdict's name for logs (no user data).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Verdict::Success(_) => "success",
+            Verdict::InvalidCredentials => "invalid_credentials",
+            Verdict::AccountLocked => "account_locked",
+            Verdict::AccountDisabled => "account_disabled",
+            Verdict::AccountExpired => "account_expired",
+            Verdict::PasswordExpired => "password_expired",
+            Verdict::PasswordMustChange => "password_must_change",
+        }
+    }
+}
+
 /// The directory could not answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DirectoryError {

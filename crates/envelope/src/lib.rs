@@ -1,5 +1,16 @@
 //! The sealed-password envelope: how the gateway hands a password to one agent so that
-//! nothing in between (the dispatcher, its logs, a proxy) can read or reuse it.
+//! nothing in between (the dispatcher, its logs, a proxy) can read or reuse it — and how the
+//! agent's answer comes back so that nothing in between can read or forge it.
+//!
+//! Two versions, both opened by every agent:
+//!
+//! * **version 2** ([`hybrid`]): sealed to the agent's hybrid X25519 + ML-KEM-768 key with the
+//!   X-Wing combiner — post-quantum, and about 1/17 of version 1's opening cost on machines
+//!   without AVX-512 (~50 µs against ~0.9–1 ms);
+//! * **version 1** (below): RSA-OAEP, for agents whose certificate certifies no hybrid key yet.
+//!
+//! Either way the envelope yields an [answer key](answer) known only to the gateway that
+//! sealed it and the agent that opens it; the agent seals its verdict under it.
 //!
 //! # Format (version 1)
 //!
@@ -18,7 +29,12 @@
 //! username may be 256. Opening uses `aws-lc-rs` (constant-time RSA; the `rsa` crate's
 //! decryption has a timing side channel, RUSTSEC-2023-0071) and costs one RSA private-key
 //! operation: callers run [`AgentKey::open`] on a bounded blocking pool.
+//!
+//! Version 1's answer key is HKDF-SHA256 of the content key with the label
+//! `passage.v1.answer-key`.
 
+pub mod answer;
+pub mod hybrid;
 mod replay;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -38,10 +54,14 @@ use passage_proto::v1::PasswordPayload;
 use prost::Message;
 use zeroize::Zeroize;
 
+pub use answer::{AnswerBinding, AnswerKey};
+pub use hybrid::{HybridKey, HybridPublicKey};
 pub use replay::ReplayGuard;
 
-/// Envelope format version written by [`seal`].
+/// Envelope format version of RSA-OAEP sealing (version 1).
 pub const VERSION: u8 = 1;
+/// The label version 1's answer key is derived from the content key with.
+const V1_ANSWER_KEY_LABEL: &[u8] = b"passage.v1.answer-key";
 /// OAEP label binding the wrapped key to this protocol.
 pub const OAEP_LABEL: &[u8] = b"passage.v1.sealed-password";
 /// Size of the random nonce inside each payload.
@@ -76,6 +96,9 @@ pub enum EnvelopeError {
     /// The payload is well-formed but its password is empty or malformed.
     #[error("the sealed password is malformed")]
     BadPayload,
+    /// A sealed answer does not open with this answer key for this sign-in.
+    #[error("the answer does not open for this sign-in")]
+    BadAnswer,
 }
 
 /// What the gateway seals for one sign-in.
@@ -90,14 +113,30 @@ pub struct PayloadFields<'a> {
     pub not_after: SystemTime,
 }
 
-/// A public key that passwords can be sealed to.
+/// A public key that passwords can be sealed to: an agent's RSA key (version 1) or its hybrid
+/// X25519 + ML-KEM-768 key (version 2).
 pub struct SealingKey {
-    key: OaepPublicEncryptingKey,
+    scheme: Scheme,
     key_digest: [u8; 32],
 }
 
+enum Scheme {
+    Rsa(OaepPublicEncryptingKey),
+    Hybrid(HybridPublicKey),
+}
+
+/// A sealed password and what the sealer keeps to read the answer.
+pub struct Sealed {
+    /// The envelope, for the agent.
+    pub ciphertext: Vec<u8>,
+    /// The payload's nonce, which the answer is bound to.
+    pub nonce: [u8; NONCE_LEN],
+    /// The key the agent's answer is sealed under.
+    pub answer_key: AnswerKey,
+}
+
 impl SealingKey {
-    /// Parses a DER SubjectPublicKeyInfo (as sent in the agent's hello).
+    /// Parses a DER SubjectPublicKeyInfo of an RSA key of at least 2048 bits (version 1).
     pub fn from_der(spki_der: &[u8]) -> Result<Self, EnvelopeError> {
         let public =
             PublicEncryptingKey::from_der(spki_der).map_err(|_| EnvelopeError::BadPublicKey)?;
@@ -106,21 +145,33 @@ impl SealingKey {
         }
         let key = OaepPublicEncryptingKey::new(public).map_err(|_| EnvelopeError::BadPublicKey)?;
         Ok(Self {
-            key,
+            scheme: Scheme::Rsa(key),
             key_digest: key_digest(spki_der),
         })
     }
 
+    /// Parses a hybrid public key, `pk_M | pk_X` (version 2).
+    pub fn hybrid(public: &[u8]) -> Result<Self, EnvelopeError> {
+        Ok(Self {
+            scheme: Scheme::Hybrid(HybridPublicKey::from_bytes(public)?),
+            key_digest: key_digest(public),
+        })
+    }
+
+    /// The envelope version this key seals with.
+    pub fn version(&self) -> u8 {
+        match self.scheme {
+            Scheme::Rsa(_) => VERSION,
+            Scheme::Hybrid(_) => hybrid::VERSION,
+        }
+    }
+
     /// Seals `fields` with a fresh content key and nonce.
-    pub fn seal(&self, fields: &PayloadFields<'_>) -> Result<Vec<u8>, EnvelopeError> {
+    pub fn seal(&self, fields: &PayloadFields<'_>) -> Result<Sealed, EnvelopeError> {
         let rng = SystemRandom::new();
         let mut nonce = [0u8; NONCE_LEN];
         rng.fill(&mut nonce)
             .map_err(|_| EnvelopeError::BadPublicKey)?;
-        let mut content_key = [0u8; CONTENT_KEY_LEN];
-        rng.fill(&mut content_key)
-            .map_err(|_| EnvelopeError::BadPublicKey)?;
-
         let not_after = fields
             .not_after
             .duration_since(UNIX_EPOCH)
@@ -135,21 +186,42 @@ impl SealingKey {
         }
         .encode_to_vec();
 
-        let wrapped_len = self.key.ciphertext_size();
-        let mut out = Vec::with_capacity(3 + wrapped_len + payload.len() + GCM_TAG_LEN);
-        out.push(VERSION);
-        out.extend_from_slice(&(wrapped_len as u16).to_be_bytes());
-        out.resize(3 + wrapped_len, 0);
-        let wrapped = self
-            .key
-            .encrypt(
-                &OAEP_SHA256_MGF1SHA256,
-                &content_key,
-                &mut out[3..],
-                Some(OAEP_LABEL),
-            )
-            .map_err(|_| EnvelopeError::BadPublicKey)?;
-        debug_assert_eq!(wrapped.len(), wrapped_len);
+        let (mut out, mut content_key, answer_key) = match &self.scheme {
+            Scheme::Rsa(key) => {
+                let mut content_key = [0u8; CONTENT_KEY_LEN];
+                rng.fill(&mut content_key)
+                    .map_err(|_| EnvelopeError::BadPublicKey)?;
+                let wrapped_len = key.ciphertext_size();
+                let mut out = Vec::with_capacity(3 + wrapped_len + payload.len() + GCM_TAG_LEN);
+                out.push(VERSION);
+                out.extend_from_slice(&(wrapped_len as u16).to_be_bytes());
+                out.resize(3 + wrapped_len, 0);
+                let wrapped = key
+                    .encrypt(
+                        &OAEP_SHA256_MGF1SHA256,
+                        &content_key,
+                        &mut out[3..],
+                        Some(OAEP_LABEL),
+                    )
+                    .map_err(|_| EnvelopeError::BadPublicKey)?;
+                debug_assert_eq!(wrapped.len(), wrapped_len);
+                let answer_key = AnswerKey::derive(&content_key, V1_ANSWER_KEY_LABEL);
+                (out, content_key, answer_key)
+            }
+            Scheme::Hybrid(key) => {
+                let encapsulated = key.encapsulate()?;
+                let mut out = Vec::with_capacity(
+                    1 + encapsulated.ciphertext.len() + payload.len() + GCM_TAG_LEN,
+                );
+                out.push(hybrid::VERSION);
+                out.extend_from_slice(&encapsulated.ciphertext);
+                (
+                    out,
+                    encapsulated.content_key,
+                    encapsulated.answer_key.clone(),
+                )
+            }
+        };
 
         let aead = aead_key(&content_key);
         content_key.zeroize();
@@ -163,21 +235,29 @@ impl SealingKey {
             return Err(EnvelopeError::BadPublicKey);
         }
         out.extend_from_slice(&payload);
-        Ok(out)
+        Ok(Sealed {
+            ciphertext: out,
+            nonce,
+            answer_key,
+        })
     }
 }
 
-/// An agent's RSA key pair: the private half opens envelopes, the public half is advertised.
+/// An agent's keys: its RSA key pair (version 1, and its TLS identity), and, once it has one,
+/// its hybrid key pair (version 2). The private halves open envelopes; the public halves are
+/// certified and advertised.
 pub struct AgentKey {
     private: OaepPrivateDecryptingKey,
     pkcs8: Secret,
     public_der: Vec<u8>,
+    hybrid: Option<HybridKey>,
 }
 
 impl std::fmt::Debug for AgentKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AgentKey")
             .field("bits", &self.private.key_size_bits())
+            .field("hybrid", &self.hybrid.is_some())
             .field("private", &"[redacted]")
             .finish()
     }
@@ -226,7 +306,19 @@ impl AgentKey {
             private,
             pkcs8: Secret::new(der.to_vec()),
             public_der,
+            hybrid: None,
         })
+    }
+
+    /// These keys with `hybrid` for version 2 envelopes.
+    pub fn with_hybrid(mut self, hybrid: HybridKey) -> Self {
+        self.hybrid = Some(hybrid);
+        self
+    }
+
+    /// The hybrid key pair, if the agent has one.
+    pub fn hybrid(&self) -> Option<&HybridKey> {
+        self.hybrid.as_ref()
     }
 
     /// The private key as PKCS#8 DER, for storing with mode 0600.
@@ -244,42 +336,34 @@ impl AgentKey {
     /// This only opens the envelope; [`Opened::check`] decides whether it may be used.
     pub fn open(&self, envelope: &[u8]) -> Result<Opened, EnvelopeError> {
         let (&version, rest) = envelope.split_first().ok_or(EnvelopeError::DecryptFailed)?;
-        if version != VERSION || rest.len() < 2 {
-            return Err(EnvelopeError::DecryptFailed);
-        }
-        let wrapped_len = u16::from_be_bytes([rest[0], rest[1]]) as usize;
-        let rest = &rest[2..];
-        if wrapped_len != self.private.key_size_bytes() || rest.len() < wrapped_len + GCM_TAG_LEN {
-            return Err(EnvelopeError::DecryptFailed);
-        }
-        let (wrapped, sealed) = rest.split_at(wrapped_len);
-
-        let mut key_buf = vec![0u8; self.private.min_output_size()];
-        let content_key = self
-            .private
-            .decrypt(
-                &OAEP_SHA256_MGF1SHA256,
-                wrapped,
-                &mut key_buf,
-                Some(OAEP_LABEL),
-            )
-            .map_err(|_| EnvelopeError::DecryptFailed);
-        let aead = match content_key {
-            Ok(k) if k.len() == CONTENT_KEY_LEN => {
-                let aead = aead_key(k);
-                key_buf.zeroize();
-                aead
+        let (aead, answer_key, key_digest, sealed) = match version {
+            VERSION => {
+                let (aead, answer_key, sealed) = self.unwrap_v1(rest)?;
+                (aead, answer_key, key_digest(&self.public_der), sealed)
             }
-            _ => {
-                key_buf.zeroize();
-                return Err(EnvelopeError::DecryptFailed);
+            hybrid::VERSION => {
+                let hybrid = self.hybrid.as_ref().ok_or(EnvelopeError::DecryptFailed)?;
+                let kem_len = hybrid::ML_KEM_CIPHERTEXT_LEN + hybrid::X25519_LEN;
+                if rest.len() < kem_len + GCM_TAG_LEN {
+                    return Err(EnvelopeError::DecryptFailed);
+                }
+                let (kem, sealed) = rest.split_at(kem_len);
+                let (mut content_key, answer_key) = hybrid.decapsulate(kem)?;
+                let aead = aead_key(&content_key);
+                content_key.zeroize();
+                (
+                    aead,
+                    answer_key,
+                    key_digest(hybrid.public().as_bytes()),
+                    sealed,
+                )
             }
+            _ => return Err(EnvelopeError::DecryptFailed),
         };
-
         let mut buf = sealed.to_vec();
         let opened = aead.open_in_place(
             Nonce::assume_unique_for_key([0; 12]),
-            Aad::from(key_digest(&self.public_der)),
+            Aad::from(key_digest),
             &mut buf,
         );
         let result = match opened {
@@ -301,7 +385,44 @@ impl AgentKey {
             tenant: payload.tenant,
             not_after: UNIX_EPOCH + Duration::from_secs(payload.not_after.max(0) as u64),
             nonce,
+            answer_key,
         })
+    }
+
+    /// Unwraps a version 1 envelope's content key (one RSA private-key operation).
+    fn unwrap_v1<'e>(
+        &self,
+        rest: &'e [u8],
+    ) -> Result<(LessSafeKey, AnswerKey, &'e [u8]), EnvelopeError> {
+        if rest.len() < 2 {
+            return Err(EnvelopeError::DecryptFailed);
+        }
+        let wrapped_len = u16::from_be_bytes([rest[0], rest[1]]) as usize;
+        let rest = &rest[2..];
+        if wrapped_len != self.private.key_size_bytes() || rest.len() < wrapped_len + GCM_TAG_LEN {
+            return Err(EnvelopeError::DecryptFailed);
+        }
+        let (wrapped, sealed) = rest.split_at(wrapped_len);
+        let mut key_buf = vec![0u8; self.private.min_output_size()];
+        let content_key = self
+            .private
+            .decrypt(
+                &OAEP_SHA256_MGF1SHA256,
+                wrapped,
+                &mut key_buf,
+                Some(OAEP_LABEL),
+            )
+            .map_err(|_| EnvelopeError::DecryptFailed);
+        let result = match content_key {
+            Ok(k) if k.len() == CONTENT_KEY_LEN => Ok((
+                aead_key(k),
+                AnswerKey::derive(k, V1_ANSWER_KEY_LABEL),
+                sealed,
+            )),
+            _ => Err(EnvelopeError::DecryptFailed),
+        };
+        key_buf.zeroize();
+        result
     }
 }
 
@@ -318,6 +439,8 @@ pub struct Opened {
     pub not_after: SystemTime,
     /// Single-use nonce.
     pub nonce: [u8; NONCE_LEN],
+    /// The key to seal the answer under.
+    pub answer_key: AnswerKey,
 }
 
 impl Opened {

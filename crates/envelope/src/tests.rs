@@ -20,6 +20,7 @@ fn seal_for(key: &AgentKey, username: &str, password: &str, not_after: SystemTim
             not_after,
         })
         .unwrap()
+        .ciphertext
 }
 
 fn soon() -> SystemTime {
@@ -184,5 +185,167 @@ proptest! {
         let mut envelope = vec![VERSION, 0x01, 0x00];
         envelope.extend(body);
         prop_assert!(key().open(&envelope).is_err());
+    }
+}
+
+fn hybrid_key() -> &'static AgentKey {
+    static KEY: OnceLock<AgentKey> = OnceLock::new();
+    KEY.get_or_init(|| {
+        AgentKey::generate(RsaBits::Rsa2048)
+            .unwrap()
+            .with_hybrid(HybridKey::generate().unwrap())
+    })
+}
+
+fn fields<'a>(username: &'a str, password: &'a Password) -> PayloadFields<'a> {
+    PayloadFields {
+        username,
+        password,
+        tenant: "default",
+        not_after: soon(),
+    }
+}
+
+#[test]
+fn version_2_round_trips_and_derives_the_same_answer_key() {
+    let agent = hybrid_key();
+    let public = agent.hybrid().unwrap().public().as_bytes().to_vec();
+    let sealing = SealingKey::hybrid(&public).unwrap();
+    assert_eq!(sealing.version(), 2);
+    let password = Password::new("Hybrid-S3cret!".into()).unwrap();
+    let sealed = sealing
+        .seal(&fields("alice@corp.example.com", &password))
+        .unwrap();
+    assert_eq!(sealed.ciphertext[0], 2);
+    assert!(
+        !sealed
+            .ciphertext
+            .windows(b"Hybrid-S3cret!".len())
+            .any(|w| w == b"Hybrid-S3cret!")
+    );
+    let opened = agent.open(&sealed.ciphertext).unwrap();
+    assert_eq!(opened.password.expose(), "Hybrid-S3cret!");
+    assert_eq!(opened.nonce, sealed.nonce);
+    let binding = AnswerBinding {
+        nonce: &opened.nonce,
+        agent_id: "agent-1",
+        tenant: "default",
+        username: "alice@corp.example.com",
+    };
+    let answer = opened.answer_key.seal(&binding, b"SUCCESS alice").unwrap();
+    assert_eq!(
+        sealed.answer_key.open(&binding, &answer).unwrap(),
+        b"SUCCESS alice"
+    );
+    // The same agent still opens version 1, and an agent without a hybrid key refuses v2.
+    let v1 = SealingKey::from_der(agent.public_key_der())
+        .unwrap()
+        .seal(&fields("alice@corp.example.com", &password))
+        .unwrap();
+    assert_eq!(
+        agent.open(&v1.ciphertext).unwrap().password.expose(),
+        "Hybrid-S3cret!"
+    );
+    assert_eq!(
+        key().open(&sealed.ciphertext).unwrap_err(),
+        EnvelopeError::DecryptFailed
+    );
+}
+
+#[test]
+fn an_answer_opens_only_for_its_own_sign_in() {
+    let password = Password::new("pw".into()).unwrap();
+    let seal = || {
+        SealingKey::from_der(key().public_key_der())
+            .unwrap()
+            .seal(&fields("alice@corp.example.com", &password))
+            .unwrap()
+    };
+    let (first, second) = (seal(), seal());
+    let opened = key().open(&first.ciphertext).unwrap();
+    let binding = AnswerBinding {
+        nonce: &first.nonce,
+        agent_id: "agent-1",
+        tenant: "default",
+        username: "alice@corp.example.com",
+    };
+    let answer = opened.answer_key.seal(&binding, b"verdict").unwrap();
+    assert_eq!(
+        first.answer_key.open(&binding, &answer).unwrap(),
+        b"verdict"
+    );
+    // Another sign-in's key (a replayed or swapped answer) does not open it...
+    assert_eq!(
+        second.answer_key.open(&binding, &answer).unwrap_err(),
+        EnvelopeError::BadAnswer
+    );
+    // ...nor does another binding: another agent, tenant, username or nonce.
+    for other in [
+        AnswerBinding {
+            agent_id: "agent-2",
+            ..binding
+        },
+        AnswerBinding {
+            tenant: "acme",
+            ..binding
+        },
+        AnswerBinding {
+            username: "bob@corp.example.com",
+            ..binding
+        },
+        AnswerBinding {
+            nonce: &second.nonce,
+            ..binding
+        },
+    ] {
+        assert!(first.answer_key.open(&other, &answer).is_err());
+    }
+    let mut tampered = answer.clone();
+    let last = tampered.len() - 1;
+    tampered[last] ^= 1;
+    assert!(first.answer_key.open(&binding, &tampered).is_err());
+    assert!(first.answer_key.open(&binding, &answer[..10]).is_err());
+    assert_eq!(format!("{:?}", first.answer_key), "AnswerKey([redacted])");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Past the version 2 header: anything after it is refused, never a panic.
+    #[test]
+    fn version_2_garbage_never_opens(body in proptest::collection::vec(any::<u8>(), 0..1400)) {
+        let mut envelope = vec![2u8];
+        envelope.extend(body);
+        prop_assert!(hybrid_key().open(&envelope).is_err());
+    }
+
+    #[test]
+    fn tampered_version_2_envelopes_never_open(index in 0usize..2000, flip in 1u8..=255) {
+        let password = Password::new("pw".into()).unwrap();
+        let public = hybrid_key().hybrid().unwrap().public().as_bytes().to_vec();
+        let mut envelope = SealingKey::hybrid(&public)
+            .unwrap()
+            .seal(&fields("alice@corp.example.com", &password))
+            .unwrap()
+            .ciphertext;
+        let index = index % envelope.len();
+        envelope[index] ^= flip;
+        prop_assert!(hybrid_key().open(&envelope).is_err());
+    }
+
+    #[test]
+    fn answers_never_open_from_garbage(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+        let password = Password::new("pw".into()).unwrap();
+        let sealed = SealingKey::from_der(key().public_key_der())
+            .unwrap()
+            .seal(&fields("alice@corp.example.com", &password))
+            .unwrap();
+        let binding = AnswerBinding {
+            nonce: &sealed.nonce,
+            agent_id: "a",
+            tenant: "default",
+            username: "alice@corp.example.com",
+        };
+        prop_assert!(sealed.answer_key.open(&binding, &bytes).is_err());
     }
 }

@@ -73,6 +73,9 @@ error_codes! {
     DirectoryUnavailable = "PSG80004", Unavailable;
     /// The agent refused the sealed password (wrong key, expired, replayed, mismatched).
     AgentRejected = "PSG80010", Unavailable;
+    /// The answer relayed by the dispatcher did not open with the key sealed for that agent
+    /// and sign-in: forged, replayed or swapped on the way. No token is issued.
+    AnswerNotAuthentic = "PSG80011", Unavailable;
     /// Enrolment was refused: unknown, used, expired or another tenant's token.
     EnrolmentRefused = "PSG82001", PermissionDenied;
     /// The agent's certificate is missing, not the tenant CA's, or does not match its hello.
@@ -114,6 +117,9 @@ impl ErrorCode {
             ErrorCode::AgentLost => "the agent checking the password went away; try again",
             ErrorCode::DirectoryUnavailable => "the directory is unavailable; try again later",
             ErrorCode::AgentRejected => "the password could not be checked; try again",
+            ErrorCode::AnswerNotAuthentic => {
+                "the password check's answer could not be verified; try again"
+            }
             ErrorCode::EnrolmentRefused => "enrolment refused",
             ErrorCode::AgentNotTrusted => "the agent is not trusted",
             ErrorCode::AgentRevoked => "the agent is revoked; enrol it again",

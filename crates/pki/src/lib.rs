@@ -26,6 +26,30 @@ pub use trust::{AgentClaim, AgentVerifier, Distrust, TrustError};
 
 /// The URI prefix of agent identities.
 pub const IDENTITY_PREFIX: &str = "spiffe://passage/tenant/";
+/// The URI prefix under which an agent certificate certifies the agent's hybrid sealing key
+/// (envelope version 2): `urn:passage:sealing-key:x25519-mlkem768:<base64url of pk_M | pk_X>`.
+/// A subject alternative name rather than a private extension: rcgen carries SANs through a
+/// CSR, and the tenant CA signs it like the identity URI.
+pub const SEALING_KEY_PREFIX: &str = "urn:passage:sealing-key:x25519-mlkem768:";
+/// Length of a hybrid sealing key (ML-KEM-768 encapsulation key and X25519 public key).
+pub const SEALING_KEY_LEN: usize = 1216;
+
+/// The SAN URI certifying `key`.
+fn sealing_key_uri(key: &[u8]) -> String {
+    format!(
+        "{SEALING_KEY_PREFIX}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key)
+    )
+}
+
+/// The hybrid sealing key a SAN URI certifies, if it is one and well-formed.
+fn parse_sealing_key_uri(uri: &str) -> Option<Vec<u8>> {
+    let encoded = uri.strip_prefix(SEALING_KEY_PREFIX)?;
+    let key = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(encoded)
+        .ok()?;
+    (key.len() == SEALING_KEY_LEN).then_some(key)
+}
 
 /// Certificate errors.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -118,8 +142,11 @@ pub struct CertifiedAgent {
     pub identity: AgentIdentity,
     /// Serial number, lower-case hex.
     pub serial: String,
-    /// The certified public key (SubjectPublicKeyInfo DER).
+    /// The certified public key (SubjectPublicKeyInfo DER): the TLS identity and the version 1
+    /// sealing key.
     pub public_key_der: Vec<u8>,
+    /// The certified hybrid sealing key (`pk_M | pk_X`, version 2), if the agent has one.
+    pub hybrid_public_key: Option<Vec<u8>>,
     /// Expiry, Unix seconds.
     pub not_after: i64,
     /// Start of validity, Unix seconds.
@@ -132,23 +159,44 @@ impl CertifiedAgent {
     pub fn parse(der: &[u8]) -> Result<Self, PkiError> {
         let (_, cert) =
             X509Certificate::from_der(der).map_err(|e| PkiError::BadCertificate(e.to_string()))?;
-        let identity = cert
+        let uris: Vec<&str> = cert
             .extensions()
             .iter()
-            .find_map(|ext| match ext.parsed_extension() {
-                ParsedExtension::SubjectAlternativeName(san) => {
-                    san.general_names.iter().find_map(|name| match name {
-                        GeneralName::URI(uri) => AgentIdentity::parse_uri(uri),
-                        _ => None,
-                    })
-                }
+            .filter_map(|ext| match ext.parsed_extension() {
+                ParsedExtension::SubjectAlternativeName(san) => Some(san),
                 _ => None,
             })
+            .flat_map(|san| san.general_names.iter())
+            .filter_map(|name| match name {
+                GeneralName::URI(uri) => Some(*uri),
+                _ => None,
+            })
+            .collect();
+        let identity = uris
+            .iter()
+            .find_map(|uri| AgentIdentity::parse_uri(uri))
             .ok_or_else(|| {
                 PkiError::BadCertificate("no Passage agent identity in the certificate".into())
             })?;
+        let hybrid_public_key = match uris
+            .iter()
+            .filter(|uri| uri.starts_with(SEALING_KEY_PREFIX))
+            .collect::<Vec<_>>()
+            .as_slice()
+        {
+            [] => None,
+            [uri] => Some(parse_sealing_key_uri(uri).ok_or_else(|| {
+                PkiError::BadCertificate("malformed sealing key in the certificate".into())
+            })?),
+            _ => {
+                return Err(PkiError::BadCertificate(
+                    "more than one sealing key in the certificate".into(),
+                ));
+            }
+        };
         Ok(Self {
             identity,
+            hybrid_public_key,
             serial: cert
                 .raw_serial()
                 .iter()
@@ -217,7 +265,10 @@ impl CaCertificate {
 /// A certificate signing request from an agent, parsed and with its signature verified: the
 /// requester holds the key it names. Parse it before spending anything on the request (an
 /// enrolment token), so a malformed CSR costs nothing.
-pub struct AgentCsr(CertificateSigningRequestParams);
+pub struct AgentCsr {
+    params: CertificateSigningRequestParams,
+    hybrid_public_key: Option<Vec<u8>>,
+}
 
 impl std::fmt::Debug for AgentCsr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -234,7 +285,32 @@ impl AgentCsr {
         if !is_rsa(&csr.public_key.subject_public_key_info()) {
             return Err(PkiError::BadCsr("the agent key must be RSA".into()));
         }
-        Ok(Self(csr))
+        // The only thing taken from the CSR besides its key: the hybrid sealing key, which the
+        // CSR's signature binds to the RSA key's holder.
+        let mut hybrid_public_key = None;
+        for san in &csr.params.subject_alt_names {
+            if let SanType::URI(uri) = san
+                && uri.as_str().starts_with(SEALING_KEY_PREFIX)
+            {
+                let key = parse_sealing_key_uri(uri.as_str()).ok_or_else(|| {
+                    PkiError::BadCsr(format!(
+                        "the sealing key must be {SEALING_KEY_LEN} bytes, base64url"
+                    ))
+                })?;
+                if hybrid_public_key.replace(key).is_some() {
+                    return Err(PkiError::BadCsr("more than one sealing key".into()));
+                }
+            }
+        }
+        Ok(Self {
+            params: csr,
+            hybrid_public_key,
+        })
+    }
+
+    /// The hybrid sealing key the CSR asks to certify, if any.
+    pub fn hybrid_public_key(&self) -> Option<&[u8]> {
+        self.hybrid_public_key.as_deref()
     }
 }
 
@@ -326,7 +402,8 @@ impl TenantCa {
         if identity.tenant != self.tenant {
             return Err(PkiError::Ca("identity of another tenant".into()));
         }
-        let mut csr = csr.0;
+        let hybrid = csr.hybrid_public_key;
+        let mut csr = csr.params;
         let mut params = CertificateParams::new(Vec::<String>::new())
             .map_err(|e| PkiError::Ca(e.to_string()))?;
         let mut name = DistinguishedName::new();
@@ -343,6 +420,13 @@ impl TenantCa {
                 .try_into()
                 .map_err(|_| PkiError::Ca("identity URI".into()))?,
         )];
+        if let Some(key) = &hybrid {
+            params.subject_alt_names.push(SanType::URI(
+                sealing_key_uri(key)
+                    .try_into()
+                    .map_err(|_| PkiError::Ca("sealing key URI".into()))?,
+            ));
+        }
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,
@@ -426,8 +510,13 @@ pub fn pem_to_der(pem: &str) -> Option<Vec<u8>> {
         .ok()
 }
 
-/// A CSR for an agent's RSA key (PKCS#8 DER), signed by that key.
-pub fn agent_csr(key_pkcs8_der: &[u8], agent_id: &str) -> Result<Vec<u8>, PkiError> {
+/// A CSR for an agent's RSA key (PKCS#8 DER), signed by that key, asking also to certify its
+/// hybrid sealing key when it has one.
+pub fn agent_csr(
+    key_pkcs8_der: &[u8],
+    agent_id: &str,
+    hybrid_public_key: Option<&[u8]>,
+) -> Result<Vec<u8>, PkiError> {
     let key =
         KeyPair::from_pkcs8_der_and_sign_algo(&key_pkcs8_der.to_vec().into(), &PKCS_RSA_SHA256)
             .map_err(|e| PkiError::BadCsr(e.to_string()))?;
@@ -436,6 +525,18 @@ pub fn agent_csr(key_pkcs8_der: &[u8], agent_id: &str) -> Result<Vec<u8>, PkiErr
     let mut name = DistinguishedName::new();
     name.push(DnType::CommonName, agent_id);
     params.distinguished_name = name;
+    if let Some(key) = hybrid_public_key {
+        if key.len() != SEALING_KEY_LEN {
+            return Err(PkiError::BadCsr(format!(
+                "the sealing key must be {SEALING_KEY_LEN} bytes"
+            )));
+        }
+        params.subject_alt_names = vec![SanType::URI(
+            sealing_key_uri(key)
+                .try_into()
+                .map_err(|_| PkiError::BadCsr("sealing key URI".into()))?,
+        )];
+    }
     let csr = params
         .serialize_request(&key)
         .map_err(|e| PkiError::BadCsr(e.to_string()))?;
@@ -471,7 +572,7 @@ mod tests {
     fn issued_certificate_carries_the_identity_and_the_csr_key() {
         let ca = TenantCa::generate("default").unwrap();
         let key = rsa_key();
-        let csr = agent_csr(&key, "whatever-the-agent-says").unwrap();
+        let csr = agent_csr(&key, "whatever-the-agent-says", None).unwrap();
         let issued = ca
             .issue_agent(
                 AgentCsr::parse(&csr).unwrap(),
@@ -497,10 +598,42 @@ mod tests {
     }
 
     #[test]
+    fn the_certificate_certifies_the_hybrid_sealing_key_the_csr_names() {
+        let ca = TenantCa::generate("default").unwrap();
+        let hybrid: Vec<u8> = (0..SEALING_KEY_LEN).map(|i| i as u8).collect();
+        let csr = agent_csr(&rsa_key(), "a", Some(&hybrid)).unwrap();
+        let parsed = AgentCsr::parse(&csr).unwrap();
+        assert_eq!(parsed.hybrid_public_key(), Some(hybrid.as_slice()));
+        let issued = ca
+            .issue_agent(parsed, &identity("default"), Duration::from_secs(3600))
+            .unwrap();
+        assert_eq!(
+            issued.certified.hybrid_public_key.as_deref(),
+            Some(hybrid.as_slice())
+        );
+        let verified = ca
+            .verify(&pem_to_der(&issued.cert_pem).unwrap(), SystemTime::now())
+            .unwrap();
+        assert_eq!(verified.hybrid_public_key, Some(hybrid.clone()));
+        assert_eq!(verified.identity, identity("default"));
+        // Without one, none; a malformed one is refused.
+        let plain = ca
+            .issue_agent(
+                AgentCsr::parse(&agent_csr(&rsa_key(), "a", None).unwrap()).unwrap(),
+                &identity("default"),
+                Duration::from_secs(3600),
+            )
+            .unwrap();
+        assert_eq!(plain.certified.hybrid_public_key, None);
+        assert!(agent_csr(&rsa_key(), "a", Some(&hybrid[..100])).is_err());
+        assert!(parse_sealing_key_uri(&format!("{SEALING_KEY_PREFIX}AAAA")).is_none());
+    }
+
+    #[test]
     fn another_ca_or_an_expired_certificate_does_not_verify() {
         let ca = TenantCa::generate("default").unwrap();
         let other = TenantCa::generate("default").unwrap();
-        let csr = agent_csr(&rsa_key(), "a").unwrap();
+        let csr = agent_csr(&rsa_key(), "a", None).unwrap();
         let issued = ca
             .issue_agent(
                 AgentCsr::parse(&csr).unwrap(),
@@ -520,7 +653,7 @@ mod tests {
     fn ca_round_trips_through_its_parts_and_refuses_other_tenants() {
         let ca = TenantCa::generate("acme").unwrap();
         let reloaded = TenantCa::from_parts("acme", ca.cert_pem(), &ca.key_der()).unwrap();
-        let csr = agent_csr(&rsa_key(), "a").unwrap();
+        let csr = agent_csr(&rsa_key(), "a", None).unwrap();
         assert!(
             reloaded
                 .issue_agent(
@@ -553,7 +686,7 @@ mod tests {
         ));
         let mut bad = identity("default");
         bad.agent_id = "../etc".into();
-        let csr = agent_csr(&rsa_key(), "a").unwrap();
+        let csr = agent_csr(&rsa_key(), "a", None).unwrap();
         assert!(matches!(
             ca.issue_agent(
                 AgentCsr::parse(&csr).unwrap(),

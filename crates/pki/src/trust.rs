@@ -91,6 +91,7 @@ pub fn decide(
     if standing.agent_id != identity.agent_id
         || standing.tenant != identity.tenant
         || standing.public_key_der != certified.public_key_der
+        || standing.hybrid_public_key != certified.hybrid_public_key
     {
         return Err(unknown());
     }
@@ -118,8 +119,10 @@ pub struct AgentClaim<'a> {
     pub connector_group: &'a str,
     /// Agent id.
     pub agent_id: &'a str,
-    /// The key passwords would be sealed to (SPKI DER).
+    /// The key version 1 envelopes are sealed to (SPKI DER).
     pub public_key_der: &'a [u8],
+    /// The hybrid key version 2 envelopes are sealed to; empty if none is claimed.
+    pub hybrid_public_key: &'a [u8],
 }
 
 impl CertifiedAgent {
@@ -144,6 +147,11 @@ impl CertifiedAgent {
         if claim.public_key_der != self.public_key_der {
             return Err(Distrust::ClaimMismatch(
                 "the key offered is not the certified key".into(),
+            ));
+        }
+        if claim.hybrid_public_key != self.hybrid_public_key.as_deref().unwrap_or_default() {
+            return Err(Distrust::ClaimMismatch(
+                "the sealing key offered is not the certified one".into(),
             ));
         }
         Ok(())
@@ -206,6 +214,7 @@ mod tests {
             },
             serial: "0a".into(),
             public_key_der: vec![1, 2, 3],
+            hybrid_public_key: Some(vec![4, 5, 6]),
             not_after: 2_000_000_000,
             not_before: 1_000_000_000,
         }
@@ -217,6 +226,7 @@ mod tests {
             tenant: "default".into(),
             issued_at: 1_000_000_000,
             public_key_der: vec![1, 2, 3],
+            hybrid_public_key: Some(vec![4, 5, 6]),
             superseded_at: None,
             agent_revoked_at: None,
         }
@@ -260,6 +270,16 @@ mod tests {
                 "a recorded serial on another key (forged with the CA key)",
                 Some(CertificateStanding {
                     public_key_der: vec![6, 6, 6],
+                    ..standing()
+                }),
+                Err(Distrust::UnknownCertificate {
+                    serial: "0a".into(),
+                }),
+            ),
+            (
+                "a recorded serial with another sealing key (forged with the CA key)",
+                Some(CertificateStanding {
+                    hybrid_public_key: Some(vec![6, 6, 6]),
                     ..standing()
                 }),
                 Err(Distrust::UnknownCertificate {
@@ -352,6 +372,7 @@ mod tests {
             connector_group: "corp",
             agent_id: "agent-1",
             public_key_der: &[1, 2, 3],
+            hybrid_public_key: &[4, 5, 6],
         };
         cert.check_claim(&claim).unwrap();
         for wrong in [
@@ -369,6 +390,14 @@ mod tests {
             },
             AgentClaim {
                 public_key_der: &[9],
+                ..claim
+            },
+            AgentClaim {
+                hybrid_public_key: &[9],
+                ..claim
+            },
+            AgentClaim {
+                hybrid_public_key: &[],
                 ..claim
             },
         ] {

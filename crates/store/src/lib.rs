@@ -135,6 +135,8 @@ pub struct AgentRecord {
     pub cert_not_after: i64,
     /// Its certified public key (SPKI DER).
     pub public_key_der: Vec<u8>,
+    /// Its certified hybrid sealing key (envelope version 2), if it has one.
+    pub hybrid_public_key: Option<Vec<u8>>,
     /// Enrolled, Unix seconds.
     pub enrolled_at: i64,
     /// Revoked, Unix seconds.
@@ -203,6 +205,8 @@ pub struct AgentCertificate {
     pub not_after: i64,
     /// The certified public key (SPKI DER).
     pub public_key_der: Vec<u8>,
+    /// The certified hybrid sealing key, if any.
+    pub hybrid_public_key: Option<Vec<u8>>,
 }
 
 /// What became of a renewal.
@@ -229,6 +233,8 @@ pub struct CertificateStanding {
     pub issued_at: i64,
     /// The key it certifies (SPKI DER), as recorded when it was issued.
     pub public_key_der: Vec<u8>,
+    /// The hybrid sealing key it certifies, as recorded when it was issued.
+    pub hybrid_public_key: Option<Vec<u8>>,
     /// When a renewal replaced it, Unix seconds.
     pub superseded_at: Option<i64>,
     /// When its agent was revoked, Unix seconds.
@@ -288,7 +294,7 @@ impl std::fmt::Debug for Store {
 }
 
 const AGENT_COLUMNS: &str = "agent_id, tenant_id, connector_group, hostname, version, cert_serial, \
-                             cert_not_after, public_key_der, enrolled_at, revoked_at";
+                             cert_not_after, public_key_der, hybrid_public_key, enrolled_at, revoked_at";
 
 fn agent_from_row(row: &sqlx::any::AnyRow) -> Result<AgentRecord, sqlx::Error> {
     Ok(AgentRecord {
@@ -300,6 +306,7 @@ fn agent_from_row(row: &sqlx::any::AnyRow) -> Result<AgentRecord, sqlx::Error> {
         cert_serial: row.try_get("cert_serial")?,
         cert_not_after: row.try_get("cert_not_after")?,
         public_key_der: row.try_get("public_key_der")?,
+        hybrid_public_key: row.try_get("hybrid_public_key")?,
         enrolled_at: row.try_get("enrolled_at")?,
         revoked_at: row.try_get("revoked_at")?,
     })
@@ -534,8 +541,8 @@ impl Store {
         }
         sqlx::query(
             "INSERT INTO agents (agent_id, tenant_id, connector_group, hostname, version, cert_serial, \
-             cert_not_after, public_key_der, enrolled_at, revoked_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL)",
+             cert_not_after, public_key_der, hybrid_public_key, enrolled_at, revoked_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL)",
         )
         .bind(&agent.agent_id)
         .bind(&agent.tenant)
@@ -545,6 +552,7 @@ impl Store {
         .bind(&agent.cert_serial)
         .bind(agent.cert_not_after)
         .bind(agent.public_key_der.clone())
+        .bind(agent.hybrid_public_key.clone())
         .bind(agent.enrolled_at)
         .execute(&mut *tx)
         .await?;
@@ -552,6 +560,7 @@ impl Store {
             serial: agent.cert_serial.clone(),
             not_after: agent.cert_not_after,
             public_key_der: agent.public_key_der.clone(),
+            hybrid_public_key: agent.hybrid_public_key.clone(),
         };
         insert_certificate(&mut tx, &agent.agent_id, &agent.tenant, &certificate, now).await?;
         tx.commit().await?;
@@ -609,7 +618,8 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         // The row lock taken here orders this renewal against any revocation of the agent.
         let row = sqlx::query(
-            "UPDATE agents SET cert_serial = $1, cert_not_after = $2, public_key_der = $3, version = $4 \
+            "UPDATE agents SET cert_serial = $1, cert_not_after = $2, public_key_der = $3, version = $4, \
+             hybrid_public_key = $7 \
              WHERE agent_id = $5 AND revoked_at IS NULL AND EXISTS ( \
                  SELECT 1 FROM agent_certificates c \
                  WHERE c.serial = $6 AND c.agent_id = $5 AND c.superseded_at IS NULL) \
@@ -621,6 +631,7 @@ impl Store {
         .bind(version)
         .bind(agent_id)
         .bind(presented)
+        .bind(certificate.hybrid_public_key.clone())
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = row else {
@@ -666,7 +677,8 @@ impl Store {
         serial: &str,
     ) -> Result<Option<CertificateStanding>, StoreError> {
         let row = sqlx::query(
-            "SELECT c.agent_id, c.tenant_id, c.issued_at, c.public_key_der, c.superseded_at, a.revoked_at \
+            "SELECT c.agent_id, c.tenant_id, c.issued_at, c.public_key_der, c.hybrid_public_key, \
+             c.superseded_at, a.revoked_at \
              FROM agent_certificates c JOIN agents a ON a.agent_id = c.agent_id \
              WHERE c.serial = $1",
         )
@@ -679,6 +691,7 @@ impl Store {
                 tenant: row.try_get("tenant_id")?,
                 issued_at: row.try_get("issued_at")?,
                 public_key_der: row.try_get("public_key_der")?,
+                hybrid_public_key: row.try_get("hybrid_public_key")?,
                 superseded_at: row.try_get("superseded_at")?,
                 agent_revoked_at: row.try_get("revoked_at")?,
             })
@@ -925,8 +938,9 @@ async fn insert_certificate(
 ) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO agent_certificates \
-         (serial, agent_id, tenant_id, issued_at, not_after, public_key_der, superseded_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, NULL)",
+         (serial, agent_id, tenant_id, issued_at, not_after, public_key_der, hybrid_public_key, \
+          superseded_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, NULL)",
     )
     .bind(&certificate.serial)
     .bind(agent_id)
@@ -934,6 +948,7 @@ async fn insert_certificate(
     .bind(now)
     .bind(certificate.not_after)
     .bind(certificate.public_key_der.clone())
+    .bind(certificate.hybrid_public_key.clone())
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -972,6 +987,7 @@ mod tests {
             cert_serial: "01".into(),
             cert_not_after: 100,
             public_key_der: vec![0x30],
+            hybrid_public_key: None,
             enrolled_at: 1,
             revoked_at: None,
         };

@@ -244,6 +244,7 @@ impl AgentEnrolment for EnrolmentService {
             cert_serial: issued.certified.serial.clone(),
             cert_not_after: issued.certified.not_after,
             public_key_der: issued.certified.public_key_der.clone(),
+            hybrid_public_key: issued.certified.hybrid_public_key.clone(),
             enrolled_at: now,
             revoked_at: None,
         };

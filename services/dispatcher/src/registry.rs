@@ -29,6 +29,8 @@ pub struct AgentIdentity {
     pub hostname: String,
     /// Sealing key (SPKI DER).
     pub public_key_der: Vec<u8>,
+    /// Hybrid sealing key (`pk_M | pk_X`), empty if none.
+    pub hybrid_public_key: Vec<u8>,
     /// Concurrent validations it accepts.
     pub capacity: u32,
     /// Serial of the certificate it connected with (none in plaintext development mode).
@@ -357,6 +359,7 @@ mod tests {
             version: "test".into(),
             hostname: "host".into(),
             public_key_der: vec![],
+            hybrid_public_key: vec![],
             capacity: 2,
             cert_serial: None,
             certificate_der: None,
@@ -386,10 +389,10 @@ mod tests {
         };
         assert!(conn.complete(ValidationAnswer {
             request_id: task.request_id,
-            outcome: 1,
+            retryable: true,
             ..Default::default()
         }));
-        assert_eq!(pending.answer().await.unwrap().outcome, 1);
+        assert!(pending.answer().await.unwrap().retryable);
         assert_eq!(conn.in_flight(), 0);
         // A second answer for the same id finds nobody.
         assert!(!conn.complete(ValidationAnswer {

@@ -6,8 +6,7 @@ use passage_error_codes::ErrorCode;
 use passage_pki::GatewayIdentity;
 use passage_proto::v1::{
     AgentError, AgentKey, ListAgentKeysRequest, ListAgentKeysResponse, ValidateRequest,
-    ValidateResponse, ValidationAnswer, ValidationOutcome, ValidationTask,
-    dispatcher_server::Dispatcher,
+    ValidateResponse, ValidationAnswer, ValidationTask, dispatcher_server::Dispatcher,
 };
 use passage_telemetry::{TraceParent, join_trace};
 use tonic::{Request, Response, Status};
@@ -75,7 +74,7 @@ impl RelayService {
 
 /// What happened when one candidate was tried.
 enum Attempt {
-    Answered(ValidationAnswer),
+    Answered(Box<ValidationAnswer>),
     Lost,
     TimedOut,
     Unusable,
@@ -117,7 +116,7 @@ impl RelayService {
             Err(DispatchError::Gone | DispatchError::Full) => return Attempt::Unusable,
         };
         match tokio::time::timeout_at(deadline, pending.answer()).await {
-            Ok(Some(answer)) => Attempt::Answered(answer),
+            Ok(Some(answer)) => Attempt::Answered(Box::new(answer)),
             Ok(None) => Attempt::Lost,
             Err(_) => Attempt::TimedOut,
         }
@@ -177,11 +176,13 @@ impl RelayService {
                 .await;
             match attempt {
                 Attempt::Answered(answer) => {
-                    let outcome = ValidationOutcome::try_from(answer.outcome).unwrap_or_default();
                     let error = AgentError::try_from(answer.error).unwrap_or_default();
+                    // The verdict is sealed for the gateway: all the dispatcher learns is
+                    // whether the agent answered, refused, or could not decide.
                     tracing::info!(
                         %agent_id,
-                        ?outcome,
+                        answered = !answer.sealed_answer.is_empty(),
+                        retryable = answer.retryable,
                         ?error,
                         elapsed_ms = started.elapsed().as_millis() as u64,
                         "agent answered"
@@ -193,23 +194,19 @@ impl RelayService {
                         rejected = Some((error, answer.detail));
                         continue;
                     }
-                    match outcome {
-                        ValidationOutcome::DirectoryUnavailable => {
-                            directory_down = Some(answer.detail);
-                            continue;
-                        }
-                        ValidationOutcome::Unspecified => {
-                            tracing::error!(%agent_id, "the agent sent no outcome");
-                            return Err(ErrorCode::Internal.public_status());
-                        }
-                        _ => {
-                            return Ok(Response::new(ValidateResponse {
-                                outcome: outcome as i32,
-                                user: answer.user,
-                                agent_id,
-                            }));
-                        }
+                    if answer.retryable {
+                        directory_down = Some(answer.detail);
+                        continue;
                     }
+                    if answer.sealed_answer.is_empty() {
+                        tracing::error!(%agent_id, "the agent sent no answer");
+                        return Err(ErrorCode::Internal.public_status());
+                    }
+                    return Ok(Response::new(ValidateResponse {
+                        agent_id,
+                        sealed_answer: answer.sealed_answer,
+                        ..Default::default()
+                    }));
                 }
                 Attempt::Lost => {
                     tracing::warn!(%agent_id, "agent stream lost mid-request; trying the other candidate");
@@ -308,6 +305,7 @@ impl Dispatcher for RelayService {
                 public_key_der: c.identity.public_key_der.clone(),
                 in_flight: c.in_flight(),
                 certificate_der: c.identity.certificate_der.clone().unwrap_or_default(),
+                hybrid_public_key: c.identity.hybrid_public_key.clone(),
             })
             .collect();
         Ok(Response::new(ListAgentKeysResponse { keys }))

@@ -220,6 +220,7 @@ impl AgentTrust {
             serial: issued.certified.serial.clone(),
             not_after: issued.certified.not_after,
             public_key_der: issued.certified.public_key_der.clone(),
+            hybrid_public_key: issued.certified.hybrid_public_key.clone(),
         };
         let presented = identity
             .cert_serial
@@ -328,6 +329,13 @@ fn identity_from_hello(hello: AgentHello) -> Result<AgentIdentity, Status> {
             "hello.public_key_der is not an RSA public key of at least 2048 bits",
         )
     })?;
+    if !hello.hybrid_public_key.is_empty() {
+        SealingKey::hybrid(&hello.hybrid_public_key).map_err(|_| {
+            Status::invalid_argument(
+                "hello.hybrid_public_key is not an X25519 + ML-KEM-768 public key",
+            )
+        })?;
+    }
     Ok(AgentIdentity {
         agent_id: hello.agent_id,
         tenant: hello.tenant,
@@ -335,6 +343,7 @@ fn identity_from_hello(hello: AgentHello) -> Result<AgentIdentity, Status> {
         version: hello.version,
         hostname: hello.hostname,
         public_key_der: hello.public_key_der,
+        hybrid_public_key: hello.hybrid_public_key,
         capacity: hello.capacity,
         cert_serial: None,
         certificate_der: None,
@@ -349,6 +358,7 @@ fn matches_certificate(identity: &AgentIdentity, certified: &CertifiedAgent) -> 
             connector_group: &identity.connector_group,
             agent_id: &identity.agent_id,
             public_key_der: &identity.public_key_der,
+            hybrid_public_key: &identity.hybrid_public_key,
         })
         .map_err(|distrust| ErrorCode::AgentNotTrusted.status(format!("hello: {distrust}")))
 }

@@ -54,6 +54,7 @@ impl KeyVerifier {
             connector_group: group,
             agent_id: &key.agent_id,
             public_key_der: &key.public_key_der,
+            hybrid_public_key: &key.hybrid_public_key,
         })?;
         Ok(certified)
     }
@@ -101,18 +102,22 @@ pub struct KeySetCache {
     max_groups: usize,
     groups: Mutex<HashMap<String, Arc<GroupEntry>>>,
     verifier: Option<KeyVerifier>,
+    require_post_quantum: bool,
+    /// Agents already named as holding `require_post_quantum` back (said once each).
+    warned: Mutex<std::collections::HashSet<String>>,
 }
 
 impl KeySetCache {
     /// A cache over `dispatcher` for `tenant` holding at most `max_groups` groups; with
     /// `verifier`, only trusted keys are kept (without, in development mode, every key the
-    /// dispatcher offers).
+    /// dispatcher offers); with `require_post_quantum`, only agents with a hybrid key.
     pub fn new(
         dispatcher: DispatcherClient<Channel>,
         tenant: String,
         ttl: Duration,
         max_groups: usize,
         verifier: Option<KeyVerifier>,
+        require_post_quantum: bool,
     ) -> Self {
         Self {
             dispatcher,
@@ -121,6 +126,8 @@ impl KeySetCache {
             max_groups: max_groups.max(1),
             groups: Mutex::new(HashMap::new()),
             verifier,
+            require_post_quantum,
+            warned: Mutex::new(Default::default()),
         }
     }
 
@@ -178,6 +185,7 @@ impl KeySetCache {
             .await?
             .into_inner();
         let mut keys = Vec::new();
+        let mut without_hybrid = Vec::new();
         for k in response.keys {
             if let Some(verifier) = &self.verifier
                 && let Err(reason) = verifier.check(&self.tenant, &k, group).await
@@ -185,7 +193,17 @@ impl KeySetCache {
                 tracing::warn!(agent_id = %k.agent_id, %reason, "not sealing to an untrusted agent key");
                 continue;
             }
-            match SealingKey::from_der(&k.public_key_der) {
+            // With a verifier, the hybrid key was just checked against the certificate.
+            let sealing = if k.hybrid_public_key.is_empty() {
+                if self.require_post_quantum {
+                    without_hybrid.push(k.agent_id);
+                    continue;
+                }
+                SealingKey::from_der(&k.public_key_der)
+            } else {
+                SealingKey::hybrid(&k.hybrid_public_key)
+            };
+            match sealing {
                 Ok(key) => keys.push(Arc::new(AgentSealingKey {
                     agent_id: k.agent_id,
                     key,
@@ -193,6 +211,17 @@ impl KeySetCache {
                 Err(err) => {
                     tracing::warn!(agent_id = %k.agent_id, error = %err, "ignoring unusable agent key");
                 }
+            }
+        }
+        if !without_hybrid.is_empty() {
+            let mut warned = lock(&self.warned);
+            without_hybrid.retain(|id| warned.insert(id.clone()));
+            if !without_hybrid.is_empty() {
+                tracing::warn!(
+                    connector_group = %group,
+                    agents = ?without_hybrid,
+                    "require_post_quantum: not sealing to agents without a hybrid key; they get one when their certificate is next renewed"
+                );
             }
         }
         let keys = Arc::new(keys);
@@ -233,7 +262,14 @@ mod tests {
 
     fn offered(ca: &TenantCa, agent_id: &str, group: &str) -> (AgentKey, AgentRecord) {
         let key = PrivateDecryptingKey::generate(KeySize::Rsa2048).unwrap();
-        let csr = agent_csr(key.as_der().unwrap().as_ref(), agent_id).unwrap();
+        let hybrid = passage_envelope::HybridKey::generate().unwrap();
+        let hybrid_public = hybrid.public().as_bytes().to_vec();
+        let csr = agent_csr(
+            key.as_der().unwrap().as_ref(),
+            agent_id,
+            Some(&hybrid_public),
+        )
+        .unwrap();
         let identity = AgentIdentity {
             tenant: ca.tenant().into(),
             connector_group: group.into(),
@@ -255,6 +291,7 @@ mod tests {
             cert_serial: issued.certified.serial.clone(),
             cert_not_after: issued.certified.not_after,
             public_key_der: issued.certified.public_key_der.clone(),
+            hybrid_public_key: issued.certified.hybrid_public_key.clone(),
             enrolled_at: 0,
             revoked_at: None,
         };
@@ -264,6 +301,7 @@ mod tests {
             public_key_der: key.public_key().as_der().unwrap().as_ref().to_vec(),
             in_flight: 0,
             certificate_der: pem_to_der(&issued.cert_pem).unwrap(),
+            hybrid_public_key: hybrid_public,
         };
         (offered, record)
     }
@@ -323,6 +361,17 @@ mod tests {
             ..good.clone()
         };
         assert!(verifier.check("default", &swapped, "corp").await.is_err());
+        // ...and the same for the hybrid sealing key.
+        let swapped_hybrid = AgentKey {
+            hybrid_public_key: offered(&ca, "agent-1", "corp").0.hybrid_public_key,
+            ..good.clone()
+        };
+        assert!(
+            verifier
+                .check("default", &swapped_hybrid, "corp")
+                .await
+                .is_err()
+        );
         let bare = AgentKey {
             certificate_der: vec![],
             ..good.clone()
@@ -350,6 +399,7 @@ mod tests {
             Duration::from_secs(60),
             16,
             None,
+            false,
         );
         cache.entry("corp");
         for n in 0..1_000 {

@@ -92,6 +92,10 @@ pub struct GatewayConfig {
     /// Most HTTP connections open at once; more are closed when accepted.
     #[serde(default = "default_http_max_connections")]
     pub http_max_connections: usize,
+    /// Seal passwords only with envelope version 2 (hybrid X25519 + ML-KEM-768): agents whose
+    /// certificate carries no hybrid key yet are not used, and the log names them.
+    #[serde(default)]
+    pub require_post_quantum: bool,
     /// Most connector groups whose key sets are cached at once (least recently used are
     /// dropped), so sign-ins for endless unknown domains cannot grow the gateway.
     #[serde(default = "default_key_cache_max_groups")]
@@ -180,6 +184,7 @@ impl GatewayConfig {
             http_header_read_timeout_ms: default_http_header_read_timeout_ms(),
             http_request_timeout_ms: default_http_request_timeout_ms(),
             http_max_connections: default_http_max_connections(),
+            require_post_quantum: false,
             key_cache_max_groups: default_key_cache_max_groups(),
         }
     }
@@ -336,6 +341,7 @@ impl BoundGateway {
             Duration::from_millis(config.key_cache_ttl_ms),
             config.key_cache_max_groups,
             self.verifier,
+            config.require_post_quantum,
         ));
         let service = SignInService::new(&config, dispatcher, keys, Arc::clone(&self.issuer));
 

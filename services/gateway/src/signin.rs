@@ -7,14 +7,16 @@ use std::{
 };
 
 use passage_credentials::{CredentialError, MAX_FIELD_BYTES, Password, Username, check_field};
-use passage_envelope::PayloadFields;
+use passage_envelope::{AnswerBinding, PayloadFields, Sealed};
 use passage_error_codes::ErrorCode;
 use passage_proto::v1::{
-    SealedPassword, SignInRequest, SignInResponse, ValidateRequest, ValidateResponse,
-    ValidationOutcome, dispatcher_client::DispatcherClient, gateway_server::Gateway,
+    DirectoryUser, SealedPassword, SealedVerdict, SignInRequest, SignInResponse, ValidateRequest,
+    ValidateResponse, ValidationOutcome, dispatcher_client::DispatcherClient,
+    gateway_server::Gateway,
 };
 use passage_telemetry::{TraceParent, join_trace};
 use passage_tokens::{Subject, TokenIssuer};
+use prost::Message;
 use tonic::{Request, Response, Status, transport::Channel};
 use tracing::Instrument;
 
@@ -91,6 +93,9 @@ pub enum SignInError {
     /// Issuing tokens failed.
     #[error("issuing tokens: {0}")]
     Tokens(#[from] passage_tokens::TokenError),
+    /// The relayed answer did not open with the answer key sealed for the agent it names.
+    #[error("the answer said to come from agent {0} is not authentic")]
+    NotAuthentic(String),
 }
 
 impl SignInError {
@@ -115,6 +120,7 @@ impl SignInError {
             SignInError::Dispatcher { code, .. } => *code,
             SignInError::Timeout(_) => ErrorCode::AgentTimeout,
             SignInError::Seal { .. } | SignInError::Tokens(_) => ErrorCode::Internal,
+            SignInError::NotAuthentic(_) => ErrorCode::AnswerNotAuthentic,
         }
     }
 
@@ -211,7 +217,7 @@ impl SignInService {
         request: &CheckedRequest,
         group: &str,
         trace: &TraceParent,
-    ) -> Result<ValidateResponse, SignInError> {
+    ) -> Result<Answer, SignInError> {
         let mut refreshed = false;
         loop {
             let keys = self
@@ -248,7 +254,7 @@ impl SignInService {
         group: &str,
         keys: &[Arc<crate::keyset::AgentSealingKey>],
         trace: &TraceParent,
-    ) -> Result<ValidateResponse, SignInError> {
+    ) -> Result<Answer, SignInError> {
         let not_after = SystemTime::now() + self.envelope_lifetime;
         let fields = PayloadFields {
             username: request.username.as_str(),
@@ -256,20 +262,25 @@ impl SignInService {
             tenant: &self.tenant,
             not_after,
         };
+        // Each candidate's answer key stays here: only the agent that opens its envelope can
+        // answer in a way that opens with it.
+        let mut sealed_for = Vec::with_capacity(2);
         let candidates = pick_two(keys)
             .into_iter()
             .map(|agent| {
-                let ciphertext = agent
+                let sealed = agent
                     .key
                     .seal(&fields)
                     .map_err(|source| SignInError::Seal {
                         agent_id: agent.agent_id.clone(),
                         source,
                     })?;
-                Ok(SealedPassword {
+                let candidate = SealedPassword {
                     agent_id: agent.agent_id.clone(),
-                    ciphertext,
-                })
+                    ciphertext: sealed.ciphertext.clone(),
+                };
+                sealed_for.push((agent.agent_id.clone(), sealed));
+                Ok(candidate)
             })
             .collect::<Result<Vec<_>, SignInError>>()?;
         let mut call = Request::new(ValidateRequest {
@@ -284,7 +295,10 @@ impl SignInService {
             call.metadata_mut().insert("traceparent", value);
         }
         match self.dispatcher.clone().validate(call).await {
-            Ok(response) => Ok(response.into_inner()),
+            Ok(response) => {
+                let response = response.into_inner();
+                self.open_answer(request, &sealed_for, &response)
+            }
             Err(status)
                 if status.code() == tonic::Code::DeadlineExceeded
                     && ErrorCode::of(&status).is_none() =>
@@ -294,6 +308,55 @@ impl SignInService {
             Err(status) => Err(dispatcher_failed(status)),
         }
     }
+}
+
+impl SignInService {
+    /// Opens the answer relayed as `response` with the key sealed for the candidate it names.
+    /// A forged, replayed or swapped answer does not open: no token, and the dispatcher's
+    /// misbehaviour is logged.
+    fn open_answer(
+        &self,
+        request: &CheckedRequest,
+        sealed_for: &[(String, Sealed)],
+        response: &ValidateResponse,
+    ) -> Result<Answer, SignInError> {
+        let not_authentic = |why: &str| {
+            tracing::warn!(
+                agent_id = %response.agent_id,
+                reason = why,
+                "the dispatcher relayed an answer that is not authentic; no token issued"
+            );
+            SignInError::NotAuthentic(response.agent_id.clone())
+        };
+        let (_, sealed) = sealed_for
+            .iter()
+            .find(|(agent_id, _)| *agent_id == response.agent_id)
+            .ok_or_else(|| not_authentic("it names no agent the password was sealed for"))?;
+        let binding = AnswerBinding {
+            nonce: &sealed.nonce,
+            agent_id: &response.agent_id,
+            tenant: &self.tenant,
+            username: request.username.as_str(),
+        };
+        let plain = sealed
+            .answer_key
+            .open(&binding, &response.sealed_answer)
+            .map_err(|_| not_authentic("it does not open with that agent's answer key"))?;
+        let verdict = SealedVerdict::decode(plain.as_slice())
+            .map_err(|_| not_authentic("its verdict does not decode"))?;
+        Ok(Answer {
+            agent_id: response.agent_id.clone(),
+            outcome: ValidationOutcome::try_from(verdict.outcome).unwrap_or_default(),
+            user: verdict.user,
+        })
+    }
+}
+
+/// An authentic answer: what the agent that opened the password said.
+struct Answer {
+    agent_id: String,
+    outcome: ValidationOutcome,
+    user: Option<DirectoryUser>,
 }
 
 /// A dispatcher failure as a sign-in error, keeping its Passage code when it has one.
@@ -354,12 +417,9 @@ impl SignInService {
         let result = self
             .validate(&request, &group, &trace)
             .await
-            .and_then(|response| {
-                let outcome = ValidationOutcome::try_from(response.outcome).unwrap_or_default();
-                match (outcome, response.user) {
-                    (ValidationOutcome::Success, Some(user)) => Ok((user, response.agent_id)),
-                    (outcome, _) => Err(SignInError::Refused(outcome)),
-                }
+            .and_then(|answer| match (answer.outcome, answer.user) {
+                (ValidationOutcome::Success, Some(user)) => Ok((user, answer.agent_id)),
+                (outcome, _) => Err(SignInError::Refused(outcome)),
             });
         let elapsed_ms = started.elapsed().as_millis() as u64;
         let client_ip = request

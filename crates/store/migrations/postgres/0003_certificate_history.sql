@@ -10,10 +10,15 @@ CREATE TABLE agent_certificates (
     -- The certified key: a certificate is trusted only for the key it was recorded with, so
     -- a certificate forged with a stolen CA key and a recorded serial is still refused.
     public_key_der BYTEA NOT NULL,
+    -- The hybrid X25519 + ML-KEM-768 sealing key it certifies (envelope version 2), if any.
+    hybrid_public_key BYTEA,
     -- When a renewal replaced it: set once the agent first connects with its successor, so a
     -- lost renewal answer never strands an agent on a certificate that is already refused.
     superseded_at BIGINT
 );
+
+-- The agent's current hybrid sealing key, if it has one (NULL: it seals with RSA only).
+ALTER TABLE agents ADD COLUMN hybrid_public_key BYTEA;
 
 CREATE INDEX agent_certificates_by_agent ON agent_certificates (agent_id);
 CREATE INDEX agent_certificates_by_superseded_at ON agent_certificates (superseded_at);

@@ -1,0 +1,80 @@
+//! Answers only the agent could have made: a dispatcher that forges a success, replays an
+//! earlier sign-in's answer, or swaps two concurrent sign-ins' answers gets no token issued —
+//! the gateway opens each answer with the key it sealed for that agent and sign-in.
+
+use passage_error_codes::ErrorCode;
+use passage_tests::{
+    Cluster, ClusterOptions,
+    forging::{ForgingDispatcher, Lie},
+    slapd::default_users,
+};
+
+async fn cluster_behind(lie: Lie) -> (Cluster, ForgingDispatcher) {
+    let mut cluster = Cluster::start(ClusterOptions::default()).await;
+    let liar = ForgingDispatcher::start(&cluster.dispatcher.api_url, lie).await;
+    cluster.restart_gateway_via(&liar.url).await;
+    (cluster, liar)
+}
+
+fn assert_not_authentic(result: Result<passage_proto::v1::SignInResponse, tonic::Status>) {
+    let status = result.expect_err("no token from a lying dispatcher");
+    assert_eq!(
+        ErrorCode::of(&status),
+        Some(ErrorCode::AnswerNotAuthentic),
+        "{status:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_success_gets_no_token() {
+    let (cluster, _liar) = cluster_behind(Lie::ForgeSuccess).await;
+    let alice = default_users().remove(0);
+    assert_not_authentic(cluster.sign_in(&alice.upn, "not her password").await);
+    assert_not_authentic(
+        cluster
+            .sign_in("mallory@corp.example.com", "anything")
+            .await,
+    );
+    let log = cluster.gateway.process.log();
+    assert!(
+        log.contains("the dispatcher relayed an answer that is not authentic"),
+        "{log}"
+    );
+    // The agent was never asked.
+    assert!(
+        !cluster.agents[0]
+            .process
+            .log()
+            .contains("validation finished")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_answer_gets_no_token() {
+    let (cluster, _liar) = cluster_behind(Lie::ReplayFirst).await;
+    let users = default_users();
+    let (alice, bob) = (&users[0], &users[1]);
+    // The first answer is relayed truthfully: a real sign-in.
+    cluster
+        .sign_in(&alice.upn, &alice.password)
+        .await
+        .expect("the truthful first answer");
+    // Then alice's success is handed out again: for a wrong password, and for bob.
+    assert_not_authentic(cluster.sign_in(&alice.upn, "a wrong password").await);
+    assert_not_authentic(cluster.sign_in(&bob.upn, "a wrong password").await);
+    assert_not_authentic(cluster.sign_in(&alice.upn, &alice.password).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swapped_answers_get_no_token() {
+    let (cluster, _liar) = cluster_behind(Lie::SwapPairs).await;
+    let users = default_users();
+    let (alice, bob) = (&users[0], &users[1]);
+    // Bob's password is wrong: a swap would give him alice's success.
+    let (for_alice, for_bob) = tokio::join!(
+        cluster.sign_in(&alice.upn, &alice.password),
+        cluster.sign_in(&bob.upn, "not bob's password"),
+    );
+    assert_not_authentic(for_alice);
+    assert_not_authentic(for_bob);
+}

@@ -1,0 +1,155 @@
+//! A dispatcher that lies: it stands between a gateway and the real dispatcher, passes key
+//! sets through, and tampers with answers — forging a success, replaying an earlier sign-in's
+//! answer, or swapping the answers of two concurrent sign-ins. The gateway must catch each.
+
+use std::{sync::Mutex, time::Duration};
+
+use passage_proto::v1::{
+    DirectoryUser, ListAgentKeysRequest, ListAgentKeysResponse, ValidateRequest, ValidateResponse,
+    ValidationOutcome,
+    dispatcher_client::DispatcherClient,
+    dispatcher_server::{Dispatcher, DispatcherServer},
+};
+use tokio::sync::oneshot;
+use tonic::{Request, Response, Status, transport::Channel};
+
+/// How the dispatcher lies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lie {
+    /// Answers every validation itself with "success" for the user, never asking an agent.
+    ForgeSuccess,
+    /// Relays the first answer truthfully, then hands that answer out for every later sign-in.
+    ReplayFirst,
+    /// Relays answers in pairs, each to the other's sign-in.
+    SwapPairs,
+}
+
+struct Liar {
+    real: DispatcherClient<Channel>,
+    lie: Lie,
+    first: Mutex<Option<ValidateResponse>>,
+    waiting: Mutex<Option<(ValidateResponse, oneshot::Sender<ValidateResponse>)>>,
+}
+
+#[tonic::async_trait]
+impl Dispatcher for Liar {
+    async fn validate(
+        &self,
+        request: Request<ValidateRequest>,
+    ) -> Result<Response<ValidateResponse>, Status> {
+        let request = request.into_inner();
+        let first_candidate = request
+            .candidates
+            .first()
+            .map(|c| c.agent_id.clone())
+            .unwrap_or_default();
+        if self.lie == Lie::ForgeSuccess {
+            // Everything a verdict could say, in the clear fields and in a made-up sealed one.
+            #[allow(deprecated)]
+            let forged = ValidateResponse {
+                outcome: ValidationOutcome::Success as i32,
+                user: Some(DirectoryUser {
+                    dn: "uid=mallory,ou=people,dc=corp,dc=example,dc=com".into(),
+                    object_id: "forged".into(),
+                    upn: request.username.clone(),
+                    display_name: "Forged".into(),
+                    mail: "forged@corp.example.com".into(),
+                    groups: vec!["admins".into()],
+                }),
+                agent_id: first_candidate,
+                sealed_answer: vec![0x5a; 96],
+            };
+            return Ok(Response::new(forged));
+        }
+        let truthful = self.real.clone().validate(request).await?.into_inner();
+        match self.lie {
+            Lie::ForgeSuccess => unreachable!("answered above"),
+            Lie::ReplayFirst => {
+                let mut first = self.first.lock().unwrap_or_else(|p| p.into_inner());
+                match first.as_ref() {
+                    None => {
+                        *first = Some(truthful.clone());
+                        Ok(Response::new(truthful))
+                    }
+                    Some(recorded) => Ok(Response::new(ValidateResponse {
+                        // Named after an agent this sign-in was sealed for, so only the
+                        // answer itself can give the replay away.
+                        agent_id: first_candidate,
+                        ..recorded.clone()
+                    })),
+                }
+            }
+            Lie::SwapPairs => {
+                let waiting = self
+                    .waiting
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take();
+                match waiting {
+                    Some((theirs, to_them)) => {
+                        let _ = to_them.send(truthful);
+                        Ok(Response::new(theirs))
+                    }
+                    None => {
+                        let (tx, rx) = oneshot::channel();
+                        *self.waiting.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some((truthful.clone(), tx));
+                        match tokio::time::timeout(Duration::from_secs(10), rx).await {
+                            Ok(Ok(theirs)) => Ok(Response::new(theirs)),
+                            _ => Err(Status::deadline_exceeded("no second sign-in to swap with")),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn list_agent_keys(
+        &self,
+        request: Request<ListAgentKeysRequest>,
+    ) -> Result<Response<ListAgentKeysResponse>, Status> {
+        self.real
+            .clone()
+            .list_agent_keys(request.into_inner())
+            .await
+    }
+}
+
+/// A lying dispatcher on 127.0.0.1, in front of the real one at `real_url` (plaintext).
+pub struct ForgingDispatcher {
+    /// Where gateways reach it (`http://`).
+    pub url: String,
+    _stop: oneshot::Sender<()>,
+}
+
+impl ForgingDispatcher {
+    /// Starts it.
+    pub async fn start(real_url: &str, lie: Lie) -> Self {
+        let real = DispatcherClient::new(
+            Channel::from_shared(real_url.to_owned())
+                .expect("dispatcher URL")
+                .connect_lazy(),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let liar = Liar {
+            real,
+            lie,
+            first: Mutex::new(None),
+            waiting: Mutex::new(None),
+        };
+        tokio::spawn(async move {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            let _ = tonic::transport::Server::builder()
+                .add_service(DispatcherServer::new(liar))
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        Self { url, _stop: stop }
+    }
+}
