@@ -131,12 +131,13 @@ pub async fn run(store: &Store, command: AgentCommand) -> Result<(), String> {
                 .await
                 .map_err(|e| e.to_string())?;
             println!(
-                "{:<24} {:<10} {:<20} {:<16} {:<8} {:<14} {:<20} {:>9} {:<14} STATUS",
+                "{:<24} {:<10} {:<20} {:<16} {:<8} {:<18} {:<14} {:<20} {:>9} {:<14} STATUS",
                 "AGENT",
                 "TENANT",
                 "CONNECTOR GROUP",
                 "HOST",
                 "VERSION",
+                "SEALING",
                 "CERT EXPIRES",
                 "REPLICAS",
                 "IN-FLIGHT",
@@ -169,12 +170,18 @@ pub async fn run(store: &Store, command: AgentCommand) -> Result<(), String> {
                     None => "connected".into(),
                 };
                 println!(
-                    "{:<24} {:<10} {:<20} {:<16} {:<8} {:<14} {:<20} {:>9} {:<14} {}",
+                    "{:<24} {:<10} {:<20} {:<16} {:<8} {:<18} {:<14} {:<20} {:>9} {:<14} {}",
                     agent.agent_id,
                     agent.tenant,
                     agent.connector_group,
                     agent.hostname,
                     agent.version,
+                    // What gateways seal passwords to this agent with.
+                    if agent.hybrid_public_key.is_some() {
+                        "v2 x25519-mlkem768"
+                    } else {
+                        "v1 rsa-oaep"
+                    },
                     when(agent.cert_not_after),
                     if replicas.is_empty() { "-" } else { &replicas },
                     in_flight,

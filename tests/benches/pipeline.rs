@@ -1,6 +1,8 @@
-//! Pipeline benchmark: direct LDAP search+bind (the baseline) against full sign-ins through
-//! gateway → dispatcher → agent → slapd, in one run, on one machine — first in development
-//! trust (plaintext) on the baseline's slapd, then with TLS on every hop and an enrolled agent.
+//! Pipeline benchmark: direct LDAP search+bind (the baseline, doing the agent's own LDAP work)
+//! against full sign-ins through gateway → dispatcher → agent → slapd, in one run, on one
+//! machine — in development trust with a version 1 (RSA) agent and then a version 2 (hybrid)
+//! agent on the baseline's slapd, then with TLS on every hop and an enrolled agent. It prints
+//! the sealing primitives' own costs first, and the CPU model.
 //!
 //! ```sh
 //! cargo bench -p passage-tests --bench pipeline
@@ -26,6 +28,8 @@ use passage_tests::{
 use tonic::transport::Channel;
 
 const USERS: usize = 200;
+/// The password-policy request control, which the agent sends with every user bind.
+const PPOLICY_OID: &str = "1.3.6.1.4.1.42.2.27.8.5.1";
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -138,13 +142,14 @@ where
     }
 }
 
-/// CPU time of each process, to say where the time of one operation goes.
-fn cpu_snapshot(cluster: &Cluster) -> Vec<(&'static str, Duration)> {
+/// CPU time of each process (the agent: number `agent`), to say where the time of one
+/// operation goes.
+fn cpu_snapshot(cluster: &Cluster, agent: usize) -> Vec<(&'static str, Duration)> {
     let mut snapshot = vec![
         ("slapd", cluster.slapd.cpu_time()),
         ("gateway", cluster.gateway.process.cpu_time()),
         ("dispatcher", cluster.dispatcher.process.cpu_time()),
-        ("agent", cluster.agents[0].process.cpu_time()),
+        ("agent", cluster.agents[agent].process.cpu_time()),
         (
             "load generator",
             passage_tests::bins::cpu_time_of(std::process::id()),
@@ -197,6 +202,79 @@ fn bench_users() -> Vec<TestUser> {
         .collect()
 }
 
+/// The machine's CPU model, for the record, and whether it has AVX-512 IFMA (which makes
+/// RSA several times cheaper, and so narrows the gap between the envelope versions).
+fn cpu_model() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |name: &str| {
+        info.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split(':').nth(1))
+            .map(|m| m.trim().to_owned())
+            .unwrap_or_default()
+    };
+    let ifma = if info.contains("avx512ifma") {
+        "with AVX-512 IFMA"
+    } else {
+        "without AVX-512 IFMA"
+    };
+    format!(
+        "{} (family {}, model {}; {ifma})",
+        field("model name"),
+        field("cpu family"),
+        field("model")
+    )
+}
+
+/// Mean time of `op` over `n` runs on this thread, in µs.
+fn per_op(n: usize, mut op: impl FnMut(usize)) -> f64 {
+    let started = Instant::now();
+    for i in 0..n {
+        op(i);
+    }
+    started.elapsed().as_secs_f64() * 1e6 / n as f64
+}
+
+/// What sealing and opening cost here, one core: where the pipelines' difference comes from.
+fn sealing_primitives() {
+    use passage_credentials::Password;
+    use passage_envelope::{AgentKey, HybridKey, PayloadFields, RsaBits, SealingKey};
+    let key = AgentKey::generate(RsaBits::Rsa2048)
+        .unwrap()
+        .with_hybrid(HybridKey::generate().unwrap());
+    let v1 = SealingKey::from_der(key.public_key_der()).unwrap();
+    let v2 = SealingKey::hybrid(key.hybrid().unwrap().public().as_bytes()).unwrap();
+    let password = Password::new("Bench-Pass-000!".into()).unwrap();
+    let fields = PayloadFields {
+        username: "user000@corp.example.com",
+        password: &password,
+        tenant: "default",
+        not_after: std::time::SystemTime::now() + Duration::from_secs(300),
+    };
+    let v1_sealed: Vec<_> = (0..300)
+        .map(|_| v1.seal(&fields).unwrap().ciphertext)
+        .collect();
+    let v2_sealed: Vec<_> = (0..3000)
+        .map(|_| v2.seal(&fields).unwrap().ciphertext)
+        .collect();
+    let rsa_open = per_op(v1_sealed.len(), |i| {
+        key.open(&v1_sealed[i]).unwrap();
+    });
+    let hybrid_open = per_op(v2_sealed.len(), |i| {
+        key.open(&v2_sealed[i]).unwrap();
+    });
+    let v1_seal = per_op(3000, |_| {
+        v1.seal(&fields).unwrap();
+    });
+    let v2_seal = per_op(3000, |_| {
+        v2.seal(&fields).unwrap();
+    });
+    println!(
+        "sealing primitives, one core: open v1 (RSA-2048 OAEP) {rsa_open:.0} µs, open v2 (X25519 + ML-KEM-768) {hybrid_open:.0} µs ({:.1}x cheaper); seal v1 {v1_seal:.0} µs, seal v2 {v2_seal:.0} µs",
+        rsa_open / hybrid_open
+    );
+}
+
 #[tokio::main]
 async fn main() {
     let seconds = env_or("PASSAGE_BENCH_SECONDS", 10);
@@ -204,51 +282,65 @@ async fn main() {
     let duration = Duration::from_secs(seconds);
     let warmup = Duration::from_secs(1);
     let users = Arc::new(bench_users());
+    println!(
+        "Passage pipeline benchmark on {} ({} cores): concurrency {concurrency}, {seconds} s per phase (+1 s warm-up), {USERS} users",
+        cpu_model(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    sealing_primitives();
 
-    // Like the baseline: search + bind, no group lookup, no per-operation slapd log.
+    // Like the baseline: search + bind, no group lookup, no per-operation slapd log. The first
+    // agent has no hybrid key, so passwords are sealed to it with version 1 (RSA).
     let options = ClusterOptions {
-        agents: 1,
+        agents: 0,
         users: users.to_vec(),
         agent_capacity: 1024,
         slapd_stats_log: false,
         group_search: false,
         ..ClusterOptions::default()
     };
-    let cluster = Cluster::start(options.clone()).await;
-    println!(
-        "Passage pipeline benchmark: {} cores, concurrency {concurrency}, {seconds} s per phase (+1 s warm-up), {USERS} users",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
-    );
+    let mut cluster = Cluster::start(options.clone()).await;
+    let config = cluster.agent_config(0);
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("post_quantum_sealing = false\n{text}")).unwrap();
+    cluster.start_agent(0, true).await;
 
-    // Baseline: what the agent itself does against slapd — search as the service account on a
-    // shared connection, then bind as the user on the worker's own connection.
+    // Baseline: the agent's own LDAP work against slapd, driven harder than the pipeline so it
+    // saturates the machine — searches as the service account multiplexed on 2 connections,
+    // binds as the user (with the password-policy control) on a pool of 32 connections, as the
+    // agent's defaults (search_connections, bind_pool_size) do.
     let url = cluster.slapd.url();
-    let (conn, mut search) = LdapConnAsync::new(&url).await.expect("connect");
-    tokio::spawn(async move { conn.drive().await });
-    search
-        .simple_bind(ADMIN_DN, ADMIN_PASSWORD)
-        .await
-        .unwrap()
-        .success()
-        .unwrap();
-    let mut binders = Vec::new();
-    for _ in 0..concurrency {
+    let mut searchers = Vec::new();
+    for _ in 0..2 {
+        let (conn, mut ldap) = LdapConnAsync::new(&url).await.expect("connect");
+        tokio::spawn(async move { conn.drive().await });
+        ldap.simple_bind(ADMIN_DN, ADMIN_PASSWORD)
+            .await
+            .unwrap()
+            .success()
+            .unwrap();
+        searchers.push(ldap);
+    }
+    let mut pool = Vec::new();
+    for _ in 0..32 {
         let (conn, ldap) = LdapConnAsync::new(&url).await.expect("connect");
         tokio::spawn(async move { conn.drive().await });
-        binders.push(tokio::sync::Mutex::new(ldap));
+        pool.push(ldap);
     }
-    let binders = Arc::new(binders);
-    let cpu_before_baseline = cpu_snapshot(&cluster);
+    let searchers = Arc::new(searchers);
+    let pool = Arc::new(tokio::sync::Mutex::new(pool));
+    let bind_slots = Arc::new(tokio::sync::Semaphore::new(32));
+    let cpu_before_baseline = cpu_snapshot(&cluster, 0);
     let baseline_users = Arc::clone(&users);
     let baseline = drive(
         "direct LDAP search+bind",
-        concurrency,
+        concurrency * 2,
         warmup,
         duration,
-        move |worker, i| {
+        move |_, i| {
             let user = baseline_users[i % USERS].clone();
-            let mut search = search.clone();
-            let binders = Arc::clone(&binders);
+            let mut search = searchers[i % searchers.len()].clone();
+            let (pool, bind_slots) = (Arc::clone(&pool), Arc::clone(&bind_slots));
             async move {
                 let filter = format!(
                     "(&(objectClass=person)(userPrincipalName={}))",
@@ -259,7 +351,13 @@ async fn main() {
                         PEOPLE_DN,
                         Scope::Subtree,
                         &filter,
-                        ["displayName", "mail", "entryUUID"],
+                        [
+                            "userPrincipalName",
+                            "displayName",
+                            "mail",
+                            "entryUUID",
+                            "cn",
+                        ],
                     )
                     .await
                     .map(|r| r.success())
@@ -270,26 +368,54 @@ async fn main() {
                     return false;
                 };
                 let dn = ldap3::SearchEntry::construct(entry).dn;
-                let mut ldap = binders[worker].lock().await;
-                matches!(
-                    ldap.simple_bind(&dn, &user.password).await.map(|r| r.rc),
-                    Ok(0)
-                )
+                let Ok(_slot) = bind_slots.acquire().await else {
+                    return false;
+                };
+                let Some(mut ldap) = pool.lock().await.pop() else {
+                    return false;
+                };
+                let bound = ldap
+                    .with_controls(ldap3::controls::RawControl {
+                        ctype: PPOLICY_OID.into(),
+                        crit: false,
+                        val: None,
+                    })
+                    .simple_bind(&dn, &user.password)
+                    .await
+                    .map(|r| r.rc);
+                pool.lock().await.push(ldap);
+                matches!(bound, Ok(0))
             }
         },
     )
     .await;
+    let cpu_after_baseline = cpu_snapshot(&cluster, 0);
 
-    let cpu_after_baseline = cpu_snapshot(&cluster);
     let channel = Channel::from_shared(cluster.gateway.grpc_url.clone())
         .unwrap()
         .connect()
         .await
         .expect("gateway");
     let client = GatewayClient::new(channel);
-    let cpu_before_pipeline = cpu_snapshot(&cluster);
-    let pipeline = sign_ins(
-        "full sign-in pipeline",
+    let cpu_before_v1 = cpu_snapshot(&cluster, 0);
+    let v1 = sign_ins(
+        "pipeline, v1 (RSA) agent",
+        client.clone(),
+        Arc::clone(&users),
+        concurrency,
+        warmup,
+        duration,
+    )
+    .await;
+    let cpu_after_v1 = cpu_snapshot(&cluster, 0);
+
+    // The same pipeline with a version 2 (hybrid) agent in its place.
+    cluster.agents[0].process.kill();
+    cluster.wait_for_agents(|ids| ids.is_empty()).await;
+    cluster.add_agent().await;
+    let cpu_before_v2 = cpu_snapshot(&cluster, 1);
+    let v2 = sign_ins(
+        "pipeline, v2 (hybrid) agent",
         client,
         Arc::clone(&users),
         concurrency,
@@ -297,16 +423,16 @@ async fn main() {
         duration,
     )
     .await;
-    let cpu_after_pipeline = cpu_snapshot(&cluster);
+    let cpu_after_v2 = cpu_snapshot(&cluster, 1);
 
     // User enumeration by timing, on the now idle pipeline: 100 users × 2 wrong passwords
     // against 200 unknown users, interleaved at random, one at a time.
     let enumeration =
         passage_tests::timing::measure(&cluster.gateway_client(), &users[..USERS / 2]).await;
 
-    // Production trust: enrolled agent, mutual TLS agent → dispatcher and gateway →
+    // Production trust: enrolled (hybrid) agent, mutual TLS agent → dispatcher and gateway →
     // dispatcher, TLS client → gateway, SQLite store. The first cluster stops first, so both
-    // pipelines have the machine to themselves.
+    // deployments have the machine to themselves.
     drop(cluster);
     let mut secure = Cluster::start(ClusterOptions {
         agents: 0,
@@ -315,9 +441,9 @@ async fn main() {
     })
     .await;
     secure.enrol_agent().await;
-    let cpu_before_secure = cpu_snapshot(&secure);
+    let cpu_before_secure = cpu_snapshot(&secure, 0);
     let secure_pipeline = sign_ins(
-        "pipeline, TLS on every hop",
+        "v2, TLS on every hop",
         secure.gateway_client(),
         Arc::clone(&users),
         concurrency,
@@ -325,25 +451,48 @@ async fn main() {
         duration,
     )
     .await;
-    let cpu_after_secure = cpu_snapshot(&secure);
+    let cpu_after_secure = cpu_snapshot(&secure, 0);
 
     println!();
     baseline.print();
     print_cpu(&cpu_before_baseline, &cpu_after_baseline, &baseline);
-    pipeline.print();
-    print_cpu(&cpu_before_pipeline, &cpu_after_pipeline, &pipeline);
-    secure_pipeline.print();
-    print_cpu(&cpu_before_secure, &cpu_after_secure, &secure_pipeline);
-    for (name, report) in [("pipeline", &pipeline), ("TLS pipeline", &secure_pipeline)] {
+    for (report, before, after) in [
+        (&v1, &cpu_before_v1, &cpu_after_v1),
+        (&v2, &cpu_before_v2, &cpu_after_v2),
+        (&secure_pipeline, &cpu_before_secure, &cpu_after_secure),
+    ] {
+        report.print();
+        print_cpu(before, after, report);
+    }
+    for report in [&v1, &v2, &secure_pipeline] {
         println!(
-            "ratio {name} / direct LDAP: {:.3}  (p50 latency ratio {:.1}x)",
+            "ratio {} / direct LDAP: {:.3}  (p50 latency ratio {:.1}x)",
+            report.name,
             report.per_second() / baseline.per_second(),
             report.percentile(0.5).as_secs_f64() / baseline.percentile(0.5).as_secs_f64().max(1e-9)
         );
     }
+    let agent_cpu = |before: &[(&'static str, Duration)],
+                     after: &[(&'static str, Duration)],
+                     report: &Report| {
+        before
+            .iter()
+            .zip(after)
+            .find(|((name, _), _)| *name == "agent")
+            .map_or(0.0, |((_, b), (_, a))| {
+                (*a - *b).as_secs_f64() / report.all_ops.max(1) as f64
+            })
+    };
+    println!(
+        "v2 / v1: throughput {:.2}x, agent CPU per sign-in {:.2}x",
+        v2.per_second() / v1.per_second(),
+        agent_cpu(&cpu_before_v2, &cpu_after_v2, &v2)
+            / agent_cpu(&cpu_before_v1, &cpu_after_v1, &v1).max(1e-12)
+    );
     println!("user enumeration by timing: {}", enumeration.summary());
     assert_eq!(baseline.errors, 0, "direct LDAP errors");
-    assert_eq!(pipeline.errors, 0, "pipeline errors");
+    assert_eq!(v1.errors, 0, "v1 pipeline errors");
+    assert_eq!(v2.errors, 0, "v2 pipeline errors");
     assert_eq!(secure_pipeline.errors, 0, "TLS pipeline errors");
 }
 

@@ -78,3 +78,63 @@ async fn swapped_answers_get_no_token() {
     assert_not_authentic(for_alice);
     assert_not_authentic(for_bob);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_fleets_seal_each_agent_its_own_version_and_post_quantum_can_be_required() {
+    let mut cluster = Cluster::start(ClusterOptions {
+        agents: 0,
+        ..ClusterOptions::default()
+    })
+    .await;
+    // Agent 0 has no hybrid key (RSA only, version 1); agent 1 has one (version 2).
+    let config = cluster.agent_config(0);
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("post_quantum_sealing = false\n{text}")).unwrap();
+    let v1 = cluster.start_agent(0, true).await.agent_id.clone();
+    let v2 = cluster.add_agent().await.agent_id.clone();
+    let keys = cluster.offered_keys().await;
+    let hybrid = |id: &str| {
+        keys.iter()
+            .find(|k| k.agent_id == id)
+            .map(|k| !k.hybrid_public_key.is_empty())
+            .expect("offered")
+    };
+    assert!(!hybrid(&v1) && hybrid(&v2));
+
+    let served = |cluster: &Cluster, index: usize| {
+        cluster.agents[index]
+            .process
+            .log()
+            .matches("validation finished")
+            .count()
+    };
+    let alice = default_users().remove(0);
+    for _ in 0..20 {
+        cluster
+            .sign_in(&alice.upn, &alice.password)
+            .await
+            .expect("sign-in through either version");
+    }
+    assert!(served(&cluster, 0) > 0, "the RSA agent served nothing");
+    assert!(served(&cluster, 1) > 0, "the hybrid agent served nothing");
+
+    // Post-quantum required: only the hybrid agent is used, and the gateway names the other.
+    cluster
+        .restart_gateway(None, "require_post_quantum = true")
+        .await;
+    let before = (served(&cluster, 0), served(&cluster, 1));
+    for _ in 0..10 {
+        cluster
+            .sign_in(&alice.upn, &alice.password)
+            .await
+            .expect("sign-in through the hybrid agent");
+    }
+    assert_eq!(served(&cluster, 0), before.0, "the RSA agent was used");
+    assert_eq!(served(&cluster, 1), before.1 + 10);
+    let log = cluster.gateway.process.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("require_post_quantum") && l.contains(&v1)),
+        "{log}"
+    );
+}

@@ -43,7 +43,9 @@ async fn enrolled_agent_serves_sign_ins_over_mutual_tls() {
         let (ok, listing, stderr) = cluster.agent_cli(&["list"]);
         assert!(ok, "{stderr}");
         assert!(
-            listing.contains(&agent_id) && listing.contains(DOMAIN),
+            listing.contains(&agent_id)
+                && listing.contains(DOMAIN)
+                && listing.contains("v2 x25519-mlkem768"),
             "{listing}"
         );
         if listing.contains(" connected") && listing.contains("s ago") {
@@ -261,7 +263,7 @@ async fn no_password_is_stored_or_logged(postgres: bool) {
     assert_eq!(count(&spans, "passage-dispatcher", "dispatch"), 6);
     assert_eq!(count(&spans, "passage-agent", "authenticate"), 6);
     let mut places = vec![
-        ("store dump", store_dump),
+        ("store dump", store_dump.clone()),
         ("trace export", collector.dump()),
         ("gateway output", cluster.gateway.process.output()),
         ("dispatcher output", cluster.dispatcher.process.output()),
@@ -275,6 +277,30 @@ async fn no_password_is_stored_or_logged(postgres: bool) {
             },
             agent.process.output(),
         ));
+    }
+    // The dispatcher relays sealed answers: no DN, mail or group of the user reaches its log,
+    // its spans, or the store.
+    let dispatcher_spans = format!(
+        "{:?}",
+        spans
+            .iter()
+            .filter(|s| s.service == "passage-dispatcher")
+            .map(|s| &s.attributes)
+            .collect::<Vec<_>>()
+    );
+    for (place, text) in [
+        ("dispatcher output", cluster.dispatcher.process.output()),
+        ("dispatcher spans", dispatcher_spans),
+        ("store dump", store_dump.clone()),
+    ] {
+        for attribute in [
+            alice.dn(),
+            alice.mail.clone(),
+            alice.display_name.clone(),
+            "admins".into(),
+        ] {
+            assert!(!text.contains(&attribute), "{place} holds {attribute:?}");
+        }
     }
     let store_key = std::fs::read_to_string(cluster.store_key_file()).unwrap();
     for (place, text) in &places {

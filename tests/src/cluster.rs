@@ -405,17 +405,21 @@ impl Cluster {
     /// Replaces the gateway with one that calls `dispatcher_url` instead of the cluster's
     /// dispatcher (everything else configured the same), e.g. a dispatcher that lies.
     pub async fn restart_gateway_via(&mut self, dispatcher_url: &str) {
+        self.restart_gateway(Some(dispatcher_url), "").await;
+    }
+
+    /// Replaces the gateway with one configured the same but for `extra` lines, calling
+    /// `dispatcher_url` if given.
+    pub async fn restart_gateway(&mut self, dispatcher_url: Option<&str>, extra: &str) {
         let original =
             std::fs::read_to_string(self.dir.path().join("gateway.toml")).expect("gateway.toml");
-        let config: String = original
-            .lines()
-            .map(|line| {
-                if line.starts_with("dispatcher_url") {
-                    format!("dispatcher_url = \"{dispatcher_url}\"")
-                } else {
-                    line.to_owned()
+        let config: String = std::iter::once(extra.to_owned())
+            .chain(original.lines().map(|line| match dispatcher_url {
+                Some(url) if line.starts_with("dispatcher_url") => {
+                    format!("dispatcher_url = \"{url}\"")
                 }
-            })
+                _ => line.to_owned(),
+            }))
             .collect::<Vec<_>>()
             .join("\n");
         let path = self.dir.path().join("gateway-via.toml");
