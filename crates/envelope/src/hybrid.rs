@@ -280,6 +280,33 @@ mod tests {
         assert!(!format!("{key:?}").contains(&format!("{:?}", &key.private_bytes().expose()[..4])));
     }
 
+    /// aws-lc-rs's ML-KEM-768 against RustCrypto's, both ways: keys and ciphertexts made by
+    /// one are understood by the other, so the half we rely on is the standard's.
+    #[test]
+    fn ml_kem_interoperates_with_an_independent_implementation() {
+        use ml_kem::{
+            B32, Decapsulate, DecapsulationKey768, EncapsulationKey768, KeyExport, Seed, TryKeyInit,
+        };
+        // aws-lc-rs's key, RustCrypto encapsulates.
+        let ours = DecapsulationKey::generate(&ML_KEM_768).unwrap();
+        let ek = ours.encapsulation_key().unwrap().key_bytes().unwrap();
+        assert_eq!(ek.as_ref().len(), ML_KEM_PUBLIC_LEN);
+        let theirs_ek = EncapsulationKey768::new_from_slice(ek.as_ref()).unwrap();
+        let (ct, ss) = theirs_ek.encapsulate_deterministic(&B32::from([0x5a; 32]));
+        assert_eq!(ct.len(), ML_KEM_CIPHERTEXT_LEN);
+        let ss_ours = ours.decapsulate(Ciphertext::from(ct.as_slice())).unwrap();
+        assert_eq!(ss_ours.as_ref(), ss.as_slice());
+        // RustCrypto's key, aws-lc-rs encapsulates.
+        let theirs = DecapsulationKey768::from_seed(Seed::from([0x42; 64]));
+        let their_ek = theirs.encapsulation_key().to_bytes();
+        let (ct, ss) = EncapsulationKey::new(&ML_KEM_768, their_ek.as_slice())
+            .unwrap()
+            .encapsulate()
+            .unwrap();
+        let ss_theirs = theirs.decapsulate_slice(ct.as_ref()).unwrap();
+        assert_eq!(ss_theirs.as_slice(), ss.as_ref());
+    }
+
     #[test]
     fn the_combiner_depends_on_every_input() {
         let base = combine(&[1; 32], &[2; 32], &[3; 32], &[4; 32]);
