@@ -40,33 +40,71 @@ impl AgentState {
         Some(client_identity(cert_pem, &self.key))
     }
 
-    /// Replaces the key and certificate in `dir` after a renewal (the key file atomically,
-    /// created 0600).
+    /// Replaces the keys and certificate in `dir` after a renewal. Every file is staged
+    /// (`.new`, keys created 0600) and synced first; installing the RSA key is the point of no
+    /// return, and [`AgentState::load_or_create`] finishes or discards a renewal a crash
+    /// interrupted, so the keys and the certificate on disk always belong together.
     pub fn save_renewal(dir: &Path, key: &AgentKey, cert_pem: &str) -> Result<(), AgentError> {
         let fail = |what: &str, e: std::io::Error| {
             AgentError::State(format!("{what} in {}: {e}", dir.display()))
         };
-        let staged = dir.join(format!("{KEY_FILE}.new"));
-        let _ = std::fs::remove_file(&staged);
-        secret_file::write_new(&staged, key.pkcs8_der().expose())
+        let staged = |name: &str| dir.join(format!("{name}.new"));
+        for name in [KEY_FILE, HYBRID_KEY_FILE, CERT_FILE] {
+            let _ = std::fs::remove_file(staged(name));
+        }
+        secret_file::write_new(&staged(KEY_FILE), key.pkcs8_der().expose())
             .map_err(|e| fail("writing the new key", e))?;
-        let staged_hybrid = dir.join(format!("{HYBRID_KEY_FILE}.new"));
         if let Some(hybrid) = key.hybrid() {
-            let _ = std::fs::remove_file(&staged_hybrid);
-            secret_file::write_new(&staged_hybrid, hybrid.private_bytes().expose())
+            secret_file::write_new(&staged(HYBRID_KEY_FILE), hybrid.private_bytes().expose())
                 .map_err(|e| fail("writing the new sealing key", e))?;
         }
-        let staged_cert = dir.join(format!("{CERT_FILE}.new"));
-        std::fs::write(&staged_cert, cert_pem)
+        write_synced(&staged(CERT_FILE), cert_pem.as_bytes())
             .map_err(|e| fail("writing the new certificate", e))?;
-        std::fs::rename(&staged, dir.join(KEY_FILE))
+        sync_dir(dir).map_err(|e| fail("syncing", e))?;
+        std::fs::rename(staged(KEY_FILE), dir.join(KEY_FILE))
             .map_err(|e| fail("installing the new key", e))?;
-        if key.hybrid().is_some() {
+        Self::finish_renewal(dir)
+    }
+
+    /// Installs the staged sealing key (or, if the new certificate certifies none, removes the
+    /// old one: old private keys must not linger) and the staged certificate.
+    fn finish_renewal(dir: &Path) -> Result<(), AgentError> {
+        let fail = |what: &str, e: std::io::Error| {
+            AgentError::State(format!("{what} in {}: {e}", dir.display()))
+        };
+        let staged_hybrid = dir.join(format!("{HYBRID_KEY_FILE}.new"));
+        if staged_hybrid.exists() {
             std::fs::rename(&staged_hybrid, dir.join(HYBRID_KEY_FILE))
                 .map_err(|e| fail("installing the new sealing key", e))?;
+        } else {
+            match std::fs::remove_file(dir.join(HYBRID_KEY_FILE)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(fail("removing the old sealing key", e));
+                }
+                _ => {}
+            }
         }
-        std::fs::rename(&staged_cert, dir.join(CERT_FILE))
-            .map_err(|e| fail("installing the new certificate", e))
+        std::fs::rename(dir.join(format!("{CERT_FILE}.new")), dir.join(CERT_FILE))
+            .map_err(|e| fail("installing the new certificate", e))?;
+        sync_dir(dir).map_err(|e| fail("syncing", e))
+    }
+
+    /// Finishes a renewal a crash interrupted after its point of no return, or discards one
+    /// interrupted before it.
+    fn recover_interrupted_renewal(dir: &Path) -> Result<(), AgentError> {
+        let staged = |name: &str| dir.join(format!("{name}.new"));
+        if staged(KEY_FILE).exists() {
+            for name in [KEY_FILE, HYBRID_KEY_FILE, CERT_FILE] {
+                let _ = std::fs::remove_file(staged(name));
+            }
+            tracing::warn!(dir = %dir.display(), "discarded a renewal interrupted before it took effect");
+        } else if staged(CERT_FILE).exists() {
+            Self::finish_renewal(dir)?;
+            tracing::warn!(dir = %dir.display(), "finished a renewal a crash interrupted");
+        } else if staged(HYBRID_KEY_FILE).exists() {
+            let _ = std::fs::remove_file(staged(HYBRID_KEY_FILE));
+        }
+        Ok(())
     }
 
     /// Records the outcome of enrolment in `dir`: agent id, certificate, tenant CA.
@@ -84,6 +122,18 @@ impl AgentState {
         write(TENANT_CA_FILE, ca_pem)?;
         write(AGENT_ID_FILE, agent_id)
     }
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut file = std::fs::File::create(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+/// Makes renames in `dir` durable.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// The TLS client identity of `key` certified by `cert_pem`.
@@ -114,6 +164,7 @@ impl AgentState {
             AgentError::State(format!("{what} in {}: {err}", dir.display()))
         };
         std::fs::create_dir_all(dir).map_err(|e| state_err("creating", e))?;
+        Self::recover_interrupted_renewal(dir)?;
 
         let id_path = dir.join(AGENT_ID_FILE);
         let agent_id = match std::fs::read_to_string(&id_path) {
@@ -149,21 +200,22 @@ impl AgentState {
             tracing::info!(path = %key_path.display(), "generated a new agent key pair");
             key
         };
-        let key = if hybrid {
-            let path = dir.join(HYBRID_KEY_FILE);
-            let sealing = if path.exists() {
-                let bytes = secret_file::read(&path)
-                    .map_err(|e| state_err("reading sealing-key.bin", e))?;
-                HybridKey::from_bytes(bytes.expose())
-                    .map_err(|err| AgentError::State(format!("{}: {err}", path.display())))?
-            } else {
-                let sealing =
-                    HybridKey::generate().map_err(|err| AgentError::State(err.to_string()))?;
-                secret_file::write_new(&path, sealing.private_bytes().expose())
-                    .map_err(|e| state_err("writing sealing-key.bin", e))?;
-                tracing::info!(path = %path.display(), "generated a new hybrid sealing key pair");
-                sealing
-            };
+        // The sealing key is loaded whenever there is one (a certificate may certify it even
+        // after post_quantum_sealing was turned off: the next renewal drops it), and made
+        // when there is none and the agent should have one.
+        let hybrid_path = dir.join(HYBRID_KEY_FILE);
+        let key = if hybrid_path.exists() {
+            let bytes = secret_file::read(&hybrid_path)
+                .map_err(|e| state_err("reading sealing-key.bin", e))?;
+            let sealing = HybridKey::from_bytes(bytes.expose())
+                .map_err(|err| AgentError::State(format!("{}: {err}", hybrid_path.display())))?;
+            key.with_hybrid(sealing)
+        } else if hybrid {
+            let sealing =
+                HybridKey::generate().map_err(|err| AgentError::State(err.to_string()))?;
+            secret_file::write_new(&hybrid_path, sealing.private_bytes().expose())
+                .map_err(|e| state_err("writing sealing-key.bin", e))?;
+            tracing::info!(path = %hybrid_path.display(), "generated a new hybrid sealing key pair");
             key.with_hybrid(sealing)
         } else {
             key
@@ -199,6 +251,14 @@ impl AgentState {
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
             Err(err) => return Err(state_err("reading agent-cert.pem", err)),
         };
+        let certified_hybrid = certificate
+            .as_ref()
+            .is_some_and(|(_, c)| c.hybrid_public_key.is_some());
+        let key = if !hybrid && !certified_hybrid {
+            key.without_hybrid()
+        } else {
+            key
+        };
         Ok(Self {
             agent_id,
             key: Arc::new(key),
@@ -210,6 +270,104 @@ impl AgentState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn certificate_for(key: &AgentKey, agent_id: &str) -> String {
+        let ca = passage_pki::TenantCa::generate("default").unwrap();
+        let csr = passage_pki::agent_csr(
+            key.pkcs8_der().expose(),
+            agent_id,
+            key.hybrid().map(|h| h.public().as_bytes()),
+        )
+        .unwrap();
+        ca.issue_agent(
+            passage_pki::AgentCsr::parse(&csr).unwrap(),
+            &passage_pki::AgentIdentity {
+                tenant: "default".into(),
+                connector_group: "corp".into(),
+                agent_id: agent_id.into(),
+            },
+            std::time::Duration::from_secs(3600),
+        )
+        .unwrap()
+        .cert_pem
+    }
+
+    fn new_keys() -> AgentKey {
+        AgentKey::generate(RsaBits::Rsa2048)
+            .unwrap()
+            .with_hybrid(HybridKey::generate().unwrap())
+    }
+
+    #[test]
+    fn a_renewal_a_crash_interrupted_is_finished_or_discarded_never_half_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = AgentState::load_or_create(dir.path(), RsaBits::Rsa2048, true).unwrap();
+        let old_cert = certificate_for(&first.key, &first.agent_id);
+        std::fs::write(dir.path().join(CERT_FILE), &old_cert).unwrap();
+        let staged = |name: &str| dir.path().join(format!("{name}.new"));
+
+        // Crash before the point of no return: everything staged, nothing installed.
+        let renewed = new_keys();
+        let new_cert = certificate_for(&renewed, &first.agent_id);
+        secret_file::write_new(&staged(KEY_FILE), renewed.pkcs8_der().expose()).unwrap();
+        secret_file::write_new(
+            &staged(HYBRID_KEY_FILE),
+            renewed.hybrid().unwrap().private_bytes().expose(),
+        )
+        .unwrap();
+        std::fs::write(staged(CERT_FILE), &new_cert).unwrap();
+        let after = AgentState::load_or_create(dir.path(), RsaBits::Rsa2048, true).unwrap();
+        assert_eq!(after.key.public_key_der(), first.key.public_key_der());
+        assert_eq!(after.certificate.unwrap().0, old_cert);
+        for name in [KEY_FILE, HYBRID_KEY_FILE, CERT_FILE] {
+            assert!(!staged(name).exists(), "{name}.new left behind");
+        }
+
+        // Crash after it: the RSA key installed, the sealing key and certificate still staged.
+        secret_file::write_new(
+            &staged(HYBRID_KEY_FILE),
+            renewed.hybrid().unwrap().private_bytes().expose(),
+        )
+        .unwrap();
+        std::fs::write(staged(CERT_FILE), &new_cert).unwrap();
+        std::fs::remove_file(dir.path().join(KEY_FILE)).unwrap();
+        secret_file::write_new(&dir.path().join(KEY_FILE), renewed.pkcs8_der().expose()).unwrap();
+        let after = AgentState::load_or_create(dir.path(), RsaBits::Rsa2048, true).unwrap();
+        assert_eq!(after.key.public_key_der(), renewed.public_key_der());
+        assert_eq!(
+            after.key.hybrid().unwrap().public().as_bytes(),
+            renewed.hybrid().unwrap().public().as_bytes()
+        );
+        assert_eq!(after.certificate.unwrap().0, new_cert);
+
+        // A whole renewal to a certificate without a sealing key removes the old one.
+        let rsa_only = AgentKey::generate(RsaBits::Rsa2048).unwrap();
+        AgentState::save_renewal(
+            dir.path(),
+            &rsa_only,
+            &certificate_for(&rsa_only, &first.agent_id),
+        )
+        .unwrap();
+        assert!(!dir.path().join(HYBRID_KEY_FILE).exists());
+    }
+
+    #[test]
+    fn turning_post_quantum_sealing_off_keeps_a_certified_sealing_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = AgentState::load_or_create(dir.path(), RsaBits::Rsa2048, true).unwrap();
+        std::fs::write(
+            dir.path().join(CERT_FILE),
+            certificate_for(&state.key, &state.agent_id),
+        )
+        .unwrap();
+        let off = AgentState::load_or_create(dir.path(), RsaBits::Rsa2048, false).unwrap();
+        assert!(off.key.hybrid().is_some(), "the certificate certifies it");
+        // Without a certificate that certifies one, off means off.
+        let plain = tempfile::tempdir().unwrap();
+        AgentState::load_or_create(plain.path(), RsaBits::Rsa2048, true).unwrap();
+        let off = AgentState::load_or_create(plain.path(), RsaBits::Rsa2048, false).unwrap();
+        assert!(off.key.hybrid().is_none());
+    }
 
     #[test]
     fn state_is_created_once_with_a_private_key_file() {

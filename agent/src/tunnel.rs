@@ -267,11 +267,26 @@ async fn renew(link: &Link) -> Result<i64, String> {
     }
     let der = pem_to_der(&response.certificate_pem).ok_or("the new certificate is not PEM")?;
     let certified = CertifiedAgent::parse(&der).map_err(|e| e.to_string())?;
-    if certified.public_key_der != key.public_key_der()
-        || certified.hybrid_public_key.as_deref() != key.hybrid().map(|h| h.public().as_bytes())
-    {
-        return Err("the new certificate does not certify the new keys".into());
+    if certified.public_key_der != key.public_key_der() {
+        return Err("the new certificate does not certify the new key".into());
     }
+    let key = match (&certified.hybrid_public_key, key.hybrid()) {
+        (Some(certified_hybrid), Some(hybrid))
+            if certified_hybrid.as_slice() == hybrid.public().as_bytes() =>
+        {
+            key
+        }
+        (None, None) => key,
+        // A dispatcher that does not certify hybrid keys (an older one, during an upgrade):
+        // keep the renewal, seal with version 1 until a later renewal certifies one.
+        (None, Some(_)) => {
+            tracing::warn!(
+                "the renewed certificate certifies no sealing key; version 1 (RSA) until the next renewal"
+            );
+            key.without_hybrid()
+        }
+        _ => return Err("the new certificate certifies another sealing key".into()),
+    };
     AgentState::save_renewal(&link.config.state_dir, &key, &response.certificate_pem)
         .map_err(|e| e.to_string())?;
     let key = Arc::new(key);

@@ -9,9 +9,18 @@ use passage_tests::{
     slapd::default_users,
 };
 
+/// A production deployment (enrolled agent, TLS on every hop, store) whose gateway calls a
+/// lying dispatcher in front of the real one.
 async fn cluster_behind(lie: Lie) -> (Cluster, ForgingDispatcher) {
-    let mut cluster = Cluster::start(ClusterOptions::default()).await;
-    let liar = ForgingDispatcher::start(&cluster.dispatcher.api_url, lie).await;
+    let mut cluster = Cluster::start(ClusterOptions {
+        agents: 0,
+        enrolment: true,
+        ..ClusterOptions::default()
+    })
+    .await;
+    cluster.enrol_agent().await;
+    let liar =
+        ForgingDispatcher::start(&cluster.dispatcher.api_url, lie, Some(cluster.liar_tls())).await;
     cluster.restart_gateway_via(&liar.url).await;
     (cluster, liar)
 }
@@ -137,4 +146,33 @@ async fn mixed_fleets_seal_each_agent_its_own_version_and_post_quantum_can_be_re
             .any(|l| l.contains("require_post_quantum") && l.contains(&v1)),
         "{log}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dispatcher_cannot_downgrade_or_replace_the_sealing_keys() {
+    let alice = default_users().remove(0);
+    for lie in [Lie::StripHybrid, Lie::SubstituteKeys] {
+        let (cluster, liar) = cluster_behind(lie).await;
+        // The offered keys do not match the certificates: nothing is sealed to them, so the
+        // password never leaves the gateway.
+        let status = cluster
+            .sign_in(&alice.upn, &alice.password)
+            .await
+            .expect_err("no trusted key offered");
+        assert_eq!(
+            ErrorCode::of(&status),
+            Some(ErrorCode::NoAgentAvailable),
+            "{lie:?}: {status:?}"
+        );
+        assert_eq!(
+            liar.validations(),
+            0,
+            "{lie:?}: a password was sealed and sent"
+        );
+        let log = cluster.gateway.process.log();
+        assert!(
+            log.contains("not sealing to an untrusted agent key"),
+            "{lie:?}: {log}"
+        );
+    }
 }

@@ -63,7 +63,9 @@ async fn offered_keys(cluster: &Cluster) -> Vec<Vec<u8>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_of_an_agent_taken_before_a_renewal_is_refused_and_revocation_refuses_everything() {
     let mut cluster = Cluster::start(ClusterOptions {
-        certificate_lifetime_s: Some(6),
+        // Long enough that the copies' certificates are still valid when they start (an
+        // expired one is refused by the agent itself), short enough to renew within seconds.
+        certificate_lifetime_s: Some(9),
         certificate_switchover_s: Some(1),
         ..secure()
     })
@@ -87,6 +89,9 @@ async fn a_copy_of_an_agent_taken_before_a_renewal_is_refused_and_revocation_ref
         std::fs::read(cluster.agent_state_dir(0).join("agent-cert.pem")).unwrap(),
         stolen_cert
     );
+    // A second thief copies the state now: the renewed, current key and certificate.
+    let current_copy = cluster.dir().join("stolen-after-renewal");
+    copy_dir(&cluster.agent_state_dir(0), &current_copy);
     let alice = default_users().remove(0);
     cluster
         .sign_in(&alice.upn, &alice.password)
@@ -145,8 +150,9 @@ async fn a_copy_of_an_agent_taken_before_a_renewal_is_refused_and_revocation_ref
     assert_eq!(ErrorCode::of(&err), Some(ErrorCode::NoAgentAvailable));
     assert!(offered_keys(&cluster).await.is_empty());
 
-    // A second copy, started now, is refused as revoked.
-    copy_dir(&copy, &cluster.agent_state_dir(2));
+    // The copy of the current certificate, started now, is refused as revoked: revocation
+    // refuses every certificate the agent had, not only the old ones.
+    copy_dir(&current_copy, &cluster.agent_state_dir(2));
     cluster.agent_config(2);
     cluster.start_agent(2, false).await;
     until(Duration::from_secs(15), "the second copy's refusal", || {
@@ -156,6 +162,7 @@ async fn a_copy_of_an_agent_taken_before_a_renewal_is_refused_and_revocation_ref
             .contains("retrying will not change that")
     })
     .await;
+    assert!(cluster.agents[2].process.log().contains("has been revoked"));
     assert!(offered_keys(&cluster).await.is_empty());
     // Each refused agent said it once: it waits (600 s here) instead of reconnecting in a loop.
     for agent in &cluster.agents {

@@ -449,6 +449,17 @@ impl Cluster {
             GatewayClient::new(channel(&self.gateway.grpc_url, tls.as_ref()).await);
     }
 
+    /// TLS material for a lying dispatcher in front of this enrolment cluster's: the
+    /// dispatcher's own server certificate, the gateway's client certificate.
+    pub fn liar_tls(&self) -> crate::forging::LiarTls {
+        let read = |name: &str| std::fs::read(self.dir.path().join(name)).expect("TLS material");
+        crate::forging::LiarTls {
+            ca: read(SERVICES_CA_FILE),
+            server: (read("dispatcher.pem"), read("dispatcher-key.pem")),
+            client: (read("gateway-client.pem"), read("gateway-client-key.pem")),
+        }
+    }
+
     /// The key-encryption key file of an enrolment cluster's store.
     pub fn store_key_file(&self) -> String {
         self.dir.path().join(STORE_KEY_FILE).display().to_string()

@@ -2,7 +2,13 @@
 //! sets through, and tampers with answers — forging a success, replaying an earlier sign-in's
 //! answer, or swapping the answers of two concurrent sign-ins. The gateway must catch each.
 
-use std::{sync::Mutex, time::Duration};
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use passage_proto::v1::{
     DirectoryUser, ListAgentKeysRequest, ListAgentKeysResponse, ValidateRequest, ValidateResponse,
@@ -11,7 +17,10 @@ use passage_proto::v1::{
     dispatcher_server::{Dispatcher, DispatcherServer},
 };
 use tokio::sync::oneshot;
-use tonic::{Request, Response, Status, transport::Channel};
+use tonic::{
+    Request, Response, Status,
+    transport::{Certificate, Channel, ClientTlsConfig, Identity, ServerTlsConfig},
+};
 
 /// How the dispatcher lies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,11 +31,16 @@ pub enum Lie {
     ReplayFirst,
     /// Relays answers in pairs, each to the other's sign-in.
     SwapPairs,
+    /// Offers the agents' keys without their hybrid sealing key, to get version 1 envelopes.
+    StripHybrid,
+    /// Offers keys of its own in place of the agents' (certificates unchanged).
+    SubstituteKeys,
 }
 
 struct Liar {
     real: DispatcherClient<Channel>,
     lie: Lie,
+    validations: Arc<AtomicUsize>,
     first: Mutex<Option<ValidateResponse>>,
     waiting: Mutex<Option<(ValidateResponse, oneshot::Sender<ValidateResponse>)>>,
 }
@@ -38,6 +52,7 @@ impl Dispatcher for Liar {
         request: Request<ValidateRequest>,
     ) -> Result<Response<ValidateResponse>, Status> {
         let request = request.into_inner();
+        self.validations.fetch_add(1, Ordering::Relaxed);
         let first_candidate = request
             .candidates
             .first()
@@ -64,6 +79,7 @@ impl Dispatcher for Liar {
         let truthful = self.real.clone().validate(request).await?.into_inner();
         match self.lie {
             Lie::ForgeSuccess => unreachable!("answered above"),
+            Lie::StripHybrid | Lie::SubstituteKeys => Ok(Response::new(truthful)),
             Lie::ReplayFirst => {
                 let mut first = self.first.lock().unwrap_or_else(|p| p.into_inner());
                 match first.as_ref() {
@@ -108,48 +124,107 @@ impl Dispatcher for Liar {
         &self,
         request: Request<ListAgentKeysRequest>,
     ) -> Result<Response<ListAgentKeysResponse>, Status> {
-        self.real
+        let mut keys = self
+            .real
             .clone()
             .list_agent_keys(request.into_inner())
-            .await
+            .await?
+            .into_inner();
+        for key in &mut keys.keys {
+            match self.lie {
+                Lie::StripHybrid => key.hybrid_public_key.clear(),
+                Lie::SubstituteKeys => {
+                    let own =
+                        passage_envelope::AgentKey::generate(passage_envelope::RsaBits::Rsa2048)
+                            .expect("RSA key")
+                            .with_hybrid(
+                                passage_envelope::HybridKey::generate().expect("hybrid key"),
+                            );
+                    key.public_key_der = own.public_key_der().to_vec();
+                    key.hybrid_public_key = own
+                        .hybrid()
+                        .map(|h| h.public().as_bytes().to_vec())
+                        .unwrap_or_default();
+                }
+                _ => {}
+            }
+        }
+        Ok(Response::new(keys))
     }
 }
 
-/// A lying dispatcher on 127.0.0.1, in front of the real one at `real_url` (plaintext).
+/// TLS for a lying dispatcher in production trust: it serves with the dispatcher's own server
+/// certificate and calls the real one with a gateway's client certificate (all PEM).
+pub struct LiarTls {
+    /// The services CA.
+    pub ca: Vec<u8>,
+    /// Server certificate and key it presents to the gateway.
+    pub server: (Vec<u8>, Vec<u8>),
+    /// Client certificate and key it presents to the real dispatcher.
+    pub client: (Vec<u8>, Vec<u8>),
+}
+
+/// A lying dispatcher on 127.0.0.1, in front of the real one at `real_url`.
 pub struct ForgingDispatcher {
-    /// Where gateways reach it (`http://`).
+    /// Where gateways reach it.
     pub url: String,
+    validations: Arc<AtomicUsize>,
     _stop: oneshot::Sender<()>,
 }
 
 impl ForgingDispatcher {
-    /// Starts it.
-    pub async fn start(real_url: &str, lie: Lie) -> Self {
-        let real = DispatcherClient::new(
-            Channel::from_shared(real_url.to_owned())
-                .expect("dispatcher URL")
-                .connect_lazy(),
-        );
+    /// Starts it, plaintext or (with `tls`) as a production dispatcher would be reached.
+    pub async fn start(real_url: &str, lie: Lie, tls: Option<LiarTls>) -> Self {
+        let mut endpoint = Channel::from_shared(real_url.to_owned()).expect("dispatcher URL");
+        let mut server = tonic::transport::Server::builder();
+        if let Some(tls) = &tls {
+            endpoint = endpoint
+                .tls_config(
+                    ClientTlsConfig::new()
+                        .ca_certificate(Certificate::from_pem(&tls.ca))
+                        .identity(Identity::from_pem(&tls.client.0, &tls.client.1)),
+                )
+                .expect("client TLS");
+            server = server
+                .tls_config(
+                    ServerTlsConfig::new()
+                        .identity(Identity::from_pem(&tls.server.0, &tls.server.1)),
+                )
+                .expect("server TLS");
+        }
+        let real = DispatcherClient::new(endpoint.connect_lazy());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("address"));
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://{}", listener.local_addr().expect("address"));
         let (stop, stopped) = oneshot::channel::<()>();
+        let validations = Arc::new(AtomicUsize::new(0));
         let liar = Liar {
             real,
             lie,
+            validations: Arc::clone(&validations),
             first: Mutex::new(None),
             waiting: Mutex::new(None),
         };
         tokio::spawn(async move {
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-            let _ = tonic::transport::Server::builder()
+            let _ = server
                 .add_service(DispatcherServer::new(liar))
                 .serve_with_incoming_shutdown(incoming, async {
                     let _ = stopped.await;
                 })
                 .await;
         });
-        Self { url, _stop: stop }
+        Self {
+            url,
+            validations,
+            _stop: stop,
+        }
+    }
+
+    /// How many validations gateways asked it for.
+    pub fn validations(&self) -> usize {
+        self.validations.load(Ordering::Relaxed)
     }
 }

@@ -187,7 +187,9 @@ impl HybridKey {
         private.extend_from_slice(seed.as_ref());
         private.extend_from_slice(dk.as_ref());
         private.extend_from_slice(ek.as_ref());
-        Self::from_bytes(&private).inspect(|_| private.zeroize())
+        let key = Self::from_bytes(&private);
+        private.zeroize();
+        key
     }
 
     /// Loads a key pair from what [`HybridKey::private_bytes`] gave.
@@ -197,6 +199,12 @@ impl HybridKey {
         }
         let (seed, rest) = bytes.split_at(X25519_LEN);
         let (dk, ek) = rest.split_at(ML_KEM_PRIVATE_LEN);
+        // FIPS 203 keeps the encapsulation key inside the decapsulation key (after the 1152
+        // bytes of dk_PKE): a stored copy that differs would get a key certified that this
+        // agent cannot open.
+        if dk.get(1152..1152 + ML_KEM_PUBLIC_LEN) != Some(ek) {
+            return Err(EnvelopeError::BadPrivateKey);
+        }
         let x25519 = PrivateKey::from_private_key(&X25519, seed)
             .map_err(|_| EnvelopeError::BadPrivateKey)?;
         let ml_kem =
@@ -277,7 +285,7 @@ mod tests {
         };
         let answer_sealed = sealed.answer_key.seal(&binding, b"verdict").unwrap();
         assert_eq!(answer.open(&binding, &answer_sealed).unwrap(), b"verdict");
-        assert!(!format!("{key:?}").contains(&format!("{:?}", &key.private_bytes().expose()[..4])));
+        assert_eq!(format!("{key:?}"), "HybridKey([redacted])");
     }
 
     /// aws-lc-rs's ML-KEM-768 against RustCrypto's, both ways: keys and ciphertexts made by
@@ -305,6 +313,107 @@ mod tests {
             .unwrap();
         let ss_theirs = theirs.decapsulate_slice(ct.as_ref()).unwrap();
         assert_eq!(ss_theirs.as_slice(), ss.as_ref());
+    }
+
+    fn unhex(s: &str) -> Vec<u8> {
+        assert_eq!(s.len() % 2, 0, "odd-length hex");
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    fn sha256_hex(data: &[u8]) -> String {
+        digest::digest(&digest::SHA256, data)
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// X-Wing's first test vector (draft-connolly-cfrg-xwing-kem, appendix "Test vectors",
+    /// = spec/test-vectors.txt). The key and ciphertext are rebuilt from the draft's seeds with
+    /// RustCrypto's ML-KEM-768 and aws-lc-rs's X25519; then our combiner, and our own
+    /// decapsulation of the draft's ciphertext, must give the draft's shared secret.
+    #[test]
+    #[allow(deprecated)] // ExpandedKeyEncoding: aws-lc-rs loads only the expanded ML-KEM key
+    fn the_combiner_matches_the_x_wing_test_vector() {
+        use ml_kem::{B32, DecapsulationKey768, ExpandedKeyEncoding, KeyExport, Seed};
+        use shake::{ExtendableOutput, Shake256};
+
+        const SEED: &str = "7f9c2ba4e88f827d616045507605853ed73b8093f6efbc88eb1a6eacfa66ef26";
+        const ESEED: &str = "3cb1eea988004b93103cfb0aeefd2a686e01fa4a58e8a3639ca8a1e3f9ae57e2\
+                             35b8cc873c23dc62b8d260169afa2f75ab916a58d974918835d25e6a435085b2";
+        const SS: &str = "d2df0522128f09dd8e2c92b1e905c793d8f57a54c3da25861f10bf4ca613e384";
+        // Parts of the vector's pk (1216 bytes) and ct (1120 bytes), and intermediates
+        // recomputed with the draft's reference code (spec/xwing.py).
+        const PK_X: &str = "859edb06eff389b27dce59844570216223593d4ba32d9abac8cd049040ef6534";
+        const CT_X: &str = "e56f17576740ce2a32fc5145030145cfb97e63e0e41d354274a079d3e6fb2e15";
+        const PK_SHA256: &str = "2e816deebcd76c5c80d0cd2d174478871658e8e2ff42bc9d4a6e486372e856bb";
+        const CT_SHA256: &str = "17cd532d657e44c897ca6583e548a5424fc70bf54f99515a4d2bcf99e3469f33";
+        const SS_M: &str = "7631eaf24bcc7ba2d1656d8f53778f8caa5f1ce33180e8ab405b9247eab76dfc";
+        const SS_X: &str = "1e53cb26910141b4a09b0664deb8ec55376bcdbdfe2bfc8277883939a76d6131";
+
+        let seed = unhex(SEED);
+        let eseed = unhex(ESEED);
+        assert_eq!((seed.len(), eseed.len()), (32, 64));
+
+        // Key generation: SHAKE256(seed, 96 bytes) = d | z | sk_X;
+        // (pk_M, sk_M) = ML-KEM-768.KeyGen_internal(d, z); pk_X = X25519(sk_X, 9).
+        let mut expanded = [0u8; 96];
+        Shake256::digest_xof(&seed, &mut expanded);
+        let mut d_z = [0u8; 64];
+        d_z.copy_from_slice(&expanded[..64]);
+        let dk_m = DecapsulationKey768::from_seed(Seed::from(d_z));
+        let ek_m = dk_m.encapsulation_key();
+        let pk_m = ek_m.to_bytes();
+        let sk_x = &expanded[64..];
+        let pk_x = PrivateKey::from_private_key(&X25519, sk_x)
+            .unwrap()
+            .compute_public_key()
+            .unwrap();
+        assert_eq!(pk_x.as_ref(), unhex(PK_X).as_slice(), "pk_X");
+        let mut pk = pk_m.as_slice().to_vec();
+        pk.extend_from_slice(pk_x.as_ref());
+        assert_eq!(pk.len(), PUBLIC_LEN);
+        assert_eq!(sha256_hex(&pk), PK_SHA256, "pk");
+
+        // Derandomized encapsulation: eseed = m (ML-KEM) | ek_X (X25519 ephemeral scalar).
+        let mut m = [0u8; 32];
+        m.copy_from_slice(&eseed[..32]);
+        let (ct_m, ss_m) = ek_m.encapsulate_deterministic(&B32::from(m));
+        let ek_x = PrivateKey::from_private_key(&X25519, &eseed[32..]).unwrap();
+        let ct_x = ek_x.compute_public_key().unwrap();
+        let ss_x = agreement::agree(
+            &ek_x,
+            UnparsedPublicKey::new(&X25519, pk_x.as_ref()),
+            Unspecified,
+            x25519_shared,
+        )
+        .unwrap();
+        assert_eq!(ss_m.as_slice(), unhex(SS_M).as_slice(), "ss_M");
+        assert_eq!(ss_x.as_slice(), unhex(SS_X).as_slice(), "ss_X");
+        assert_eq!(ct_x.as_ref(), unhex(CT_X).as_slice(), "ct_X");
+        let mut ct = ct_m.as_slice().to_vec();
+        ct.extend_from_slice(ct_x.as_ref());
+        assert_eq!(ct.len(), ML_KEM_CIPHERTEXT_LEN + X25519_LEN);
+        assert_eq!(sha256_hex(&ct), CT_SHA256, "ct");
+
+        // The combiner.
+        let ss = combine(ss_m.as_slice(), &ss_x, ct_x.as_ref(), pk_x.as_ref());
+        assert_eq!(ss.as_slice(), unhex(SS).as_slice(), "ss");
+
+        // Our decapsulation, with the same key in our storage form
+        // (X25519 scalar | expanded ML-KEM-768 dk | pk_M), opens the vector's ciphertext.
+        let mut private = sk_x.to_vec();
+        private.extend_from_slice(dk_m.to_expanded_bytes().as_slice());
+        private.extend_from_slice(pk_m.as_slice());
+        let key = HybridKey::from_bytes(&private).unwrap();
+        assert_eq!(key.public().as_bytes(), pk.as_slice());
+        let (content, _) = key.decapsulate(&ct).unwrap();
+        let mut expected = [0u8; 32];
+        expected.copy_from_slice(&unhex(SS));
+        assert_eq!(content, keys_from(expected).0);
     }
 
     #[test]
@@ -338,6 +447,11 @@ mod tests {
         assert!(HybridPublicKey::from_bytes(&[0; PUBLIC_LEN - 1]).is_err());
         assert!(HybridKey::from_bytes(&[0; 10]).is_err());
         let key = HybridKey::generate().unwrap();
+        // A stored encapsulation key that is not the decapsulation key's own is refused.
+        let mut stored = key.private_bytes().expose().to_vec();
+        let last = stored.len() - 1;
+        stored[last] ^= 1;
+        assert!(HybridKey::from_bytes(&stored).is_err());
         assert!(key.decapsulate(&[0; 10]).is_err());
         // A well-sized but wrong ciphertext decapsulates (ML-KEM's implicit rejection) to
         // keys that match nothing the sealer has.

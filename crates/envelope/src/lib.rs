@@ -316,6 +316,12 @@ impl AgentKey {
         self
     }
 
+    /// These keys without the hybrid key pair (version 1 only).
+    pub fn without_hybrid(mut self) -> Self {
+        self.hybrid = None;
+        self
+    }
+
     /// The hybrid key pair, if the agent has one.
     pub fn hybrid(&self) -> Option<&HybridKey> {
         self.hybrid.as_ref()
