@@ -13,6 +13,7 @@
 mod agents;
 mod demo;
 mod pki;
+mod signins;
 mod store;
 mod tenants;
 
@@ -68,6 +69,13 @@ enum Command {
         store: store::StoreArgs,
         #[command(subcommand)]
         command: tenants::TenantCommand,
+    },
+    /// The sign-in log: every attempt, newest first (reads the store directly).
+    Signins {
+        #[command(flatten)]
+        store: store::StoreArgs,
+        #[command(flatten)]
+        filter: signins::SigninsArgs,
     },
     /// The store's key-encryption key.
     Store {
@@ -127,6 +135,13 @@ async fn main() -> ExitCode {
             }
         }
         Command::Store { command } => store::run(command),
+        Command::Signins { store, filter } => {
+            passage_telemetry::init_logging("warn");
+            match store.open().await {
+                Ok(store) => signins::run(&store, filter).await,
+                Err(err) => Err(err),
+            }
+        }
         Command::Pki { command } => {
             passage_telemetry::init_logging("warn");
             pki::run(command)

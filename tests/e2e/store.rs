@@ -455,6 +455,171 @@ async fn store_contract(store: &Store) {
     );
 }
 
+/// Lockout counters, familiar networks and the sign-in log, on both backends; concurrent
+/// failures from several replicas are all counted, and one lockout results.
+async fn lockout_and_signin_log(store: &Store) {
+    let now = 1_950_000_000;
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..12 {
+        let store = store.clone();
+        tasks.spawn(async move {
+            store
+                .count_failure("t", "carol@x", "unfamiliar", now + n % 3, 600)
+                .await
+                .unwrap()
+        });
+    }
+    let mut seen = Vec::new();
+    while let Some(counter) = tasks.join_next().await {
+        seen.push(counter.unwrap().failures);
+    }
+    seen.sort_unstable();
+    assert_eq!(
+        seen,
+        (1..=12).collect::<Vec<_>>(),
+        "every failure counted once"
+    );
+    let (a, b) = tokio::join!(
+        store.lock_out("t", "carol@x", "unfamiliar", 10, now + 60),
+        store.lock_out("t", "carol@x", "unfamiliar", 10, now + 60),
+    );
+    assert_eq!(
+        [a.unwrap(), b.unwrap()]
+            .iter()
+            .filter(|l| l.is_some())
+            .count(),
+        1,
+        "one lockout"
+    );
+    let counter = store
+        .lockout_counter("t", "carol@x", "unfamiliar")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (counter.failures, counter.locked_until, counter.lockouts),
+        (0, now + 60, 1)
+    );
+    // A new window starts the count again.
+    assert_eq!(
+        store
+            .count_failure("t", "carol@x", "unfamiliar", now + 601, 600)
+            .await
+            .unwrap()
+            .failures,
+        1
+    );
+    store.reset_failures("t", "carol@x").await.unwrap();
+    let counter = store
+        .lockout_counter("t", "carol@x", "unfamiliar")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((counter.failures, counter.lockouts), (0, 0));
+    assert_eq!(
+        counter.locked_until,
+        now + 60,
+        "a success elsewhere keeps the lock"
+    );
+
+    // Familiar networks: bounded, most recent kept, expiring.
+    for n in 0..5 {
+        store
+            .remember_network("t", "carol@x", &format!("10.0.{n}.0/24"), now + n, 3)
+            .await
+            .unwrap();
+    }
+    assert!(
+        !store
+            .is_familiar("t", "carol@x", "10.0.0.0/24", 0)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .is_familiar("t", "carol@x", "10.0.4.0/24", 0)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .is_familiar("t", "carol@x", "10.0.4.0/24", now + 5)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .is_familiar("t", "dave@x", "10.0.4.0/24", 0)
+            .await
+            .unwrap()
+    );
+
+    // The sign-in log.
+    for n in 0..4 {
+        store
+            .log_signin(&passage_store::SigninEntry {
+                at: now + n,
+                tenant: "t".into(),
+                username: if n == 3 {
+                    "Dave@X".into()
+                } else {
+                    "carol@x".into()
+                },
+                outcome: if n == 0 {
+                    "success".into()
+                } else {
+                    "failure".into()
+                },
+                error_code: if n == 0 {
+                    String::new()
+                } else {
+                    "PSG50126".into()
+                },
+                client_id: "app".into(),
+                familiar_location: n == 0,
+                lockout: "counted".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let all = store
+        .signins(&passage_store::SigninFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        all.iter().map(|e| e.at).collect::<Vec<_>>(),
+        vec![now + 3, now + 2, now + 1, now]
+    );
+    assert!(all[3].familiar_location && !all[2].familiar_location);
+    let dave = store
+        .signins(&passage_store::SigninFilter {
+            username: Some("dave@x".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(dave.len(), 1);
+    let failures = store
+        .signins(&passage_store::SigninFilter {
+            outcome: Some("failure".into()),
+            since: Some(now + 2),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(failures.len(), 2);
+    assert_eq!(store.prune_signins(now + 2).await.unwrap(), 2);
+    assert_eq!(
+        store
+            .signins(&passage_store::SigninFilter::default())
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+}
+
 /// Renewals racing revocations, many times: whatever the interleaving, the agent ends revoked,
 /// and no certificate of it stands.
 async fn renewal_never_resurrects_a_revoked_agent(store: &Store) {
@@ -563,6 +728,7 @@ async fn sqlite_store_passes_the_contract_and_survives_reopening() {
     assert_eq!(store.backend(), Backend::Sqlite);
     store_contract(&store).await;
     renewal_never_resurrects_a_revoked_agent(&store).await;
+    lockout_and_signin_log(&store).await;
     drop(store);
     // The file holds no private key in the clear.
     let mut bytes = Vec::new();
@@ -613,6 +779,8 @@ async fn postgres_store_passes_the_contract_and_two_replicas_share_it() {
     assert_eq!(first.backend(), Backend::Postgres);
     store_contract(&first).await;
     renewal_never_resurrects_a_revoked_agent(&first).await;
+    // Two replicas count together.
+    lockout_and_signin_log(&second).await;
     // What one replica wrote, the other reads.
     assert!(
         second

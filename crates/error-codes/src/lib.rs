@@ -57,6 +57,8 @@ error_codes! {
     AccountLocked = "PSG50053", PermissionDenied;
     /// The account is disabled in the directory.
     AccountDisabled = "PSG50057", PermissionDenied;
+    /// Smart lockout: too many failed sign-ins; refused without asking the directory.
+    SmartLockout = "PSG50059", PermissionDenied;
     /// The account has expired in the directory.
     AccountExpired = "PSG50054", PermissionDenied;
     /// The password has expired; it must be changed on-premises.
@@ -103,6 +105,9 @@ impl ErrorCode {
                 "the account is locked; try again later or contact your administrator"
             }
             ErrorCode::AccountDisabled => "the account is disabled",
+            ErrorCode::SmartLockout => {
+                "too many failed sign-ins; the account is temporarily locked here, try again later"
+            }
             ErrorCode::AccountExpired => "the account has expired",
             ErrorCode::PasswordExpired => {
                 "the password has expired; your organisation does not allow changing it here — change it on the corporate network"

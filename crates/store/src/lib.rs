@@ -145,7 +145,7 @@ pub struct AgentRecord {
 
 /// The schema, version by version; a released migration never changes.
 fn migrations(backend: Backend) -> Vec<Migration> {
-    let files: [(i64, &str, &'static str, &'static str); 3] = [
+    let files: [(i64, &str, &'static str, &'static str); 4] = [
         (
             1,
             "tenants, agents, enrolment",
@@ -163,6 +163,12 @@ fn migrations(backend: Backend) -> Vec<Migration> {
             "certificate history, final revocation",
             include_str!("../migrations/sqlite/0003_certificate_history.sql"),
             include_str!("../migrations/postgres/0003_certificate_history.sql"),
+        ),
+        (
+            4,
+            "smart lockout, familiar networks, sign-in log",
+            include_str!("../migrations/sqlite/0004_lockout_signin_log.sql"),
+            include_str!("../migrations/postgres/0004_lockout_signin_log.sql"),
         ),
     ];
     files
@@ -275,6 +281,70 @@ pub enum KeyProtection {
     Encrypted(KeyEncryptionKey),
     /// Stored as they are (development only: a dump of the store holds the keys).
     Plaintext,
+}
+
+/// One user's lockout counter in one location scope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LockoutCounter {
+    /// Failures counted in the current window.
+    pub failures: i64,
+    /// When the current window started, Unix seconds.
+    pub window_started_at: i64,
+    /// Locked until, Unix seconds (0: never locked).
+    pub locked_until: i64,
+    /// Lockouts since the last success (each lasts longer).
+    pub lockouts: i64,
+}
+
+/// One sign-in attempt, as the sign-in log keeps it. Never a password, a hash of one, or a
+/// code.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SigninEntry {
+    /// When, Unix seconds.
+    pub at: i64,
+    /// Tenant.
+    pub tenant: String,
+    /// The username as typed (normalised to NFC).
+    pub username: String,
+    /// The directory's UPN, when the directory answered with one.
+    pub upn: String,
+    /// The application.
+    pub client_id: String,
+    /// The client IP the application reported (empty if none).
+    pub client_ip: String,
+    /// Whether the client's network was familiar for the user.
+    pub familiar_location: bool,
+    /// `success` or `failure`.
+    pub outcome: String,
+    /// The Passage error code, empty on success.
+    pub error_code: String,
+    /// The agent that answered, if any.
+    pub agent_id: String,
+    /// How long the sign-in took, in milliseconds.
+    pub latency_ms: i64,
+    /// The lockout state: `none`, `counted`, `repeat` (a repeated wrong password, not
+    /// counted), `locked` (this attempt locked the user out) or `refused` (it was refused
+    /// because the user is locked out).
+    pub lockout: String,
+}
+
+/// Which sign-ins to list.
+#[derive(Debug, Clone, Default)]
+pub struct SigninFilter {
+    /// Only this tenant's.
+    pub tenant: Option<String>,
+    /// Only this username's (as typed, case-insensitive).
+    pub username: Option<String>,
+    /// Only this application's.
+    pub client_id: Option<String>,
+    /// Only `success` or only `failure`.
+    pub outcome: Option<String>,
+    /// At or after, Unix seconds.
+    pub since: Option<i64>,
+    /// Before, Unix seconds.
+    pub until: Option<i64>,
+    /// At most this many, newest first.
+    pub limit: i64,
 }
 
 /// The store.
@@ -886,6 +956,232 @@ impl Store {
             })
             .collect()
     }
+}
+
+impl Store {
+    /// The lockout counter of `user_key` in `scope`, if any.
+    pub async fn lockout_counter(
+        &self,
+        tenant: &str,
+        user_key: &str,
+        scope: &str,
+    ) -> Result<Option<LockoutCounter>, StoreError> {
+        let row = sqlx::query(
+            "SELECT failures, window_started_at, locked_until, lockouts FROM lockout_counters \
+             WHERE tenant_id = $1 AND user_key = $2 AND scope = $3",
+        )
+        .bind(tenant)
+        .bind(user_key)
+        .bind(scope)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| counter_from_row(&row)).transpose()
+    }
+
+    /// Counts one failure of `user_key` in `scope` at `now`, starting a new window when the
+    /// current one is older than `window_s`; atomic across replicas.
+    pub async fn count_failure(
+        &self,
+        tenant: &str,
+        user_key: &str,
+        scope: &str,
+        now: i64,
+        window_s: i64,
+    ) -> Result<LockoutCounter, StoreError> {
+        let row = sqlx::query(
+            "INSERT INTO lockout_counters \
+             (tenant_id, user_key, scope, failures, window_started_at, locked_until, lockouts) \
+             VALUES ($1, $2, $3, 1, $4, 0, 0) \
+             ON CONFLICT (tenant_id, user_key, scope) DO UPDATE SET \
+             failures = CASE WHEN lockout_counters.window_started_at + $5 <= $4 THEN 1 \
+                        ELSE lockout_counters.failures + 1 END, \
+             window_started_at = CASE WHEN lockout_counters.window_started_at + $5 <= $4 THEN $4 \
+                        ELSE lockout_counters.window_started_at END \
+             RETURNING failures, window_started_at, locked_until, lockouts",
+        )
+        .bind(tenant)
+        .bind(user_key)
+        .bind(scope)
+        .bind(now)
+        .bind(window_s)
+        .fetch_one(&self.pool)
+        .await?;
+        counter_from_row(&row)
+    }
+
+    /// Locks `user_key` out in `scope` until `until` if its failures reached `threshold` (and
+    /// no other replica did so first): the counter restarts, the lockout count grows.
+    pub async fn lock_out(
+        &self,
+        tenant: &str,
+        user_key: &str,
+        scope: &str,
+        threshold: i64,
+        until: i64,
+    ) -> Result<Option<LockoutCounter>, StoreError> {
+        let row = sqlx::query(
+            "UPDATE lockout_counters SET locked_until = $1, lockouts = lockouts + 1, failures = 0 \
+             WHERE tenant_id = $2 AND user_key = $3 AND scope = $4 AND failures >= $5 \
+             RETURNING failures, window_started_at, locked_until, lockouts",
+        )
+        .bind(until)
+        .bind(tenant)
+        .bind(user_key)
+        .bind(scope)
+        .bind(threshold)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| counter_from_row(&row)).transpose()
+    }
+
+    /// A success: the user's failures and lockout count start again in every scope (a lockout
+    /// in force elsewhere stays in force).
+    pub async fn reset_failures(&self, tenant: &str, user_key: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE lockout_counters SET failures = 0, lockouts = 0 \
+             WHERE tenant_id = $1 AND user_key = $2",
+        )
+        .bind(tenant)
+        .bind(user_key)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Remembers `network` as familiar for `user_key`, keeping the `keep` most recent.
+    pub async fn remember_network(
+        &self,
+        tenant: &str,
+        user_key: &str,
+        network: &str,
+        now: i64,
+        keep: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO familiar_networks (tenant_id, user_key, network, last_seen) \
+             VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (tenant_id, user_key, network) DO UPDATE SET last_seen = excluded.last_seen",
+        )
+        .bind(tenant)
+        .bind(user_key)
+        .bind(network)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        sqlx::query(
+            "DELETE FROM familiar_networks WHERE tenant_id = $1 AND user_key = $2 \
+             AND network NOT IN (SELECT network FROM familiar_networks \
+                 WHERE tenant_id = $1 AND user_key = $2 ORDER BY last_seen DESC LIMIT $3)",
+        )
+        .bind(tenant)
+        .bind(user_key)
+        .bind(keep)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Whether `network` is familiar for `user_key` (seen at or after `since`).
+    pub async fn is_familiar(
+        &self,
+        tenant: &str,
+        user_key: &str,
+        network: &str,
+        since: i64,
+    ) -> Result<bool, StoreError> {
+        let row = sqlx::query(
+            "SELECT last_seen FROM familiar_networks \
+             WHERE tenant_id = $1 AND user_key = $2 AND network = $3 AND last_seen >= $4",
+        )
+        .bind(tenant)
+        .bind(user_key)
+        .bind(network)
+        .bind(since)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.is_some())
+    }
+
+    /// Records one sign-in attempt.
+    pub async fn log_signin(&self, entry: &SigninEntry) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO signin_log (at, tenant_id, username, upn, client_id, client_ip, \
+             familiar_location, outcome, error_code, agent_id, latency_ms, lockout) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .bind(entry.at)
+        .bind(&entry.tenant)
+        .bind(&entry.username)
+        .bind(&entry.upn)
+        .bind(&entry.client_id)
+        .bind(&entry.client_ip)
+        .bind(i64::from(entry.familiar_location))
+        .bind(&entry.outcome)
+        .bind(&entry.error_code)
+        .bind(&entry.agent_id)
+        .bind(entry.latency_ms)
+        .bind(&entry.lockout)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Sign-ins matching `filter`, newest first.
+    pub async fn signins(&self, filter: &SigninFilter) -> Result<Vec<SigninEntry>, StoreError> {
+        // Every filter is a bound parameter; an unset one matches everything.
+        let rows = sqlx::query(
+            "SELECT at, tenant_id, username, upn, client_id, client_ip, familiar_location, \
+             outcome, error_code, agent_id, latency_ms, lockout FROM signin_log \
+             WHERE ($1 = '' OR tenant_id = $1) AND ($2 = '' OR LOWER(username) = LOWER($2)) \
+             AND ($3 = '' OR client_id = $3) AND ($4 = '' OR outcome = $4) \
+             AND at >= $5 AND at < $6 ORDER BY at DESC LIMIT $7",
+        )
+        .bind(filter.tenant.clone().unwrap_or_default())
+        .bind(filter.username.clone().unwrap_or_default())
+        .bind(filter.client_id.clone().unwrap_or_default())
+        .bind(filter.outcome.clone().unwrap_or_default())
+        .bind(filter.since.unwrap_or(i64::MIN))
+        .bind(filter.until.unwrap_or(i64::MAX))
+        .bind(if filter.limit > 0 { filter.limit } else { 1000 })
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(SigninEntry {
+                    at: row.try_get("at")?,
+                    tenant: row.try_get("tenant_id")?,
+                    username: row.try_get("username")?,
+                    upn: row.try_get("upn")?,
+                    client_id: row.try_get("client_id")?,
+                    client_ip: row.try_get("client_ip")?,
+                    familiar_location: row.try_get::<i64, _>("familiar_location")? != 0,
+                    outcome: row.try_get("outcome")?,
+                    error_code: row.try_get("error_code")?,
+                    agent_id: row.try_get("agent_id")?,
+                    latency_ms: row.try_get("latency_ms")?,
+                    lockout: row.try_get("lockout")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Deletes sign-ins older than `before` (Unix seconds); returns how many.
+    pub async fn prune_signins(&self, before: i64) -> Result<u64, StoreError> {
+        let result = sqlx::query("DELETE FROM signin_log WHERE at < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await?;
+        Ok(result.rows_affected())
+    }
+}
+
+fn counter_from_row(row: &sqlx::any::AnyRow) -> Result<LockoutCounter, StoreError> {
+    Ok(LockoutCounter {
+        failures: row.try_get("failures")?,
+        window_started_at: row.try_get("window_started_at")?,
+        locked_until: row.try_get("locked_until")?,
+        lockouts: row.try_get("lockouts")?,
+    })
 }
 
 /// The associated data a tenant CA key is sealed with: it opens only in its own row.

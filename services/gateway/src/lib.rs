@@ -96,6 +96,13 @@ pub struct GatewayConfig {
     /// certificate carries no hybrid key yet are not used, and the log names them.
     #[serde(default)]
     pub require_post_quantum: bool,
+    /// Smart lockout (with a store): `[lockout]` threshold, durations, the directory's own
+    /// threshold, what makes a network familiar.
+    #[serde(default)]
+    pub lockout: passage_lockout::LockoutConfig,
+    /// How long sign-ins are kept in the sign-in log, in days.
+    #[serde(default = "default_signin_log_days")]
+    pub signin_log_days: u32,
     /// Most connector groups whose key sets are cached at once (least recently used are
     /// dropped), so sign-ins for endless unknown domains cannot grow the gateway.
     #[serde(default = "default_key_cache_max_groups")]
@@ -144,6 +151,9 @@ fn default_key_cache_ttl_ms() -> u64 {
 fn default_validation_timeout_ms() -> u64 {
     10_000
 }
+fn default_signin_log_days() -> u32 {
+    30
+}
 fn default_http_header_read_timeout_ms() -> u64 {
     5_000
 }
@@ -185,6 +195,8 @@ impl GatewayConfig {
             http_request_timeout_ms: default_http_request_timeout_ms(),
             http_max_connections: default_http_max_connections(),
             require_post_quantum: false,
+            lockout: passage_lockout::LockoutConfig::default(),
+            signin_log_days: default_signin_log_days(),
             key_cache_max_groups: default_key_cache_max_groups(),
         }
     }
@@ -232,6 +244,10 @@ pub async fn bind(config: GatewayConfig) -> Result<BoundGateway, GatewayError> {
         config.dispatcher_tls.as_ref(),
         config.insecure_plaintext,
     )?;
+    config
+        .lockout
+        .validate()
+        .map_err(|e| GatewayError::Config(e.to_string()))?;
     if config.envelope_lifetime_s == 0 || config.envelope_lifetime_s > 300 {
         return Err(GatewayError::Config(
             "envelope_lifetime_s must be 1 to 300".into(),
@@ -335,6 +351,21 @@ impl BoundGateway {
         )?
         .connect_lazy();
         let dispatcher = DispatcherClient::new(channel);
+        // With a store (production trust): smart lockout and the sign-in log.
+        let store = self.verifier.as_ref().map(|v| v.verifier.store().clone());
+        let lockout = match &store {
+            Some(store) => Some(
+                passage_lockout::SmartLockout::new(store.clone(), config.lockout.clone())
+                    .map_err(|e| GatewayError::Config(e.to_string()))?,
+            ),
+            None => None,
+        };
+        if let Some(store) = store.clone() {
+            tokio::spawn(prune_signin_log(
+                store,
+                i64::from(config.signin_log_days) * 86_400,
+            ));
+        }
         let keys = Arc::new(KeySetCache::new(
             dispatcher.clone(),
             config.tenant.clone(),
@@ -343,7 +374,14 @@ impl BoundGateway {
             self.verifier,
             config.require_post_quantum,
         ));
-        let service = SignInService::new(&config, dispatcher, keys, Arc::clone(&self.issuer));
+        let service = SignInService::new(
+            &config,
+            dispatcher,
+            keys,
+            Arc::clone(&self.issuer),
+            store,
+            lockout,
+        );
 
         let (health_reporter, health) = passage_transport::health();
         health_reporter
@@ -396,6 +434,23 @@ impl BoundGateway {
         let (grpc, ()) = tokio::join!(grpc, http);
         grpc.map_err(|err| GatewayError::Config(err.to_string()))?;
         Ok(())
+    }
+}
+
+/// Deletes sign-ins older than `retention_s` from the sign-in log, hourly.
+async fn prune_signin_log(store: passage_store::Store, retention_s: i64) {
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        match store.prune_signins(now - retention_s).await {
+            Ok(0) => {}
+            Ok(pruned) => tracing::info!(pruned, "pruned the sign-in log"),
+            Err(err) => tracing::warn!(error = %err, "pruning the sign-in log failed"),
+        }
     }
 }
 

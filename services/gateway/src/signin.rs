@@ -9,11 +9,13 @@ use std::{
 use passage_credentials::{CredentialError, MAX_FIELD_BYTES, Password, Username, check_field};
 use passage_envelope::{AnswerBinding, PayloadFields, Sealed};
 use passage_error_codes::ErrorCode;
+use passage_lockout::SmartLockout;
 use passage_proto::v1::{
     DirectoryUser, SealedPassword, SealedVerdict, SignInRequest, SignInResponse, ValidateRequest,
     ValidateResponse, ValidationOutcome, dispatcher_client::DispatcherClient,
     gateway_server::Gateway,
 };
+use passage_store::{SigninEntry, Store};
 use passage_telemetry::{TraceParent, join_trace};
 use passage_tokens::{Subject, TokenIssuer};
 use prost::Message;
@@ -27,6 +29,8 @@ use crate::{
 
 /// The `Gateway` service.
 pub struct SignInService {
+    lockout: Option<SmartLockout>,
+    store: Option<Store>,
     dispatcher: DispatcherClient<Channel>,
     keys: Arc<KeySetCache>,
     issuer: Arc<TokenIssuer>,
@@ -96,6 +100,9 @@ pub enum SignInError {
     /// The relayed answer did not open with the answer key sealed for the agent it names.
     #[error("the answer said to come from agent {0} is not authentic")]
     NotAuthentic(String),
+    /// Smart lockout: too many failures; refused without asking any agent.
+    #[error("locked out by smart lockout until Unix time {0}")]
+    LockedOut(i64),
 }
 
 impl SignInError {
@@ -121,6 +128,7 @@ impl SignInError {
             SignInError::Timeout(_) => ErrorCode::AgentTimeout,
             SignInError::Seal { .. } | SignInError::Tokens(_) => ErrorCode::Internal,
             SignInError::NotAuthentic(_) => ErrorCode::AnswerNotAuthentic,
+            SignInError::LockedOut(_) => ErrorCode::SmartLockout,
         }
     }
 
@@ -139,14 +147,20 @@ impl SignInError {
 }
 
 impl SignInService {
-    /// A service calling `dispatcher` with keys from `keys`, issuing with `issuer`.
+    /// A service calling `dispatcher` with keys from `keys`, issuing with `issuer`; with
+    /// `store`, every attempt goes to the sign-in log, and with `lockout`, smart lockout
+    /// applies.
     pub fn new(
         config: &GatewayConfig,
         dispatcher: DispatcherClient<Channel>,
         keys: Arc<KeySetCache>,
         issuer: Arc<TokenIssuer>,
+        store: Option<Store>,
+        lockout: Option<SmartLockout>,
     ) -> Self {
         Self {
+            lockout,
+            store,
             dispatcher,
             keys,
             issuer,
@@ -414,19 +428,92 @@ impl SignInService {
         trace: TraceParent,
         started: Instant,
     ) -> Result<Response<SignInResponse>, Status> {
-        let result = self
-            .validate(&request, &group, &trace)
-            .await
-            .and_then(|answer| match (answer.outcome, answer.user) {
-                (ValidationOutcome::Success, Some(user)) => Ok((user, answer.agent_id)),
-                (outcome, _) => Err(SignInError::Refused(outcome)),
-            });
+        let now = unix_now();
+        // Smart lockout first: a locked-out user's sign-in never reaches an agent, so neither
+        // its answer nor its timing depends on the password.
+        let assessment = match &self.lockout {
+            Some(lockout) => match lockout
+                .assess(
+                    &self.tenant,
+                    request.username.as_str(),
+                    request.client_ip,
+                    now,
+                )
+                .await
+            {
+                Ok(assessment) => Some(assessment),
+                Err(err) => {
+                    tracing::error!(error = %err, "smart lockout: the store failed");
+                    return Err(ErrorCode::Internal.public_status());
+                }
+            },
+            None => None,
+        };
+        let mut lockout_state = "none";
+        let result = match assessment.as_ref().and_then(|a| a.locked_until) {
+            Some(until) => {
+                lockout_state = "refused";
+                Err(SignInError::LockedOut(until))
+            }
+            None => self
+                .validate(&request, &group, &trace)
+                .await
+                .and_then(|answer| match (answer.outcome, answer.user) {
+                    (ValidationOutcome::Success, Some(user)) => Ok((user, answer.agent_id)),
+                    (outcome, _) => Err(SignInError::Refused(outcome)),
+                }),
+        };
+        if let (Some(lockout), Some(assessment)) = (&self.lockout, &assessment) {
+            let counted = match &result {
+                // Wrong password and unknown user alike (the answer does not tell them apart).
+                Err(SignInError::Refused(ValidationOutcome::InvalidCredentials)) => lockout
+                    .failed(
+                        &self.tenant,
+                        request.username.as_str(),
+                        assessment.scope,
+                        lockout.config().threshold,
+                        now,
+                    )
+                    .await
+                    .map(|counted| match counted {
+                        passage_lockout::Counted::Counted => "counted",
+                        passage_lockout::Counted::LockedOut(_) => "locked",
+                    }),
+                Ok(_) => lockout
+                    .succeeded(
+                        &self.tenant,
+                        request.username.as_str(),
+                        request.client_ip,
+                        now,
+                    )
+                    .await
+                    .map(|()| "none"),
+                Err(_) => Ok(lockout_state),
+            };
+            match counted {
+                Ok(state) => lockout_state = state,
+                Err(err) => tracing::error!(error = %err, "smart lockout: counting failed"),
+            }
+        }
         let elapsed_ms = started.elapsed().as_millis() as u64;
         let client_ip = request
             .client_ip
             .map(|ip| ip.to_string())
             .unwrap_or_default();
-        match result {
+        let mut entry = SigninEntry {
+            at: now,
+            tenant: self.tenant.clone(),
+            username: request.username.to_string(),
+            client_id: request.client_id.clone(),
+            client_ip: client_ip.clone(),
+            familiar_location: assessment
+                .as_ref()
+                .is_some_and(|a| a.scope == passage_lockout::Scope::Familiar),
+            latency_ms: elapsed_ms as i64,
+            lockout: lockout_state.into(),
+            ..SigninEntry::default()
+        };
+        let response = match result {
             Ok((user, agent_id)) => {
                 let subject = Subject {
                     sub: if user.object_id.is_empty() {
@@ -444,20 +531,27 @@ impl SignInService {
                     email: user.mail,
                     groups: user.groups,
                 };
-                let tokens = match self.issuer.issue(&subject, &request.client_id) {
-                    Ok(tokens) => tokens,
+                entry.upn = subject.upn.clone();
+                entry.agent_id = agent_id.clone();
+                match self.issuer.issue(&subject, &request.client_id) {
+                    Ok(tokens) => {
+                        tracing::info!(target: "passage::signin_log", outcome = "success", %agent_id, %client_ip, elapsed_ms, lockout = lockout_state, "sign-in");
+                        entry.outcome = "success".into();
+                        Ok(Response::new(SignInResponse {
+                            access_token: tokens.access_token,
+                            id_token: tokens.id_token,
+                            token_type: "Bearer".into(),
+                            expires_in: tokens.expires_in.as_secs() as u32,
+                        }))
+                    }
                     Err(err) => {
                         tracing::error!(error = %err, "issuing tokens failed");
-                        return Err(SignInError::from(err).into_status());
+                        let err = SignInError::from(err);
+                        entry.outcome = "failure".into();
+                        entry.error_code = err.code().as_str().into();
+                        Err(err.into_status())
                     }
-                };
-                tracing::info!(target: "passage::signin_log", outcome = "success", %agent_id, %client_ip, elapsed_ms, "sign-in");
-                Ok(Response::new(SignInResponse {
-                    access_token: tokens.access_token,
-                    id_token: tokens.id_token,
-                    token_type: "Bearer".into(),
-                    expires_in: tokens.expires_in.as_secs() as u32,
-                }))
+                }
             }
             Err(err) => {
                 let code = err.code().as_str();
@@ -465,9 +559,24 @@ impl SignInService {
                 span.record("error_code", code);
                 span.record("otel.status_code", "ERROR");
                 // The detail (what the dispatcher, agent or directory said) is for operators.
-                tracing::info!(target: "passage::signin_log", outcome = "failure", error_code = code, detail = %err, %client_ip, elapsed_ms, "sign-in");
+                tracing::info!(target: "passage::signin_log", outcome = "failure", error_code = code, detail = %err, %client_ip, elapsed_ms, lockout = lockout_state, "sign-in");
+                entry.outcome = "failure".into();
+                entry.error_code = code.into();
                 Err(err.into_status())
             }
+        };
+        if let Some(store) = &self.store
+            && let Err(err) = store.log_signin(&entry).await
+        {
+            tracing::error!(error = %err, "the sign-in log could not be written");
         }
+        response
     }
+}
+
+/// Unix seconds now.
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }

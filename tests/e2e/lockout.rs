@@ -1,0 +1,193 @@
+//! Smart lockout against a real slapd whose ppolicy locks an account after 5 failures, with a
+//! cloud threshold of 3: an attacker can never lock the user out of the directory, and cannot
+//! lock them out where they work; every attempt is in the sign-in log.
+
+use ldap3::{LdapConnAsync, Scope, SearchEntry};
+use passage_error_codes::ErrorCode;
+use passage_proto::v1::SignInRequest;
+use passage_store::{SigninFilter, Store};
+use passage_tests::{
+    Cluster, ClusterOptions,
+    bins::run_to_end,
+    cluster::CLIENT_ID,
+    slapd::{ADMIN_DN, ADMIN_PASSWORD, default_users},
+};
+
+const HOME: &str = "203.0.113.7";
+const ATTACKER: &str = "198.51.100.9";
+
+async fn sign_in_from(
+    cluster: &Cluster,
+    username: &str,
+    password: &str,
+    ip: &str,
+) -> Result<(), tonic::Status> {
+    cluster
+        .gateway_client()
+        .sign_in(SignInRequest {
+            username: username.into(),
+            password: password.into(),
+            client_id: CLIENT_ID.into(),
+            client_ip: ip.into(),
+        })
+        .await
+        .map(drop)
+}
+
+/// The ppolicy state slapd keeps for `dn`: (locked, failures recorded).
+async fn directory_lockout(cluster: &Cluster, dn: &str) -> (bool, usize) {
+    let (conn, mut ldap) = LdapConnAsync::new(&cluster.slapd.url())
+        .await
+        .expect("connect");
+    tokio::spawn(async move { conn.drive().await });
+    ldap.simple_bind(ADMIN_DN, ADMIN_PASSWORD)
+        .await
+        .unwrap()
+        .success()
+        .unwrap();
+    let (entries, _) = ldap
+        .search(
+            dn,
+            Scope::Base,
+            "(objectClass=*)",
+            ["pwdAccountLockedTime", "pwdFailureTime"],
+        )
+        .await
+        .unwrap()
+        .success()
+        .unwrap();
+    let entry = SearchEntry::construct(entries.into_iter().next().expect("the user's entry"));
+    (
+        entry.attrs.contains_key("pwdAccountLockedTime"),
+        entry.attrs.get("pwdFailureTime").map_or(0, Vec::len),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attacker_never_locks_the_user_out_of_the_directory_nor_where_they_work() {
+    let mut cluster = Cluster::start(ClusterOptions {
+        agents: 0,
+        enrolment: true,
+        gateway_config: "lockout = { threshold = 3, directory_threshold = 5 }\n".into(),
+        ..ClusterOptions::default()
+    })
+    .await;
+    cluster.enrol_agent().await;
+    let alice = default_users().remove(0);
+
+    // Alice works from HOME: that network becomes familiar.
+    sign_in_from(&cluster, &alice.upn, &alice.password, HOME)
+        .await
+        .expect("alice at home");
+
+    // 200 wrong passwords from elsewhere.
+    let wrong = "Attacker-Guess-7";
+    let mut codes = std::collections::HashMap::new();
+    for n in 0..200 {
+        let status = sign_in_from(&cluster, &alice.upn, &format!("{wrong}{n}"), ATTACKER)
+            .await
+            .expect_err("a wrong password");
+        *codes
+            .entry(ErrorCode::of(&status).expect("a Passage code"))
+            .or_insert(0) += 1;
+    }
+    assert_eq!(
+        codes.get(&ErrorCode::InvalidCredentials),
+        Some(&3),
+        "{codes:?}"
+    );
+    assert_eq!(codes.get(&ErrorCode::SmartLockout), Some(&197), "{codes:?}");
+    // The directory saw three failures, below its own threshold of five: not locked.
+    let (locked, failures) = directory_lockout(&cluster, &alice.dn()).await;
+    assert!(!locked, "the directory locked alice out");
+    assert_eq!(failures, 3);
+
+    // Alice still signs in where she works, during the attacker's lockout; the right password
+    // from the attacker's network is refused like a wrong one.
+    sign_in_from(&cluster, &alice.upn, &alice.password, HOME)
+        .await
+        .expect("alice at home during the lockout");
+    let status = sign_in_from(&cluster, &alice.upn, &alice.password, ATTACKER)
+        .await
+        .expect_err("locked out there");
+    assert_eq!(ErrorCode::of(&status), Some(ErrorCode::SmartLockout));
+
+    // Every attempt is in the sign-in log, with its code, and no password is in the store.
+    let store = Store::open(&cluster.store_url()).await.unwrap();
+    let log = store
+        .signins(&SigninFilter {
+            username: Some(alice.upn.clone()),
+            limit: 10_000,
+            ..SigninFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(log.len(), 203);
+    let count = |outcome: &str, code: &str| {
+        log.iter()
+            .filter(|e| e.outcome == outcome && e.error_code == code)
+            .count()
+    };
+    assert_eq!(count("success", ""), 2);
+    assert_eq!(count("failure", "PSG50126"), 3);
+    assert_eq!(count("failure", "PSG50059"), 198);
+    // The first sign-in from HOME made it familiar; the one during the lockout was familiar.
+    let successes: Vec<bool> = log
+        .iter()
+        .filter(|e| e.outcome == "success")
+        .map(|e| e.familiar_location)
+        .collect();
+    assert_eq!(successes, vec![true, false], "newest first");
+    assert!(log.iter().all(|e| e.client_id == CLIENT_ID));
+    assert_eq!(log.iter().filter(|e| e.lockout == "locked").count(), 1);
+    let mut bytes = Vec::new();
+    for entry in std::fs::read_dir(cluster.dir()).unwrap().flatten() {
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with("passage.db")
+        {
+            bytes.extend(std::fs::read(entry.path()).unwrap());
+        }
+    }
+    for secret in [alice.password.as_str(), wrong] {
+        assert!(
+            !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "a password in the store"
+        );
+    }
+    // `passage signins` shows the same.
+    let (ok, listing, stderr) = run_to_end(
+        "passage",
+        &[
+            "signins",
+            "--store",
+            &cluster.store_url(),
+            "--user",
+            &alice.upn,
+            "--outcome",
+            "success",
+            "--json",
+        ],
+    );
+    assert!(ok, "{stderr}");
+    assert_eq!(listing.lines().count(), 2, "{listing}");
+    assert!(listing.contains("\"familiar_location\":true"), "{listing}");
+
+    // A cloud threshold at or above the directory's is refused at start.
+    let config = std::fs::read_to_string(cluster.dir().join("gateway.toml")).unwrap();
+    let refused = cluster.dir().join("gateway-refused.toml");
+    std::fs::write(
+        &refused,
+        config.replace(
+            "lockout = { threshold = 3, directory_threshold = 5 }",
+            "lockout = { threshold = 5, directory_threshold = 5 }",
+        ),
+    )
+    .unwrap();
+    let (ok, _, stderr) = run_to_end("passage-gateway", &["--config", refused.to_str().unwrap()]);
+    assert!(
+        !ok && stderr.contains("lockout.threshold") && stderr.contains("at most 3"),
+        "{stderr}"
+    );
+}
