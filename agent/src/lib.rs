@@ -7,6 +7,7 @@
 //!   hello, heartbeats, concurrent tasks bounded by capacity, drain, and jittered reconnects.
 
 pub mod enrolment;
+pub mod repeats;
 pub mod state;
 pub mod tunnel;
 pub mod validator;
@@ -64,6 +65,11 @@ pub struct AgentConfig {
     /// stream once two-thirds of its lifetime have passed.
     #[serde(default = "default_renew_check_ms")]
     pub renew_check_interval_ms: u64,
+    /// How long a wrong password is remembered (as a keyed hash, in memory) so that trying it
+    /// again neither asks the directory nor counts towards smart lockout, in seconds. At least
+    /// the gateways' `lockout.window_s`.
+    #[serde(default = "default_repeat_window_s")]
+    pub repeat_window_s: u64,
     /// After a refusal retrying cannot cure (revoked, certificate replaced, never enrolled),
     /// how long to wait before asking again, in seconds. The agent says plainly that it must be
     /// enrolled again instead of reconnecting in a loop.
@@ -97,6 +103,9 @@ fn default_renew_check_ms() -> u64 {
 }
 fn default_replay_window_s() -> u64 {
     300
+}
+fn default_repeat_window_s() -> u64 {
+    900
 }
 fn default_refused_retry_interval_s() -> u64 {
     600
@@ -212,6 +221,7 @@ pub fn prepare(config: &AgentConfig) -> Result<(state::AgentState, Arc<Validator
             .decrypt_threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
         Duration::from_secs(config.replay_window_s),
+        Duration::from_secs(config.repeat_window_s),
     );
     Ok((state, Arc::new(validator)))
 }

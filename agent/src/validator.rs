@@ -6,7 +6,7 @@ use std::{
 };
 
 use passage_directory::{Directory, DirectoryError, Verdict};
-use passage_envelope::{AgentKey, AnswerBinding, EnvelopeError, ReplayGuard};
+use passage_envelope::{AgentKey, AnswerBinding, EnvelopeError, Opened, ReplayGuard};
 use passage_proto::v1::{
     AgentError, DirectoryUser, SealedVerdict, ValidationAnswer, ValidationOutcome, ValidationTask,
 };
@@ -14,6 +14,8 @@ use passage_telemetry::{TraceParent, join_trace};
 use prost::Message;
 use tokio::sync::Semaphore;
 use tracing::Instrument;
+
+use crate::repeats::WrongPasswords;
 
 /// Validates tasks for one agent.
 pub struct Validator {
@@ -25,6 +27,7 @@ pub struct Validator {
     tenant: String,
     replay: ReplayGuard,
     decrypt_permits: Semaphore,
+    wrong_passwords: WrongPasswords,
 }
 
 impl Validator {
@@ -39,6 +42,7 @@ impl Validator {
         tenant: String,
         decrypt_threads: usize,
         replay_window: Duration,
+        repeat_window: Duration,
     ) -> Self {
         Self {
             keys: std::sync::RwLock::new((key, None)),
@@ -47,6 +51,7 @@ impl Validator {
             tenant,
             replay: ReplayGuard::new(replay_window, 1_000_000),
             decrypt_permits: Semaphore::new(decrypt_threads.max(1)),
+            wrong_passwords: WrongPasswords::new(repeat_window, 100_000),
         }
     }
 
@@ -117,6 +122,15 @@ impl Validator {
             return refused(envelope_error(&err), &err.to_string());
         }
 
+        // A wrong password this user tried moments ago: answer from memory, so the directory
+        // (and its own lockout) sees it once.
+        if self
+            .wrong_passwords
+            .is_known_wrong(&opened.username, &opened.password)
+        {
+            tracing::info!("a repeated wrong password: answered without asking the directory");
+            return self.seal(&opened, Verdict::InvalidCredentials, true);
+        }
         let verdict = tokio::time::timeout(
             timeout,
             self.directory
@@ -134,25 +148,32 @@ impl Validator {
             }
             Ok(Ok(verdict)) => {
                 tracing::info!(outcome = verdict.name(), "the directory answered");
-                // Only the gateway that sealed the password can read the verdict, and only
-                // for this sign-in: the dispatcher relays it blind.
-                let binding = AnswerBinding {
-                    nonce: &opened.nonce,
-                    agent_id: &self.agent_id,
-                    tenant: &self.tenant,
-                    username: &opened.username,
-                };
-                match opened
-                    .answer_key
-                    .seal(&binding, &verdict_message(verdict).encode_to_vec())
-                {
-                    Ok(sealed_answer) => ValidationAnswer {
-                        sealed_answer,
-                        ..Default::default()
-                    },
-                    Err(err) => refused(AgentError::DecryptFailed, &err.to_string()),
+                if verdict == Verdict::InvalidCredentials {
+                    self.wrong_passwords
+                        .remember_wrong(&opened.username, &opened.password);
                 }
+                self.seal(&opened, verdict, false)
             }
+        }
+    }
+
+    /// Seals `verdict` so that only the gateway that sealed the password can read it, and only
+    /// for this sign-in: the dispatcher relays it blind.
+    fn seal(&self, opened: &Opened, verdict: Verdict, repeated: bool) -> ValidationAnswer {
+        let binding = AnswerBinding {
+            nonce: &opened.nonce,
+            agent_id: &self.agent_id,
+            tenant: &self.tenant,
+            username: &opened.username,
+        };
+        let mut message = verdict_message(verdict);
+        message.repeated_wrong_password = repeated;
+        match opened.answer_key.seal(&binding, &message.encode_to_vec()) {
+            Ok(sealed_answer) => ValidationAnswer {
+                sealed_answer,
+                ..Default::default()
+            },
+            Err(err) => refused(AgentError::DecryptFailed, &err.to_string()),
         }
     }
 }
@@ -211,6 +232,7 @@ fn verdict_message(verdict: Verdict) -> SealedVerdict {
     SealedVerdict {
         outcome: outcome as i32,
         user,
+        repeated_wrong_password: false,
     }
 }
 
@@ -239,6 +261,7 @@ mod tests {
             "default".into(),
             2,
             Duration::from_secs(60),
+            Duration::from_secs(600),
         )
     }
 
@@ -317,10 +340,14 @@ mod tests {
 
         let (wrong_task, wrong_sealed) = task(&key, user, user, "wrong");
         let wrong = v.validate(wrong_task).await;
-        assert_eq!(
-            read(&wrong_sealed, user, &wrong).outcome,
-            ValidationOutcome::InvalidCredentials as i32
-        );
+        let first = read(&wrong_sealed, user, &wrong);
+        assert_eq!(first.outcome, ValidationOutcome::InvalidCredentials as i32);
+        assert!(!first.repeated_wrong_password);
+        // The same wrong password again is flagged (and answered from memory).
+        let (again_task, again_sealed) = task(&key, user, user, "wrong");
+        let again = read(&again_sealed, user, &v.validate(again_task).await);
+        assert_eq!(again.outcome, ValidationOutcome::InvalidCredentials as i32);
+        assert!(again.repeated_wrong_password);
 
         let (swapped_task, _) = task(&key, user, "bob@x.test", "right");
         let swapped = v.validate(swapped_task).await;

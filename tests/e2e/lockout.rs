@@ -191,3 +191,46 @@ async fn an_attacker_never_locks_the_user_out_of_the_directory_nor_where_they_wo
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_wrong_password_fifty_times_counts_once_and_reaches_the_directory_once() {
+    let mut cluster = Cluster::start(ClusterOptions {
+        agents: 0,
+        enrolment: true,
+        gateway_config: "lockout = { threshold = 3, directory_threshold = 5 }\n".into(),
+        ..ClusterOptions::default()
+    })
+    .await;
+    cluster.enrol_agent().await;
+    let bob = default_users().remove(1);
+    // A phone retrying an old password all night.
+    for n in 0..50 {
+        let status = sign_in_from(&cluster, &bob.upn, "Bobs-Old-Password-1", ATTACKER)
+            .await
+            .expect_err("a wrong password");
+        assert_eq!(
+            ErrorCode::of(&status),
+            Some(ErrorCode::InvalidCredentials),
+            "attempt {n}: {status:?}"
+        );
+    }
+    let (locked, failures) = directory_lockout(&cluster, &bob.dn()).await;
+    assert!(!locked);
+    assert_eq!(failures, 1, "the directory saw the wrong password once");
+    let store = Store::open(&cluster.store_url()).await.unwrap();
+    let log = store
+        .signins(&SigninFilter {
+            username: Some(bob.upn.clone()),
+            limit: 1_000,
+            ..SigninFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(log.len(), 50);
+    assert_eq!(log.iter().filter(|e| e.lockout == "counted").count(), 1);
+    assert_eq!(log.iter().filter(|e| e.lockout == "repeat").count(), 49);
+    // The right password still works (it is not in the agent's memory of wrong ones).
+    sign_in_from(&cluster, &bob.upn, &bob.password, ATTACKER)
+        .await
+        .expect("bob's own password");
+}

@@ -83,14 +83,17 @@ fn shuffle<T>(items: &mut [T]) {
 /// interleaved at random. Every answer must be a refusal.
 pub async fn measure(client: &GatewayClient<Channel>, users: &[TestUser]) -> EnumerationTiming {
     enum Attempt {
-        Wrong(String),
-        Unknown(String),
+        Wrong(String, usize),
+        Unknown(String, usize),
     }
     let mut attempts = Vec::new();
     for (n, user) in users.iter().enumerate() {
         for round in 0..2 {
-            attempts.push(Attempt::Wrong(user.upn.clone()));
-            attempts.push(Attempt::Unknown(format!("nobody-{n}-{round}@{DOMAIN}")));
+            attempts.push(Attempt::Wrong(user.upn.clone(), round));
+            attempts.push(Attempt::Unknown(
+                format!("nobody-{n}-{round}@{DOMAIN}"),
+                round,
+            ));
         }
     }
     shuffle(&mut attempts);
@@ -99,15 +102,17 @@ pub async fn measure(client: &GatewayClient<Channel>, users: &[TestUser]) -> Enu
         unknown_user: Vec::new(),
     };
     for attempt in attempts {
-        let username = match &attempt {
-            Attempt::Wrong(name) | Attempt::Unknown(name) => name.clone(),
+        // A different wrong password each round: a repeated one is answered from the agent's
+        // memory without a bind, for known and unknown users alike.
+        let (username, round) = match &attempt {
+            Attempt::Wrong(name, round) | Attempt::Unknown(name, round) => (name.clone(), *round),
         };
         let started = Instant::now();
         let result = client
             .clone()
             .sign_in(SignInRequest {
                 username,
-                password: "Not-The-Password-1!".into(),
+                password: format!("Not-The-Password-{round}!"),
                 client_id: CLIENT_ID.into(),
                 client_ip: "203.0.113.9".into(),
             })
@@ -115,8 +120,8 @@ pub async fn measure(client: &GatewayClient<Channel>, users: &[TestUser]) -> Enu
         let took = started.elapsed();
         assert!(result.is_err(), "a wrong password signed someone in");
         match attempt {
-            Attempt::Wrong(_) => timing.wrong_password.push(took),
-            Attempt::Unknown(_) => timing.unknown_user.push(took),
+            Attempt::Wrong(..) => timing.wrong_password.push(took),
+            Attempt::Unknown(..) => timing.unknown_user.push(took),
         }
     }
     timing.wrong_password.sort();

@@ -362,6 +362,7 @@ impl SignInService {
             agent_id: response.agent_id.clone(),
             outcome: ValidationOutcome::try_from(verdict.outcome).unwrap_or_default(),
             user: verdict.user,
+            repeated_wrong_password: verdict.repeated_wrong_password,
         })
     }
 }
@@ -371,6 +372,8 @@ struct Answer {
     agent_id: String,
     outcome: ValidationOutcome,
     user: Option<DirectoryUser>,
+    /// A wrong password the user tried recently (the agent recognised it): counted once.
+    repeated_wrong_password: bool,
 }
 
 /// A dispatcher failure as a sign-in error, keeping its Passage code when it has one.
@@ -450,6 +453,7 @@ impl SignInService {
             None => None,
         };
         let mut lockout_state = "none";
+        let mut repeated = false;
         let result = match assessment.as_ref().and_then(|a| a.locked_until) {
             Some(until) => {
                 lockout_state = "refused";
@@ -458,13 +462,20 @@ impl SignInService {
             None => self
                 .validate(&request, &group, &trace)
                 .await
-                .and_then(|answer| match (answer.outcome, answer.user) {
-                    (ValidationOutcome::Success, Some(user)) => Ok((user, answer.agent_id)),
-                    (outcome, _) => Err(SignInError::Refused(outcome)),
+                .and_then(|answer| {
+                    repeated = answer.repeated_wrong_password;
+                    match (answer.outcome, answer.user) {
+                        (ValidationOutcome::Success, Some(user)) => Ok((user, answer.agent_id)),
+                        (outcome, _) => Err(SignInError::Refused(outcome)),
+                    }
                 }),
         };
         if let (Some(lockout), Some(assessment)) = (&self.lockout, &assessment) {
             let counted = match &result {
+                // The same wrong password again: it was counted the first time.
+                Err(SignInError::Refused(ValidationOutcome::InvalidCredentials)) if repeated => {
+                    Ok("repeat")
+                }
                 // Wrong password and unknown user alike (the answer does not tell them apart).
                 Err(SignInError::Refused(ValidationOutcome::InvalidCredentials)) => lockout
                     .failed(
