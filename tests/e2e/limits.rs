@@ -202,3 +202,58 @@ async fn slow_http_clients_cannot_hold_the_jwks_listener() {
     let answer = String::from_utf8_lossy(&answer[..n]);
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_from_one_address_is_throttled_while_other_addresses_are_served() {
+    let cluster = Cluster::start(ClusterOptions {
+        gateway_config: "throttle = { per_client_ip_per_minute = 60, per_client_ip_burst = 5 }\n"
+            .into(),
+        ..ClusterOptions::default()
+    })
+    .await;
+    let alice = default_users().remove(0);
+    let sign_in = |ip: String| {
+        let mut client = cluster.gateway_client();
+        let alice = alice.clone();
+        async move {
+            client
+                .sign_in(SignInRequest {
+                    username: alice.upn,
+                    password: alice.password,
+                    client_id: CLIENT_ID.into(),
+                    client_ip: ip,
+                })
+                .await
+        }
+    };
+    let mut throttled = 0;
+    let started = std::time::Instant::now();
+    for n in 0..20 {
+        match sign_in("198.51.100.9".into()).await {
+            Ok(_) => {}
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+                assert_eq!(ErrorCode::of(&status), Some(ErrorCode::Throttled));
+                let retry_after = status
+                    .metadata()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .expect("a retry-after hint in seconds");
+                assert!((1..=60).contains(&retry_after), "{retry_after}");
+                throttled += 1;
+            }
+        }
+        // Other addresses are served throughout.
+        sign_in(format!("203.0.113.{n}"))
+            .await
+            .expect("another address");
+    }
+    // A burst of 5, then one a second: of 20, at most 5 plus one per second passed got through.
+    let refilled = started.elapsed().as_secs_f64().ceil() as usize;
+    assert!(throttled <= 15, "{throttled} throttled");
+    assert!(
+        throttled >= 15usize.saturating_sub(refilled),
+        "{throttled} throttled in {refilled} s"
+    );
+}

@@ -247,7 +247,16 @@ impl Cluster {
                 options.validation_timeout.as_millis(),
                 insecure = !options.enrolment,
                 switchover = switchover(&options),
-                extra = options.gateway_config,
+                // Tests drive thousands of sign-ins from one address: no rate limits unless
+                // the test sets its own.
+                extra = if options.gateway_config.contains("throttle") {
+                    options.gateway_config.clone()
+                } else {
+                    format!(
+                        "{}throttle = {{ per_client_ip_per_minute = 0, per_tenant_per_second = 0 }}\n",
+                        options.gateway_config
+                    )
+                },
                 store = if options.enrolment {
                     let file = |name: &str| dir.path().join(name).display().to_string();
                     format!(

@@ -88,6 +88,8 @@ error_codes! {
     /// The caller's gateway certificate does not name the tenant it asked for (or it presented
     /// no gateway certificate).
     GatewayNotPermitted = "PSG82010", PermissionDenied;
+    /// Too many sign-ins from one client address, or for the tenant: retry later.
+    Throttled = "PSG90429", ResourceExhausted;
     /// An unexpected internal failure.
     Internal = "PSG90000", Internal;
 }
@@ -129,6 +131,7 @@ impl ErrorCode {
             ErrorCode::AgentNotTrusted => "the agent is not trusted",
             ErrorCode::AgentRevoked => "the agent is revoked; enrol it again",
             ErrorCode::GatewayNotPermitted => "this caller may not act for the tenant",
+            ErrorCode::Throttled => "too many sign-ins; try again shortly",
             ErrorCode::Internal => "internal error",
         }
     }
@@ -185,6 +188,32 @@ mod tests {
             let public = code.public_status();
             assert_eq!(ErrorCode::of(&public), Some(*code));
             assert!(!code.public_message().is_empty());
+        }
+    }
+
+    /// `docs/errors.md` lists every code with its gRPC status and the message users see; this
+    /// keeps the table and the enum from drifting apart.
+    #[test]
+    fn the_documented_table_matches_the_codes() {
+        let table = include_str!("../../../docs/errors.md");
+        let rows: Vec<&str> = table.lines().filter(|l| l.starts_with("| `PSG")).collect();
+        assert_eq!(rows.len(), ErrorCode::ALL.len(), "one row per code");
+        for code in ErrorCode::ALL {
+            let row = rows
+                .iter()
+                .find(|r| r.starts_with(&format!("| `{}` |", code.as_str())))
+                .unwrap_or_else(|| panic!("{code} is not in docs/errors.md"));
+            let grpc = format!("{:?}", code.grpc_code());
+            let screaming: String = grpc
+                .chars()
+                .enumerate()
+                .flat_map(|(i, c)| {
+                    let sep = (i > 0 && c.is_uppercase()).then_some('_');
+                    sep.into_iter().chain(c.to_uppercase())
+                })
+                .collect();
+            assert!(row.contains(&format!("| {screaming} |")), "{code}: {row}");
+            assert!(row.contains(code.public_message()), "{code}: {row}");
         }
     }
 

@@ -17,6 +17,8 @@
 //! The counters live in the store (`passage-store`), so every gateway replica counts together;
 //! the decisions are the pure functions below, table-tested.
 
+pub mod throttle;
+
 use std::net::IpAddr;
 
 use passage_store::{LockoutCounter, Store, StoreError};

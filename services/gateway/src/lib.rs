@@ -100,6 +100,10 @@ pub struct GatewayConfig {
     /// threshold, what makes a network familiar.
     #[serde(default)]
     pub lockout: passage_lockout::LockoutConfig,
+    /// Rate limits in front of sign-in: per client IP (as the application reports it) and per
+    /// tenant, token buckets in this replica's memory.
+    #[serde(default)]
+    pub throttle: passage_lockout::throttle::ThrottleConfig,
     /// How long sign-ins are kept in the sign-in log, in days.
     #[serde(default = "default_signin_log_days")]
     pub signin_log_days: u32,
@@ -196,6 +200,7 @@ impl GatewayConfig {
             http_max_connections: default_http_max_connections(),
             require_post_quantum: false,
             lockout: passage_lockout::LockoutConfig::default(),
+            throttle: passage_lockout::throttle::ThrottleConfig::default(),
             signin_log_days: default_signin_log_days(),
             key_cache_max_groups: default_key_cache_max_groups(),
         }

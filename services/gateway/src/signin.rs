@@ -9,7 +9,10 @@ use std::{
 use passage_credentials::{CredentialError, MAX_FIELD_BYTES, Password, Username, check_field};
 use passage_envelope::{AnswerBinding, PayloadFields, Sealed};
 use passage_error_codes::ErrorCode;
-use passage_lockout::SmartLockout;
+use passage_lockout::{
+    SmartLockout,
+    throttle::{Throttle, Throttled},
+};
 use passage_proto::v1::{
     DirectoryUser, SealedPassword, SealedVerdict, SignInRequest, SignInResponse, ValidateRequest,
     ValidateResponse, ValidationOutcome, dispatcher_client::DispatcherClient,
@@ -29,6 +32,7 @@ use crate::{
 
 /// The `Gateway` service.
 pub struct SignInService {
+    throttle: Throttle,
     lockout: Option<SmartLockout>,
     store: Option<Store>,
     dispatcher: DispatcherClient<Channel>,
@@ -103,6 +107,9 @@ pub enum SignInError {
     /// Smart lockout: too many failures; refused without asking any agent.
     #[error("locked out by smart lockout until Unix time {0}")]
     LockedOut(i64),
+    /// Over a rate limit.
+    #[error(transparent)]
+    Throttled(#[from] Throttled),
 }
 
 impl SignInError {
@@ -129,6 +136,7 @@ impl SignInError {
             SignInError::Seal { .. } | SignInError::Tokens(_) => ErrorCode::Internal,
             SignInError::NotAuthentic(_) => ErrorCode::AnswerNotAuthentic,
             SignInError::LockedOut(_) => ErrorCode::SmartLockout,
+            SignInError::Throttled(_) => ErrorCode::Throttled,
         }
     }
 
@@ -136,6 +144,15 @@ impl SignInError {
     /// fixed message.
     pub fn into_status(self) -> Status {
         let code = self.code();
+        if let SignInError::Throttled(throttled) = &self {
+            // The message says when (and so does a retry-after header, in seconds).
+            let seconds = throttled.retry_after().as_secs().max(1);
+            let mut status = code.status(self);
+            if let Ok(value) = seconds.to_string().parse() {
+                status.metadata_mut().insert("retry-after", value);
+            }
+            return status;
+        }
         match self {
             SignInError::Invalid(_)
             | SignInError::BadClientIp
@@ -159,6 +176,7 @@ impl SignInService {
         lockout: Option<SmartLockout>,
     ) -> Self {
         Self {
+            throttle: Throttle::new(&config.throttle),
             lockout,
             store,
             dispatcher,
@@ -402,6 +420,14 @@ impl Gateway for SignInService {
         let request = self
             .check(request.into_inner())
             .map_err(SignInError::into_status)?;
+        let client_ip = request.client_ip.map(|ip| ip.to_string());
+        if let Err(throttled) =
+            self.throttle
+                .admit(&self.tenant, client_ip.as_deref(), Instant::now())
+        {
+            tracing::info!(target: "passage::signin_log", outcome = "throttled", client_ip = client_ip.as_deref().unwrap_or("-"), %throttled, "sign-in");
+            return Err(SignInError::from(throttled).into_status());
+        }
         let group = self
             .route(&request.username)
             .map_err(SignInError::into_status)?;
