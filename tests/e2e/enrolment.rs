@@ -210,20 +210,8 @@ async fn no_password_is_stored_or_logged(postgres: bool) {
 
     let store_bytes = match &cluster.postgres {
         Some(server) => server.dump().into_bytes(),
-        None => {
-            // The SQLite file and its write-ahead log, as bytes.
-            let mut bytes = Vec::new();
-            for entry in std::fs::read_dir(cluster.dir()).unwrap().flatten() {
-                if entry
-                    .file_name()
-                    .to_string_lossy()
-                    .starts_with("passage.db")
-                {
-                    bytes.extend(std::fs::read(entry.path()).unwrap());
-                }
-            }
-            bytes
-        }
+        // The SQLite file and its write-ahead log, as bytes.
+        None => cluster.sqlite_store_bytes(),
     };
     let store_dump = String::from_utf8_lossy(&store_bytes).into_owned();
     assert!(

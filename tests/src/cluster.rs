@@ -469,6 +469,25 @@ impl Cluster {
         }
     }
 
+    /// The bytes of an enrolment cluster's SQLite store (the database file and its journal),
+    /// for checks that something is not in it.
+    pub fn sqlite_store_bytes(&self) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for entry in std::fs::read_dir(self.dir.path())
+            .expect("cluster dir")
+            .flatten()
+        {
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with("passage.db")
+            {
+                bytes.extend(std::fs::read(entry.path()).expect("store file"));
+            }
+        }
+        bytes
+    }
+
     /// The key-encryption key file of an enrolment cluster's store.
     pub fn store_key_file(&self) -> String {
         self.dir.path().join(STORE_KEY_FILE).display().to_string()

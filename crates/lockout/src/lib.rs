@@ -45,6 +45,8 @@ pub struct LockoutConfig {
     /// `pwdMaxFailure`): the cloud threshold must stay below it, at least
     /// [`DIRECTORY_MARGIN`] failures below.
     pub directory_threshold: Option<u32>,
+    /// Smart lockout on (with a store). Off, sign-ins are neither counted nor refused.
+    pub enabled: bool,
     /// Prefix length that makes an IPv4 address's network.
     pub ipv4_prefix: u8,
     /// Prefix length that makes an IPv6 address's network.
@@ -63,6 +65,7 @@ impl Default for LockoutConfig {
             max_lockout_duration_s: 3600,
             window_s: 600,
             directory_threshold: None,
+            enabled: true,
             ipv4_prefix: 24,
             ipv6_prefix: 56,
             familiar_networks: 20,
@@ -200,7 +203,13 @@ pub struct Assessment {
     pub scope: Scope,
     /// Locked out in that scope until (Unix seconds), if so.
     pub locked_until: Option<i64>,
+    /// When the client's network was last seen for the user, if familiar.
+    pub familiar_since: Option<i64>,
 }
+
+/// How long a familiar network's last sighting may be before a success records it again
+/// (so that most successful sign-ins write nothing).
+const FAMILIAR_REFRESH_S: i64 = 86_400;
 
 /// What counting a failure did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -244,16 +253,16 @@ impl SmartLockout {
         now: i64,
     ) -> Result<Assessment, StoreError> {
         let key = user_key(username);
-        let familiar = match ip {
+        let familiar_since = match ip {
             Some(ip) => {
                 let since = now - i64::from(self.config.familiar_network_days) * 86_400;
                 self.store
-                    .is_familiar(tenant, &key, &self.network(ip), since)
+                    .familiar_since(tenant, &key, &self.network(ip), since)
                     .await?
             }
-            None => false,
+            None => None,
         };
-        let scope = if familiar {
+        let scope = if familiar_since.is_some() {
             Scope::Familiar
         } else {
             Scope::Unfamiliar
@@ -266,6 +275,7 @@ impl SmartLockout {
         Ok(Assessment {
             scope,
             locked_until: (counter.locked_until > now).then_some(counter.locked_until),
+            familiar_since,
         })
     }
 
@@ -314,18 +324,22 @@ impl SmartLockout {
         }
     }
 
-    /// A successful sign-in from `ip`: the failures start again, and the network becomes (or
-    /// stays) familiar.
+    /// A successful sign-in from `ip` (`familiar_since` from its [`Assessment`]): the
+    /// failures start again, and the network becomes (or stays) familiar.
     pub async fn succeeded(
         &self,
         tenant: &str,
         username: &str,
         ip: Option<IpAddr>,
+        familiar_since: Option<i64>,
         now: i64,
     ) -> Result<(), StoreError> {
         let key = user_key(username);
         self.store.reset_failures(tenant, &key).await?;
-        if let Some(ip) = ip {
+        let fresh = familiar_since.is_some_and(|seen| now - seen < FAMILIAR_REFRESH_S);
+        if let Some(ip) = ip
+            && !fresh
+        {
             self.store
                 .remember_network(
                     tenant,
@@ -424,7 +438,10 @@ mod tests {
             Some("198.51.100.9".parse().unwrap()),
         );
         let now = 1_000_000;
-        lockout.succeeded("t", "alice@x", home, now).await.unwrap();
+        lockout
+            .succeeded("t", "alice@x", home, None, now)
+            .await
+            .unwrap();
         let at_home = lockout.assess("t", "ALICE@x", home, now).await.unwrap();
         assert_eq!(at_home.scope, Scope::Familiar);
         let elsewhere = lockout.assess("t", "alice@x", away, now).await.unwrap();
@@ -480,7 +497,7 @@ mod tests {
             Counted::LockedOut(now + 102 + 120)
         );
         lockout
-            .succeeded("t", "alice@x", home, now + 103)
+            .succeeded("t", "alice@x", home, None, now + 103)
             .await
             .unwrap();
         assert!(

@@ -1037,9 +1037,10 @@ impl Store {
     /// A success: the user's failures and lockout count start again in every scope (a lockout
     /// in force elsewhere stays in force).
     pub async fn reset_failures(&self, tenant: &str, user_key: &str) -> Result<(), StoreError> {
+        // Most sign-ins succeed with nothing to reset: then nothing is written.
         sqlx::query(
             "UPDATE lockout_counters SET failures = 0, lockouts = 0 \
-             WHERE tenant_id = $1 AND user_key = $2",
+             WHERE tenant_id = $1 AND user_key = $2 AND (failures <> 0 OR lockouts <> 0)",
         )
         .bind(tenant)
         .bind(user_key)
@@ -1081,6 +1082,37 @@ impl Store {
         Ok(())
     }
 
+    /// When `network` was last seen for `user_key`, if at or after `since` (familiar).
+    pub async fn familiar_since(
+        &self,
+        tenant: &str,
+        user_key: &str,
+        network: &str,
+        since: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        let row = sqlx::query(
+            "SELECT last_seen FROM familiar_networks \
+             WHERE tenant_id = $1 AND user_key = $2 AND network = $3 AND last_seen >= $4",
+        )
+        .bind(tenant)
+        .bind(user_key)
+        .bind(network)
+        .bind(since)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|row| row.try_get("last_seen")).transpose()?)
+    }
+
+    /// Records sign-in attempts in one transaction (one disk sync for many).
+    pub async fn log_signins(&self, entries: &[SigninEntry]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for entry in entries {
+            insert_signin(&mut tx, entry).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Whether `network` is familiar for `user_key` (seen at or after `since`).
     pub async fn is_familiar(
         &self,
@@ -1104,26 +1136,7 @@ impl Store {
 
     /// Records one sign-in attempt.
     pub async fn log_signin(&self, entry: &SigninEntry) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO signin_log (at, tenant_id, username, upn, client_id, client_ip, \
-             familiar_location, outcome, error_code, agent_id, latency_ms, lockout) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-        )
-        .bind(entry.at)
-        .bind(&entry.tenant)
-        .bind(&entry.username)
-        .bind(&entry.upn)
-        .bind(&entry.client_id)
-        .bind(&entry.client_ip)
-        .bind(i64::from(entry.familiar_location))
-        .bind(&entry.outcome)
-        .bind(&entry.error_code)
-        .bind(&entry.agent_id)
-        .bind(entry.latency_ms)
-        .bind(&entry.lockout)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        self.log_signins(std::slice::from_ref(entry)).await
     }
 
     /// Sign-ins matching `filter`, newest first.
@@ -1134,7 +1147,7 @@ impl Store {
              outcome, error_code, agent_id, latency_ms, lockout FROM signin_log \
              WHERE ($1 = '' OR tenant_id = $1) AND ($2 = '' OR LOWER(username) = LOWER($2)) \
              AND ($3 = '' OR client_id = $3) AND ($4 = '' OR outcome = $4) \
-             AND at >= $5 AND at < $6 ORDER BY at DESC LIMIT $7",
+             AND at >= $5 AND at < $6 ORDER BY at DESC, id DESC LIMIT $7",
         )
         .bind(filter.tenant.clone().unwrap_or_default())
         .bind(filter.username.clone().unwrap_or_default())
@@ -1173,6 +1186,32 @@ impl Store {
             .await?;
         Ok(result.rows_affected())
     }
+}
+
+async fn insert_signin(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    entry: &SigninEntry,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO signin_log (at, tenant_id, username, upn, client_id, client_ip, \
+         familiar_location, outcome, error_code, agent_id, latency_ms, lockout) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+    )
+    .bind(entry.at)
+    .bind(&entry.tenant)
+    .bind(&entry.username)
+    .bind(&entry.upn)
+    .bind(&entry.client_id)
+    .bind(&entry.client_ip)
+    .bind(i64::from(entry.familiar_location))
+    .bind(&entry.outcome)
+    .bind(&entry.error_code)
+    .bind(&entry.agent_id)
+    .bind(entry.latency_ms)
+    .bind(&entry.lockout)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 fn counter_from_row(row: &sqlx::any::AnyRow) -> Result<LockoutCounter, StoreError> {

@@ -10,6 +10,7 @@ pub mod client;
 pub mod http;
 pub mod keyset;
 pub mod signin;
+pub mod signin_log;
 pub mod tls;
 
 use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
@@ -104,7 +105,7 @@ pub struct GatewayConfig {
     /// tenant, token buckets in this replica's memory.
     #[serde(default)]
     pub throttle: passage_lockout::throttle::ThrottleConfig,
-    /// How long sign-ins are kept in the sign-in log, in days.
+    /// How long sign-ins are kept in the sign-in log, in days (0: no sign-in log).
     #[serde(default = "default_signin_log_days")]
     pub signin_log_days: u32,
     /// Most connector groups whose key sets are cached at once (least recently used are
@@ -359,13 +360,14 @@ impl BoundGateway {
         // With a store (production trust): smart lockout and the sign-in log.
         let store = self.verifier.as_ref().map(|v| v.verifier.store().clone());
         let lockout = match &store {
-            Some(store) => Some(
+            Some(store) if config.lockout.enabled => Some(
                 passage_lockout::SmartLockout::new(store.clone(), config.lockout.clone())
                     .map_err(|e| GatewayError::Config(e.to_string()))?,
             ),
-            None => None,
+            _ => None,
         };
-        if let Some(store) = store.clone() {
+        let log_store = store.clone().filter(|_| config.signin_log_days > 0);
+        if let Some(store) = log_store.clone() {
             tokio::spawn(prune_signin_log(
                 store,
                 i64::from(config.signin_log_days) * 86_400,
@@ -384,7 +386,7 @@ impl BoundGateway {
             dispatcher,
             keys,
             Arc::clone(&self.issuer),
-            store,
+            log_store,
             lockout,
         );
 

@@ -19,6 +19,8 @@ use passage_proto::v1::{
     gateway_server::Gateway,
 };
 use passage_store::{SigninEntry, Store};
+
+use crate::signin_log::SigninLog;
 use passage_telemetry::{TraceParent, join_trace};
 use passage_tokens::{Subject, TokenIssuer};
 use prost::Message;
@@ -34,7 +36,7 @@ use crate::{
 pub struct SignInService {
     throttle: Throttle,
     lockout: Option<SmartLockout>,
-    store: Option<Store>,
+    signin_log: Option<SigninLog>,
     dispatcher: DispatcherClient<Channel>,
     keys: Arc<KeySetCache>,
     issuer: Arc<TokenIssuer>,
@@ -178,7 +180,7 @@ impl SignInService {
         Self {
             throttle: Throttle::new(&config.throttle),
             lockout,
-            store,
+            signin_log: store.map(SigninLog::start),
             dispatcher,
             keys,
             issuer,
@@ -521,6 +523,7 @@ impl SignInService {
                         &self.tenant,
                         request.username.as_str(),
                         request.client_ip,
+                        assessment.familiar_since,
                         now,
                     )
                     .await
@@ -602,10 +605,8 @@ impl SignInService {
                 Err(err.into_status())
             }
         };
-        if let Some(store) = &self.store
-            && let Err(err) = store.log_signin(&entry).await
-        {
-            tracing::error!(error = %err, "the sign-in log could not be written");
+        if let Some(log) = &self.signin_log {
+            log.record(entry).await;
         }
         response
     }

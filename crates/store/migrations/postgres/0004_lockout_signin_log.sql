@@ -23,6 +23,8 @@ CREATE TABLE familiar_networks (
 
 -- Every sign-in attempt. Never a password, a hash of one, or a code.
 CREATE TABLE signin_log (
+    -- Orders attempts within one second.
+    id BIGSERIAL PRIMARY KEY,
     at BIGINT NOT NULL,
     tenant_id TEXT NOT NULL,
     username TEXT NOT NULL,
