@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "passage/v1/dispatcher.proto",
         "passage/v1/gateway.proto",
         "passage/v1/enrolment.proto",
+        "passage/v1/admin.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

@@ -75,6 +75,10 @@ pub struct AgentConfig {
     /// enrolled again instead of reconnecting in a loop.
     #[serde(default = "default_refused_retry_interval_s")]
     pub refused_retry_interval_s: u64,
+    /// How often the directory's own lockout policy is read again (reported to the gateways,
+    /// which keep smart lockout below it), in seconds.
+    #[serde(default = "default_lockout_policy_refresh_s")]
+    pub lockout_policy_refresh_s: u64,
     /// HTTP CONNECT proxy to reach the dispatchers through (`http://proxy:3128`). Without it,
     /// `HTTPS_PROXY` / `NO_PROXY` from the environment apply (never to loopback addresses).
     #[serde(default)]
@@ -109,6 +113,9 @@ fn default_repeat_window_s() -> u64 {
 }
 fn default_refused_retry_interval_s() -> u64 {
     600
+}
+fn default_lockout_policy_refresh_s() -> u64 {
+    300
 }
 
 /// Agent start-up errors.
@@ -152,6 +159,11 @@ impl AgentConfig {
         }
         if self.capacity == 0 || self.capacity > 4096 {
             return Err(AgentError::Config("capacity must be 1 to 4096".into()));
+        }
+        if self.lockout_policy_refresh_s == 0 {
+            return Err(AgentError::Config(
+                "lockout_policy_refresh_s must be at least 1".into(),
+            ));
         }
         self.rsa_bits()?;
         Ok(())

@@ -126,6 +126,8 @@ pub async fn run(
                 &state.key,
                 state.certificate.as_ref().map(|(_, c)| c),
             ),
+            // Set from the validator at each hello.
+            directory_lockout_threshold: 0,
         }),
         identity: RwLock::new(state.client_identity()),
         certificate: RwLock::new(state.certificate.as_ref().map(|(_, c)| c.clone())),
@@ -136,7 +138,11 @@ pub async fn run(
         validator,
         capacity,
     });
+    // The directory's lockout policy is read before the first hello, so gateways know it
+    // before the first sign-in, then again periodically.
+    link.validator.refresh_lockout_policy().await;
     let mut streams = JoinSet::new();
+    streams.spawn(keep_policy_read(Arc::clone(&link), stop_rx.clone()));
     for url in link.config.dispatchers.clone() {
         streams.spawn(keep_connected(url, Arc::clone(&link), stop_rx.clone()));
     }
@@ -152,6 +158,17 @@ pub async fn run(
     tracing::info!("agent shutting down; finishing in-flight validations");
     let _ = stop_tx.send(true);
     while streams.join_next().await.is_some() {}
+}
+
+/// Reads the directory's lockout policy every `lockout_policy_refresh_s` until shutdown.
+async fn keep_policy_read(link: Arc<Link>, mut stop: watch::Receiver<bool>) {
+    let period = Duration::from_secs(link.config.lockout_policy_refresh_s);
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(period) => link.validator.refresh_lockout_policy().await,
+            () = stopped(&mut stop) => return,
+        }
+    }
 }
 
 /// What every stream of this agent shares.
@@ -377,7 +394,10 @@ async fn session(
     // The identity this stream uses; a renewal bumps the generation and ends the stream.
     let mut generation = link.generation.subscribe();
     generation.mark_unchanged();
-    let hello = link.hello.read().unwrap_or_else(|p| p.into_inner()).clone();
+    let hello = AgentHello {
+        directory_lockout_threshold: validator.directory_lockout_threshold(),
+        ..link.hello.read().unwrap_or_else(|p| p.into_inner()).clone()
+    };
     let identity = link
         .identity
         .read()
@@ -464,7 +484,7 @@ async fn session(
             }
             _ = heartbeat.tick() => {
                 let in_flight = config.capacity.saturating_sub(capacity.available_permits() as u32);
-                let beat = ConnectRequest { message: Some(connect_request::Message::Heartbeat(Heartbeat { in_flight })) };
+                let beat = ConnectRequest { message: Some(connect_request::Message::Heartbeat(Heartbeat { in_flight, directory_lockout_threshold: validator.directory_lockout_threshold() })) };
                 if outbound.send(beat).await.is_err() {
                     break Err("stream closed".into());
                 }

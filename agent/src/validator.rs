@@ -28,6 +28,8 @@ pub struct Validator {
     replay: ReplayGuard,
     decrypt_permits: Semaphore,
     wrong_passwords: WrongPasswords,
+    /// The directory's own lockout threshold as last read (0: none, or not read yet).
+    directory_lockout_threshold: std::sync::atomic::AtomicU32,
 }
 
 impl Validator {
@@ -52,6 +54,37 @@ impl Validator {
             replay: ReplayGuard::new(replay_window, 1_000_000),
             decrypt_permits: Semaphore::new(decrypt_threads.max(1)),
             wrong_passwords: WrongPasswords::new(repeat_window, 100_000),
+            directory_lockout_threshold: std::sync::atomic::AtomicU32::new(0),
+        }
+    }
+
+    /// The directory's lockout threshold as last read (0: the directory locks no one, or it
+    /// could not be read yet); reported to the dispatcher in the hello and every heartbeat.
+    pub fn directory_lockout_threshold(&self) -> u32 {
+        self.directory_lockout_threshold
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Reads the directory's lockout policy again. When it cannot be read, the last value
+    /// read stays (a passing outage must not raise the gateway's threshold).
+    pub async fn refresh_lockout_policy(&self) {
+        match self.directory.lockout_policy().await {
+            Ok(policy) => {
+                let threshold = policy.map_or(0, |p| p.threshold);
+                let previous = self
+                    .directory_lockout_threshold
+                    .swap(threshold, std::sync::atomic::Ordering::Relaxed);
+                if previous != threshold {
+                    tracing::info!(
+                        threshold,
+                        observation_window_s = policy.and_then(|p| p.observation_window_s),
+                        "directory lockout policy read (0: the directory locks no account)"
+                    );
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "could not read the directory's lockout policy; keeping the last one read");
+            }
         }
     }
 

@@ -93,6 +93,7 @@ pub async fn run(signin: Option<String>) -> Result<(), String> {
         proxy: None,
         renew_check_interval_ms: 60_000,
         refused_retry_interval_s: 600,
+        lockout_policy_refresh_s: 300,
         repeat_window_s: 900,
         directory: DirectoryConfig::Static(StaticConfig { path: users_path }),
     };

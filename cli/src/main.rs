@@ -77,6 +77,11 @@ enum Command {
         #[command(flatten)]
         filter: signins::SigninsArgs,
     },
+    /// Administration through a gateway's `GatewayAdmin` API.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
     /// The store's key-encryption key.
     Store {
         #[command(subcommand)]
@@ -98,6 +103,32 @@ enum Command {
         store: store::StoreArgs,
         #[command(subcommand)]
         command: agents::AgentCommand,
+    },
+}
+
+// Parsed once per run: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Make an administrator token: prints the token (shown once) and the line for the
+    /// gateway's configuration, which holds only its SHA-256.
+    Token,
+    /// The sign-in log, through the gateway (needs an administrator token).
+    Signins {
+        /// Gateway gRPC URL.
+        #[arg(long)]
+        gateway: String,
+        /// File holding the administrator token.
+        #[arg(long)]
+        token_file: std::path::PathBuf,
+        /// Allow an http:// gateway URL. Development only.
+        #[arg(long)]
+        insecure_plaintext: bool,
+        /// CA certificate (PEM) to verify the gateway with, instead of the system's roots.
+        #[arg(long)]
+        ca_file: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        filter: signins::SigninsArgs,
     },
 }
 
@@ -140,6 +171,37 @@ async fn main() -> ExitCode {
             match store.open().await {
                 Ok(store) => signins::run(&store, filter).await,
                 Err(err) => Err(err),
+            }
+        }
+        Command::Admin {
+            command: AdminCommand::Token,
+        } => passage_gateway::admin::new_token()
+            .map(|(token, hash)| {
+                println!("administrator token (shown once; keep it secret):\n{token}\n");
+                println!("gateway configuration:\nadmin_token_sha256 = [\"{hash}\"]");
+            })
+            .map_err(|_| "no random source".to_owned()),
+        Command::Admin {
+            command:
+                AdminCommand::Signins {
+                    gateway,
+                    token_file,
+                    insecure_plaintext,
+                    ca_file,
+                    filter,
+                },
+        } => {
+            passage_telemetry::init_logging("warn");
+            match std::fs::read_to_string(&token_file) {
+                Ok(token) => {
+                    let target = Gateway {
+                        url: &gateway,
+                        ca_file: ca_file.as_deref(),
+                        insecure_plaintext,
+                    };
+                    signins::run_remote(&target, &token, filter).await
+                }
+                Err(err) => Err(format!("reading {}: {err}", token_file.display())),
             }
         }
         Command::Pki { command } => {
@@ -198,6 +260,21 @@ pub(crate) struct Gateway<'a> {
     pub insecure_plaintext: bool,
 }
 
+impl Gateway<'_> {
+    /// A channel to the gateway.
+    pub(crate) async fn channel(&self) -> Result<tonic::transport::Channel, String> {
+        let tls = passage_transport::ClientTls {
+            ca_file: self.ca_file.map(std::path::Path::to_path_buf),
+            ..Default::default()
+        };
+        passage_transport::endpoint(self.url, Some(&tls), self.insecure_plaintext)
+            .map_err(|e| e.to_string())?
+            .connect()
+            .await
+            .map_err(|e| format!("connecting to {}: {e}", self.url))
+    }
+}
+
 /// Calls `Gateway.SignIn` and returns the response or a printable error with its code.
 pub(crate) async fn call_sign_in(
     gateway: &Gateway<'_>,
@@ -205,15 +282,7 @@ pub(crate) async fn call_sign_in(
     password: &Password,
     client_id: &str,
 ) -> Result<passage_proto::v1::SignInResponse, String> {
-    let tls = passage_transport::ClientTls {
-        ca_file: gateway.ca_file.map(std::path::Path::to_path_buf),
-        ..Default::default()
-    };
-    let channel = passage_transport::endpoint(gateway.url, Some(&tls), gateway.insecure_plaintext)
-        .map_err(|e| e.to_string())?
-        .connect()
-        .await
-        .map_err(|e| format!("connecting to {}: {e}", gateway.url))?;
+    let channel = gateway.channel().await?;
     GatewayClient::new(channel)
         .sign_in(SignInRequest {
             username: username.to_owned(),

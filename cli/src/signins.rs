@@ -1,7 +1,8 @@
 //! `passage signins`: the sign-in log.
 
 use clap::Args;
-use passage_store::{SigninFilter, Store};
+use passage_proto::v1::{ListSignInsRequest, gateway_admin_client::GatewayAdminClient};
+use passage_store::{SigninEntry, SigninFilter, Store};
 
 /// Filters for `passage signins`.
 #[derive(Args)]
@@ -32,6 +33,7 @@ pub struct SigninsArgs {
 /// Lists sign-ins from `store`.
 pub async fn run(store: &Store, args: SigninsArgs) -> Result<(), String> {
     let now = passage_dispatcher::enrolment::unix_now();
+    let json = args.json;
     let filter = SigninFilter {
         tenant: args.tenant,
         username: args.user,
@@ -42,7 +44,62 @@ pub async fn run(store: &Store, args: SigninsArgs) -> Result<(), String> {
         limit: args.limit,
     };
     let entries = store.signins(&filter).await.map_err(|e| e.to_string())?;
-    if args.json {
+    print(entries, json);
+    Ok(())
+}
+
+/// Lists sign-ins through a gateway's `GatewayAdmin.ListSignIns`, with an administrator token.
+pub async fn run_remote(
+    gateway: &crate::Gateway<'_>,
+    token: &str,
+    args: SigninsArgs,
+) -> Result<(), String> {
+    if args.tenant.is_some() {
+        return Err("--tenant does not apply: a gateway lists its own tenant's sign-ins".into());
+    }
+    let now = passage_dispatcher::enrolment::unix_now();
+    let mut request = tonic::Request::new(ListSignInsRequest {
+        username: args.user.unwrap_or_default(),
+        client_id: args.app.unwrap_or_default(),
+        outcome: args.outcome.unwrap_or_default(),
+        since_unix: args.since_s.map_or(0, |s| now - s),
+        until_unix: 0,
+        limit: u32::try_from(args.limit).map_err(|_| "--limit must be 0 to 10000")?,
+    });
+    let bearer = format!("Bearer {}", token.trim())
+        .parse()
+        .map_err(|_| "the token file does not hold a token")?;
+    request.metadata_mut().insert("authorization", bearer);
+    let channel = gateway.channel().await?;
+    let records = GatewayAdminClient::new(channel)
+        .list_sign_ins(request)
+        .await
+        .map_err(|status| format!("listing sign-ins failed: {}", status.message()))?
+        .into_inner()
+        .sign_ins;
+    let entries = records
+        .into_iter()
+        .map(|r| SigninEntry {
+            at: r.at_unix,
+            tenant: r.tenant,
+            username: r.username,
+            upn: r.upn,
+            client_id: r.client_id,
+            client_ip: r.client_ip,
+            familiar_location: r.familiar_location,
+            outcome: r.outcome,
+            error_code: r.error_code,
+            agent_id: r.agent_id,
+            latency_ms: r.latency_ms,
+            lockout: r.lockout,
+        })
+        .collect();
+    print(entries, args.json);
+    Ok(())
+}
+
+fn print(entries: Vec<SigninEntry>, json: bool) {
+    if json {
         for e in entries {
             let line = serde_json::json!({
                 "at": e.at,
@@ -60,7 +117,7 @@ pub async fn run(store: &Store, args: SigninsArgs) -> Result<(), String> {
             });
             println!("{line}");
         }
-        return Ok(());
+        return;
     }
     println!(
         "{:<11} {:<10} {:<32} {:<16} {:<16} {:<9} {:<8} {:<9} {:<8} {:>7}",
@@ -102,5 +159,4 @@ pub async fn run(store: &Store, args: SigninsArgs) -> Result<(), String> {
             e.latency_ms
         );
     }
-    Ok(())
 }

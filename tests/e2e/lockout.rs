@@ -231,3 +231,191 @@ async fn the_same_wrong_password_fifty_times_counts_once_and_reaches_the_directo
         .await
         .expect("bob's own password");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_threshold_configured_the_directorys_own_policy_keeps_the_account_unlocked() {
+    // No lockout settings at all: the cloud threshold is the default 10, above slapd's
+    // ppolicy `pwdMaxFailure: 5`. The agent reads that policy and reports it; the gateway
+    // lowers its threshold for the group to 5 - 2 = 3 and says so.
+    let mut cluster = Cluster::start(ClusterOptions {
+        agents: 0,
+        enrolment: true,
+        ..ClusterOptions::default()
+    })
+    .await;
+    cluster.enrol_agent().await;
+    let alice = default_users().remove(0);
+    let agent_log = cluster.agents[0].process.log();
+    assert!(
+        agent_log.contains("directory lockout policy read") && agent_log.contains("threshold=5"),
+        "{agent_log}"
+    );
+
+    let mut codes = std::collections::HashMap::new();
+    for n in 0..200 {
+        let status = sign_in_from(&cluster, &alice.upn, &format!("Spray-{n}"), ATTACKER)
+            .await
+            .expect_err("a wrong password");
+        *codes
+            .entry(ErrorCode::of(&status).expect("a Passage code"))
+            .or_insert(0) += 1;
+    }
+    assert_eq!(
+        codes.get(&ErrorCode::InvalidCredentials),
+        Some(&3),
+        "{codes:?}"
+    );
+    assert_eq!(codes.get(&ErrorCode::SmartLockout), Some(&197), "{codes:?}");
+    let (locked, failures) = directory_lockout(&cluster, &alice.dn()).await;
+    assert!(!locked, "the directory locked alice out");
+    assert_eq!(failures, 3);
+    let gateway_log = cluster.gateway.process.log();
+    let lowered: Vec<&str> = gateway_log
+        .lines()
+        .filter(|l| l.contains("smart lockout threshold lowered"))
+        .collect();
+    assert_eq!(lowered.len(), 1, "warned once: {gateway_log}");
+    assert!(
+        lowered[0].contains("configured=10")
+            && lowered[0].contains("directory_threshold=5")
+            && lowered[0].contains("effective=3"),
+        "{}",
+        lowered[0]
+    );
+    // Alice has never signed in, so no network is familiar for her yet: her own sign-in is in
+    // the attacker's scope and waits out the cloud lockout, while her directory account stays
+    // usable everywhere else.
+    let status = sign_in_from(&cluster, &alice.upn, &alice.password, HOME)
+        .await
+        .expect_err("no familiar network yet: same scope as the attacker");
+    assert_eq!(ErrorCode::of(&status), Some(ErrorCode::SmartLockout));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn administrators_read_the_sign_in_log_over_grpc_with_their_token_only() {
+    use passage_proto::v1::{ListSignInsRequest, gateway_admin_client::GatewayAdminClient};
+    let (token, hash) = passage_gateway::admin::new_token().unwrap();
+    let mut cluster = Cluster::start(ClusterOptions {
+        agents: 0,
+        enrolment: true,
+        gateway_config: format!("admin_token_sha256 = [\"{hash}\"]\n"),
+        ..ClusterOptions::default()
+    })
+    .await;
+    cluster.enrol_agent().await;
+    let alice = default_users().remove(0);
+    sign_in_from(&cluster, &alice.upn, &alice.password, HOME)
+        .await
+        .expect("alice");
+    sign_in_from(&cluster, &alice.upn, "Not-Her-Password-1", ATTACKER)
+        .await
+        .expect_err("wrong password");
+    let store = Store::open(&cluster.store_url()).await.unwrap();
+    assert_eq!(logged(&store, &alice.upn, 2).await.len(), 2);
+
+    let mut admin = GatewayAdminClient::new(cluster.gateway_channel());
+    let ask = |token: Option<&str>, request: ListSignInsRequest| {
+        let mut request = tonic::Request::new(request);
+        if let Some(token) = token {
+            request
+                .metadata_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        }
+        request
+    };
+    let everything = ListSignInsRequest {
+        username: alice.upn.clone(),
+        ..ListSignInsRequest::default()
+    };
+    // No token, someone else's token, the hash itself: refused with the admin code.
+    let (_, stranger) = passage_gateway::admin::new_token().unwrap();
+    for refused in [None, Some(stranger.as_str()), Some(hash.as_str())] {
+        let status = admin
+            .list_sign_ins(ask(refused, everything.clone()))
+            .await
+            .expect_err("refused");
+        assert_eq!(
+            ErrorCode::of(&status),
+            Some(ErrorCode::AdminNotAuthorised),
+            "{status:?}"
+        );
+    }
+    // With the token: both attempts, newest first, with their codes.
+    let records = admin
+        .list_sign_ins(ask(Some(&token), everything.clone()))
+        .await
+        .expect("listed")
+        .into_inner()
+        .sign_ins;
+    let summary: Vec<(&str, &str, &str)> = records
+        .iter()
+        .map(|r| {
+            (
+                r.outcome.as_str(),
+                r.error_code.as_str(),
+                r.client_ip.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![("failure", "PSG50126", ATTACKER), ("success", "", HOME)]
+    );
+    assert!(
+        records
+            .iter()
+            .all(|r| r.tenant == "default" && r.client_id == CLIENT_ID)
+    );
+    assert_eq!(records[1].upn, alice.upn);
+    // Filters apply; a limit over the maximum is a clear error.
+    let failures = admin
+        .list_sign_ins(ask(
+            Some(&token),
+            ListSignInsRequest {
+                outcome: "failure".into(),
+                ..everything.clone()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .sign_ins;
+    assert_eq!(failures.len(), 1);
+    let status = admin
+        .list_sign_ins(ask(
+            Some(&token),
+            ListSignInsRequest {
+                limit: 10_001,
+                ..everything.clone()
+            },
+        ))
+        .await
+        .expect_err("too many");
+    assert_eq!(ErrorCode::of(&status), Some(ErrorCode::InvalidRequest));
+
+    // The CLI does the same with a token file.
+    let token_file = cluster.dir().join("admin-token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let ca_file = cluster.services_ca_file();
+    let (ok, listing, stderr) = run_to_end(
+        "passage",
+        &[
+            "admin",
+            "signins",
+            "--gateway",
+            &cluster.gateway.grpc_url,
+            "--token-file",
+            token_file.to_str().unwrap(),
+            "--ca-file",
+            ca_file.to_str().unwrap(),
+            "--user",
+            &alice.upn,
+            "--json",
+        ],
+    );
+    assert!(ok, "{stderr}");
+    assert_eq!(listing.lines().count(), 2, "{listing}");
+    assert!(listing.contains("\"error_code\":\"PSG50126\""), "{listing}");
+    // The token never reaches the gateway's log.
+    assert!(!cluster.gateway.process.log().contains(&token));
+}

@@ -159,6 +159,7 @@ pub struct Cluster {
     pub agents: Vec<AgentProcess>,
     dir: tempfile::TempDir,
     gateway_client: GatewayClient<Channel>,
+    gateway_channel: Channel,
     store_url: String,
     /// The PostgreSQL server holding the store, when `postgres`.
     pub postgres: Option<Postgres>,
@@ -289,8 +290,8 @@ impl Cluster {
             process: gateway,
         };
         let client_tls = options.enrolment.then(|| service_tls(dir.path(), false));
-        let gateway_client =
-            GatewayClient::new(channel(&gateway.grpc_url, client_tls.as_ref()).await);
+        let gateway_channel = channel(&gateway.grpc_url, client_tls.as_ref()).await;
+        let gateway_client = GatewayClient::new(gateway_channel.clone());
 
         let mut cluster = Self {
             options,
@@ -300,6 +301,7 @@ impl Cluster {
             agents: Vec::new(),
             dir,
             gateway_client,
+            gateway_channel,
             store_url,
             postgres,
             agent_proxy: None,
@@ -695,6 +697,17 @@ impl Cluster {
     /// A gateway client for custom requests.
     pub fn gateway_client(&self) -> GatewayClient<Channel> {
         self.gateway_client.clone()
+    }
+
+    /// A channel to the gateway's gRPC listener (for its other services).
+    pub fn gateway_channel(&self) -> Channel {
+        self.gateway_channel.clone()
+    }
+
+    /// The services CA certificate file (what verifies the dispatcher and gateway listeners
+    /// with `enrolment`).
+    pub fn services_ca_file(&self) -> std::path::PathBuf {
+        self.dir.path().join(SERVICES_CA_FILE)
     }
 
     /// Where this cluster keeps its files (configs, logs).

@@ -18,7 +18,9 @@ use passage_credentials::{Password, Secret};
 use serde::Deserialize;
 use tokio::sync::Semaphore;
 
-use crate::{Directory, DirectoryError, UserInfo, Verdict, VerdictFuture};
+use crate::{
+    Directory, DirectoryError, PolicyFuture, UserInfo, Verdict, VerdictFuture, lockout_policy,
+};
 
 /// OID of the password-policy request/response control (draft-behera-ldap-password-policy).
 const PPOLICY_OID: &str = "1.3.6.1.4.1.42.2.27.8.5.1";
@@ -95,6 +97,11 @@ pub struct LdapConfig {
     /// Connections kept for searches (each multiplexes many searches).
     #[serde(default = "default_search_connections")]
     pub search_connections: usize,
+    /// Where the directory's lockout policies are looked for (ppolicy `pwdPolicy` entries, AD's
+    /// domain object and fine-grained password settings). Default: AD's
+    /// `defaultNamingContext`, else the naming context holding `base_dn`, else `base_dn`.
+    #[serde(default)]
+    pub lockout_policy_base_dn: Option<String>,
 }
 
 /// Group lookup by search.
@@ -174,6 +181,7 @@ impl LdapConfig {
             timeout_ms: default_timeout_ms(),
             bind_pool_size: default_bind_pool_size(),
             search_connections: default_search_connections(),
+            lockout_policy_base_dn: None,
         }
     }
 }
@@ -305,6 +313,7 @@ impl LdapDirectory {
     async fn search(
         &self,
         base: &str,
+        scope: Scope,
         filter: &str,
         attributes: &[String],
     ) -> Result<(Vec<ldap3::ResultEntry>, ldap3::LdapResult), DirectoryError> {
@@ -314,7 +323,7 @@ impl LdapDirectory {
             let mut ldap = self.search_connection(slot, fresh).await?;
             match ldap
                 .with_timeout(self.timeout)
-                .search(base, Scope::Subtree, filter, attributes)
+                .search(base, scope, filter, attributes)
                 .await
             {
                 Ok(result) => {
@@ -331,6 +340,37 @@ impl LdapDirectory {
         }
     }
 
+    /// Where lockout policies live: AD's `defaultNamingContext`, else the naming context that
+    /// holds `base_dn` (policies often sit beside the users, not under them), else `base_dn`.
+    async fn policy_base(&self) -> Result<String, DirectoryError> {
+        let attributes = [
+            "defaultNamingContext".to_owned(),
+            "namingContexts".to_owned(),
+        ];
+        let (entries, _) = self
+            .search("", Scope::Base, "(objectClass=*)", &attributes)
+            .await?;
+        let Some(root) = entries.into_iter().next().map(SearchEntry::construct) else {
+            return Ok(self.config.base_dn.clone());
+        };
+        let values = |name: &str| -> Vec<String> {
+            root.attrs
+                .iter()
+                .find(|(key, _)| key.eq_ignore_ascii_case(name))
+                .map(|(_, values)| values.clone())
+                .unwrap_or_default()
+        };
+        if let Some(default) = values("defaultNamingContext").into_iter().next() {
+            return Ok(default);
+        }
+        let base = self.config.base_dn.to_ascii_lowercase();
+        Ok(values("namingContexts")
+            .into_iter()
+            .filter(|context| !context.is_empty() && base.ends_with(&context.to_ascii_lowercase()))
+            .max_by_key(String::len)
+            .unwrap_or_else(|| self.config.base_dn.clone()))
+    }
+
     /// Finds the one entry whose login attribute equals `login`.
     async fn search_user(&self, login: &str) -> Result<Option<SearchEntry>, DirectoryError> {
         let filter = user_search_filter(
@@ -339,7 +379,12 @@ impl LdapDirectory {
             login,
         );
         let (entries, status) = self
-            .search(&self.config.base_dn, &filter, &self.attributes)
+            .search(
+                &self.config.base_dn,
+                Scope::Subtree,
+                &filter,
+                &self.attributes,
+            )
             .await?;
         match status.rc {
             0 => {}
@@ -489,6 +534,7 @@ impl LdapDirectory {
             let (entries, status) = self
                 .search(
                     &search.base_dn,
+                    Scope::Subtree,
                     &filter,
                     std::slice::from_ref(&search.name_attribute),
                 )
@@ -562,6 +608,47 @@ impl Directory for LdapDirectory {
                 dn: entry.dn.clone(),
                 groups,
             }))
+        })
+    }
+
+    fn lockout_policy(&self) -> PolicyFuture<'_> {
+        Box::pin(async move {
+            let base = match &self.config.lockout_policy_base_dn {
+                Some(base) => base.clone(),
+                None => self.policy_base().await?,
+            };
+            let attributes: Vec<String> = lockout_policy::POLICY_ATTRIBUTES
+                .iter()
+                .map(|a| (*a).to_owned())
+                .collect();
+            let (entries, status) = self
+                .search(
+                    &base,
+                    Scope::Subtree,
+                    lockout_policy::POLICY_FILTER,
+                    &attributes,
+                )
+                .await?;
+            match status.rc {
+                // Complete, or cut at the server's size limit (what came is still a lower bound).
+                0 | 4 => {}
+                32 => {
+                    return Err(DirectoryError::Misconfigured(format!(
+                        "lockout policy base {base:?} does not exist"
+                    )));
+                }
+                rc => {
+                    return Err(DirectoryError::Unavailable(format!(
+                        "lockout policy search answered rc={rc}: {}",
+                        status.text
+                    )));
+                }
+            }
+            let entries: Vec<SearchEntry> =
+                entries.into_iter().map(SearchEntry::construct).collect();
+            Ok(lockout_policy::from_entries(
+                entries.iter().map(|e| &e.attrs),
+            ))
         })
     }
 

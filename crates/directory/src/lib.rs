@@ -10,6 +10,7 @@
 //!   and tests that do not need a directory server.
 
 pub mod ldap;
+pub mod lockout_policy;
 pub mod static_file;
 
 use std::{future::Future, pin::Pin};
@@ -18,6 +19,7 @@ use passage_credentials::Password;
 use serde::Deserialize;
 
 pub use ldap::{LdapConfig, LdapDirectory};
+pub use lockout_policy::LockoutPolicy;
 pub use static_file::{StaticConfig, StaticDirectory, StaticUser, UserState};
 
 /// What the directory knows about a user who signed in successfully.
@@ -86,10 +88,20 @@ pub enum DirectoryError {
 pub type VerdictFuture<'a> =
     Pin<Box<dyn Future<Output = Result<Verdict, DirectoryError>> + Send + 'a>>;
 
+/// The future [`Directory::lockout_policy`] returns.
+pub type PolicyFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Option<LockoutPolicy>, DirectoryError>> + Send + 'a>>;
+
 /// A source of truth for passwords.
 pub trait Directory: Send + Sync + 'static {
     /// Checks `password` for the user whose login attribute equals `login`.
     fn authenticate<'a>(&'a self, login: &'a str, password: &'a Password) -> VerdictFuture<'a>;
+
+    /// The directory's own account lockout policy (the strictest that applies to anyone), so
+    /// the gateway can stay below it; `None` when accounts are never locked.
+    fn lockout_policy(&self) -> PolicyFuture<'_> {
+        Box::pin(async { Ok(None) })
+    }
 
     /// A one-line description for logs (never contains secrets).
     fn describe(&self) -> String;

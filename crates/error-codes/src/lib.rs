@@ -88,6 +88,8 @@ error_codes! {
     /// The caller's gateway certificate does not name the tenant it asked for (or it presented
     /// no gateway certificate).
     GatewayNotPermitted = "PSG82010", PermissionDenied;
+    /// An administrative call without a valid administrator token.
+    AdminNotAuthorised = "PSG82020", Unauthenticated;
     /// Too many sign-ins from one client address, or for the tenant: retry later.
     Throttled = "PSG90429", ResourceExhausted;
     /// An unexpected internal failure.
@@ -131,6 +133,7 @@ impl ErrorCode {
             ErrorCode::AgentNotTrusted => "the agent is not trusted",
             ErrorCode::AgentRevoked => "the agent is revoked; enrol it again",
             ErrorCode::GatewayNotPermitted => "this caller may not act for the tenant",
+            ErrorCode::AdminNotAuthorised => "not authorised",
             ErrorCode::Throttled => "too many sign-ins; try again shortly",
             ErrorCode::Internal => "internal error",
         }

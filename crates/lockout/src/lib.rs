@@ -19,7 +19,11 @@
 
 pub mod throttle;
 
-use std::net::IpAddr;
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::{Arc, Mutex},
+};
 
 use passage_store::{LockoutCounter, Store, StoreError};
 use serde::Deserialize;
@@ -225,18 +229,51 @@ pub enum Counted {
 pub struct SmartLockout {
     store: Store,
     config: LockoutConfig,
+    /// The lowered threshold last warned about, per connector group.
+    lowered: Arc<Mutex<HashMap<String, u32>>>,
 }
 
 impl SmartLockout {
     /// Lockout with `config` (validated) over `store`.
     pub fn new(store: Store, config: LockoutConfig) -> Result<Self, LockoutConfigError> {
         config.validate()?;
-        Ok(Self { store, config })
+        Ok(Self {
+            store,
+            config,
+            lowered: Arc::default(),
+        })
     }
 
     /// The settings.
     pub fn config(&self) -> &LockoutConfig {
         &self.config
+    }
+
+    /// The threshold in force for `connector_group`: the configured one, kept
+    /// [`DIRECTORY_MARGIN`] below the directory's own threshold, which is the configured
+    /// `directory_threshold` if there is one, else the lowest the group's agents read from the
+    /// directory (`discovered`). Warns once per group and value when it had to be lowered.
+    pub fn threshold_for(&self, connector_group: &str, discovered: Option<u32>) -> u32 {
+        let directory = self.config.directory_threshold.or(discovered);
+        let (threshold, lowered) = effective_threshold(self.config.threshold, directory);
+        if lowered {
+            let mut warned = self.lowered.lock().unwrap_or_else(|p| p.into_inner());
+            if warned.get(connector_group) != Some(&threshold) {
+                // Bounded: connector groups are few; a flood of names only costs repeats.
+                if warned.len() >= 10_000 {
+                    warned.clear();
+                }
+                warned.insert(connector_group.to_owned(), threshold);
+                tracing::warn!(
+                    connector_group,
+                    configured = self.config.threshold,
+                    directory_threshold = directory,
+                    effective = threshold,
+                    "smart lockout threshold lowered to stay {DIRECTORY_MARGIN} failures below the directory's own lockout threshold"
+                );
+            }
+        }
+        threshold
     }
 
     fn network(&self, ip: IpAddr) -> String {
@@ -409,6 +446,30 @@ mod tests {
             .validate()
             .is_err()
         );
+    }
+
+    #[tokio::test]
+    async fn a_configured_directory_threshold_overrides_the_discovered_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&format!("sqlite://{}", dir.path().join("t.db").display()))
+            .await
+            .unwrap();
+        let discovered_only = SmartLockout::new(store.clone(), LockoutConfig::default()).unwrap();
+        assert_eq!(discovered_only.threshold_for("corp", None), 10);
+        assert_eq!(discovered_only.threshold_for("corp", Some(5)), 3);
+        assert_eq!(discovered_only.threshold_for("corp", Some(50)), 10);
+        let configured = SmartLockout::new(
+            store,
+            LockoutConfig {
+                threshold: 3,
+                directory_threshold: Some(8),
+                ..LockoutConfig::default()
+            },
+        )
+        .unwrap();
+        // The administrator's word wins over what an agent read (say, a stale policy).
+        assert_eq!(configured.threshold_for("corp", Some(2)), 3);
+        assert_eq!(configured.threshold_for("corp", None), 3);
     }
 
     #[test]

@@ -37,6 +37,8 @@ pub struct AgentIdentity {
     pub cert_serial: Option<String>,
     /// The certificate it connected with, DER (none in plaintext development mode).
     pub certificate_der: Option<Vec<u8>>,
+    /// The directory lockout threshold it reported in its hello (0: none known).
+    pub directory_lockout_threshold: u32,
 }
 
 /// Why a task could not be handed to an agent.
@@ -58,6 +60,7 @@ pub struct AgentConnection {
     pending: Mutex<HashMap<u64, oneshot::Sender<ValidationAnswer>>>,
     next_request_id: AtomicU64,
     in_flight: AtomicU32,
+    directory_lockout_threshold: AtomicU32,
     draining: AtomicBool,
     closed: AtomicBool,
     last_seen: Mutex<Instant>,
@@ -101,6 +104,7 @@ impl AgentConnection {
         connection_id: u64,
         outbound: mpsc::Sender<Result<ConnectResponse, Status>>,
     ) -> Self {
+        let threshold = identity.directory_lockout_threshold;
         Self {
             identity,
             connection_id,
@@ -108,10 +112,22 @@ impl AgentConnection {
             pending: Mutex::new(HashMap::new()),
             next_request_id: AtomicU64::new(1),
             in_flight: AtomicU32::new(0),
+            directory_lockout_threshold: AtomicU32::new(threshold),
             draining: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             last_seen: Mutex::new(Instant::now()),
         }
+    }
+
+    /// The directory lockout threshold the agent last reported (0: none known).
+    pub fn directory_lockout_threshold(&self) -> u32 {
+        self.directory_lockout_threshold.load(Ordering::Relaxed)
+    }
+
+    /// Records the threshold a heartbeat reported.
+    pub fn set_directory_lockout_threshold(&self, threshold: u32) {
+        self.directory_lockout_threshold
+            .store(threshold, Ordering::Relaxed);
     }
 
     /// Validations sent and not yet answered.
@@ -363,6 +379,7 @@ mod tests {
             capacity: 2,
             cert_serial: None,
             certificate_der: None,
+            directory_lockout_threshold: 0,
         };
         (
             Arc::new(AgentConnection::new(

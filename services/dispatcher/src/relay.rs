@@ -306,6 +306,7 @@ impl Dispatcher for RelayService {
                 in_flight: c.in_flight(),
                 certificate_der: c.identity.certificate_der.clone().unwrap_or_default(),
                 hybrid_public_key: c.identity.hybrid_public_key.clone(),
+                directory_lockout_threshold: c.directory_lockout_threshold(),
             })
             .collect();
         Ok(Response::new(ListAgentKeysResponse { keys }))

@@ -347,6 +347,7 @@ fn identity_from_hello(hello: AgentHello) -> Result<AgentIdentity, Status> {
         capacity: hello.capacity,
         cert_serial: None,
         certificate_der: None,
+        directory_lockout_threshold: hello.directory_lockout_threshold,
     })
 }
 
@@ -451,7 +452,11 @@ impl AgentTunnel for TunnelService {
                                     tracing::debug!(request_id, "late or unknown answer dropped");
                                 }
                             }
-                            Some(connect_request::Message::Heartbeat(_)) => {}
+                            Some(connect_request::Message::Heartbeat(beat)) => {
+                                connection.set_directory_lockout_threshold(
+                                    beat.directory_lockout_threshold,
+                                );
+                            }
                             Some(connect_request::Message::Renew(request)) => {
                                 let trust = trust.clone();
                                 let connection = Arc::clone(&connection);

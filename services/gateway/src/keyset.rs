@@ -18,6 +18,8 @@ pub struct AgentSealingKey {
     pub agent_id: String,
     /// Its public key.
     pub key: SealingKey,
+    /// The directory lockout threshold it read (none: the directory locks no one, or unknown).
+    pub directory_lockout_threshold: Option<u32>,
 }
 
 /// What makes a key trustworthy: a certificate from the tenant CA that the store says still
@@ -162,6 +164,19 @@ impl KeySetCache {
         entry
     }
 
+    /// The lowest directory lockout threshold the agents of `group` in the cached key set
+    /// reported (no fetch: called after a sign-in used the set).
+    pub fn directory_lockout_threshold(&self, group: &str) -> Option<u32> {
+        let entry = lock(&self.groups).get(group).cloned()?;
+        let cached = lock(&entry.cached);
+        cached
+            .as_ref()?
+            .1
+            .iter()
+            .filter_map(|k| k.directory_lockout_threshold)
+            .min()
+    }
+
     /// The key set of `group`: cached, or fetched when stale or when `force` (after a failure
     /// that suggests the set changed).
     pub async fn keys(&self, group: &str, force: bool) -> Result<KeySet, Status> {
@@ -207,6 +222,8 @@ impl KeySetCache {
                 Ok(key) => keys.push(Arc::new(AgentSealingKey {
                     agent_id: k.agent_id,
                     key,
+                    directory_lockout_threshold: (k.directory_lockout_threshold > 0)
+                        .then_some(k.directory_lockout_threshold),
                 })),
                 Err(err) => {
                     tracing::warn!(agent_id = %k.agent_id, error = %err, "ignoring unusable agent key");
@@ -302,6 +319,7 @@ mod tests {
             in_flight: 0,
             certificate_der: pem_to_der(&issued.cert_pem).unwrap(),
             hybrid_public_key: hybrid_public,
+            directory_lockout_threshold: 0,
         };
         (offered, record)
     }

@@ -6,6 +6,7 @@
 //! * [`http`]: OIDC discovery and the JWKS over HTTP, so relying parties can verify tokens.
 //! * [`client`]: small helpers for callers (CLI, tests) to fetch the JWKS.
 
+pub mod admin;
 pub mod client;
 pub mod http;
 pub mod keyset;
@@ -15,7 +16,10 @@ pub mod tls;
 
 use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
-use passage_proto::v1::{dispatcher_client::DispatcherClient, gateway_server::GatewayServer};
+use passage_proto::v1::{
+    dispatcher_client::DispatcherClient, gateway_admin_server::GatewayAdminServer,
+    gateway_server::GatewayServer,
+};
 use passage_tokens::TokenIssuer;
 use passage_transport::{ClientTls, ServerTls, TransportError};
 use serde::Deserialize;
@@ -112,6 +116,10 @@ pub struct GatewayConfig {
     /// dropped), so sign-ins for endless unknown domains cannot grow the gateway.
     #[serde(default = "default_key_cache_max_groups")]
     pub key_cache_max_groups: usize,
+    /// SHA-256 (hex) of each administrator token `GatewayAdmin` accepts (`passage admin
+    /// token` makes one); none: administrative calls are refused.
+    #[serde(default)]
+    pub admin_token_sha256: Vec<String>,
 }
 
 /// A connector group and the username domains it serves.
@@ -204,6 +212,7 @@ impl GatewayConfig {
             throttle: passage_lockout::throttle::ThrottleConfig::default(),
             signin_log_days: default_signin_log_days(),
             key_cache_max_groups: default_key_cache_max_groups(),
+            admin_token_sha256: Vec::new(),
         }
     }
 }
@@ -253,6 +262,8 @@ pub async fn bind(config: GatewayConfig) -> Result<BoundGateway, GatewayError> {
     config
         .lockout
         .validate()
+        .map_err(|e| GatewayError::Config(e.to_string()))?;
+    admin::AdminTokens::from_hex(&config.admin_token_sha256)
         .map_err(|e| GatewayError::Config(e.to_string()))?;
     if config.envelope_lifetime_s == 0 || config.envelope_lifetime_s > 300 {
         return Err(GatewayError::Config(
@@ -381,6 +392,12 @@ impl BoundGateway {
             self.verifier,
             config.require_post_quantum,
         ));
+        let admin = admin::AdminService::new(
+            admin::AdminTokens::from_hex(&config.admin_token_sha256)
+                .map_err(|e| GatewayError::Config(e.to_string()))?,
+            config.tenant.clone(),
+            log_store.clone(),
+        );
         let service = SignInService::new(
             &config,
             dispatcher,
@@ -407,6 +424,7 @@ impl BoundGateway {
         .add_service(health)
         .add_service(passage_transport::reflection()?)
         .add_service(GatewayServer::new(service))
+        .add_service(GatewayAdminServer::new(admin))
         .serve_with_incoming_shutdown(self.grpc_incoming, stopped(stop_rx.clone()));
         let router = http::router(Arc::clone(&self.issuer));
         let http_stopped = stopped(stop_rx);

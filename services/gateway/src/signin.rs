@@ -510,7 +510,8 @@ impl SignInService {
                         &self.tenant,
                         request.username.as_str(),
                         assessment.scope,
-                        lockout.config().threshold,
+                        lockout
+                            .threshold_for(&group, self.keys.directory_lockout_threshold(&group)),
                         now,
                     )
                     .await
