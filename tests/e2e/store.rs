@@ -553,6 +553,34 @@ async fn lockout_and_signin_log(store: &Store) {
             .await
             .unwrap()
     );
+    // The one read on a sign-in's path: every counter and the network's last sighting.
+    let state = store
+        .lockout_state("t", "carol@x", Some("10.0.4.0/24"), 0)
+        .await
+        .unwrap();
+    assert_eq!(state.network_last_seen, Some(now + 4));
+    assert_eq!(state.counters.len(), 1);
+    assert_eq!(state.counters[0].0, "unfamiliar");
+    assert_eq!(state.counters[0].1.locked_until, now + 60);
+    for (network, since) in [
+        (Some("10.0.4.0/24"), now + 5),
+        (Some("10.0.0.0/24"), 0),
+        (None, 0),
+    ] {
+        let state = store
+            .lockout_state("t", "carol@x", network, since)
+            .await
+            .unwrap();
+        assert_eq!(state.network_last_seen, None, "{network:?} since {since}");
+        assert_eq!(state.counters.len(), 1);
+    }
+    assert_eq!(
+        store
+            .lockout_state("t", "dave@x", Some("10.0.4.0/24"), 0)
+            .await
+            .unwrap(),
+        passage_store::LockoutState::default()
+    );
 
     // The sign-in log.
     for n in 0..4 {
@@ -609,10 +637,39 @@ async fn lockout_and_signin_log(store: &Store) {
         .await
         .unwrap();
     assert_eq!(failures.len(), 2);
+    // A batch larger than one statement's rows lands whole, in order.
+    let batch: Vec<passage_store::SigninEntry> = (0..250)
+        .map(|n| passage_store::SigninEntry {
+            at: now + 10,
+            tenant: "batch".into(),
+            username: format!("user{n}@x"),
+            outcome: "failure".into(),
+            error_code: "PSG50126".into(),
+            latency_ms: n,
+            ..Default::default()
+        })
+        .collect();
+    store.log_signins(&batch).await.unwrap();
+    let logged = store
+        .signins(&passage_store::SigninFilter {
+            tenant: Some("batch".into()),
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        logged.iter().map(|e| e.latency_ms).collect::<Vec<_>>(),
+        (0..250).rev().collect::<Vec<_>>(),
+        "every row, newest first"
+    );
     assert_eq!(store.prune_signins(now + 2).await.unwrap(), 2);
     assert_eq!(
         store
-            .signins(&passage_store::SigninFilter::default())
+            .signins(&passage_store::SigninFilter {
+                tenant: Some("t".into()),
+                ..Default::default()
+            })
             .await
             .unwrap()
             .len(),
@@ -729,6 +786,7 @@ async fn sqlite_store_passes_the_contract_and_survives_reopening() {
     store_contract(&store).await;
     renewal_never_resurrects_a_revoked_agent(&store).await;
     lockout_and_signin_log(&store).await;
+    store.close().await;
     drop(store);
     // The file holds no private key in the clear.
     let mut bytes = Vec::new();

@@ -209,6 +209,9 @@ pub struct Assessment {
     pub locked_until: Option<i64>,
     /// When the client's network was last seen for the user, if familiar.
     pub familiar_since: Option<i64>,
+    /// Whether any of the user's counters holds failures or lockouts (a success then resets
+    /// them; otherwise it writes nothing).
+    pub failures_to_reset: bool,
 }
 
 /// How long a familiar network's last sighting may be before a success records it again
@@ -290,29 +293,33 @@ impl SmartLockout {
         now: i64,
     ) -> Result<Assessment, StoreError> {
         let key = user_key(username);
-        let familiar_since = match ip {
-            Some(ip) => {
-                let since = now - i64::from(self.config.familiar_network_days) * 86_400;
-                self.store
-                    .familiar_since(tenant, &key, &self.network(ip), since)
-                    .await?
-            }
-            None => None,
-        };
+        let since = now - i64::from(self.config.familiar_network_days) * 86_400;
+        let network = ip.map(|ip| self.network(ip));
+        // One read per sign-in: every counter of the user and the network's last sighting.
+        let state = self
+            .store
+            .lockout_state(tenant, &key, network.as_deref(), since)
+            .await?;
+        let familiar_since = state.network_last_seen;
         let scope = if familiar_since.is_some() {
             Scope::Familiar
         } else {
             Scope::Unfamiliar
         };
-        let counter = self
-            .store
-            .lockout_counter(tenant, &key, scope.as_str())
-            .await?
+        let counter = state
+            .counters
+            .iter()
+            .find(|(name, _)| name == scope.as_str())
+            .map(|(_, counter)| *counter)
             .unwrap_or_default();
         Ok(Assessment {
             scope,
             locked_until: (counter.locked_until > now).then_some(counter.locked_until),
             familiar_since,
+            failures_to_reset: state
+                .counters
+                .iter()
+                .any(|(_, c)| c.failures != 0 || c.lockouts != 0),
         })
     }
 
@@ -361,19 +368,23 @@ impl SmartLockout {
         }
     }
 
-    /// A successful sign-in from `ip` (`familiar_since` from its [`Assessment`]): the
-    /// failures start again, and the network becomes (or stays) familiar.
+    /// A successful sign-in from `ip`, assessed as `assessment`: the failures start again,
+    /// and the network becomes (or stays) familiar. Writes only what changes.
     pub async fn succeeded(
         &self,
         tenant: &str,
         username: &str,
         ip: Option<IpAddr>,
-        familiar_since: Option<i64>,
+        assessment: &Assessment,
         now: i64,
     ) -> Result<(), StoreError> {
         let key = user_key(username);
-        self.store.reset_failures(tenant, &key).await?;
-        let fresh = familiar_since.is_some_and(|seen| now - seen < FAMILIAR_REFRESH_S);
+        if assessment.failures_to_reset {
+            self.store.reset_failures(tenant, &key).await?;
+        }
+        let fresh = assessment
+            .familiar_since
+            .is_some_and(|seen| now - seen < FAMILIAR_REFRESH_S);
         if let Some(ip) = ip
             && !fresh
         {
@@ -500,7 +511,13 @@ mod tests {
         );
         let now = 1_000_000;
         lockout
-            .succeeded("t", "alice@x", home, None, now)
+            .succeeded(
+                "t",
+                "alice@x",
+                home,
+                &lockout.assess("t", "alice@x", home, now).await.unwrap(),
+                now,
+            )
             .await
             .unwrap();
         let at_home = lockout.assess("t", "ALICE@x", home, now).await.unwrap();
@@ -558,7 +575,16 @@ mod tests {
             Counted::LockedOut(now + 102 + 120)
         );
         lockout
-            .succeeded("t", "alice@x", home, None, now + 103)
+            .succeeded(
+                "t",
+                "alice@x",
+                home,
+                &lockout
+                    .assess("t", "alice@x", home, now + 103)
+                    .await
+                    .unwrap(),
+                now + 103,
+            )
             .await
             .unwrap();
         assert!(

@@ -347,10 +347,16 @@ pub struct SigninFilter {
     pub limit: i64,
 }
 
+/// SQLite connections for reads (the writer is one more).
+const SQLITE_READERS: u32 = 4;
+
 /// The store.
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
+    /// Where the hot reads go: on SQLite, connections of their own beside the one writer; on
+    /// PostgreSQL, the same pool.
+    reads: AnyPool,
     backend: Backend,
     keys: KeyProtection,
 }
@@ -417,11 +423,34 @@ impl Store {
         // SQLite has no advisory locks; PostgreSQL replicas starting together take turns.
         migrator.locking = backend == Backend::Postgres;
         migrator.run(&pool).await?;
+        let reads = match backend {
+            Backend::Sqlite => {
+                // Write-ahead logging lets readers run beside the one writer, so the read on
+                // every sign-in's path does not queue behind the sign-in log's batches. Kept
+                // in the file; best effort (another process may hold it open right now).
+                if let Err(err) = sqlx::query("PRAGMA journal_mode=WAL").execute(&pool).await {
+                    tracing::debug!(error = %err, "SQLite store: write-ahead logging not enabled");
+                }
+                AnyPoolOptions::new()
+                    .max_connections(SQLITE_READERS)
+                    .connect(&url)
+                    .await?
+            }
+            Backend::Postgres => pool.clone(),
+        };
         Ok(Self {
             pool,
+            reads,
             backend,
             keys: KeyProtection::Unconfigured,
         })
+    }
+
+    /// Closes every connection (on SQLite, the last one folds the write-ahead log into the
+    /// file).
+    pub async fn close(&self) {
+        self.reads.close().await;
+        self.pool.close().await;
     }
 
     /// Sets how private keys are kept. With a key-encryption key, call
@@ -958,7 +987,49 @@ impl Store {
     }
 }
 
+/// What the store knows about one user for smart lockout, read in one query.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LockoutState {
+    /// The user's counters, by scope name.
+    pub counters: Vec<(String, LockoutCounter)>,
+    /// When the asked-for network was last seen for the user, if at or after the bound.
+    pub network_last_seen: Option<i64>,
+}
+
 impl Store {
+    /// Every lockout counter of `user_key` and when `network` was last seen for it (if at or
+    /// after `since`), in one round trip: the read on every sign-in's path.
+    pub async fn lockout_state(
+        &self,
+        tenant: &str,
+        user_key: &str,
+        network: Option<&str>,
+        since: i64,
+    ) -> Result<LockoutState, StoreError> {
+        // Scope names are never empty; the network row is told apart by its empty scope.
+        let rows = sqlx::query(
+            "SELECT scope, failures, window_started_at, locked_until, lockouts              FROM lockout_counters WHERE tenant_id = $1 AND user_key = $2              UNION ALL              SELECT '' AS scope, 0 AS failures, 0 AS window_started_at, last_seen AS locked_until,              0 AS lockouts FROM familiar_networks              WHERE tenant_id = $1 AND user_key = $2 AND network = $3 AND last_seen >= $4",
+        )
+        .bind(tenant)
+        .bind(user_key)
+        // No network: an empty one, which no row has.
+        .bind(network.unwrap_or_default())
+        .bind(since)
+        .fetch_all(&self.reads)
+        .await?;
+        let mut state = LockoutState::default();
+        for row in rows {
+            let scope: String = row.try_get("scope")?;
+            let counter = counter_from_row(&row)?;
+            if scope.is_empty() {
+                state.network_last_seen = Some(counter.locked_until);
+            } else {
+                state.counters.push((scope, counter));
+            }
+        }
+        Ok(state)
+    }
+
     /// The lockout counter of `user_key` in `scope`, if any.
     pub async fn lockout_counter(
         &self,
@@ -1082,32 +1153,12 @@ impl Store {
         Ok(())
     }
 
-    /// When `network` was last seen for `user_key`, if at or after `since` (familiar).
-    pub async fn familiar_since(
-        &self,
-        tenant: &str,
-        user_key: &str,
-        network: &str,
-        since: i64,
-    ) -> Result<Option<i64>, StoreError> {
-        let row = sqlx::query(
-            "SELECT last_seen FROM familiar_networks \
-             WHERE tenant_id = $1 AND user_key = $2 AND network = $3 AND last_seen >= $4",
-        )
-        .bind(tenant)
-        .bind(user_key)
-        .bind(network)
-        .bind(since)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.map(|row| row.try_get("last_seen")).transpose()?)
-    }
-
-    /// Records sign-in attempts in one transaction (one disk sync for many).
+    /// Records sign-in attempts in one transaction (one disk sync for many), with one
+    /// multi-row statement per [`SIGNIN_ROWS_PER_STATEMENT`] entries.
     pub async fn log_signins(&self, entries: &[SigninEntry]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        for entry in entries {
-            insert_signin(&mut tx, entry).await?;
+        for chunk in entries.chunks(SIGNIN_ROWS_PER_STATEMENT) {
+            insert_signins(&mut tx, chunk).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -1188,29 +1239,48 @@ impl Store {
     }
 }
 
-async fn insert_signin(
+/// Rows per sign-in log `INSERT` (12 parameters each: well under SQLite's and PostgreSQL's
+/// parameter limits).
+pub const SIGNIN_ROWS_PER_STATEMENT: usize = 100;
+
+async fn insert_signins(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    entry: &SigninEntry,
+    entries: &[SigninEntry],
 ) -> Result<(), StoreError> {
-    sqlx::query(
+    const COLUMNS: usize = 12;
+    let mut sql = String::from(
         "INSERT INTO signin_log (at, tenant_id, username, upn, client_id, client_ip, \
-         familiar_location, outcome, error_code, agent_id, latency_ms, lockout) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-    )
-    .bind(entry.at)
-    .bind(&entry.tenant)
-    .bind(&entry.username)
-    .bind(&entry.upn)
-    .bind(&entry.client_id)
-    .bind(&entry.client_ip)
-    .bind(i64::from(entry.familiar_location))
-    .bind(&entry.outcome)
-    .bind(&entry.error_code)
-    .bind(&entry.agent_id)
-    .bind(entry.latency_ms)
-    .bind(&entry.lockout)
-    .execute(&mut **tx)
-    .await?;
+         familiar_location, outcome, error_code, agent_id, latency_ms, lockout) VALUES ",
+    );
+    for row in 0..entries.len() {
+        sql.push_str(if row == 0 { "(" } else { ", (" });
+        for column in 0..COLUMNS {
+            if column > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("${}", row * COLUMNS + column + 1));
+        }
+        sql.push(')');
+    }
+    // Audited: the text holds only the fixed columns and numbered placeholders; every value
+    // is bound.
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for entry in entries {
+        query = query
+            .bind(entry.at)
+            .bind(&entry.tenant)
+            .bind(&entry.username)
+            .bind(&entry.upn)
+            .bind(&entry.client_id)
+            .bind(&entry.client_ip)
+            .bind(i64::from(entry.familiar_location))
+            .bind(&entry.outcome)
+            .bind(&entry.error_code)
+            .bind(&entry.agent_id)
+            .bind(entry.latency_ms)
+            .bind(&entry.lockout);
+    }
+    query.execute(&mut **tx).await?;
     Ok(())
 }
 

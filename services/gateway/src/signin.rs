@@ -524,7 +524,7 @@ impl SignInService {
                         &self.tenant,
                         request.username.as_str(),
                         request.client_ip,
-                        assessment.familiar_since,
+                        assessment,
                         now,
                     )
                     .await
