@@ -419,3 +419,56 @@ async fn administrators_read_the_sign_in_log_over_grpc_with_their_token_only() {
     // The token never reaches the gateway's log.
     assert!(!cluster.gateway.process.log().contains(&token));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateway_replicas_on_one_postgresql_store_count_together() {
+    use passage_proto::v1::gateway_client::GatewayClient;
+    let mut cluster = Cluster::start(ClusterOptions {
+        agents: 0,
+        enrolment: true,
+        postgres: true,
+        gateway_config: "lockout = { threshold = 3, directory_threshold = 5 }\n".into(),
+        ..ClusterOptions::default()
+    })
+    .await;
+    cluster.enrol_agent().await;
+    let (replica, channel) = cluster.start_gateway_replica("gateway-replica").await;
+    let replicas = [cluster.gateway_client(), GatewayClient::new(channel)];
+    let bob = default_users().remove(1);
+    // Wrong passwords from one address, alternating between the replicas: the third locks the
+    // user out on both, whichever replica counted which failure.
+    let mut codes = Vec::new();
+    for n in 0..8 {
+        let status = replicas[n % 2]
+            .clone()
+            .sign_in(SignInRequest {
+                username: bob.upn.clone(),
+                password: format!("Guess-{n}"),
+                client_id: CLIENT_ID.into(),
+                client_ip: ATTACKER.into(),
+            })
+            .await
+            .expect_err("a wrong password");
+        codes.push(ErrorCode::of(&status).expect("a Passage code"));
+    }
+    assert_eq!(
+        codes,
+        [
+            vec![ErrorCode::InvalidCredentials; 3],
+            vec![ErrorCode::SmartLockout; 5]
+        ]
+        .concat()
+    );
+    let (locked, failures) = directory_lockout(&cluster, &bob.dn()).await;
+    assert!(!locked);
+    assert_eq!(
+        failures, 3,
+        "the directory saw exactly the counted failures"
+    );
+    // Both replicas logged their attempts into the one store.
+    let store = Store::open(&cluster.store_url()).await.unwrap();
+    let log = logged(&store, &bob.upn, 8).await;
+    assert_eq!(log.len(), 8);
+    assert_eq!(log.iter().filter(|e| e.error_code == "PSG50059").count(), 5);
+    drop(replica);
+}

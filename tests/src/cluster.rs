@@ -422,6 +422,26 @@ impl Cluster {
     /// Replaces the gateway with one configured the same but for `extra` lines, calling
     /// `dispatcher_url` if given.
     pub async fn restart_gateway(&mut self, dispatcher_url: Option<&str>, extra: &str) {
+        let (gateway, channel) = self
+            .spawn_gateway("gateway-via", dispatcher_url, extra)
+            .await;
+        self.gateway = gateway;
+        self.gateway_client = GatewayClient::new(channel.clone());
+        self.gateway_channel = channel;
+    }
+
+    /// Another gateway replica beside the running one, configured the same (same store, same
+    /// dispatcher), named `name` for its files; and a channel to it.
+    pub async fn start_gateway_replica(&self, name: &str) -> (GatewayProcess, Channel) {
+        self.spawn_gateway(name, None, "").await
+    }
+
+    async fn spawn_gateway(
+        &self,
+        name: &str,
+        dispatcher_url: Option<&str>,
+        extra: &str,
+    ) -> (GatewayProcess, Channel) {
         let original =
             std::fs::read_to_string(self.dir.path().join("gateway.toml")).expect("gateway.toml");
         let config: String = std::iter::once(extra.to_owned())
@@ -433,13 +453,13 @@ impl Cluster {
             }))
             .collect::<Vec<_>>()
             .join("\n");
-        let path = self.dir.path().join("gateway-via.toml");
-        std::fs::write(&path, config).expect("gateway-via.toml");
+        let path = self.dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, config).expect("gateway config");
         let process = Process::start_with_log(
             "passage-gateway",
             &["--config", path.to_str().expect("utf-8 path")],
             &self.process_env,
-            &self.dir.path().join("gateway-via.log"),
+            &self.dir.path().join(format!("{name}.log")),
             &log_filter(&self.options),
         );
         let scheme = if self.options.enrolment {
@@ -447,7 +467,7 @@ impl Cluster {
         } else {
             "http"
         };
-        self.gateway = GatewayProcess {
+        let gateway = GatewayProcess {
             grpc_url: format!("{scheme}://{}", process.ready_value("grpc")),
             issuer: process.ready_value("issuer"),
             process,
@@ -456,8 +476,8 @@ impl Cluster {
             .options
             .enrolment
             .then(|| service_tls(self.dir.path(), false));
-        self.gateway_client =
-            GatewayClient::new(channel(&self.gateway.grpc_url, tls.as_ref()).await);
+        let channel = channel(&gateway.grpc_url, tls.as_ref()).await;
+        (gateway, channel)
     }
 
     /// TLS material for a lying dispatcher in front of this enrolment cluster's: the
