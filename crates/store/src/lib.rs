@@ -1008,7 +1008,12 @@ impl Store {
     ) -> Result<LockoutState, StoreError> {
         // Scope names are never empty; the network row is told apart by its empty scope.
         let rows = sqlx::query(
-            "SELECT scope, failures, window_started_at, locked_until, lockouts              FROM lockout_counters WHERE tenant_id = $1 AND user_key = $2              UNION ALL              SELECT '' AS scope, 0 AS failures, 0 AS window_started_at, last_seen AS locked_until,              0 AS lockouts FROM familiar_networks              WHERE tenant_id = $1 AND user_key = $2 AND network = $3 AND last_seen >= $4",
+            "SELECT scope, failures, window_started_at, locked_until, lockouts \
+             FROM lockout_counters WHERE tenant_id = $1 AND user_key = $2 \
+             UNION ALL \
+             SELECT '' AS scope, 0 AS failures, 0 AS window_started_at, last_seen AS locked_until, \
+             0 AS lockouts FROM familiar_networks \
+             WHERE tenant_id = $1 AND user_key = $2 AND network = $3 AND last_seen >= $4",
         )
         .bind(tenant)
         .bind(user_key)
