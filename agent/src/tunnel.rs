@@ -139,8 +139,16 @@ pub async fn run(
         capacity,
     });
     // The directory's lockout policy is read before the first hello, so gateways know it
-    // before the first sign-in, then again periodically.
-    link.validator.refresh_lockout_policy().await;
+    // before the first sign-in (a directory that does not answer holds the start up for at
+    // most a few seconds), then again periodically.
+    if tokio::time::timeout(FIRST_POLICY_READ, link.validator.refresh_lockout_policy())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "the directory's lockout policy was not read in time; reading it again later"
+        );
+    }
     let mut streams = JoinSet::new();
     streams.spawn(keep_policy_read(Arc::clone(&link), stop_rx.clone()));
     for url in link.config.dispatchers.clone() {
@@ -160,12 +168,19 @@ pub async fn run(
     while streams.join_next().await.is_some() {}
 }
 
+/// How long the start waits for the first read of the directory's lockout policy.
+const FIRST_POLICY_READ: Duration = Duration::from_secs(10);
+
 /// Reads the directory's lockout policy every `lockout_policy_refresh_s` until shutdown.
 async fn keep_policy_read(link: Arc<Link>, mut stop: watch::Receiver<bool>) {
     let period = Duration::from_secs(link.config.lockout_policy_refresh_s);
     loop {
         tokio::select! {
-            () = tokio::time::sleep(period) => link.validator.refresh_lockout_policy().await,
+            () = tokio::time::sleep(period) => {}
+            () = stopped(&mut stop) => return,
+        }
+        tokio::select! {
+            () = link.validator.refresh_lockout_policy() => {}
             () = stopped(&mut stop) => return,
         }
     }

@@ -30,6 +30,8 @@ pub struct Validator {
     wrong_passwords: WrongPasswords,
     /// The directory's own lockout threshold as last read (0: none, or not read yet).
     directory_lockout_threshold: std::sync::atomic::AtomicU32,
+    /// Whether the policy was read (or tried) once.
+    lockout_policy_read: std::sync::atomic::AtomicBool,
 }
 
 impl Validator {
@@ -55,6 +57,7 @@ impl Validator {
             decrypt_permits: Semaphore::new(decrypt_threads.max(1)),
             wrong_passwords: WrongPasswords::new(repeat_window, 100_000),
             directory_lockout_threshold: std::sync::atomic::AtomicU32::new(0),
+            lockout_policy_read: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -68,18 +71,26 @@ impl Validator {
     /// Reads the directory's lockout policy again. When it cannot be read, the last value
     /// read stays (a passing outage must not raise the gateway's threshold).
     pub async fn refresh_lockout_policy(&self) {
+        let first = !self
+            .lockout_policy_read
+            .swap(true, std::sync::atomic::Ordering::Relaxed);
         match self.directory.lockout_policy().await {
             Ok(policy) => {
                 let threshold = policy.map_or(0, |p| p.threshold);
                 let previous = self
                     .directory_lockout_threshold
                     .swap(threshold, std::sync::atomic::Ordering::Relaxed);
-                if previous != threshold {
-                    tracing::info!(
-                        threshold,
-                        observation_window_s = policy.and_then(|p| p.observation_window_s),
-                        "directory lockout policy read (0: the directory locks no account)"
-                    );
+                if first || previous != threshold {
+                    match policy {
+                        Some(policy) => tracing::info!(
+                            threshold,
+                            observation_window_s = policy.observation_window_s,
+                            "directory lockout policy read"
+                        ),
+                        None => tracing::warn!(
+                            "no directory lockout policy found: either the directory locks no account, or the service account cannot read its policy entries (then set the gateways' lockout.directory_threshold)"
+                        ),
+                    }
                 }
             }
             Err(err) => {

@@ -192,7 +192,13 @@ async fn main() -> ExitCode {
                 },
         } => {
             passage_telemetry::init_logging("warn");
-            match std::fs::read_to_string(&token_file) {
+            let token = passage_credentials::secret_file::check_permissions(&token_file)
+                .map_err(|e| e.to_string())
+                .and_then(|()| {
+                    std::fs::read_to_string(&token_file)
+                        .map_err(|err| format!("reading {}: {err}", token_file.display()))
+                });
+            match token {
                 Ok(token) => {
                     let target = Gateway {
                         url: &gateway,
@@ -201,7 +207,7 @@ async fn main() -> ExitCode {
                     };
                     signins::run_remote(&target, &token, filter).await
                 }
-                Err(err) => Err(format!("reading {}: {err}", token_file.display())),
+                Err(err) => Err(err),
             }
         }
         Command::Pki { command } => {

@@ -71,7 +71,9 @@ pub async fn run_remote(
         .map_err(|_| "the token file does not hold a token")?;
     request.metadata_mut().insert("authorization", bearer);
     let channel = gateway.channel().await?;
+    // 10,000 entries with long names are more than tonic's default 4 MiB.
     let records = GatewayAdminClient::new(channel)
+        .max_decoding_message_size(64 * 1024 * 1024)
         .list_sign_ins(request)
         .await
         .map_err(|status| format!("listing sign-ins failed: {}", status.message()))?

@@ -267,13 +267,21 @@ impl SmartLockout {
                     warned.clear();
                 }
                 warned.insert(connector_group.to_owned(), threshold);
-                tracing::warn!(
-                    connector_group,
-                    configured = self.config.threshold,
-                    directory_threshold = directory,
-                    effective = threshold,
-                    "smart lockout threshold lowered to stay {DIRECTORY_MARGIN} failures below the directory's own lockout threshold"
-                );
+                if directory.is_some_and(|d| d <= DIRECTORY_MARGIN) {
+                    tracing::error!(
+                        connector_group,
+                        directory_threshold = directory,
+                        "the directory locks accounts after so few failures that no cloud threshold stays {DIRECTORY_MARGIN} below it; counting with 1"
+                    );
+                } else {
+                    tracing::warn!(
+                        connector_group,
+                        configured = self.config.threshold,
+                        directory_threshold = directory,
+                        effective = threshold,
+                        "smart lockout threshold lowered to stay {DIRECTORY_MARGIN} failures below the directory's own lockout threshold"
+                    );
+                }
             }
         }
         threshold

@@ -427,14 +427,29 @@ impl Store {
             Backend::Sqlite => {
                 // Write-ahead logging lets readers run beside the one writer, so the read on
                 // every sign-in's path does not queue behind the sign-in log's batches. Kept
-                // in the file; best effort (another process may hold it open right now).
-                if let Err(err) = sqlx::query("PRAGMA journal_mode=WAL").execute(&pool).await {
-                    tracing::debug!(error = %err, "SQLite store: write-ahead logging not enabled");
+                // in the file. SQLite answers with the mode in force: without WAL (a memory
+                // database, or another process holding the file right now) reader
+                // connections would contend with the writer, so reads share its connection.
+                let mode: Option<String> = sqlx::query_scalar("PRAGMA journal_mode=WAL")
+                    .fetch_optional(&pool)
+                    .await
+                    .ok()
+                    .flatten();
+                if mode
+                    .as_deref()
+                    .is_some_and(|m| m.eq_ignore_ascii_case("wal"))
+                {
+                    AnyPoolOptions::new()
+                        .max_connections(SQLITE_READERS)
+                        .connect(&url)
+                        .await?
+                } else {
+                    tracing::debug!(
+                        ?mode,
+                        "SQLite store: no write-ahead log; reads share the writer's connection"
+                    );
+                    pool.clone()
                 }
-                AnyPoolOptions::new()
-                    .max_connections(SQLITE_READERS)
-                    .connect(&url)
-                    .await?
             }
             Backend::Postgres => pool.clone(),
         };
@@ -1212,7 +1227,7 @@ impl Store {
         .bind(filter.since.unwrap_or(i64::MIN))
         .bind(filter.until.unwrap_or(i64::MAX))
         .bind(if filter.limit > 0 { filter.limit } else { 1000 })
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reads)
         .await?;
         rows.iter()
             .map(|row| {

@@ -265,6 +265,9 @@ pub async fn bind(config: GatewayConfig) -> Result<BoundGateway, GatewayError> {
         .map_err(|e| GatewayError::Config(e.to_string()))?;
     admin::AdminTokens::from_hex(&config.admin_token_sha256)
         .map_err(|e| GatewayError::Config(e.to_string()))?;
+    if config.tenant.is_empty() {
+        return Err(GatewayError::Config("tenant must not be empty".into()));
+    }
     if config.envelope_lifetime_s == 0 || config.envelope_lifetime_s > 300 {
         return Err(GatewayError::Config(
             "envelope_lifetime_s must be 1 to 300".into(),
