@@ -71,6 +71,9 @@ impl Validator {
     /// Reads the directory's lockout policy again. When it cannot be read, the last value
     /// read stays (a passing outage must not raise the gateway's threshold).
     pub async fn refresh_lockout_policy(&self) {
+        if !self.directory.has_lockout_policy() {
+            return;
+        }
         let first = !self
             .lockout_policy_read
             .swap(true, std::sync::atomic::Ordering::Relaxed);

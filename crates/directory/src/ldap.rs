@@ -611,6 +611,10 @@ impl Directory for LdapDirectory {
         })
     }
 
+    fn has_lockout_policy(&self) -> bool {
+        true
+    }
+
     fn lockout_policy(&self) -> PolicyFuture<'_> {
         Box::pin(async move {
             let base = match &self.config.lockout_policy_base_dn {

@@ -97,6 +97,12 @@ pub trait Directory: Send + Sync + 'static {
     /// Checks `password` for the user whose login attribute equals `login`.
     fn authenticate<'a>(&'a self, login: &'a str, password: &'a Password) -> VerdictFuture<'a>;
 
+    /// Whether the directory has a lockout policy of its own to read (LDAP and AD do; the
+    /// static file does not).
+    fn has_lockout_policy(&self) -> bool {
+        false
+    }
+
     /// The directory's own account lockout policy (the strictest that applies to anyone), so
     /// the gateway can stay below it; `None` when accounts are never locked.
     fn lockout_policy(&self) -> PolicyFuture<'_> {
