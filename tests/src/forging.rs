@@ -96,25 +96,28 @@ impl Dispatcher for Liar {
                 }
             }
             Lie::SwapPairs => {
-                let waiting = self
-                    .waiting
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .take();
-                match waiting {
-                    Some((theirs, to_them)) => {
+                // Take the waiting partner or become it under one lock: two sign-ins that
+                // both found nobody waiting must not overwrite each other.
+                let partner_or_wait = {
+                    let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+                    match waiting.take() {
+                        Some(partner) => Ok(partner),
+                        None => {
+                            let (tx, rx) = oneshot::channel();
+                            *waiting = Some((truthful.clone(), tx));
+                            Err(rx)
+                        }
+                    }
+                };
+                match partner_or_wait {
+                    Ok((theirs, to_them)) => {
                         let _ = to_them.send(truthful);
                         Ok(Response::new(theirs))
                     }
-                    None => {
-                        let (tx, rx) = oneshot::channel();
-                        *self.waiting.lock().unwrap_or_else(|p| p.into_inner()) =
-                            Some((truthful.clone(), tx));
-                        match tokio::time::timeout(Duration::from_secs(10), rx).await {
-                            Ok(Ok(theirs)) => Ok(Response::new(theirs)),
-                            _ => Err(Status::deadline_exceeded("no second sign-in to swap with")),
-                        }
-                    }
+                    Err(rx) => match tokio::time::timeout(Duration::from_secs(10), rx).await {
+                        Ok(Ok(theirs)) => Ok(Response::new(theirs)),
+                        _ => Err(Status::deadline_exceeded("no second sign-in to swap with")),
+                    },
                 }
             }
         }
