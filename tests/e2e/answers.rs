@@ -12,13 +12,10 @@ use passage_tests::{
 /// A production deployment (enrolled agent, TLS on every hop, store) whose gateway calls a
 /// lying dispatcher in front of the real one.
 async fn cluster_behind(lie: Lie) -> (Cluster, ForgingDispatcher) {
-    let mut cluster = Cluster::start(ClusterOptions {
-        agents: 0,
-        enrolment: true,
+    let mut cluster = Cluster::start_enrolled(ClusterOptions {
         ..ClusterOptions::default()
     })
     .await;
-    cluster.enrol_agent().await;
     let liar =
         ForgingDispatcher::start(&cluster.dispatcher.api_url, lie, Some(cluster.liar_tls())).await;
     cluster.restart_gateway_via(&liar.url).await;

@@ -92,13 +92,10 @@ fn sign_in(username: String, password: String, client_id: &str, client_ip: &str)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_hostile_inputs_sign_nobody_in_and_crash_nothing() {
-    let mut cluster = Cluster::start(ClusterOptions {
-        agents: 0,
-        enrolment: true,
+    let mut cluster = Cluster::start_enrolled(ClusterOptions {
         ..ClusterOptions::default()
     })
     .await;
-    cluster.enrol_agent().await;
     cluster.enrol_agent_for("acme", false).await;
     let users = default_users();
     let alice = &users[0];

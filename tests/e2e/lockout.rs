@@ -34,6 +34,26 @@ async fn sign_in_from(
         .map(drop)
 }
 
+/// `attempts` different wrong passwords (`prefix` and a number) for `username` from
+/// [`ATTACKER`], one after another: how many answers carried each code.
+async fn spray(
+    cluster: &Cluster,
+    username: &str,
+    prefix: &str,
+    attempts: usize,
+) -> std::collections::HashMap<ErrorCode, usize> {
+    let mut codes = std::collections::HashMap::new();
+    for n in 0..attempts {
+        let status = sign_in_from(cluster, username, &format!("{prefix}{n}"), ATTACKER)
+            .await
+            .expect_err("a wrong password");
+        *codes
+            .entry(ErrorCode::of(&status).expect("a Passage code"))
+            .or_insert(0) += 1;
+    }
+    codes
+}
+
 /// The sign-in log's entries for `username`, once there are `count` (the gateway writes the
 /// log in batches, a moment after each sign-in).
 async fn logged(store: &Store, username: &str, count: usize) -> Vec<passage_store::SigninEntry> {
@@ -85,14 +105,11 @@ async fn directory_lockout(cluster: &Cluster, dn: &str) -> (bool, usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_attacker_never_locks_the_user_out_of_the_directory_nor_where_they_work() {
-    let mut cluster = Cluster::start(ClusterOptions {
-        agents: 0,
-        enrolment: true,
+    let cluster = Cluster::start_enrolled(ClusterOptions {
         gateway_config: "lockout = { threshold = 3, directory_threshold = 5 }\n".into(),
         ..ClusterOptions::default()
     })
     .await;
-    cluster.enrol_agent().await;
     let alice = default_users().remove(0);
 
     // Alice works from HOME: that network becomes familiar.
@@ -102,15 +119,7 @@ async fn an_attacker_never_locks_the_user_out_of_the_directory_nor_where_they_wo
 
     // 200 wrong passwords from elsewhere.
     let wrong = "Attacker-Guess-7";
-    let mut codes = std::collections::HashMap::new();
-    for n in 0..200 {
-        let status = sign_in_from(&cluster, &alice.upn, &format!("{wrong}{n}"), ATTACKER)
-            .await
-            .expect_err("a wrong password");
-        *codes
-            .entry(ErrorCode::of(&status).expect("a Passage code"))
-            .or_insert(0) += 1;
-    }
+    let codes = spray(&cluster, &alice.upn, wrong, 200).await;
     assert_eq!(
         codes.get(&ErrorCode::InvalidCredentials),
         Some(&3),
@@ -198,14 +207,11 @@ async fn an_attacker_never_locks_the_user_out_of_the_directory_nor_where_they_wo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_wrong_password_fifty_times_counts_once_and_reaches_the_directory_once() {
-    let mut cluster = Cluster::start(ClusterOptions {
-        agents: 0,
-        enrolment: true,
+    let cluster = Cluster::start_enrolled(ClusterOptions {
         gateway_config: "lockout = { threshold = 3, directory_threshold = 5 }\n".into(),
         ..ClusterOptions::default()
     })
     .await;
-    cluster.enrol_agent().await;
     let bob = default_users().remove(1);
     // A phone retrying an old password all night.
     for n in 0..50 {
@@ -237,13 +243,10 @@ async fn with_no_threshold_configured_the_directorys_own_policy_keeps_the_accoun
     // No lockout settings at all: the cloud threshold is the default 10, above slapd's
     // ppolicy `pwdMaxFailure: 5`. The agent reads that policy and reports it; the gateway
     // lowers its threshold for the group to 5 - 2 = 3 and says so.
-    let mut cluster = Cluster::start(ClusterOptions {
-        agents: 0,
-        enrolment: true,
+    let cluster = Cluster::start_enrolled(ClusterOptions {
         ..ClusterOptions::default()
     })
     .await;
-    cluster.enrol_agent().await;
     let alice = default_users().remove(0);
     let agent_log = cluster.agents[0].process.log();
     let policy_line = agent_log
@@ -255,15 +258,7 @@ async fn with_no_threshold_configured_the_directorys_own_policy_keeps_the_accoun
         "{policy_line}"
     );
 
-    let mut codes = std::collections::HashMap::new();
-    for n in 0..200 {
-        let status = sign_in_from(&cluster, &alice.upn, &format!("Spray-{n}"), ATTACKER)
-            .await
-            .expect_err("a wrong password");
-        *codes
-            .entry(ErrorCode::of(&status).expect("a Passage code"))
-            .or_insert(0) += 1;
-    }
+    let codes = spray(&cluster, &alice.upn, "Spray-", 200).await;
     assert_eq!(
         codes.get(&ErrorCode::InvalidCredentials),
         Some(&3),
@@ -299,14 +294,11 @@ async fn with_no_threshold_configured_the_directorys_own_policy_keeps_the_accoun
 async fn administrators_read_the_sign_in_log_over_grpc_with_their_token_only() {
     use passage_proto::v1::{ListSignInsRequest, gateway_admin_client::GatewayAdminClient};
     let (token, hash) = passage_gateway::admin::new_token().unwrap();
-    let mut cluster = Cluster::start(ClusterOptions {
-        agents: 0,
-        enrolment: true,
+    let cluster = Cluster::start_enrolled(ClusterOptions {
         gateway_config: format!("admin_token_sha256 = [\"{hash}\"]\n"),
         ..ClusterOptions::default()
     })
     .await;
-    cluster.enrol_agent().await;
     let alice = default_users().remove(0);
     sign_in_from(&cluster, &alice.upn, &alice.password, HOME)
         .await
@@ -431,15 +423,12 @@ async fn administrators_read_the_sign_in_log_over_grpc_with_their_token_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_gateway_replicas_on_one_postgresql_store_count_together() {
     use passage_proto::v1::gateway_client::GatewayClient;
-    let mut cluster = Cluster::start(ClusterOptions {
-        agents: 0,
-        enrolment: true,
+    let cluster = Cluster::start_enrolled(ClusterOptions {
         postgres: true,
         gateway_config: "lockout = { threshold = 3, directory_threshold = 5 }\n".into(),
         ..ClusterOptions::default()
     })
     .await;
-    cluster.enrol_agent().await;
     let (replica, channel) = cluster.start_gateway_replica("gateway-replica").await;
     let replicas = [cluster.gateway_client(), GatewayClient::new(channel)];
     let bob = default_users().remove(1);

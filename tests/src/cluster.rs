@@ -204,6 +204,19 @@ fn service_tls(dir: &std::path::Path, client_certificate: bool) -> ClientTlsConf
 }
 
 impl Cluster {
+    /// A production deployment: `options` with enrolment (TLS on every hop, a store) and one
+    /// enrolled agent, connected.
+    pub async fn start_enrolled(options: ClusterOptions) -> Self {
+        let mut cluster = Self::start(ClusterOptions {
+            agents: 0,
+            enrolment: true,
+            ..options
+        })
+        .await;
+        cluster.enrol_agent().await;
+        cluster
+    }
+
     /// Starts slapd, dispatcher, gateway and `options.agents` agents, and waits until the
     /// agents are registered.
     pub async fn start(options: ClusterOptions) -> Self {
