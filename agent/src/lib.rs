@@ -208,9 +208,7 @@ pub fn prepare(config: &AgentConfig) -> Result<(state::AgentState, Arc<Validator
         config.post_quantum_sealing,
     )?;
     if let Some((_, certified)) = &state.certificate {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
+        let now = passage_pki::unix_now();
         // Whole seconds: `now == not_after` may already be past it, so count it as expired.
         if now >= certified.not_after {
             return Err(AgentError::State(format!(

@@ -224,9 +224,7 @@ async fn keep_renewed(link: Arc<Link>, mut stop: watch::Receiver<bool>) {
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
             .is_some_and(|c| {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs() as i64);
+                let now = passage_pki::unix_now();
                 now >= c.not_before + (c.not_after - c.not_before) * 2 / 3
             });
         if !due {

@@ -331,9 +331,15 @@ impl std::fmt::Debug for TenantCa {
     }
 }
 
-fn unix(t: SystemTime) -> i64 {
+/// `t` in Unix seconds (0 before the epoch): the time unit of certificates and of the store.
+pub fn unix(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Now, in Unix seconds.
+pub fn unix_now() -> i64 {
+    unix(SystemTime::now())
 }
 
 fn offset(t: SystemTime) -> Result<OffsetDateTime, PkiError> {

@@ -15,7 +15,7 @@
 //!
 //! [`decide`] is steps 2–4 as a pure function, table-tested below.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use passage_store::{CertificateStanding, Store, StoreError};
 
@@ -192,10 +192,12 @@ impl AgentVerifier {
     ) -> Result<CertifiedAgent, TrustError> {
         let certified = ca.verify(der, now).map_err(Distrust::NotVerified)?;
         let standing = self.store.certificate_standing(&certified.serial).await?;
-        let unix = now
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
-        decide(&certified, standing.as_ref(), unix, self.switchover)?;
+        decide(
+            &certified,
+            standing.as_ref(),
+            crate::unix(now),
+            self.switchover,
+        )?;
         Ok(certified)
     }
 }

@@ -1,9 +1,6 @@
 //! Enrolment: one-time tokens, tenant CAs, and `AgentEnrolment.Enrol`.
 
-use std::{
-    sync::Arc,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::{sync::Arc, time::Duration};
 
 use aws_lc_rs::{
     digest::{SHA256, digest},
@@ -21,12 +18,7 @@ use crate::tunnel::AgentTrust;
 /// Prefix of enrolment tokens, so they are recognisable in a secret scanner.
 pub const TOKEN_PREFIX: &str = "pet_";
 
-/// Unix seconds now.
-pub fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
+pub use passage_pki::unix_now;
 
 /// The hash under which a token is stored (tokens carry 256 random bits, so SHA-256 suffices).
 pub fn token_hash(token: &str) -> String {

@@ -471,10 +471,10 @@ async fn prune_signin_log(store: passage_store::Store, retention_s: i64) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
-        match store.prune_signins(now - retention_s).await {
+        match store
+            .prune_signins(passage_pki::unix_now() - retention_s)
+            .await
+        {
             Ok(0) => {}
             Ok(pruned) => tracing::info!(pruned, "pruned the sign-in log"),
             Err(err) => tracing::warn!(error = %err, "pruning the sign-in log failed"),

@@ -459,7 +459,7 @@ impl SignInService {
         trace: TraceParent,
         started: Instant,
     ) -> Result<Response<SignInResponse>, Status> {
-        let now = unix_now();
+        let now = passage_pki::unix_now();
         // Smart lockout first: a locked-out user's sign-in never reaches an agent, so neither
         // its answer nor its timing depends on the password.
         let assessment = match &self.lockout {
@@ -611,11 +611,4 @@ impl SignInService {
         }
         response
     }
-}
-
-/// Unix seconds now.
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
