@@ -128,6 +128,7 @@ pub async fn run(
             ),
             // Set from the validator at each hello.
             directory_lockout_threshold: 0,
+            directory_lockout_window_s: 0,
         }),
         identity: RwLock::new(state.client_identity()),
         certificate: RwLock::new(state.certificate.as_ref().map(|(_, c)| c.clone())),
@@ -407,8 +408,11 @@ async fn session(
     // The identity this stream uses; a renewal bumps the generation and ends the stream.
     let mut generation = link.generation.subscribe();
     generation.mark_unchanged();
+    let (directory_lockout_threshold, directory_lockout_window_s) =
+        validator.directory_lockout_report();
     let hello = AgentHello {
-        directory_lockout_threshold: validator.directory_lockout_threshold(),
+        directory_lockout_threshold,
+        directory_lockout_window_s,
         ..link.hello.read().unwrap_or_else(|p| p.into_inner()).clone()
     };
     let identity = link
@@ -497,7 +501,8 @@ async fn session(
             }
             _ = heartbeat.tick() => {
                 let in_flight = config.capacity.saturating_sub(capacity.available_permits() as u32);
-                let beat = ConnectRequest { message: Some(connect_request::Message::Heartbeat(Heartbeat { in_flight, directory_lockout_threshold: validator.directory_lockout_threshold() })) };
+                let (directory_lockout_threshold, directory_lockout_window_s) = validator.directory_lockout_report();
+                let beat = ConnectRequest { message: Some(connect_request::Message::Heartbeat(Heartbeat { in_flight, directory_lockout_threshold, directory_lockout_window_s })) };
                 if outbound.send(beat).await.is_err() {
                     break Err("stream closed".into());
                 }

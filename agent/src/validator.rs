@@ -28,8 +28,8 @@ pub struct Validator {
     replay: ReplayGuard,
     decrypt_permits: Semaphore,
     wrong_passwords: WrongPasswords,
-    /// The directory's own lockout threshold as last read (0: none, or not read yet).
-    directory_lockout_threshold: std::sync::atomic::AtomicU32,
+    /// The directory's own lockout policy as last read (none, or not read yet).
+    directory_lockout: std::sync::Mutex<Option<passage_directory::LockoutPolicy>>,
     /// Whether the policy was read (or tried) once.
     lockout_policy_read: std::sync::atomic::AtomicBool,
 }
@@ -56,16 +56,26 @@ impl Validator {
             replay: ReplayGuard::new(replay_window, 1_000_000),
             decrypt_permits: Semaphore::new(decrypt_threads.max(1)),
             wrong_passwords: WrongPasswords::new(repeat_window, 100_000),
-            directory_lockout_threshold: std::sync::atomic::AtomicU32::new(0),
+            directory_lockout: std::sync::Mutex::new(None),
             lockout_policy_read: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
-    /// The directory's lockout threshold as last read (0: the directory locks no one, or it
-    /// could not be read yet); reported to the dispatcher in the hello and every heartbeat.
-    pub fn directory_lockout_threshold(&self) -> u32 {
-        self.directory_lockout_threshold
-            .load(std::sync::atomic::Ordering::Relaxed)
+    /// The directory's lockout policy as last read, as the hello and every heartbeat report
+    /// it: (threshold, window in seconds); (0, 0) when the directory locks no one or it could
+    /// not be read yet, a window of 0 when failures are remembered until a success.
+    pub fn directory_lockout_report(&self) -> (u32, u32) {
+        let policy = *self
+            .directory_lockout
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        policy.map_or((0, 0), |p| {
+            (
+                p.threshold,
+                p.observation_window_s
+                    .map_or(0, |s| u32::try_from(s).unwrap_or(u32::MAX)),
+            )
+        })
     }
 
     /// Reads the directory's lockout policy again. When it cannot be read, the last value
@@ -79,14 +89,17 @@ impl Validator {
             .swap(true, std::sync::atomic::Ordering::Relaxed);
         match self.directory.lockout_policy().await {
             Ok(policy) => {
-                let threshold = policy.map_or(0, |p| p.threshold);
-                let previous = self
-                    .directory_lockout_threshold
-                    .swap(threshold, std::sync::atomic::Ordering::Relaxed);
-                if first || previous != threshold {
+                let previous = std::mem::replace(
+                    &mut *self
+                        .directory_lockout
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner()),
+                    policy,
+                );
+                if first || previous != policy {
                     match policy {
                         Some(policy) => tracing::info!(
-                            threshold,
+                            threshold = policy.threshold,
                             observation_window_s = policy.observation_window_s,
                             "directory lockout policy read"
                         ),

@@ -1,6 +1,8 @@
-//! Smart lockout against a real slapd whose ppolicy locks an account after 5 failures, with a
-//! cloud threshold of 3: an attacker can never lock the user out of the directory, and cannot
-//! lock them out where they work; every attempt is in the sign-in log.
+//! Smart lockout against a real slapd whose ppolicy locks an account after 5 failures (and
+//! remembers failures until a successful bind), with a cloud threshold of 3: an attacker can
+//! never lock the user out of the directory — one attempt at a time, all at once, or waiting
+//! out cloud lockouts — and cannot lock them out where they work; every attempt is in the
+//! sign-in log.
 
 use ldap3::{LdapConnAsync, Scope, SearchEntry};
 use passage_error_codes::ErrorCode;
@@ -117,19 +119,20 @@ async fn an_attacker_never_locks_the_user_out_of_the_directory_nor_where_they_wo
         .await
         .expect("alice at home");
 
-    // 200 wrong passwords from elsewhere.
+    // 200 wrong passwords from elsewhere. Of the four failures slapd takes without locking,
+    // an unfamiliar network gets two.
     let wrong = "Attacker-Guess-7";
     let codes = spray(&cluster, &alice.upn, wrong, 200).await;
     assert_eq!(
         codes.get(&ErrorCode::InvalidCredentials),
-        Some(&3),
+        Some(&2),
         "{codes:?}"
     );
-    assert_eq!(codes.get(&ErrorCode::SmartLockout), Some(&197), "{codes:?}");
-    // The directory saw three failures, below its own threshold of five: not locked.
+    assert_eq!(codes.get(&ErrorCode::SmartLockout), Some(&198), "{codes:?}");
+    // The directory saw two failures, below its own threshold of five: not locked.
     let (locked, failures) = directory_lockout(&cluster, &alice.dn()).await;
     assert!(!locked, "the directory locked alice out");
-    assert_eq!(failures, 3);
+    assert_eq!(failures, 2);
 
     // Alice still signs in where she works, during the attacker's lockout; the right password
     // from the attacker's network is refused like a wrong one.
@@ -151,8 +154,8 @@ async fn an_attacker_never_locks_the_user_out_of_the_directory_nor_where_they_wo
             .count()
     };
     assert_eq!(count("success", ""), 2);
-    assert_eq!(count("failure", "PSG50126"), 3);
-    assert_eq!(count("failure", "PSG50059"), 198);
+    assert_eq!(count("failure", "PSG50126"), 2);
+    assert_eq!(count("failure", "PSG50059"), 199);
     // The first sign-in from HOME made it familiar; the one during the lockout was familiar.
     let successes: Vec<bool> = log
         .iter()
@@ -200,8 +203,110 @@ async fn an_attacker_never_locks_the_user_out_of_the_directory_nor_where_they_wo
     .unwrap();
     let (ok, _, stderr) = run_to_end("passage-gateway", &["--config", refused.to_str().unwrap()]);
     assert!(
-        !ok && stderr.contains("lockout.threshold") && stderr.contains("at most 3"),
+        !ok && stderr.contains("lockout.threshold") && stderr.contains("at most 4"),
         "{stderr}"
+    );
+}
+
+/// Waits until the cloud lockout of `username` in `scope` (if any) has ended.
+async fn wait_out_lockout(store: &Store, username: &str, scope: passage_store::LockoutScope) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let counters = store
+            .lockout_state("default", &username.to_lowercase(), None, 0)
+            .await
+            .unwrap()
+            .counters;
+        let until = counters.scope(scope).locked_until;
+        if passage_pki::unix_now() >= until {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "lockout never ended");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attacks_at_once_or_across_cloud_lockouts_never_reach_the_directorys_threshold() {
+    use passage_store::LockoutScope::{Familiar, Unfamiliar};
+    // Short cloud lockouts, and the threshold left to what the agent reads from slapd (5,
+    // failures remembered until a successful bind).
+    let cluster = Cluster::start_enrolled(ClusterOptions {
+        gateway_config: "lockout = { lockout_duration_s = 1, max_lockout_duration_s = 1 }\n".into(),
+        ..ClusterOptions::default()
+    })
+    .await;
+    let store = Store::open(&cluster.store_url()).await.unwrap();
+    let alice = default_users().remove(0);
+    sign_in_from(&cluster, &alice.upn, &alice.password, HOME)
+        .await
+        .expect("alice at home");
+
+    // Fifty wrong passwords at once from elsewhere: two reach the directory.
+    let mut burst = tokio::task::JoinSet::new();
+    for n in 0..50 {
+        let (client, username) = (cluster.gateway_client(), alice.upn.clone());
+        burst.spawn(async move {
+            let mut client = client;
+            let status = client
+                .sign_in(SignInRequest {
+                    username,
+                    password: format!("Burst-{n}"),
+                    client_id: CLIENT_ID.into(),
+                    client_ip: ATTACKER.into(),
+                })
+                .await
+                .expect_err("a wrong password");
+            ErrorCode::of(&status).expect("a Passage code")
+        });
+    }
+    let mut codes = std::collections::HashMap::new();
+    while let Some(code) = burst.join_next().await {
+        *codes.entry(code.unwrap()).or_insert(0) += 1;
+    }
+    assert_eq!(
+        codes.get(&ErrorCode::InvalidCredentials),
+        Some(&2),
+        "{codes:?}"
+    );
+    assert_eq!(codes.get(&ErrorCode::SmartLockout), Some(&48), "{codes:?}");
+    assert_eq!(directory_lockout(&cluster, &alice.dn()).await, (false, 2));
+
+    // The cloud lockout ends after a second, but slapd still remembers both failures: the
+    // attacker's network stays closed.
+    wait_out_lockout(&store, &alice.upn, Unfamiliar).await;
+    let codes = spray(&cluster, &alice.upn, "After-", 20).await;
+    assert_eq!(codes.get(&ErrorCode::SmartLockout), Some(&20), "{codes:?}");
+    assert_eq!(directory_lockout(&cluster, &alice.dn()).await, (false, 2));
+
+    // Alice mistypes at home: with the attacker's two, slapd may hold four, so her second
+    // failure closes her scope too, one short of slapd's threshold.
+    for n in 0..2 {
+        let status = sign_in_from(&cluster, &alice.upn, &format!("Typo-{n}"), HOME)
+            .await
+            .expect_err("a typo");
+        assert_eq!(ErrorCode::of(&status), Some(ErrorCode::InvalidCredentials));
+    }
+    let status = sign_in_from(&cluster, &alice.upn, "Typo-2", HOME)
+        .await
+        .expect_err("refused");
+    assert_eq!(ErrorCode::of(&status), Some(ErrorCode::SmartLockout));
+    assert_eq!(directory_lockout(&cluster, &alice.dn()).await, (false, 4));
+
+    // Her own lockout is short; then her password works, and slapd forgets every failure.
+    wait_out_lockout(&store, &alice.upn, Familiar).await;
+    sign_in_from(&cluster, &alice.upn, &alice.password, HOME)
+        .await
+        .expect("alice at home after her lockout");
+    assert_eq!(directory_lockout(&cluster, &alice.dn()).await, (false, 0));
+    let counters = store
+        .lockout_state("default", &alice.upn.to_lowercase(), None, 0)
+        .await
+        .unwrap()
+        .counters;
+    assert_eq!(
+        (counters.familiar.failures, counters.unfamiliar.failures),
+        (0, 0)
     );
 }
 
@@ -242,7 +347,8 @@ async fn the_same_wrong_password_fifty_times_counts_once_and_reaches_the_directo
 async fn with_no_threshold_configured_the_directorys_own_policy_keeps_the_account_unlocked() {
     // No lockout settings at all: the cloud threshold is the default 10, above slapd's
     // ppolicy `pwdMaxFailure: 5`. The agent reads that policy and reports it; the gateway
-    // lowers its threshold for the group to 5 - 2 = 3 and says so.
+    // lets at most 4 failures stand in the directory, 2 of them from unfamiliar networks, and
+    // says so.
     let cluster = Cluster::start_enrolled(ClusterOptions {
         ..ClusterOptions::default()
     })
@@ -261,13 +367,13 @@ async fn with_no_threshold_configured_the_directorys_own_policy_keeps_the_accoun
     let codes = spray(&cluster, &alice.upn, "Spray-", 200).await;
     assert_eq!(
         codes.get(&ErrorCode::InvalidCredentials),
-        Some(&3),
+        Some(&2),
         "{codes:?}"
     );
-    assert_eq!(codes.get(&ErrorCode::SmartLockout), Some(&197), "{codes:?}");
+    assert_eq!(codes.get(&ErrorCode::SmartLockout), Some(&198), "{codes:?}");
     let (locked, failures) = directory_lockout(&cluster, &alice.dn()).await;
     assert!(!locked, "the directory locked alice out");
-    assert_eq!(failures, 3);
+    assert_eq!(failures, 2);
     let gateway_log = cluster.gateway.process.log();
     let lowered: Vec<&str> = gateway_log
         .lines()
@@ -277,7 +383,8 @@ async fn with_no_threshold_configured_the_directorys_own_policy_keeps_the_accoun
     assert!(
         lowered[0].contains("configured=10")
             && lowered[0].contains("directory_threshold=5")
-            && lowered[0].contains("effective=3"),
+            && lowered[0].contains("familiar=4")
+            && lowered[0].contains("unfamiliar=2"),
         "{}",
         lowered[0]
     );
@@ -432,7 +539,7 @@ async fn two_gateway_replicas_on_one_postgresql_store_count_together() {
     let (replica, channel) = cluster.start_gateway_replica("gateway-replica").await;
     let replicas = [cluster.gateway_client(), GatewayClient::new(channel)];
     let bob = default_users().remove(1);
-    // Wrong passwords from one address, alternating between the replicas: the third locks the
+    // Wrong passwords from one address, alternating between the replicas: the second locks the
     // user out on both, whichever replica counted which failure.
     let mut codes = Vec::new();
     for n in 0..8 {
@@ -451,21 +558,145 @@ async fn two_gateway_replicas_on_one_postgresql_store_count_together() {
     assert_eq!(
         codes,
         [
-            vec![ErrorCode::InvalidCredentials; 3],
-            vec![ErrorCode::SmartLockout; 5]
+            vec![ErrorCode::InvalidCredentials; 2],
+            vec![ErrorCode::SmartLockout; 6]
         ]
         .concat()
     );
     let (locked, failures) = directory_lockout(&cluster, &bob.dn()).await;
     assert!(!locked);
     assert_eq!(
-        failures, 3,
+        failures, 2,
         "the directory saw exactly the counted failures"
     );
     // Both replicas logged their attempts into the one store.
     let store = Store::open(&cluster.store_url()).await.unwrap();
     let log = logged(&store, &bob.upn, 8).await;
     assert_eq!(log.len(), 8);
-    assert_eq!(log.iter().filter(|e| e.error_code == "PSG50059").count(), 5);
+    assert_eq!(log.iter().filter(|e| e.error_code == "PSG50059").count(), 6);
+
+    // Forty at once, split between the replicas: still two reach the directory.
+    let carol = default_users().remove(0);
+    let mut burst = tokio::task::JoinSet::new();
+    for n in 0..40 {
+        let mut client = replicas[n % 2].clone();
+        let username = carol.upn.clone();
+        burst.spawn(async move {
+            let status = client
+                .sign_in(SignInRequest {
+                    username,
+                    password: format!("Burst-{n}"),
+                    client_id: CLIENT_ID.into(),
+                    client_ip: ATTACKER.into(),
+                })
+                .await
+                .expect_err("a wrong password");
+            ErrorCode::of(&status).expect("a Passage code")
+        });
+    }
+    let mut wrong = 0;
+    while let Some(code) = burst.join_next().await {
+        match code.unwrap() {
+            ErrorCode::InvalidCredentials => wrong += 1,
+            ErrorCode::SmartLockout => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        wrong, 2,
+        "two of forty concurrent attempts reached the directory"
+    );
+    let (locked, failures) = directory_lockout(&cluster, &carol.dn()).await;
+    assert!(!locked);
+    assert_eq!(failures, 2);
     drop(replica);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_lost_after_it_had_the_password_counts_as_a_possible_bind() {
+    let mut cluster = Cluster::start_enrolled(ClusterOptions {
+        gateway_config: "lockout = { threshold = 3, directory_threshold = 9 }\n".into(),
+        ..ClusterOptions::default()
+    })
+    .await;
+    cluster.enrol_agent().await;
+    cluster.wait_for_agents(|ids| ids.len() == 2).await;
+    let alice = default_users().remove(0);
+
+    // Freeze the directory, send one wrong password, and kill the agent holding it: the
+    // dispatcher retries on the other agent, and the first bind may still reach the directory.
+    cluster.slapd.pause();
+    let client = cluster.gateway_client();
+    let username = alice.upn.clone();
+    let attempt = tokio::spawn(async move {
+        let mut client = client;
+        client
+            .sign_in(SignInRequest {
+                username,
+                password: "Wrong-Once-1".into(),
+                client_id: CLIENT_ID.into(),
+                client_ip: ATTACKER.into(),
+            })
+            .await
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let holder = loop {
+        if let Some(key) = cluster
+            .offered_keys()
+            .await
+            .into_iter()
+            .find(|k| k.in_flight > 0)
+        {
+            break key.agent_id;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no agent took the task"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let index = cluster
+        .agents
+        .iter()
+        .position(|a| a.agent_id == holder)
+        .expect("the holder is one of ours");
+    let mut victim = cluster.agents.remove(index);
+    victim.process.kill();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while !cluster
+        .dispatcher
+        .process
+        .log()
+        .contains("agent stream lost mid-request")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the loss went unnoticed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    cluster.slapd.resume();
+    let status = attempt
+        .await
+        .unwrap()
+        .expect_err("a wrong password, answered by the survivor");
+    assert_eq!(ErrorCode::of(&status), Some(ErrorCode::InvalidCredentials));
+
+    // Two possible binds for one attempt: both counted, so the cloud's count is never below
+    // the directory's.
+    let store = Store::open(&cluster.store_url()).await.unwrap();
+    let counters = store
+        .lockout_state("default", &alice.upn.to_lowercase(), None, 0)
+        .await
+        .unwrap()
+        .counters;
+    assert_eq!(counters.unfamiliar.failures, 2);
+    let (locked, failures) = directory_lockout(&cluster, &alice.dn()).await;
+    assert!(!locked);
+    assert!(
+        (1..=2).contains(&failures),
+        "the directory saw {failures} failures; the gateway counted 2"
+    );
+    let log = logged(&store, &alice.upn, 1).await;
+    assert_eq!(log[0].lockout, "counted");
 }

@@ -456,32 +456,65 @@ async fn store_contract(store: &Store) {
 }
 
 /// Lockout counters, familiar networks and the sign-in log, on both backends; concurrent
-/// failures from several replicas are all counted, and one lockout results.
+/// attempts from several replicas are all recorded, and one lockout results.
 async fn lockout_and_signin_log(store: &Store) {
+    use passage_store::{
+        AttemptEnd,
+        LockoutScope::{Familiar, Unfamiliar},
+    };
     let now = 1_950_000_000;
+    let failures = move |n: i64| AttemptEnd::Failures {
+        failures: n,
+        expired_before: now - 600,
+    };
     let mut tasks = tokio::task::JoinSet::new();
     for n in 0..12 {
         let store = store.clone();
         tasks.spawn(async move {
             store
-                .count_failure("t", "carol@x", "unfamiliar", now + n % 3, 600)
+                .reserve_lockout_attempt("t", "carol@x", Unfamiliar, now + n % 3, now + 30)
                 .await
                 .unwrap()
         });
     }
     let mut seen = Vec::new();
-    while let Some(counter) = tasks.join_next().await {
-        seen.push(counter.unwrap().failures);
+    while let Some(counters) = tasks.join_next().await {
+        seen.push(counters.unwrap().unfamiliar.pending);
     }
     seen.sort_unstable();
     assert_eq!(
         seen,
         (1..=12).collect::<Vec<_>>(),
-        "every failure counted once"
+        "every attempt recorded once"
+    );
+    // Each ends: failures are counted, outstanding ones go.
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..12 {
+        let store = store.clone();
+        tasks.spawn(async move {
+            store
+                .settle_lockout_attempt("t", "carol@x", Unfamiliar, failures(1), now + 3)
+                .await
+                .unwrap()
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    let counters = store
+        .lockout_state("t", "carol@x", None, 0)
+        .await
+        .unwrap()
+        .counters;
+    assert_eq!(
+        (
+            counters.unfamiliar.failures,
+            counters.unfamiliar.pending,
+            counters.unfamiliar.last_failure_at
+        ),
+        (12, 0, now + 3)
     );
     let (a, b) = tokio::join!(
-        store.lock_out("t", "carol@x", "unfamiliar", 10, now + 60),
-        store.lock_out("t", "carol@x", "unfamiliar", 10, now + 60),
+        store.lock_out("t", "carol@x", Unfamiliar, now + 60, false, now + 3),
+        store.lock_out("t", "carol@x", Unfamiliar, now + 60, false, now + 3),
     );
     assert_eq!(
         [a.unwrap(), b.unwrap()]
@@ -491,35 +524,93 @@ async fn lockout_and_signin_log(store: &Store) {
         1,
         "one lockout"
     );
-    let counter = store
-        .lockout_counter("t", "carol@x", "unfamiliar")
+    let counters = store
+        .lockout_state("t", "carol@x", None, 0)
+        .await
+        .unwrap()
+        .counters;
+    assert_eq!(
+        (
+            counters.unfamiliar.failures,
+            counters.unfamiliar.locked_until,
+            counters.unfamiliar.lockouts
+        ),
+        (12, now + 60, 1),
+        "held: the directory still remembers them"
+    );
+    assert_eq!(counters.familiar, passage_store::ScopeCounter::default());
+    // Outstanding attempts past their deadline are forgotten: the next one starts at 1.
+    store
+        .reserve_lockout_attempt("t", "carol@x", Familiar, now + 4, now + 10)
+        .await
+        .unwrap();
+    let later = store
+        .reserve_lockout_attempt("t", "carol@x", Familiar, now + 10, now + 40)
+        .await
+        .unwrap();
+    assert_eq!(
+        (later.familiar.pending, later.familiar.pending_until),
+        (1, now + 40)
+    );
+    // A failure whose count expired starts it again; nothing reached the directory: nothing
+    // counted.
+    let after = store
+        .settle_lockout_attempt(
+            "t",
+            "carol@x",
+            Unfamiliar,
+            AttemptEnd::Failures {
+                failures: 2,
+                expired_before: now + 3,
+            },
+            now + 11,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(after.unfamiliar.failures, 2);
+    let after = store
+        .settle_lockout_attempt("t", "carol@x", Unfamiliar, failures(0), now + 12)
         .await
         .unwrap()
         .unwrap();
     assert_eq!(
-        (counter.failures, counter.locked_until, counter.lockouts),
-        (0, now + 60, 1)
+        (after.unfamiliar.failures, after.unfamiliar.last_failure_at),
+        (2, now + 11)
     );
-    // A new window starts the count again.
-    assert_eq!(
-        store
-            .count_failure("t", "carol@x", "unfamiliar", now + 601, 600)
-            .await
-            .unwrap()
-            .failures,
-        1
-    );
-    store.reset_failures("t", "carol@x").await.unwrap();
-    let counter = store
-        .lockout_counter("t", "carol@x", "unfamiliar")
+    // A success: counts and lockout counts start again; the lockout in force stays.
+    store
+        .settle_lockout_attempt("t", "carol@x", Familiar, AttemptEnd::Success, now + 12)
+        .await
+        .unwrap();
+    let counters = store
+        .lockout_state("t", "carol@x", None, 0)
         .await
         .unwrap()
-        .unwrap();
-    assert_eq!((counter.failures, counter.lockouts), (0, 0));
+        .counters;
     assert_eq!(
-        counter.locked_until,
-        now + 60,
+        (
+            counters.familiar.pending,
+            counters.unfamiliar.failures,
+            counters.unfamiliar.lockouts,
+            counters.unfamiliar.locked_until
+        ),
+        (0, 0, 0, now + 60),
         "a success elsewhere keeps the lock"
+    );
+    // A lockout that starts the count again.
+    store
+        .settle_lockout_attempt("t", "carol@x", Familiar, failures(3), now + 13)
+        .await
+        .unwrap();
+    let locked = store
+        .lock_out("t", "carol@x", Familiar, now + 700, true, now + 13)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (locked.familiar.failures, locked.familiar.locked_until),
+        (0, now + 700)
     );
 
     // Familiar networks: bounded, most recent kept, expiring.
@@ -553,15 +644,13 @@ async fn lockout_and_signin_log(store: &Store) {
             .await
             .unwrap()
     );
-    // The one read on a sign-in's path: every counter and the network's last sighting.
+    // The one read on a sign-in's path: the counters and the network's last sighting.
     let state = store
         .lockout_state("t", "carol@x", Some("10.0.4.0/24"), 0)
         .await
         .unwrap();
     assert_eq!(state.network_last_seen, Some(now + 4));
-    assert_eq!(state.counters.len(), 1);
-    assert_eq!(state.counters[0].0, "unfamiliar");
-    assert_eq!(state.counters[0].1.locked_until, now + 60);
+    assert_eq!(state.counters.unfamiliar.locked_until, now + 60);
     for (network, since) in [
         (Some("10.0.4.0/24"), now + 5),
         (Some("10.0.0.0/24"), 0),
@@ -572,7 +661,7 @@ async fn lockout_and_signin_log(store: &Store) {
             .await
             .unwrap();
         assert_eq!(state.network_last_seen, None, "{network:?} since {since}");
-        assert_eq!(state.counters.len(), 1);
+        assert_eq!(state.counters.unfamiliar.locked_until, now + 60);
     }
     assert_eq!(
         store
@@ -581,7 +670,6 @@ async fn lockout_and_signin_log(store: &Store) {
             .unwrap(),
         passage_store::LockoutState::default()
     );
-
     // The sign-in log.
     for n in 0..4 {
         store

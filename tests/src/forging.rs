@@ -73,6 +73,7 @@ impl Dispatcher for Liar {
                 }),
                 agent_id: first_candidate,
                 sealed_answer: vec![0x5a; 96],
+                lost_attempts: 0,
             };
             return Ok(Response::new(forged));
         }

@@ -10,8 +10,8 @@
 //!   fine-grained password settings (`msDS-PasswordSettings`: `msDS-LockoutThreshold`,
 //!   `msDS-LockoutObservationWindow`) where the account may read them.
 //!
-//! Several policies may apply to different users; the lowest threshold is reported, so the
-//! cloud stays below every one of them.
+//! Several policies may apply to different users; the lowest threshold and the longest memory
+//! are reported, so the cloud stays below every one of them.
 
 use std::collections::HashMap;
 
@@ -87,14 +87,21 @@ fn policy_of(attrs: &HashMap<String, Vec<String>>) -> Option<LockoutPolicy> {
 }
 
 /// The strictest policy among `entries` (attribute maps of policy entries): the lowest
-/// threshold; `None` when none of them locks accounts.
+/// threshold, and the longest observation window of any of them (none: until a success);
+/// `None` when none of them locks accounts.
 pub fn from_entries<'a>(
     entries: impl IntoIterator<Item = &'a HashMap<String, Vec<String>>>,
 ) -> Option<LockoutPolicy> {
     entries
         .into_iter()
         .filter_map(policy_of)
-        .min_by_key(|p| p.threshold)
+        .reduce(|a, b| LockoutPolicy {
+            threshold: a.threshold.min(b.threshold),
+            observation_window_s: a
+                .observation_window_s
+                .zip(b.observation_window_s)
+                .map(|(a, b)| a.max(b)),
+        })
 }
 
 #[cfg(test)]
@@ -125,6 +132,15 @@ mod tests {
                 observation_window_s: Some(600)
             })
         );
+        // A policy that remembers failures until a success makes the whole set do so.
+        let forever = entry(&[("pwdMaxFailure", "8"), ("pwdLockout", "TRUE")]);
+        assert_eq!(
+            from_entries([&locking, &forever]),
+            Some(LockoutPolicy {
+                threshold: 5,
+                observation_window_s: None
+            })
+        );
         assert_eq!(from_entries([&not_locking, &unlimited]), None);
     }
 
@@ -150,7 +166,7 @@ mod tests {
             from_entries([&domain, &pso, &never]),
             Some(LockoutPolicy {
                 threshold: 4,
-                observation_window_s: Some(600)
+                observation_window_s: Some(1800)
             })
         );
         assert_eq!(from_entries([&never]), None);

@@ -6,49 +6,62 @@
 //!   **location scope**: a network the user signed in from successfully before (`/24` for
 //!   IPv4, `/56` for IPv6 by default) is *familiar*; failures from anywhere else count in a
 //!   separate counter, so an attacker elsewhere cannot lock the user out where they work.
-//! * At `threshold` failures within `window_s` the user is locked out in that scope for
-//!   `lockout_duration_s`, doubling with every further lockout before a success, up to
-//!   `max_lockout_duration_s`. A locked-out sign-in is refused without contacting any agent, so
-//!   neither its answer nor its timing says whether the password was right.
-//! * The cloud threshold stays below the directory's own lockout threshold
-//!   ([`effective_threshold`]): a configured `directory_threshold` at or below the cloud
-//!   threshold is refused at start.
+//! * Every attempt is recorded as outstanding **before** it goes to an agent, atomically in the
+//!   store, and goes out only if the limits would hold even if every outstanding attempt
+//!   failed; otherwise it waits for them to be answered. So concurrent attempts (from one
+//!   replica or several) cannot all pass a check made before any of them was counted, and
+//!   concurrent sign-ins with the right password are delayed, never refused.
+//! * At a scope's limit the user is locked out there for `lockout_duration_s`, doubling with
+//!   every further lockout before a success, up to `max_lockout_duration_s`. A locked-out
+//!   sign-in is refused without contacting any agent, so neither its answer nor its timing says
+//!   whether the password was right.
+//! * Below the directory's own lockout ([`Limits::of`]): when the directory's policy is known
+//!   (configured, or read by the agents), the failures that may stand in the directory at once
+//!   stay below its threshold; the unfamiliar scope may use at most half of them, and counts
+//!   them for as long as the directory remembers them.
 //!
 //! The counters live in the store (`passage-store`), so every gateway replica counts together;
-//! the decisions are the pure functions below, table-tested.
+//! the decisions are the pure functions of [`limits`], table-tested.
 
+pub mod limits;
 pub mod throttle;
 
 use std::{
     collections::HashMap,
     net::IpAddr,
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
-use passage_store::{LockoutCounter, Store, StoreError};
+pub use limits::{DirectoryPolicy, Limits, Refusal, Remembered};
+pub use passage_store::LockoutScope as Scope;
+use passage_store::{AttemptEnd, Store, StoreError, UserCounters};
 use serde::Deserialize;
-
-/// How many failures below the directory's own threshold the cloud stops at, at least.
-pub const DIRECTORY_MARGIN: u32 = 2;
 
 /// Smart lockout settings (the gateway's `[lockout]` table).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LockoutConfig {
-    /// Failures (wrong password or unknown user) within `window_s` that lock a user out in one
-    /// location scope.
+    /// Failures (wrong password or unknown user) that lock a user out in one location scope.
+    /// Lowered per connector group to stay below the directory's own threshold.
     pub threshold: u32,
     /// How long the first lockout lasts, in seconds; each further one before a success lasts
     /// twice as long as the one before.
     pub lockout_duration_s: u64,
     /// The longest a lockout lasts, in seconds.
     pub max_lockout_duration_s: u64,
-    /// Failures older than this, in seconds, no longer count.
+    /// A scope's failures stop counting once this many seconds pass without a new one (at
+    /// least; unfamiliar failures count as long as the directory remembers them).
     pub window_s: u64,
     /// The directory's own lockout threshold (AD `lockoutThreshold`, OpenLDAP
-    /// `pwdMaxFailure`): the cloud threshold must stay below it, at least
-    /// [`DIRECTORY_MARGIN`] failures below.
+    /// `pwdMaxFailure`). Overrides what the agents read from the directory; the cloud
+    /// threshold must be below it.
     pub directory_threshold: Option<u32>,
+    /// How long the directory remembers a failed bind, in seconds (AD
+    /// `lockOutObservationWindow`, OpenLDAP `pwdFailureCountInterval`); 0: until a successful
+    /// bind. Overrides what the agents read. Without either, a configured
+    /// `directory_threshold` is taken to be remembered until a success.
+    pub directory_window_s: Option<u64>,
     /// Smart lockout on (with a store). Off, sign-ins are neither counted nor refused.
     pub enabled: bool,
     /// Prefix length that makes an IPv4 address's network.
@@ -69,6 +82,7 @@ impl Default for LockoutConfig {
             max_lockout_duration_s: 3600,
             window_s: 600,
             directory_threshold: None,
+            directory_window_s: None,
             enabled: true,
             ipv4_prefix: 24,
             ipv6_prefix: 56,
@@ -123,27 +137,39 @@ impl LockoutConfig {
                 "ipv4_prefix must be at most 32 and ipv6_prefix at most 128",
             ));
         }
+        if self.directory_threshold == Some(0) {
+            return Err(LockoutConfigError::OutOfRange(
+                "directory_threshold must be at least 1 (leave it out for a directory that locks no one)",
+            ));
+        }
         if let Some(directory) = self.directory_threshold
-            && self.threshold + DIRECTORY_MARGIN > directory
+            && self.threshold >= directory
         {
             return Err(LockoutConfigError::NotBelowDirectory {
                 cloud: self.threshold,
                 directory,
-                max: directory.saturating_sub(DIRECTORY_MARGIN),
+                max: directory.saturating_sub(1),
             });
         }
         Ok(())
     }
-}
 
-/// The threshold in force: the configured one, lowered to stay [`DIRECTORY_MARGIN`] below a
-/// directory threshold learnt at run time; `true` when it had to be lowered.
-pub fn effective_threshold(configured: u32, directory: Option<u32>) -> (u32, bool) {
-    match directory {
-        Some(directory) if configured + DIRECTORY_MARGIN > directory => {
-            (directory.saturating_sub(DIRECTORY_MARGIN).max(1), true)
-        }
-        _ => (configured, false),
+    /// The directory policy in force: the configured threshold and window where set, else
+    /// what the agents read (`discovered`).
+    pub fn directory_policy(&self, discovered: Option<DirectoryPolicy>) -> Option<DirectoryPolicy> {
+        let configured_window = self.directory_window_s.map(|s| match s {
+            0 => Remembered::UntilSuccess,
+            s => Remembered::For(s),
+        });
+        let threshold = self
+            .directory_threshold
+            .or(discovered.map(|d| d.threshold))?;
+        Some(DirectoryPolicy {
+            threshold,
+            remembered: configured_window
+                .or(discovered.map(|d| d.remembered))
+                .unwrap_or(Remembered::UntilSuccess),
+        })
     }
 }
 
@@ -181,49 +207,54 @@ pub fn user_key(username: &str) -> String {
     username.to_lowercase()
 }
 
-/// Where a sign-in comes from, for the user.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scope {
-    /// A network the user signed in from successfully before.
-    Familiar,
-    /// Anywhere else, or no client IP reported.
-    Unfamiliar,
-}
-
-impl Scope {
-    /// The scope's name in the store and the sign-in log.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Scope::Familiar => "familiar",
-            Scope::Unfamiliar => "unfamiliar",
-        }
-    }
-}
-
-/// What the lockout says before a sign-in goes to an agent.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Assessment {
-    /// The user's scope for this sign-in.
-    pub scope: Scope,
-    /// Locked out in that scope until (Unix seconds), if so.
-    pub locked_until: Option<i64>,
-    /// When the client's network was last seen for the user, if familiar.
-    pub familiar_since: Option<i64>,
-    /// Whether any of the user's counters holds failures or lockouts (a success then resets
-    /// them; otherwise it writes nothing).
-    pub failures_to_reset: bool,
-}
-
 /// How long a familiar network's last sighting may be before a success records it again
-/// (so that most successful sign-ins write nothing).
+/// (so that most successful sign-ins write no network).
 const FAMILIAR_REFRESH_S: i64 = 86_400;
 
-/// What counting a failure did.
+/// What smart lockout says before a sign-in goes to an agent.
+#[derive(Debug)]
+pub enum Admission {
+    /// Refused without contacting any agent.
+    Refused {
+        /// The user's scope for this sign-in.
+        scope: Scope,
+        /// Until when.
+        refusal: Refusal,
+    },
+    /// Recorded as outstanding; settle it with [`SmartLockout::settle`] once the answer is
+    /// known.
+    Admitted(Ticket),
+}
+
+/// An attempt recorded as outstanding.
+#[derive(Debug)]
+pub struct Ticket {
+    key: String,
+    /// The user's scope for this sign-in.
+    pub scope: Scope,
+    familiar_since: Option<i64>,
+    limits: Limits,
+}
+
+/// What the directory made of an admitted attempt, for counting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Counted {
+pub enum Outcome {
+    /// The password was right: every count starts again.
+    Success,
+    /// As many failed binds as the directory may have counted for this attempt (a wrong
+    /// password: one, plus one per agent lost after it was sent the password; a repeated
+    /// wrong password the agent answered from memory: only the lost ones).
+    Failures(u32),
+}
+
+/// What counting did, for the sign-in log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// Nothing counted (a success, or no failure reached the directory).
+    Nothing,
     /// Counted; not locked out (yet).
     Counted,
-    /// This failure locked the user out in its scope until (Unix seconds).
+    /// This attempt locked the user out in its scope, until (Unix seconds).
     LockedOut(i64),
 }
 
@@ -232,17 +263,26 @@ pub enum Counted {
 pub struct SmartLockout {
     store: Store,
     config: LockoutConfig,
-    /// The lowered threshold last warned about, per connector group.
-    lowered: Arc<Mutex<HashMap<String, u32>>>,
+    /// The longest an admitted attempt stays outstanding (after that the store forgets it:
+    /// its gateway is gone), and the longest an attempt waits for others to be answered.
+    attempt_timeout: Duration,
+    /// The limits last warned about, per connector group.
+    lowered: Arc<Mutex<HashMap<String, Limits>>>,
 }
 
 impl SmartLockout {
-    /// Lockout with `config` (validated) over `store`.
-    pub fn new(store: Store, config: LockoutConfig) -> Result<Self, LockoutConfigError> {
+    /// Lockout with `config` (validated) over `store`, for sign-ins whose answer takes at
+    /// most `attempt_timeout`.
+    pub fn new(
+        store: Store,
+        config: LockoutConfig,
+        attempt_timeout: Duration,
+    ) -> Result<Self, LockoutConfigError> {
         config.validate()?;
         Ok(Self {
             store,
             config,
+            attempt_timeout,
             lowered: Arc::default(),
         })
     }
@@ -252,161 +292,210 @@ impl SmartLockout {
         &self.config
     }
 
-    /// The threshold in force for `connector_group`: the configured one, kept
-    /// [`DIRECTORY_MARGIN`] below the directory's own threshold, which is the configured
-    /// `directory_threshold` if there is one, else the lowest the group's agents read from the
-    /// directory (`discovered`). Warns once per group and value when it had to be lowered.
-    pub fn threshold_for(&self, connector_group: &str, discovered: Option<u32>) -> u32 {
-        let directory = self.config.directory_threshold.or(discovered);
-        let (threshold, lowered) = effective_threshold(self.config.threshold, directory);
-        if lowered {
-            let mut warned = self.lowered.lock().unwrap_or_else(|p| p.into_inner());
-            if warned.get(connector_group) != Some(&threshold) {
-                // Bounded: connector groups are few; a flood of names only costs repeats.
-                if warned.len() >= 10_000 {
-                    warned.clear();
-                }
-                warned.insert(connector_group.to_owned(), threshold);
-                if directory.is_some_and(|d| d <= DIRECTORY_MARGIN) {
-                    tracing::error!(
-                        connector_group,
-                        directory_threshold = directory,
-                        "the directory locks accounts after so few failures that no cloud threshold stays {DIRECTORY_MARGIN} below it; counting with 1"
-                    );
-                } else {
-                    tracing::warn!(
-                        connector_group,
-                        configured = self.config.threshold,
-                        directory_threshold = directory,
-                        effective = threshold,
-                        "smart lockout threshold lowered to stay {DIRECTORY_MARGIN} failures below the directory's own lockout threshold"
-                    );
-                }
+    /// The limits in force for `connector_group`, whose agents read `discovered` from the
+    /// directory (the lowest threshold, the longest memory). Warns once per group and value
+    /// when they are below the configured threshold.
+    pub fn limits_for(&self, connector_group: &str, discovered: Option<DirectoryPolicy>) -> Limits {
+        let directory = self.config.directory_policy(discovered);
+        let limits = Limits::of(&self.config, directory);
+        let Some(directory) = directory else {
+            return limits;
+        };
+        if limits.familiar == self.config.threshold && limits.unfamiliar == self.config.threshold {
+            return limits;
+        }
+        let mut warned = self.lowered.lock().unwrap_or_else(|p| p.into_inner());
+        if warned.get(connector_group) != Some(&limits) {
+            // Bounded: connector groups are few; a flood of names only costs repeats.
+            if warned.len() >= 10_000 {
+                warned.clear();
+            }
+            warned.insert(connector_group.to_owned(), limits);
+            if Limits::cannot_stay_below(&directory) {
+                tracing::error!(
+                    connector_group,
+                    directory_threshold = directory.threshold,
+                    "the directory locks accounts after so few failures that smart lockout cannot stay below it; counting with 1"
+                );
+            } else {
+                tracing::warn!(
+                    connector_group,
+                    configured = self.config.threshold,
+                    directory_threshold = directory.threshold,
+                    familiar = limits.familiar,
+                    unfamiliar = limits.unfamiliar,
+                    "smart lockout threshold lowered to stay below the directory's own lockout threshold"
+                );
             }
         }
-        threshold
+        limits
     }
 
     fn network(&self, ip: IpAddr) -> String {
         network_of(ip, self.config.ipv4_prefix, self.config.ipv6_prefix)
     }
 
-    /// The scope of a sign-in of `username` from `ip` at `now`, and whether the user is locked
-    /// out there.
-    pub async fn assess(
+    /// Decides whether a sign-in of `username` from `ip` at `now` may go to an agent, and if
+    /// so records it as outstanding: one read and one atomic write. While the attempts already
+    /// out could, all failing, reach a limit, it waits for them to be answered.
+    pub async fn admit(
         &self,
         tenant: &str,
         username: &str,
         ip: Option<IpAddr>,
+        limits: &Limits,
         now: i64,
-    ) -> Result<Assessment, StoreError> {
+    ) -> Result<Admission, StoreError> {
         let key = user_key(username);
         let since = now - i64::from(self.config.familiar_network_days) * 86_400;
         let network = ip.map(|ip| self.network(ip));
-        // One read per sign-in: every counter of the user and the network's last sighting.
-        let state = self
-            .store
-            .lockout_state(tenant, &key, network.as_deref(), since)
-            .await?;
-        let familiar_since = state.network_last_seen;
-        let scope = if familiar_since.is_some() {
-            Scope::Familiar
-        } else {
-            Scope::Unfamiliar
-        };
-        let counter = state
-            .counters
-            .iter()
-            .find(|(name, _)| name == scope.as_str())
-            .map(|(_, counter)| *counter)
-            .unwrap_or_default();
-        Ok(Assessment {
-            scope,
-            locked_until: (counter.locked_until > now).then_some(counter.locked_until),
-            familiar_since,
-            failures_to_reset: state
-                .counters
-                .iter()
-                .any(|(_, c)| c.failures != 0 || c.lockouts != 0),
-        })
+        let outstanding_until = now
+            .saturating_add(self.attempt_timeout.as_secs() as i64)
+            .saturating_add(1);
+        let give_up = tokio::time::Instant::now() + self.attempt_timeout;
+        let mut pause = Duration::from_millis(5);
+        loop {
+            let state = self
+                .store
+                .lockout_state(tenant, &key, network.as_deref(), since)
+                .await?;
+            let scope = if state.network_last_seen.is_some() {
+                Scope::Familiar
+            } else {
+                Scope::Unfamiliar
+            };
+            if let Some(refusal) = limits.refusal(&state.counters, scope, now) {
+                return Ok(Admission::Refused { scope, refusal });
+            }
+            let after = self
+                .store
+                .reserve_lockout_attempt(tenant, &key, scope, now, outstanding_until)
+                .await?;
+            if limits.admits(&after, scope, now) {
+                return Ok(Admission::Admitted(Ticket {
+                    key,
+                    scope,
+                    familiar_since: state.network_last_seen,
+                    limits: *limits,
+                }));
+            }
+            // Others are out and, all failing, would reach a limit: wait for their answers.
+            self.store
+                .settle_lockout_attempt(
+                    tenant,
+                    &key,
+                    scope,
+                    AttemptEnd::Failures {
+                        failures: 0,
+                        expired_before: i64::MIN,
+                    },
+                    now,
+                )
+                .await?;
+            if let Some(refusal) = limits.refusal(&after, scope, now) {
+                return Ok(Admission::Refused { scope, refusal });
+            }
+            if tokio::time::Instant::now() + pause > give_up {
+                tracing::warn!(%tenant, scope = scope.as_str(), "smart lockout: attempts outstanding too long; refusing");
+                return Ok(Admission::Refused {
+                    scope,
+                    refusal: Refusal {
+                        until: Some(outstanding_until),
+                    },
+                });
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(100));
+        }
     }
 
-    /// Counts a failure (wrong password or unknown user) in `scope`, with the given
-    /// `threshold` (the effective one for the user's connector group).
-    pub async fn failed(
+    /// Settles an admitted attempt of a sign-in from `ip` with its `outcome`.
+    pub async fn settle(
         &self,
         tenant: &str,
-        username: &str,
-        scope: Scope,
-        threshold: u32,
+        ticket: Ticket,
+        ip: Option<IpAddr>,
+        outcome: Outcome,
         now: i64,
-    ) -> Result<Counted, StoreError> {
-        let key = user_key(username);
-        let counter: LockoutCounter = self
+    ) -> Result<Settled, StoreError> {
+        let Ticket {
+            key,
+            scope,
+            familiar_since,
+            limits,
+        } = ticket;
+        let failures = match outcome {
+            Outcome::Success => {
+                self.store
+                    .settle_lockout_attempt(tenant, &key, scope, AttemptEnd::Success, now)
+                    .await?;
+                let fresh = familiar_since.is_some_and(|seen| now - seen < FAMILIAR_REFRESH_S);
+                if let Some(ip) = ip
+                    && !fresh
+                {
+                    self.store
+                        .remember_network(
+                            tenant,
+                            &key,
+                            &self.network(ip),
+                            now,
+                            i64::from(self.config.familiar_networks),
+                        )
+                        .await?;
+                }
+                return Ok(Settled::Nothing);
+            }
+            Outcome::Failures(failures) => failures,
+        };
+        let after = self
             .store
-            .count_failure(
+            .settle_lockout_attempt(
                 tenant,
                 &key,
-                scope.as_str(),
+                scope,
+                AttemptEnd::Failures {
+                    failures: i64::from(failures),
+                    expired_before: limits.expired_before(scope, now),
+                },
                 now,
-                self.config.window_s as i64,
             )
-            .await?;
-        if counter.failures < i64::from(threshold) {
-            return Ok(Counted::Counted);
+            .await?
+            .unwrap_or_default();
+        if failures == 0 {
+            return Ok(Settled::Nothing);
         }
-        let until = now + lockout_duration_s(&self.config, counter.lockouts) as i64;
+        if !limits.locks(&after, scope, now) {
+            return Ok(Settled::Counted);
+        }
+        let lockouts = after.scope(scope).lockouts;
+        let until = now + lockout_duration_s(&self.config, lockouts) as i64;
         match self
             .store
-            .lock_out(tenant, &key, scope.as_str(), i64::from(threshold), until)
+            .lock_out(tenant, &key, scope, until, limits.restarts(scope), now)
             .await?
         {
             Some(locked) => {
                 tracing::warn!(
                     %tenant,
                     scope = scope.as_str(),
-                    locked_until = locked.locked_until,
-                    lockouts = locked.lockouts,
+                    locked_until = locked.scope(scope).locked_until,
+                    lockouts = locked.scope(scope).lockouts,
                     "smart lockout: user locked out"
                 );
-                Ok(Counted::LockedOut(locked.locked_until))
+                Ok(Settled::LockedOut(locked.scope(scope).locked_until))
             }
             // Another replica locked the user out a moment ago.
-            None => Ok(Counted::Counted),
+            None => Ok(Settled::Counted),
         }
     }
 
-    /// A successful sign-in from `ip`, assessed as `assessment`: the failures start again,
-    /// and the network becomes (or stays) familiar. Writes only what changes.
-    pub async fn succeeded(
-        &self,
-        tenant: &str,
-        username: &str,
-        ip: Option<IpAddr>,
-        assessment: &Assessment,
-        now: i64,
-    ) -> Result<(), StoreError> {
-        let key = user_key(username);
-        if assessment.failures_to_reset {
-            self.store.reset_failures(tenant, &key).await?;
-        }
-        let fresh = assessment
-            .familiar_since
-            .is_some_and(|seen| now - seen < FAMILIAR_REFRESH_S);
-        if let Some(ip) = ip
-            && !fresh
-        {
-            self.store
-                .remember_network(
-                    tenant,
-                    &key,
-                    &self.network(ip),
-                    now,
-                    i64::from(self.config.familiar_networks),
-                )
-                .await?;
-        }
-        Ok(())
+    /// The user's counters as the store holds them (for operators and tests).
+    pub async fn counters(&self, tenant: &str, username: &str) -> Result<UserCounters, StoreError> {
+        Ok(self
+            .store
+            .lockout_state(tenant, &user_key(username), None, 0)
+            .await?
+            .counters)
     }
 }
 
@@ -437,58 +526,75 @@ mod tests {
     }
 
     #[test]
-    fn the_cloud_threshold_stays_below_the_directorys() {
-        assert_eq!(effective_threshold(10, None), (10, false));
-        assert_eq!(effective_threshold(3, Some(5)), (3, false));
-        assert_eq!(effective_threshold(4, Some(5)), (3, true));
-        assert_eq!(effective_threshold(10, Some(5)), (3, true));
-        assert_eq!(effective_threshold(10, Some(1)), (1, true));
+    fn a_cloud_threshold_at_or_above_the_directorys_is_refused() {
         let refused = LockoutConfig {
             threshold: 5,
             directory_threshold: Some(5),
             ..LockoutConfig::default()
         };
         let err = refused.validate().unwrap_err();
-        assert!(err.to_string().contains("at most 3"), "{err}");
-        LockoutConfig {
-            threshold: 3,
-            directory_threshold: Some(5),
-            ..LockoutConfig::default()
-        }
-        .validate()
-        .unwrap();
-        assert!(
+        assert!(err.to_string().contains("at most 4"), "{err}");
+        for (threshold, directory) in [(3, 5), (4, 5)] {
             LockoutConfig {
-                threshold: 0,
+                threshold,
+                directory_threshold: Some(directory),
                 ..LockoutConfig::default()
             }
             .validate()
-            .is_err()
-        );
-    }
-
-    #[tokio::test]
-    async fn a_configured_directory_threshold_overrides_the_discovered_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&format!("sqlite://{}", dir.path().join("t.db").display()))
-            .await
             .unwrap();
-        let discovered_only = SmartLockout::new(store.clone(), LockoutConfig::default()).unwrap();
-        assert_eq!(discovered_only.threshold_for("corp", None), 10);
-        assert_eq!(discovered_only.threshold_for("corp", Some(5)), 3);
-        assert_eq!(discovered_only.threshold_for("corp", Some(50)), 10);
-        let configured = SmartLockout::new(
-            store,
+        }
+        for bad in [
             LockoutConfig {
-                threshold: 3,
-                directory_threshold: Some(8),
+                threshold: 0,
                 ..LockoutConfig::default()
             },
-        )
-        .unwrap();
-        // The administrator's word wins over what an agent read (say, a stale policy).
-        assert_eq!(configured.threshold_for("corp", Some(2)), 3);
-        assert_eq!(configured.threshold_for("corp", None), 3);
+            LockoutConfig {
+                directory_threshold: Some(0),
+                ..LockoutConfig::default()
+            },
+        ] {
+            assert!(bad.validate().is_err());
+        }
+    }
+
+    #[test]
+    fn the_configured_directory_policy_overrides_the_discovered_one() {
+        let discovered = Some(DirectoryPolicy {
+            threshold: 5,
+            remembered: Remembered::For(1800),
+        });
+        let default = LockoutConfig::default();
+        assert_eq!(default.directory_policy(discovered), discovered);
+        assert_eq!(default.directory_policy(None), None);
+        let configured = LockoutConfig {
+            threshold: 3,
+            directory_threshold: Some(8),
+            ..LockoutConfig::default()
+        };
+        // The administrator's word wins over what an agent read (say, a stale policy)...
+        assert_eq!(
+            configured.directory_policy(discovered),
+            Some(DirectoryPolicy {
+                threshold: 8,
+                remembered: Remembered::For(1800)
+            })
+        );
+        // ...and with nothing said of the window, the directory remembers until a success.
+        assert_eq!(
+            configured.directory_policy(None),
+            Some(DirectoryPolicy {
+                threshold: 8,
+                remembered: Remembered::UntilSuccess
+            })
+        );
+        let with_window = LockoutConfig {
+            directory_window_s: Some(0),
+            ..configured
+        };
+        assert_eq!(
+            with_window.directory_policy(discovered).unwrap().remembered,
+            Remembered::UntilSuccess
+        );
     }
 
     #[test]
@@ -499,126 +605,338 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn failures_lock_out_one_scope_and_a_success_resets_the_count() {
+    async fn lockout(config: LockoutConfig) -> (SmartLockout, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&format!("sqlite://{}", dir.path().join("l.db").display()))
             .await
             .unwrap();
-        let lockout = SmartLockout::new(
-            store,
-            LockoutConfig {
-                threshold: 3,
-                ..LockoutConfig::default()
-            },
+        (
+            SmartLockout::new(store, config, Duration::from_secs(5)).unwrap(),
+            dir,
         )
-        .unwrap();
-        let (home, away) = (
-            Some("203.0.113.7".parse().unwrap()),
-            Some("198.51.100.9".parse().unwrap()),
-        );
-        let now = 1_000_000;
-        lockout
-            .succeeded(
-                "t",
-                "alice@x",
-                home,
-                &lockout.assess("t", "alice@x", home, now).await.unwrap(),
-                now,
-            )
-            .await
-            .unwrap();
-        let at_home = lockout.assess("t", "ALICE@x", home, now).await.unwrap();
-        assert_eq!(at_home.scope, Scope::Familiar);
-        let elsewhere = lockout.assess("t", "alice@x", away, now).await.unwrap();
-        assert_eq!(elsewhere.scope, Scope::Unfamiliar);
-        assert_eq!(
-            lockout
-                .assess("t", "alice@x", None, now)
-                .await
-                .unwrap()
-                .scope,
-            Scope::Unfamiliar
-        );
+    }
 
-        for n in 1..=2 {
-            assert_eq!(
+    fn ip(text: &str) -> Option<IpAddr> {
+        Some(text.parse().unwrap())
+    }
+
+    /// One sign-in through admission and settlement: `None` when refused.
+    async fn attempt(
+        lockout: &SmartLockout,
+        limits: &Limits,
+        user: &str,
+        from: Option<IpAddr>,
+        outcome: Outcome,
+        now: i64,
+    ) -> Option<Settled> {
+        match lockout.admit("t", user, from, limits, now).await.unwrap() {
+            Admission::Refused { .. } => None,
+            Admission::Admitted(ticket) => Some(
                 lockout
-                    .failed("t", "alice@x", Scope::Unfamiliar, 3, now + n)
+                    .settle("t", ticket, from, outcome, now)
                     .await
                     .unwrap(),
-                Counted::Counted
+            ),
+        }
+    }
+
+    #[tokio::test]
+    async fn below_a_directory_that_remembers_until_a_success() {
+        let (lockout, _dir) = lockout(LockoutConfig {
+            threshold: 3,
+            directory_threshold: Some(5),
+            ..LockoutConfig::default()
+        })
+        .await;
+        let limits = lockout.limits_for("corp", None);
+        assert_eq!((limits.familiar, limits.unfamiliar), (3, 2));
+        let (home, away) = (ip("203.0.113.7"), ip("198.51.100.9"));
+        let now = 1_000_000;
+        assert_eq!(
+            attempt(&lockout, &limits, "alice@x", home, Outcome::Success, now).await,
+            Some(Settled::Nothing)
+        );
+        // Two failures from elsewhere: the second locks that scope.
+        let wrong = Outcome::Failures(1);
+        assert_eq!(
+            attempt(&lockout, &limits, "alice@x", away, wrong, now + 1).await,
+            Some(Settled::Counted)
+        );
+        assert_eq!(
+            attempt(&lockout, &limits, "ALICE@x", away, wrong, now + 2).await,
+            Some(Settled::LockedOut(now + 62))
+        );
+        // Long after the cloud lockout, still refused: the directory remembers.
+        assert_eq!(
+            attempt(&lockout, &limits, "alice@x", away, wrong, now + 100_000).await,
+            None
+        );
+        // At home: the two together must stay below 5, so two more failures, then refused.
+        for n in 3..=4 {
+            assert!(
+                attempt(&lockout, &limits, "alice@x", home, wrong, now + n)
+                    .await
+                    .is_some()
             );
         }
         assert_eq!(
-            lockout
-                .failed("t", "alice@x", Scope::Unfamiliar, 3, now + 3)
-                .await
-                .unwrap(),
-            Counted::LockedOut(now + 3 + 60)
-        );
-        // Locked out away, not at home.
-        let away_now = lockout.assess("t", "alice@x", away, now + 4).await.unwrap();
-        assert_eq!(away_now.locked_until, Some(now + 63));
-        assert_eq!(
-            lockout
-                .assess("t", "alice@x", home, now + 4)
-                .await
-                .unwrap()
-                .locked_until,
-            None
-        );
-        // The next lockout lasts twice as long; a success resets the count, not the lock.
-        for n in 0..2 {
-            lockout
-                .failed("t", "alice@x", Scope::Unfamiliar, 3, now + 100 + n)
-                .await
-                .unwrap();
-        }
-        assert_eq!(
-            lockout
-                .failed("t", "alice@x", Scope::Unfamiliar, 3, now + 102)
-                .await
-                .unwrap(),
-            Counted::LockedOut(now + 102 + 120)
-        );
-        lockout
-            .succeeded(
-                "t",
+            attempt(
+                &lockout,
+                &limits,
                 "alice@x",
                 home,
-                &lockout
-                    .assess("t", "alice@x", home, now + 103)
-                    .await
-                    .unwrap(),
-                now + 103,
+                Outcome::Success,
+                now + 5
             )
-            .await
-            .unwrap();
-        assert!(
-            lockout
-                .assess("t", "alice@x", away, now + 104)
-                .await
-                .unwrap()
-                .locked_until
-                .is_some()
+            .await,
+            None
         );
-        // Failures outside the window start a new count.
-        lockout
-            .failed("t", "bob@x", Scope::Unfamiliar, 3, now)
-            .await
-            .unwrap();
-        lockout
-            .failed("t", "bob@x", Scope::Unfamiliar, 3, now + 1)
-            .await
-            .unwrap();
+        // The familiar lockout starts its own count again (what follows is the user's own
+        // doing); the unfamiliar count stands.
+        let counters = lockout.counters("t", "alice@x").await.unwrap();
+        assert_eq!(
+            (counters.familiar.failures, counters.unfamiliar.failures),
+            (0, 2)
+        );
+        // Once the familiar lockout is over, a success resets every count; a lockout in
+        // force elsewhere stays in force.
+        let familiar_until = counters.familiar.locked_until;
+        assert!(familiar_until > now + 4);
+        assert_eq!(
+            attempt(
+                &lockout,
+                &limits,
+                "alice@x",
+                home,
+                Outcome::Success,
+                familiar_until
+            )
+            .await,
+            Some(Settled::Nothing)
+        );
+        let counters = lockout.counters("t", "alice@x").await.unwrap();
+        assert_eq!(
+            (counters.familiar.failures, counters.unfamiliar.failures),
+            (0, 0)
+        );
+        assert_eq!(
+            attempt(&lockout, &limits, "alice@x", away, wrong, now + 10).await,
+            None,
+            "the unfamiliar lockout still runs"
+        );
+    }
+
+    #[tokio::test]
+    async fn concurrent_attempts_cannot_pass_a_check_made_before_they_were_counted() {
+        let (lockout, _dir) = lockout(LockoutConfig::default()).await;
+        let limits = lockout.limits_for(
+            "corp",
+            Some(DirectoryPolicy {
+                threshold: 5,
+                remembered: Remembered::UntilSuccess,
+            }),
+        );
+        let now = 1_000_000;
+        // Forty wrong passwords at once: each attempt that gets out fails (after a moment, as
+        // a directory would take); two get out, the rest wait, then are refused.
+        let (out, wrong) = (
+            Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        );
+        let mut attempts = tokio::task::JoinSet::new();
+        for n in 0..40 {
+            let (lockout, limits, out, wrong) = (
+                lockout.clone(),
+                limits,
+                Arc::clone(&out),
+                Arc::clone(&wrong),
+            );
+            attempts.spawn(async move {
+                let user = if n % 2 == 0 { "bob@x" } else { "BOB@x" };
+                match lockout
+                    .admit("t", user, ip("198.51.100.9"), &limits, now)
+                    .await
+                    .unwrap()
+                {
+                    Admission::Refused { .. } => {}
+                    Admission::Admitted(ticket) => {
+                        out.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        wrong.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        lockout
+                            .settle("t", ticket, None, Outcome::Failures(1), now)
+                            .await
+                            .unwrap();
+                    }
+                }
+            });
+        }
+        while attempts.join_next().await.is_some() {}
+        assert_eq!(out.load(std::sync::atomic::Ordering::SeqCst), 2);
         assert_eq!(
             lockout
-                .failed("t", "bob@x", Scope::Unfamiliar, 3, now + 700)
+                .counters("t", "bob@x")
                 .await
-                .unwrap(),
-            Counted::Counted
+                .unwrap()
+                .unfamiliar
+                .failures,
+            2
         );
+        // Sixteen sign-ins at once with the right password: delayed, never refused.
+        let mut right = tokio::task::JoinSet::new();
+        for _ in 0..16 {
+            let (lockout, limits) = (lockout.clone(), limits);
+            right.spawn(async move {
+                match lockout
+                    .admit("t", "carol@x", ip("198.51.100.9"), &limits, now)
+                    .await
+                    .unwrap()
+                {
+                    Admission::Refused { .. } => false,
+                    Admission::Admitted(ticket) => {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        lockout
+                            .settle("t", ticket, None, Outcome::Success, now)
+                            .await
+                            .unwrap();
+                        true
+                    }
+                }
+            });
+        }
+        let mut admitted = 0;
+        while let Some(ok) = right.join_next().await {
+            admitted += usize::from(ok.unwrap());
+        }
+        assert_eq!(admitted, 16);
+    }
+
+    #[tokio::test]
+    async fn what_is_given_back_and_what_counts_twice() {
+        let (lockout, _dir) = lockout(LockoutConfig {
+            threshold: 5,
+            ..LockoutConfig::default()
+        })
+        .await;
+        let limits = lockout.limits_for("corp", None);
+        let now = 1_000_000;
+        let away = ip("198.51.100.9");
+        let counters = |lockout: SmartLockout| async move {
+            lockout.counters("t", "carol@x").await.unwrap().unfamiliar
+        };
+        // A repeated wrong password (or no directory answer): nothing counted, nothing left
+        // outstanding.
+        attempt(
+            &lockout,
+            &limits,
+            "carol@x",
+            away,
+            Outcome::Failures(0),
+            now,
+        )
+        .await;
+        let c = counters(lockout.clone()).await;
+        assert_eq!((c.failures, c.pending), (0, 0));
+        // An agent lost after it had the password, then a wrong password: two.
+        attempt(
+            &lockout,
+            &limits,
+            "carol@x",
+            away,
+            Outcome::Failures(2),
+            now,
+        )
+        .await;
+        let c = counters(lockout.clone()).await;
+        assert_eq!((c.failures, c.pending), (2, 0));
+        // An attempt admitted before a success and failing after it counts after the reset.
+        let Admission::Admitted(early) = lockout
+            .admit("t", "carol@x", away, &limits, now + 1)
+            .await
+            .unwrap()
+        else {
+            panic!("admitted")
+        };
+        attempt(
+            &lockout,
+            &limits,
+            "carol@x",
+            away,
+            Outcome::Success,
+            now + 2,
+        )
+        .await;
+        assert_eq!(counters(lockout.clone()).await.failures, 0);
+        lockout
+            .settle("t", early, away, Outcome::Failures(1), now + 3)
+            .await
+            .unwrap();
+        let c = counters(lockout.clone()).await;
+        assert_eq!((c.failures, c.pending), (1, 0));
+        // An attempt never settled (its gateway died) is forgotten after the attempt timeout.
+        // (The success made `away` familiar; no address is unfamiliar.)
+        let Admission::Admitted(_abandoned) = lockout
+            .admit("t", "carol@x", None, &limits, now + 10)
+            .await
+            .unwrap()
+        else {
+            panic!("admitted")
+        };
+        let c = counters(lockout.clone()).await;
+        assert_eq!(c.pending, 1);
+        assert_eq!(
+            limits.pending(
+                &lockout.counters("t", "carol@x").await.unwrap(),
+                Scope::Unfamiliar,
+                now + 16
+            ),
+            0
+        );
+    }
+
+    #[tokio::test]
+    async fn without_a_directory_policy_a_lockout_starts_the_count_again() {
+        let (lockout, _dir) = lockout(LockoutConfig {
+            threshold: 3,
+            ..LockoutConfig::default()
+        })
+        .await;
+        let limits = lockout.limits_for("corp", None);
+        let now = 1_000_000;
+        let away = ip("198.51.100.9");
+        let wrong = Outcome::Failures(1);
+        for n in 0..2 {
+            assert_eq!(
+                attempt(&lockout, &limits, "dave@x", away, wrong, now + n).await,
+                Some(Settled::Counted)
+            );
+        }
+        assert_eq!(
+            attempt(&lockout, &limits, "dave@x", away, wrong, now + 2).await,
+            Some(Settled::LockedOut(now + 62))
+        );
+        assert_eq!(
+            attempt(&lockout, &limits, "dave@x", away, wrong, now + 61).await,
+            None
+        );
+        // After the lockout: three more; the next lockout lasts twice as long.
+        for n in 0..2 {
+            assert_eq!(
+                attempt(&lockout, &limits, "dave@x", away, wrong, now + 62 + n).await,
+                Some(Settled::Counted)
+            );
+        }
+        assert_eq!(
+            attempt(&lockout, &limits, "dave@x", away, wrong, now + 64).await,
+            Some(Settled::LockedOut(now + 64 + 120))
+        );
+        // Failures further apart than the window do not add up.
+        for n in 0..4 {
+            assert_eq!(
+                attempt(&lockout, &limits, "erin@x", away, wrong, now + n * 600).await,
+                Some(Settled::Counted)
+            );
+        }
     }
 
     #[test]

@@ -6,13 +6,16 @@
 //! both are migrated, versioned, on open. The same test suite runs against both.
 //!
 //! What lives here: tenants and their CAs, enrolment tokens (only their hashes), agents and
-//! their certificates, revocations. Never a password, and never an enrolment token itself.
+//! their certificates, revocations, smart lockout counters and familiar networks
+//! ([`lockout`]), the sign-in log. Never a password, and never an enrolment token itself.
 
 pub mod key_encryption;
+pub mod lockout;
 
 use std::borrow::Cow;
 
 pub use key_encryption::{KeyEncryptionError, KeyEncryptionKey, is_sealed};
+pub use lockout::{AttemptEnd, LockoutScope, LockoutState, ScopeCounter, UserCounters};
 
 use passage_credentials::Secret;
 use sqlx::{
@@ -145,7 +148,7 @@ pub struct AgentRecord {
 
 /// The schema, version by version; a released migration never changes.
 fn migrations(backend: Backend) -> Vec<Migration> {
-    let files: [(i64, &str, &'static str, &'static str); 4] = [
+    let files: [(i64, &str, &'static str, &'static str); 5] = [
         (
             1,
             "tenants, agents, enrolment",
@@ -169,6 +172,12 @@ fn migrations(backend: Backend) -> Vec<Migration> {
             "smart lockout, familiar networks, sign-in log",
             include_str!("../migrations/sqlite/0004_lockout_signin_log.sql"),
             include_str!("../migrations/postgres/0004_lockout_signin_log.sql"),
+        ),
+        (
+            5,
+            "smart lockout: one row per user, both scopes",
+            include_str!("../migrations/sqlite/0005_lockout_per_user.sql"),
+            include_str!("../migrations/postgres/0005_lockout_per_user.sql"),
         ),
     ];
     files
@@ -281,19 +290,6 @@ pub enum KeyProtection {
     Encrypted(KeyEncryptionKey),
     /// Stored as they are (development only: a dump of the store holds the keys).
     Plaintext,
-}
-
-/// One user's lockout counter in one location scope.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct LockoutCounter {
-    /// Failures counted in the current window.
-    pub failures: i64,
-    /// When the current window started, Unix seconds.
-    pub window_started_at: i64,
-    /// Locked until, Unix seconds (0: never locked).
-    pub locked_until: i64,
-    /// Lockouts since the last success (each lasts longer).
-    pub lockouts: i64,
 }
 
 /// One sign-in attempt, as the sign-in log keeps it. Never a password, a hash of one, or a
@@ -1002,177 +998,7 @@ impl Store {
     }
 }
 
-/// What the store knows about one user for smart lockout, read in one query.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct LockoutState {
-    /// The user's counters, by scope name.
-    pub counters: Vec<(String, LockoutCounter)>,
-    /// When the asked-for network was last seen for the user, if at or after the bound.
-    pub network_last_seen: Option<i64>,
-}
-
 impl Store {
-    /// Every lockout counter of `user_key` and when `network` was last seen for it (if at or
-    /// after `since`), in one round trip: the read on every sign-in's path.
-    pub async fn lockout_state(
-        &self,
-        tenant: &str,
-        user_key: &str,
-        network: Option<&str>,
-        since: i64,
-    ) -> Result<LockoutState, StoreError> {
-        // Scope names are never empty; the network row is told apart by its empty scope.
-        let rows = sqlx::query(
-            "SELECT scope, failures, window_started_at, locked_until, lockouts \
-             FROM lockout_counters WHERE tenant_id = $1 AND user_key = $2 \
-             UNION ALL \
-             SELECT '' AS scope, 0 AS failures, 0 AS window_started_at, last_seen AS locked_until, \
-             0 AS lockouts FROM familiar_networks \
-             WHERE tenant_id = $1 AND user_key = $2 AND network = $3 AND last_seen >= $4",
-        )
-        .bind(tenant)
-        .bind(user_key)
-        // No network: an empty one, which no row has.
-        .bind(network.unwrap_or_default())
-        .bind(since)
-        .fetch_all(&self.reads)
-        .await?;
-        let mut state = LockoutState::default();
-        for row in rows {
-            let scope: String = row.try_get("scope")?;
-            let counter = counter_from_row(&row)?;
-            if scope.is_empty() {
-                state.network_last_seen = Some(counter.locked_until);
-            } else {
-                state.counters.push((scope, counter));
-            }
-        }
-        Ok(state)
-    }
-
-    /// The lockout counter of `user_key` in `scope`, if any.
-    pub async fn lockout_counter(
-        &self,
-        tenant: &str,
-        user_key: &str,
-        scope: &str,
-    ) -> Result<Option<LockoutCounter>, StoreError> {
-        let row = sqlx::query(
-            "SELECT failures, window_started_at, locked_until, lockouts FROM lockout_counters \
-             WHERE tenant_id = $1 AND user_key = $2 AND scope = $3",
-        )
-        .bind(tenant)
-        .bind(user_key)
-        .bind(scope)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|row| counter_from_row(&row)).transpose()
-    }
-
-    /// Counts one failure of `user_key` in `scope` at `now`, starting a new window when the
-    /// current one is older than `window_s`; atomic across replicas.
-    pub async fn count_failure(
-        &self,
-        tenant: &str,
-        user_key: &str,
-        scope: &str,
-        now: i64,
-        window_s: i64,
-    ) -> Result<LockoutCounter, StoreError> {
-        let row = sqlx::query(
-            "INSERT INTO lockout_counters \
-             (tenant_id, user_key, scope, failures, window_started_at, locked_until, lockouts) \
-             VALUES ($1, $2, $3, 1, $4, 0, 0) \
-             ON CONFLICT (tenant_id, user_key, scope) DO UPDATE SET \
-             failures = CASE WHEN lockout_counters.window_started_at + $5 <= $4 THEN 1 \
-                        ELSE lockout_counters.failures + 1 END, \
-             window_started_at = CASE WHEN lockout_counters.window_started_at + $5 <= $4 THEN $4 \
-                        ELSE lockout_counters.window_started_at END \
-             RETURNING failures, window_started_at, locked_until, lockouts",
-        )
-        .bind(tenant)
-        .bind(user_key)
-        .bind(scope)
-        .bind(now)
-        .bind(window_s)
-        .fetch_one(&self.pool)
-        .await?;
-        counter_from_row(&row)
-    }
-
-    /// Locks `user_key` out in `scope` until `until` if its failures reached `threshold` (and
-    /// no other replica did so first): the counter restarts, the lockout count grows.
-    pub async fn lock_out(
-        &self,
-        tenant: &str,
-        user_key: &str,
-        scope: &str,
-        threshold: i64,
-        until: i64,
-    ) -> Result<Option<LockoutCounter>, StoreError> {
-        let row = sqlx::query(
-            "UPDATE lockout_counters SET locked_until = $1, lockouts = lockouts + 1, failures = 0 \
-             WHERE tenant_id = $2 AND user_key = $3 AND scope = $4 AND failures >= $5 \
-             RETURNING failures, window_started_at, locked_until, lockouts",
-        )
-        .bind(until)
-        .bind(tenant)
-        .bind(user_key)
-        .bind(scope)
-        .bind(threshold)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|row| counter_from_row(&row)).transpose()
-    }
-
-    /// A success: the user's failures and lockout count start again in every scope (a lockout
-    /// in force elsewhere stays in force).
-    pub async fn reset_failures(&self, tenant: &str, user_key: &str) -> Result<(), StoreError> {
-        // Most sign-ins succeed with nothing to reset: then nothing is written.
-        sqlx::query(
-            "UPDATE lockout_counters SET failures = 0, lockouts = 0 \
-             WHERE tenant_id = $1 AND user_key = $2 AND (failures <> 0 OR lockouts <> 0)",
-        )
-        .bind(tenant)
-        .bind(user_key)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    /// Remembers `network` as familiar for `user_key`, keeping the `keep` most recent.
-    pub async fn remember_network(
-        &self,
-        tenant: &str,
-        user_key: &str,
-        network: &str,
-        now: i64,
-        keep: i64,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO familiar_networks (tenant_id, user_key, network, last_seen) \
-             VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (tenant_id, user_key, network) DO UPDATE SET last_seen = excluded.last_seen",
-        )
-        .bind(tenant)
-        .bind(user_key)
-        .bind(network)
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
-        sqlx::query(
-            "DELETE FROM familiar_networks WHERE tenant_id = $1 AND user_key = $2 \
-             AND network NOT IN (SELECT network FROM familiar_networks \
-                 WHERE tenant_id = $1 AND user_key = $2 ORDER BY last_seen DESC LIMIT $3)",
-        )
-        .bind(tenant)
-        .bind(user_key)
-        .bind(keep)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
     /// Records sign-in attempts in one transaction (one disk sync for many), with one
     /// multi-row statement per [`SIGNIN_ROWS_PER_STATEMENT`] entries.
     pub async fn log_signins(&self, entries: &[SigninEntry]) -> Result<(), StoreError> {
@@ -1182,27 +1008,6 @@ impl Store {
         }
         tx.commit().await?;
         Ok(())
-    }
-
-    /// Whether `network` is familiar for `user_key` (seen at or after `since`).
-    pub async fn is_familiar(
-        &self,
-        tenant: &str,
-        user_key: &str,
-        network: &str,
-        since: i64,
-    ) -> Result<bool, StoreError> {
-        let row = sqlx::query(
-            "SELECT last_seen FROM familiar_networks \
-             WHERE tenant_id = $1 AND user_key = $2 AND network = $3 AND last_seen >= $4",
-        )
-        .bind(tenant)
-        .bind(user_key)
-        .bind(network)
-        .bind(since)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.is_some())
     }
 
     /// Records one sign-in attempt.
@@ -1302,15 +1107,6 @@ async fn insert_signins(
     }
     query.execute(&mut **tx).await?;
     Ok(())
-}
-
-fn counter_from_row(row: &sqlx::any::AnyRow) -> Result<LockoutCounter, StoreError> {
-    Ok(LockoutCounter {
-        failures: row.try_get("failures")?,
-        window_started_at: row.try_get("window_started_at")?,
-        locked_until: row.try_get("locked_until")?,
-        lockouts: row.try_get("lockouts")?,
-    })
 }
 
 /// The associated data a tenant CA key is sealed with: it opens only in its own row.

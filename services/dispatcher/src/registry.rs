@@ -37,8 +37,9 @@ pub struct AgentIdentity {
     pub cert_serial: Option<String>,
     /// The certificate it connected with, DER (none in plaintext development mode).
     pub certificate_der: Option<Vec<u8>>,
-    /// The directory lockout threshold it reported in its hello (0: none known).
-    pub directory_lockout_threshold: u32,
+    /// The directory lockout policy it reported in its hello: (threshold, window in seconds);
+    /// (0, _) when none is known, a window of 0 when failures are remembered until a success.
+    pub directory_lockout: (u32, u32),
 }
 
 /// Why a task could not be handed to an agent.
@@ -60,7 +61,9 @@ pub struct AgentConnection {
     pending: Mutex<HashMap<u64, oneshot::Sender<ValidationAnswer>>>,
     next_request_id: AtomicU64,
     in_flight: AtomicU32,
-    directory_lockout_threshold: AtomicU32,
+    /// The directory lockout policy last reported: threshold in the high half, window in the
+    /// low half, so the two are always read together.
+    directory_lockout: AtomicU64,
     draining: AtomicBool,
     closed: AtomicBool,
     last_seen: Mutex<Instant>,
@@ -104,7 +107,7 @@ impl AgentConnection {
         connection_id: u64,
         outbound: mpsc::Sender<Result<ConnectResponse, Status>>,
     ) -> Self {
-        let threshold = identity.directory_lockout_threshold;
+        let (threshold, window) = identity.directory_lockout;
         Self {
             identity,
             connection_id,
@@ -112,22 +115,25 @@ impl AgentConnection {
             pending: Mutex::new(HashMap::new()),
             next_request_id: AtomicU64::new(1),
             in_flight: AtomicU32::new(0),
-            directory_lockout_threshold: AtomicU32::new(threshold),
+            directory_lockout: AtomicU64::new(u64::from(threshold) << 32 | u64::from(window)),
             draining: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             last_seen: Mutex::new(Instant::now()),
         }
     }
 
-    /// The directory lockout threshold the agent last reported (0: none known).
-    pub fn directory_lockout_threshold(&self) -> u32 {
-        self.directory_lockout_threshold.load(Ordering::Relaxed)
+    /// The directory lockout policy the agent last reported: (threshold, window in seconds).
+    pub fn directory_lockout(&self) -> (u32, u32) {
+        let packed = self.directory_lockout.load(Ordering::Relaxed);
+        ((packed >> 32) as u32, packed as u32)
     }
 
-    /// Records the threshold a heartbeat reported.
-    pub fn set_directory_lockout_threshold(&self, threshold: u32) {
-        self.directory_lockout_threshold
-            .store(threshold, Ordering::Relaxed);
+    /// Records the policy a heartbeat reported.
+    pub fn set_directory_lockout(&self, threshold: u32, window_s: u32) {
+        self.directory_lockout.store(
+            u64::from(threshold) << 32 | u64::from(window_s),
+            Ordering::Relaxed,
+        );
     }
 
     /// Validations sent and not yet answered.
@@ -379,7 +385,7 @@ mod tests {
             capacity: 2,
             cert_serial: None,
             certificate_der: None,
-            directory_lockout_threshold: 0,
+            directory_lockout: (0, 0),
         };
         (
             Arc::new(AgentConnection::new(

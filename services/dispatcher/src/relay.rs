@@ -150,7 +150,7 @@ impl RelayService {
         }
         candidates.sort_by_key(|(c, _)| (c.is_full(), c.in_flight()));
 
-        let mut lost = false;
+        let mut lost = 0u32;
         let mut directory_down = None;
         let mut rejected = None;
         for (connection, ciphertext) in candidates {
@@ -205,12 +205,13 @@ impl RelayService {
                     return Ok(Response::new(ValidateResponse {
                         agent_id,
                         sealed_answer: answer.sealed_answer,
+                        lost_attempts: lost,
                         ..Default::default()
                     }));
                 }
                 Attempt::Lost => {
                     tracing::warn!(%agent_id, "agent stream lost mid-request; trying the other candidate");
-                    lost = true;
+                    lost += 1;
                 }
                 Attempt::Unusable => {}
                 Attempt::TimedOut => {
@@ -226,7 +227,7 @@ impl RelayService {
         } else if let Some((error, detail)) = rejected {
             tracing::warn!(?error, %detail, "the agent refused the sealed password");
             ErrorCode::AgentRejected
-        } else if lost {
+        } else if lost > 0 {
             tracing::warn!("every candidate agent disconnected before answering");
             ErrorCode::AgentLost
         } else {
@@ -299,14 +300,18 @@ impl Dispatcher for RelayService {
             .registry
             .healthy(&request.tenant, &request.connector_group, self.liveness)
             .into_iter()
-            .map(|c| AgentKey {
-                agent_id: c.identity.agent_id.clone(),
-                connector_group: c.identity.connector_group.clone(),
-                public_key_der: c.identity.public_key_der.clone(),
-                in_flight: c.in_flight(),
-                certificate_der: c.identity.certificate_der.clone().unwrap_or_default(),
-                hybrid_public_key: c.identity.hybrid_public_key.clone(),
-                directory_lockout_threshold: c.directory_lockout_threshold(),
+            .map(|c| {
+                let (threshold, window_s) = c.directory_lockout();
+                AgentKey {
+                    agent_id: c.identity.agent_id.clone(),
+                    connector_group: c.identity.connector_group.clone(),
+                    public_key_der: c.identity.public_key_der.clone(),
+                    in_flight: c.in_flight(),
+                    certificate_der: c.identity.certificate_der.clone().unwrap_or_default(),
+                    hybrid_public_key: c.identity.hybrid_public_key.clone(),
+                    directory_lockout_threshold: threshold,
+                    directory_lockout_window_s: window_s,
+                }
             })
             .collect();
         Ok(Response::new(ListAgentKeysResponse { keys }))

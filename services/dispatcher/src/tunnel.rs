@@ -347,7 +347,10 @@ fn identity_from_hello(hello: AgentHello) -> Result<AgentIdentity, Status> {
         capacity: hello.capacity,
         cert_serial: None,
         certificate_der: None,
-        directory_lockout_threshold: hello.directory_lockout_threshold,
+        directory_lockout: (
+            hello.directory_lockout_threshold,
+            hello.directory_lockout_window_s,
+        ),
     })
 }
 
@@ -453,8 +456,9 @@ impl AgentTunnel for TunnelService {
                                 }
                             }
                             Some(connect_request::Message::Heartbeat(beat)) => {
-                                connection.set_directory_lockout_threshold(
+                                connection.set_directory_lockout(
                                     beat.directory_lockout_threshold,
+                                    beat.directory_lockout_window_s,
                                 );
                             }
                             Some(connect_request::Message::Renew(request)) => {

@@ -8,6 +8,7 @@ use std::{
 
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use passage_envelope::SealingKey;
+use passage_lockout::{DirectoryPolicy, Remembered};
 use passage_pki::{AgentClaim, AgentVerifier, CaCertificate, CertifiedAgent, Distrust, TrustError};
 use passage_proto::v1::{AgentKey, ListAgentKeysRequest, dispatcher_client::DispatcherClient};
 use tonic::{Status, transport::Channel};
@@ -18,8 +19,8 @@ pub struct AgentSealingKey {
     pub agent_id: String,
     /// Its public key.
     pub key: SealingKey,
-    /// The directory lockout threshold it read (none: the directory locks no one, or unknown).
-    pub directory_lockout_threshold: Option<u32>,
+    /// The directory lockout policy it read (none: the directory locks no one, or unknown).
+    pub directory_lockout: Option<DirectoryPolicy>,
 }
 
 /// What makes a key trustworthy: a certificate from the tenant CA that the store says still
@@ -164,17 +165,20 @@ impl KeySetCache {
         entry
     }
 
-    /// The lowest directory lockout threshold the agents of `group` in the cached key set
-    /// reported (no fetch: called after a sign-in used the set).
-    pub fn directory_lockout_threshold(&self, group: &str) -> Option<u32> {
+    /// The directory lockout policy the agents of `group` in the cached key set reported: the
+    /// lowest threshold and the longest memory (no fetch: the set was just asked for).
+    pub fn directory_lockout(&self, group: &str) -> Option<DirectoryPolicy> {
         let entry = lock(&self.groups).get(group).cloned()?;
         let cached = lock(&entry.cached);
         cached
             .as_ref()?
             .1
             .iter()
-            .filter_map(|k| k.directory_lockout_threshold)
-            .min()
+            .filter_map(|k| k.directory_lockout)
+            .reduce(|a, b| DirectoryPolicy {
+                threshold: a.threshold.min(b.threshold),
+                remembered: a.remembered.longer(b.remembered),
+            })
     }
 
     /// The key set of `group`: cached, or fetched when stale or when `force` (after a failure
@@ -222,8 +226,15 @@ impl KeySetCache {
                 Ok(key) => keys.push(Arc::new(AgentSealingKey {
                     agent_id: k.agent_id,
                     key,
-                    directory_lockout_threshold: (k.directory_lockout_threshold > 0)
-                        .then_some(k.directory_lockout_threshold),
+                    directory_lockout: (k.directory_lockout_threshold > 0).then_some(
+                        DirectoryPolicy {
+                            threshold: k.directory_lockout_threshold,
+                            remembered: match k.directory_lockout_window_s {
+                                0 => Remembered::UntilSuccess,
+                                s => Remembered::For(u64::from(s)),
+                            },
+                        },
+                    ),
                 })),
                 Err(err) => {
                     tracing::warn!(agent_id = %k.agent_id, error = %err, "ignoring unusable agent key");
@@ -320,6 +331,7 @@ mod tests {
             certificate_der: pem_to_der(&issued.cert_pem).unwrap(),
             hybrid_public_key: hybrid_public,
             directory_lockout_threshold: 0,
+            directory_lockout_window_s: 0,
         };
         (offered, record)
     }

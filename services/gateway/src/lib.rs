@@ -375,8 +375,13 @@ impl BoundGateway {
         let store = self.verifier.as_ref().map(|v| v.verifier.store().clone());
         let lockout = match &store {
             Some(store) if config.lockout.enabled => Some(
-                passage_lockout::SmartLockout::new(store.clone(), config.lockout.clone())
-                    .map_err(|e| GatewayError::Config(e.to_string()))?,
+                passage_lockout::SmartLockout::new(
+                    store.clone(),
+                    config.lockout.clone(),
+                    // A sign-in asks the dispatcher at most twice (a retry with a fresh key set).
+                    Duration::from_millis(config.validation_timeout_ms.saturating_mul(2)),
+                )
+                .map_err(|e| GatewayError::Config(e.to_string()))?,
             ),
             _ => None,
         };

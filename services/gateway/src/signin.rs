@@ -10,7 +10,7 @@ use passage_credentials::{CredentialError, MAX_FIELD_BYTES, Password, Username, 
 use passage_envelope::{AnswerBinding, PayloadFields, Sealed};
 use passage_error_codes::ErrorCode;
 use passage_lockout::{
-    SmartLockout,
+    Admission, Outcome, Scope, Settled, SmartLockout,
     throttle::{Throttle, Throttled},
 };
 use passage_proto::v1::{
@@ -106,9 +106,10 @@ pub enum SignInError {
     /// The relayed answer did not open with the answer key sealed for the agent it names.
     #[error("the answer said to come from agent {0} is not authentic")]
     NotAuthentic(String),
-    /// Smart lockout: too many failures; refused without asking any agent.
-    #[error("locked out by smart lockout until Unix time {0}")]
-    LockedOut(i64),
+    /// Smart lockout: too many failures; refused without asking any agent (until a Unix time,
+    /// or until a successful sign-in from a familiar network).
+    #[error("locked out by smart lockout until {}", .0.map_or("a successful sign-in from a familiar network".to_owned(), |t| format!("Unix time {t}")))]
+    LockedOut(Option<i64>),
     /// Over a rate limit.
     #[error(transparent)]
     Throttled(#[from] Throttled),
@@ -246,19 +247,21 @@ impl SignInService {
 
     /// Seals to two random agents and asks the dispatcher; on a failure that a fresh key set
     /// may cure (no agent, agent lost, sealed to a stale key) it refreshes and tries once more.
+    /// Also says how many agents were lost after they had been sent the password (each may
+    /// have bound to the directory: smart lockout counts them).
     async fn validate(
         &self,
         request: &CheckedRequest,
         group: &str,
         trace: &TraceParent,
-    ) -> Result<Answer, SignInError> {
+    ) -> (Result<Answer, SignInError>, u32) {
         let mut refreshed = false;
+        let mut lost = 0;
         loop {
-            let keys = self
-                .keys
-                .keys(group, refreshed)
-                .await
-                .map_err(dispatcher_failed)?;
+            let keys = match self.keys.keys(group, refreshed).await {
+                Ok(keys) => keys,
+                Err(status) => return (Err(dispatcher_failed(status)), lost),
+            };
             let result = if keys.is_empty() {
                 Err(SignInError::NoAgent(group.to_owned()))
             } else {
@@ -274,10 +277,23 @@ impl SignInService {
                                 | ErrorCode::AgentRejected
                         ) =>
                 {
+                    if err.code() == ErrorCode::AgentLost {
+                        // Which of the candidates were lost, the dispatcher did not say.
+                        lost += keys.len().min(2) as u32;
+                    }
                     tracing::debug!(error = %err, "retrying with a fresh key set");
                     refreshed = true;
                 }
-                other => return other,
+                Err(err) => {
+                    if err.code() == ErrorCode::AgentLost {
+                        lost += keys.len().min(2) as u32;
+                    }
+                    return (Err(err), lost);
+                }
+                Ok(answer) => {
+                    lost += answer.lost_attempts;
+                    return (Ok(answer), lost);
+                }
             }
         }
     }
@@ -379,6 +395,7 @@ impl SignInService {
         let verdict = SealedVerdict::decode(plain.as_slice())
             .map_err(|_| not_authentic("its verdict does not decode"))?;
         Ok(Answer {
+            lost_attempts: response.lost_attempts,
             agent_id: response.agent_id.clone(),
             outcome: ValidationOutcome::try_from(verdict.outcome).unwrap_or_default(),
             user: verdict.user,
@@ -389,6 +406,8 @@ impl SignInService {
 
 /// An authentic answer: what the agent that opened the password said.
 struct Answer {
+    /// Candidates the dispatcher says it lost after sending them the password.
+    lost_attempts: u32,
     agent_id: String,
     outcome: ValidationOutcome,
     user: Option<DirectoryUser>,
@@ -461,81 +480,97 @@ impl SignInService {
     ) -> Result<Response<SignInResponse>, Status> {
         let now = passage_pki::unix_now();
         // Smart lockout first: a locked-out user's sign-in never reaches an agent, so neither
-        // its answer nor its timing depends on the password.
-        let assessment = match &self.lockout {
-            Some(lockout) => match lockout
-                .assess(
-                    &self.tenant,
-                    request.username.as_str(),
-                    request.client_ip,
-                    now,
-                )
-                .await
-            {
-                Ok(assessment) => Some(assessment),
-                Err(err) => {
-                    tracing::error!(error = %err, "smart lockout: the store failed");
-                    return Err(ErrorCode::Internal.public_status());
-                }
-            },
-            None => None,
-        };
-        let mut lockout_state = "none";
-        let mut repeated = false;
-        let result = match assessment.as_ref().and_then(|a| a.locked_until) {
-            Some(until) => {
-                lockout_state = "refused";
-                Err(SignInError::LockedOut(until))
-            }
-            None => self
-                .validate(&request, &group, &trace)
-                .await
-                .and_then(|answer| {
-                    repeated = answer.repeated_wrong_password;
-                    match (answer.outcome, answer.user) {
-                        (ValidationOutcome::Success, Some(user)) => Ok((user, answer.agent_id)),
-                        (outcome, _) => Err(SignInError::Refused(outcome)),
-                    }
-                }),
-        };
-        if let (Some(lockout), Some(assessment)) = (&self.lockout, &assessment) {
-            let counted = match &result {
-                // The same wrong password again: it was counted the first time.
-                Err(SignInError::Refused(ValidationOutcome::InvalidCredentials)) if repeated => {
-                    Ok("repeat")
-                }
-                // Wrong password and unknown user alike (the answer does not tell them apart).
-                Err(SignInError::Refused(ValidationOutcome::InvalidCredentials)) => lockout
-                    .failed(
-                        &self.tenant,
-                        request.username.as_str(),
-                        assessment.scope,
-                        lockout
-                            .threshold_for(&group, self.keys.directory_lockout_threshold(&group)),
-                        now,
-                    )
-                    .await
-                    .map(|counted| match counted {
-                        passage_lockout::Counted::Counted => "counted",
-                        passage_lockout::Counted::LockedOut(_) => "locked",
-                    }),
-                Ok(_) => lockout
-                    .succeeded(
+        // its answer nor its timing depends on the password. An admitted attempt is counted
+        // before it goes out and settled when the answer is known.
+        let admission = match &self.lockout {
+            Some(lockout) => {
+                // The directory's policy comes with the group's key set (cached; a failure to
+                // fetch it shows when the sign-in asks for it below).
+                let _ = self.keys.keys(&group, false).await;
+                let limits = lockout.limits_for(&group, self.keys.directory_lockout(&group));
+                match lockout
+                    .admit(
                         &self.tenant,
                         request.username.as_str(),
                         request.client_ip,
-                        assessment,
+                        &limits,
                         now,
                     )
                     .await
-                    .map(|()| "none"),
-                Err(_) => Ok(lockout_state),
+                {
+                    Ok(admission) => Some(admission),
+                    Err(err) => {
+                        tracing::error!(error = %err, "smart lockout: the store failed");
+                        return Err(ErrorCode::Internal.public_status());
+                    }
+                }
+            }
+            None => None,
+        };
+        let (ticket, scope) = match admission {
+            Some(Admission::Refused { scope, refusal }) => {
+                return self
+                    .finish(
+                        &request,
+                        Err(SignInError::LockedOut(refusal.until)),
+                        Some(scope),
+                        "refused",
+                        now,
+                        started,
+                    )
+                    .await;
+            }
+            Some(Admission::Admitted(ticket)) => {
+                let scope = ticket.scope;
+                (Some(ticket), Some(scope))
+            }
+            None => (None, None),
+        };
+        let (answer, lost) = self.validate(&request, &group, &trace).await;
+        let repeated = answer
+            .as_ref()
+            .is_ok_and(|answer| answer.repeated_wrong_password);
+        let result = answer.and_then(|answer| match (answer.outcome, answer.user) {
+            (ValidationOutcome::Success, Some(user)) => Ok((user, answer.agent_id)),
+            (outcome, _) => Err(SignInError::Refused(outcome)),
+        });
+        let mut lockout_state = "none";
+        if let (Some(lockout), Some(ticket)) = (&self.lockout, ticket) {
+            let outcome = match &result {
+                Ok(_) => Outcome::Success,
+                // Wrong password and unknown user alike (the answer does not tell them apart),
+                // unless the agent recognised a wrong password tried before and did not bind.
+                Err(SignInError::Refused(ValidationOutcome::InvalidCredentials)) if !repeated => {
+                    Outcome::Failures(1 + lost)
+                }
+                // Only the lost agents may have bound.
+                Err(_) => Outcome::Failures(lost),
             };
-            match counted {
-                Ok(state) => lockout_state = state,
+            match lockout
+                .settle(&self.tenant, ticket, request.client_ip, outcome, now)
+                .await
+            {
+                Ok(Settled::Nothing) if repeated => lockout_state = "repeat",
+                Ok(Settled::Nothing) => {}
+                Ok(Settled::Counted) => lockout_state = "counted",
+                Ok(Settled::LockedOut(_)) => lockout_state = "locked",
                 Err(err) => tracing::error!(error = %err, "smart lockout: counting failed"),
             }
         }
+        self.finish(&request, result, scope, lockout_state, now, started)
+            .await
+    }
+
+    /// Issues tokens for a success, or the coded error; logs the attempt either way.
+    async fn finish(
+        &self,
+        request: &CheckedRequest,
+        result: Result<(DirectoryUser, String), SignInError>,
+        scope: Option<Scope>,
+        lockout_state: &'static str,
+        now: i64,
+        started: Instant,
+    ) -> Result<Response<SignInResponse>, Status> {
         let elapsed_ms = started.elapsed().as_millis() as u64;
         let client_ip = request
             .client_ip
@@ -547,9 +582,7 @@ impl SignInService {
             username: request.username.to_string(),
             client_id: request.client_id.clone(),
             client_ip: client_ip.clone(),
-            familiar_location: assessment
-                .as_ref()
-                .is_some_and(|a| a.scope == passage_lockout::Scope::Familiar),
+            familiar_location: scope == Some(Scope::Familiar),
             latency_ms: elapsed_ms as i64,
             lockout: lockout_state.into(),
             ..SigninEntry::default()

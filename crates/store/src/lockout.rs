@@ -1,0 +1,359 @@
+//! Smart lockout's shared state: one row per user holding both location scopes' counters (so
+//! a decision spanning both is one atomic update), and the networks each user signed in from.
+//! The decisions themselves live in `passage-lockout`; these are its atomic steps.
+
+use sqlx::Row;
+
+use crate::{Store, StoreError};
+
+/// Where a sign-in comes from, for one user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LockoutScope {
+    /// A network the user signed in from successfully before.
+    Familiar,
+    /// Anywhere else, or no client IP reported.
+    Unfamiliar,
+}
+
+impl LockoutScope {
+    /// The scope's name in the sign-in log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LockoutScope::Familiar => "familiar",
+            LockoutScope::Unfamiliar => "unfamiliar",
+        }
+    }
+
+    /// The other scope.
+    pub fn other(self) -> Self {
+        match self {
+            LockoutScope::Familiar => LockoutScope::Unfamiliar,
+            LockoutScope::Unfamiliar => LockoutScope::Familiar,
+        }
+    }
+}
+
+/// One scope's counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ScopeCounter {
+    /// Failures counted.
+    pub failures: i64,
+    /// When the last one was counted, Unix seconds.
+    pub last_failure_at: i64,
+    /// Attempts sent towards the directory and not answered yet.
+    pub pending: i64,
+    /// Until when those may be outstanding at most, Unix seconds (after that they are
+    /// forgotten: the gateway that sent them is gone).
+    pub pending_until: i64,
+    /// Locked out until, Unix seconds (0: never).
+    pub locked_until: i64,
+    /// Lockouts since the last success (each lasts longer).
+    pub lockouts: i64,
+}
+
+/// Both scopes' counters of one user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct UserCounters {
+    /// From familiar networks.
+    pub familiar: ScopeCounter,
+    /// From anywhere else.
+    pub unfamiliar: ScopeCounter,
+}
+
+impl UserCounters {
+    /// The counter of `scope`.
+    pub fn scope(&self, scope: LockoutScope) -> &ScopeCounter {
+        match scope {
+            LockoutScope::Familiar => &self.familiar,
+            LockoutScope::Unfamiliar => &self.unfamiliar,
+        }
+    }
+}
+
+/// What the store knows about one user for smart lockout, read in one query.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LockoutState {
+    /// The user's counters (all zero when the user has none).
+    pub counters: UserCounters,
+    /// When the asked-for network was last seen for the user, if at or after the bound.
+    pub network_last_seen: Option<i64>,
+}
+
+/// How an outstanding attempt ends, for [`Store::settle_lockout_attempt`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptEnd {
+    /// The password was right: every failure and lockout count starts again (a lockout in
+    /// force elsewhere stays).
+    Success,
+    /// `failures` failed binds are counted (0: nothing reached the directory); a count whose
+    /// last failure was at or before `expired_before` starts again.
+    Failures {
+        /// How many.
+        failures: i64,
+        /// The count's expiry bound.
+        expired_before: i64,
+    },
+}
+
+const COUNTER_COLUMNS: &str = "familiar_failures, familiar_last_failure_at, familiar_pending, \
+     familiar_pending_until, familiar_locked_until, familiar_lockouts, unfamiliar_failures, \
+     unfamiliar_last_failure_at, unfamiliar_pending, unfamiliar_pending_until, \
+     unfamiliar_locked_until, unfamiliar_lockouts";
+
+/// The statements that touch one scope's columns, one text per scope (column names cannot be
+/// bound parameters; these come only from the two fixed scope names).
+struct ScopeStatements {
+    reserve: String,
+    success: String,
+    failures: String,
+    lock_out: String,
+}
+
+impl ScopeStatements {
+    fn new(scope: LockoutScope) -> Self {
+        let (scope, other) = (scope.as_str(), scope.other().as_str());
+        // One outstanding attempt fewer (never below zero; forgotten ones are gone already).
+        let done = format!(
+            "{scope}_pending = CASE WHEN {scope}_pending > 0 AND {scope}_pending_until > $3 \
+             THEN {scope}_pending - 1 ELSE 0 END"
+        );
+        Self {
+            reserve: format!(
+                "INSERT INTO lockout_users (tenant_id, user_key, {scope}_pending, \
+                 {scope}_pending_until, {scope}_failures, {scope}_last_failure_at, \
+                 {scope}_locked_until, {scope}_lockouts, {other}_failures, \
+                 {other}_last_failure_at, {other}_pending, {other}_pending_until, \
+                 {other}_locked_until, {other}_lockouts) \
+                 VALUES ($1, $2, 1, $4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0) \
+                 ON CONFLICT (tenant_id, user_key) DO UPDATE SET \
+                 {scope}_pending = CASE WHEN lockout_users.{scope}_pending_until <= $3 THEN 1 \
+                 ELSE lockout_users.{scope}_pending + 1 END, \
+                 {scope}_pending_until = CASE WHEN lockout_users.{scope}_pending_until > $4 \
+                 THEN lockout_users.{scope}_pending_until ELSE $4 END \
+                 RETURNING {COUNTER_COLUMNS}"
+            ),
+            success: format!(
+                "UPDATE lockout_users SET {done}, familiar_failures = 0, unfamiliar_failures = 0, \
+                 familiar_lockouts = 0, unfamiliar_lockouts = 0 \
+                 WHERE tenant_id = $1 AND user_key = $2"
+            ),
+            failures: format!(
+                "UPDATE lockout_users SET {done}, \
+                 {scope}_failures = CASE WHEN {scope}_last_failure_at <= $5 THEN $4 \
+                 ELSE {scope}_failures + $4 END, \
+                 {scope}_last_failure_at = CASE WHEN $4 > 0 THEN $3 ELSE {scope}_last_failure_at END \
+                 WHERE tenant_id = $1 AND user_key = $2 RETURNING {COUNTER_COLUMNS}"
+            ),
+            lock_out: format!(
+                "UPDATE lockout_users SET {scope}_locked_until = $3, \
+                 {scope}_lockouts = {scope}_lockouts + 1, \
+                 {scope}_failures = CASE WHEN $4 = 1 THEN 0 ELSE {scope}_failures END \
+                 WHERE tenant_id = $1 AND user_key = $2 AND {scope}_locked_until <= $5 \
+                 RETURNING {COUNTER_COLUMNS}"
+            ),
+        }
+    }
+}
+
+fn statements(scope: LockoutScope) -> &'static ScopeStatements {
+    static FAMILIAR: std::sync::LazyLock<ScopeStatements> =
+        std::sync::LazyLock::new(|| ScopeStatements::new(LockoutScope::Familiar));
+    static UNFAMILIAR: std::sync::LazyLock<ScopeStatements> =
+        std::sync::LazyLock::new(|| ScopeStatements::new(LockoutScope::Unfamiliar));
+    match scope {
+        LockoutScope::Familiar => &FAMILIAR,
+        LockoutScope::Unfamiliar => &UNFAMILIAR,
+    }
+}
+
+/// The counters of a row whose first columns are [`COUNTER_COLUMNS`], in that order.
+fn counters_from_row(row: &sqlx::any::AnyRow) -> Result<UserCounters, StoreError> {
+    let scope = |first: usize| -> Result<ScopeCounter, StoreError> {
+        Ok(ScopeCounter {
+            failures: row.try_get(first)?,
+            last_failure_at: row.try_get(first + 1)?,
+            pending: row.try_get(first + 2)?,
+            pending_until: row.try_get(first + 3)?,
+            locked_until: row.try_get(first + 4)?,
+            lockouts: row.try_get(first + 5)?,
+        })
+    };
+    Ok(UserCounters {
+        familiar: scope(0)?,
+        unfamiliar: scope(6)?,
+    })
+}
+
+impl Store {
+    /// The user's counters and when `network` was last seen for them (if at or after
+    /// `since`), in one round trip: the read on every sign-in's path.
+    pub async fn lockout_state(
+        &self,
+        tenant: &str,
+        user_key: &str,
+        network: Option<&str>,
+        since: i64,
+    ) -> Result<LockoutState, StoreError> {
+        // One row whatever exists: the user's counters and the network, each possibly absent.
+        let row = sqlx::query(
+            "SELECT u.familiar_failures, u.familiar_last_failure_at, u.familiar_pending, \
+             u.familiar_pending_until, u.familiar_locked_until, u.familiar_lockouts, \
+             u.unfamiliar_failures, u.unfamiliar_last_failure_at, u.unfamiliar_pending, \
+             u.unfamiliar_pending_until, u.unfamiliar_locked_until, u.unfamiliar_lockouts, \
+             n.last_seen AS network_last_seen \
+             FROM (SELECT 1 AS one) AS k \
+             LEFT JOIN lockout_users u ON u.tenant_id = $1 AND u.user_key = $2 \
+             LEFT JOIN familiar_networks n ON n.tenant_id = $1 AND n.user_key = $2 \
+             AND n.network = $3 AND n.last_seen >= $4",
+        )
+        .bind(tenant)
+        .bind(user_key)
+        // No network: an empty one, which no row has.
+        .bind(network.unwrap_or_default())
+        .bind(since)
+        .fetch_one(&self.reads)
+        .await?;
+        let has_counters = row.try_get::<Option<i64>, _>(0)?.is_some();
+        Ok(LockoutState {
+            counters: if has_counters {
+                counters_from_row(&row)?
+            } else {
+                UserCounters::default()
+            },
+            network_last_seen: row.try_get("network_last_seen")?,
+        })
+    }
+
+    /// Records an attempt in `scope` as outstanding before it goes towards the directory (so
+    /// concurrent attempts cannot all pass a check made before any of them was counted),
+    /// atomically across replicas; it may stay outstanding until `until` at most. Returns both
+    /// scopes' counters as they are now, this attempt included.
+    pub async fn reserve_lockout_attempt(
+        &self,
+        tenant: &str,
+        user_key: &str,
+        scope: LockoutScope,
+        now: i64,
+        until: i64,
+    ) -> Result<UserCounters, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(statements(scope).reserve.as_str()))
+            .bind(tenant)
+            .bind(user_key)
+            .bind(now)
+            .bind(until)
+            .fetch_one(&self.pool)
+            .await?;
+        counters_from_row(&row)
+    }
+
+    /// Ends an attempt recorded by [`Store::reserve_lockout_attempt`] as `end` says. Returns
+    /// the counters as they are now after failures (`None` after a success).
+    pub async fn settle_lockout_attempt(
+        &self,
+        tenant: &str,
+        user_key: &str,
+        scope: LockoutScope,
+        end: AttemptEnd,
+        now: i64,
+    ) -> Result<Option<UserCounters>, StoreError> {
+        let statements = statements(scope);
+        match end {
+            AttemptEnd::Success => {
+                sqlx::query(sqlx::AssertSqlSafe(statements.success.as_str()))
+                    .bind(tenant)
+                    .bind(user_key)
+                    .bind(now)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(None)
+            }
+            AttemptEnd::Failures {
+                failures,
+                expired_before,
+            } => {
+                let row = sqlx::query(sqlx::AssertSqlSafe(statements.failures.as_str()))
+                    .bind(tenant)
+                    .bind(user_key)
+                    .bind(now)
+                    .bind(failures)
+                    .bind(expired_before)
+                    .fetch_one(&self.pool)
+                    .await?;
+                counters_from_row(&row).map(Some)
+            }
+        }
+    }
+
+    /// Locks the user out in `scope` until `until`, unless already locked out there at `now`
+    /// (another replica did it a moment ago: then `None`). With `restart`, the scope's count
+    /// starts again.
+    pub async fn lock_out(
+        &self,
+        tenant: &str,
+        user_key: &str,
+        scope: LockoutScope,
+        until: i64,
+        restart: bool,
+        now: i64,
+    ) -> Result<Option<UserCounters>, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(statements(scope).lock_out.as_str()))
+            .bind(tenant)
+            .bind(user_key)
+            .bind(until)
+            .bind(i64::from(restart))
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| counters_from_row(&row)).transpose()
+    }
+
+    /// Remembers `network` as familiar for `user_key`, keeping the `keep` most recent.
+    pub async fn remember_network(
+        &self,
+        tenant: &str,
+        user_key: &str,
+        network: &str,
+        now: i64,
+        keep: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO familiar_networks (tenant_id, user_key, network, last_seen) \
+             VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (tenant_id, user_key, network) DO UPDATE SET last_seen = excluded.last_seen",
+        )
+        .bind(tenant)
+        .bind(user_key)
+        .bind(network)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "DELETE FROM familiar_networks WHERE tenant_id = $1 AND user_key = $2 \
+             AND network NOT IN (SELECT network FROM familiar_networks \
+                 WHERE tenant_id = $1 AND user_key = $2 ORDER BY last_seen DESC LIMIT $3)",
+        )
+        .bind(tenant)
+        .bind(user_key)
+        .bind(keep)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Whether `network` is familiar for `user_key` (seen at or after `since`).
+    pub async fn is_familiar(
+        &self,
+        tenant: &str,
+        user_key: &str,
+        network: &str,
+        since: i64,
+    ) -> Result<bool, StoreError> {
+        Ok(self
+            .lockout_state(tenant, user_key, Some(network), since)
+            .await?
+            .network_last_seen
+            .is_some())
+    }
+}
