@@ -56,6 +56,37 @@ async fn spray(
     codes
 }
 
+/// `attempts` different wrong passwords for `username` from [`ATTACKER`], all at once, spread
+/// over `gateways`: how many answers carried each code.
+async fn burst(
+    gateways: &[passage_proto::v1::gateway_client::GatewayClient<tonic::transport::Channel>],
+    username: &str,
+    attempts: usize,
+) -> std::collections::HashMap<ErrorCode, usize> {
+    let mut burst = tokio::task::JoinSet::new();
+    for n in 0..attempts {
+        let mut client = gateways[n % gateways.len()].clone();
+        let username = username.to_owned();
+        burst.spawn(async move {
+            let status = client
+                .sign_in(SignInRequest {
+                    username,
+                    password: format!("Burst-{n}"),
+                    client_id: CLIENT_ID.into(),
+                    client_ip: ATTACKER.into(),
+                })
+                .await
+                .expect_err("a wrong password");
+            ErrorCode::of(&status).expect("a Passage code")
+        });
+    }
+    let mut codes = std::collections::HashMap::new();
+    while let Some(code) = burst.join_next().await {
+        *codes.entry(code.unwrap()).or_insert(0) += 1;
+    }
+    codes
+}
+
 /// The sign-in log's entries for `username`, once there are `count` (the gateway writes the
 /// log in batches, a moment after each sign-in).
 async fn logged(store: &Store, username: &str, count: usize) -> Vec<passage_store::SigninEntry> {
@@ -243,27 +274,7 @@ async fn attacks_at_once_or_across_cloud_lockouts_never_reach_the_directorys_thr
         .expect("alice at home");
 
     // Fifty wrong passwords at once from elsewhere: two reach the directory.
-    let mut burst = tokio::task::JoinSet::new();
-    for n in 0..50 {
-        let (client, username) = (cluster.gateway_client(), alice.upn.clone());
-        burst.spawn(async move {
-            let mut client = client;
-            let status = client
-                .sign_in(SignInRequest {
-                    username,
-                    password: format!("Burst-{n}"),
-                    client_id: CLIENT_ID.into(),
-                    client_ip: ATTACKER.into(),
-                })
-                .await
-                .expect_err("a wrong password");
-            ErrorCode::of(&status).expect("a Passage code")
-        });
-    }
-    let mut codes = std::collections::HashMap::new();
-    while let Some(code) = burst.join_next().await {
-        *codes.entry(code.unwrap()).or_insert(0) += 1;
-    }
+    let codes = burst(&[cluster.gateway_client()], &alice.upn, 50).await;
     assert_eq!(
         codes.get(&ErrorCode::InvalidCredentials),
         Some(&2),
@@ -577,35 +588,13 @@ async fn two_gateway_replicas_on_one_postgresql_store_count_together() {
 
     // Forty at once, split between the replicas: still two reach the directory.
     let carol = default_users().remove(0);
-    let mut burst = tokio::task::JoinSet::new();
-    for n in 0..40 {
-        let mut client = replicas[n % 2].clone();
-        let username = carol.upn.clone();
-        burst.spawn(async move {
-            let status = client
-                .sign_in(SignInRequest {
-                    username,
-                    password: format!("Burst-{n}"),
-                    client_id: CLIENT_ID.into(),
-                    client_ip: ATTACKER.into(),
-                })
-                .await
-                .expect_err("a wrong password");
-            ErrorCode::of(&status).expect("a Passage code")
-        });
-    }
-    let mut wrong = 0;
-    while let Some(code) = burst.join_next().await {
-        match code.unwrap() {
-            ErrorCode::InvalidCredentials => wrong += 1,
-            ErrorCode::SmartLockout => {}
-            other => panic!("unexpected {other:?}"),
-        }
-    }
+    let codes = burst(&replicas, &carol.upn, 40).await;
     assert_eq!(
-        wrong, 2,
-        "two of forty concurrent attempts reached the directory"
+        codes.get(&ErrorCode::InvalidCredentials),
+        Some(&2),
+        "two of forty concurrent attempts reached the directory: {codes:?}"
     );
+    assert_eq!(codes.get(&ErrorCode::SmartLockout), Some(&38), "{codes:?}");
     let (locked, failures) = directory_lockout(&cluster, &carol.dn()).await;
     assert!(!locked);
     assert_eq!(failures, 2);
