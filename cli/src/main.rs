@@ -9,10 +9,13 @@
 //! * `passage pki`, `passage gateway certificate` — the services CA and the certificates of
 //!   the listeners and gateways.
 //! * `passage tenant`, `passage agent` — tenant CAs, enrolment tokens, agents.
+//! * `passage mfa`, `passage policy what-if` — TOTP enrolment, conditional access.
 
 mod agents;
 mod demo;
+mod mfa;
 mod pki;
+mod policy;
 mod signins;
 mod store;
 mod tenants;
@@ -104,6 +107,31 @@ enum Command {
         #[command(subcommand)]
         command: agents::AgentCommand,
     },
+    /// MFA administration: TOTP enrolment, status, reset (reads and writes the store; needs
+    /// the key-encryption key TOTP secrets are sealed with).
+    Mfa {
+        #[command(flatten)]
+        store: store::StoreArgs,
+        #[command(subcommand)]
+        command: mfa::MfaCommand,
+    },
+    /// Conditional access: what the policies decide for a sign-in, and why.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Evaluate a policy file for one sign-in, as the gateway would after a right password.
+    WhatIf {
+        /// The policy file (YAML).
+        #[arg(long)]
+        policies: std::path::PathBuf,
+        #[command(flatten)]
+        sign_in: policy::WhatIfArgs,
+    },
 }
 
 // Parsed once per run: the variants' sizes do not matter.
@@ -129,6 +157,24 @@ enum AdminCommand {
         ca_file: Option<std::path::PathBuf>,
         #[command(flatten)]
         filter: signins::SigninsArgs,
+    },
+    /// What the policies a gateway has in force decide for a sign-in (needs an administrator
+    /// token).
+    WhatIf {
+        /// Gateway gRPC URL.
+        #[arg(long)]
+        gateway: String,
+        /// File holding the administrator token.
+        #[arg(long)]
+        token_file: std::path::PathBuf,
+        /// Allow an http:// gateway URL. Development only.
+        #[arg(long)]
+        insecure_plaintext: bool,
+        /// CA certificate (PEM) to verify the gateway with, instead of the system's roots.
+        #[arg(long)]
+        ca_file: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        sign_in: policy::WhatIfArgs,
     },
 }
 
@@ -192,13 +238,7 @@ async fn main() -> ExitCode {
                 },
         } => {
             passage_telemetry::init_logging("warn");
-            let token = passage_credentials::secret_file::check_permissions(&token_file)
-                .map_err(|e| e.to_string())
-                .and_then(|()| {
-                    std::fs::read_to_string(&token_file)
-                        .map_err(|err| format!("reading {}: {err}", token_file.display()))
-                });
-            match token {
+            match read_admin_token(&token_file) {
                 Ok(token) => {
                     let target = Gateway {
                         url: &gateway,
@@ -209,6 +249,42 @@ async fn main() -> ExitCode {
                 }
                 Err(err) => Err(err),
             }
+        }
+        Command::Admin {
+            command:
+                AdminCommand::WhatIf {
+                    gateway,
+                    token_file,
+                    insecure_plaintext,
+                    ca_file,
+                    sign_in,
+                },
+        } => {
+            passage_telemetry::init_logging("warn");
+            match read_admin_token(&token_file) {
+                Ok(token) => {
+                    let target = Gateway {
+                        url: &gateway,
+                        ca_file: ca_file.as_deref(),
+                        insecure_plaintext,
+                    };
+                    policy::what_if_remote(&target, &token, &sign_in).await
+                }
+                Err(err) => Err(err),
+            }
+        }
+        Command::Mfa { store, command } => {
+            passage_telemetry::init_logging("warn");
+            match store.open().await {
+                Ok(store) => mfa::run(&store, command).await,
+                Err(err) => Err(err),
+            }
+        }
+        Command::Policy {
+            command: PolicyCommand::WhatIf { policies, sign_in },
+        } => {
+            passage_telemetry::init_logging("warn");
+            policy::what_if_file(&policies, &sign_in)
         }
         Command::Pki { command } => {
             passage_telemetry::init_logging("warn");
@@ -242,6 +318,25 @@ async fn main() -> ExitCode {
 }
 
 /// Reads a password without echo from the terminal, or one line from standard input.
+/// Reads an administrator token from a file only its owner may read.
+fn read_admin_token(path: &std::path::Path) -> Result<String, String> {
+    passage_credentials::secret_file::check_permissions(path).map_err(|e| e.to_string())?;
+    std::fs::read_to_string(path).map_err(|err| format!("reading {}: {err}", path.display()))
+}
+
+/// Reads one line (a code) from a prompt or standard input.
+fn read_line(prompt: &str) -> Result<String, String> {
+    if std::io::stdin().is_terminal() {
+        eprint!("{prompt}");
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| format!("reading: {e}"))?;
+    Ok(line.trim().to_owned())
+}
+
 fn read_password(prompt: &str) -> Result<Password, String> {
     let text = if std::io::stdin().is_terminal() {
         rpassword::prompt_password(prompt).map_err(|e| format!("reading the password: {e}"))?
@@ -327,7 +422,28 @@ async fn signin(
     issuer: Option<&str>,
 ) -> Result<(), String> {
     let password = read_password(&format!("Password for {user}: "))?;
-    let response = call_sign_in(gateway, user, &password, client_id).await?;
+    let mut response = call_sign_in(gateway, user, &password, client_id).await?;
+    if !response.mfa_challenge.is_empty() {
+        // A policy asks for a second factor: the code comes from the next line.
+        let code = read_line("Code from your authenticator app (or a recovery code): ")?;
+        let tokens = GatewayClient::new(gateway.channel().await?)
+            .complete_mfa(passage_proto::v1::CompleteMfaRequest {
+                mfa_challenge: response.mfa_challenge,
+                code,
+                client_id: client_id.to_owned(),
+                client_ip: String::new(),
+            })
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|status| format!("sign-in failed: {}", status.message()))?;
+        response = passage_proto::v1::SignInResponse {
+            access_token: tokens.access_token,
+            id_token: tokens.id_token,
+            token_type: tokens.token_type,
+            expires_in: tokens.expires_in,
+            ..Default::default()
+        };
+    }
     println!("access_token: {}", response.access_token);
     println!("id_token:     {}", response.id_token);
     println!("expires_in:   {} s", response.expires_in);

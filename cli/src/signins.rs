@@ -94,6 +94,8 @@ pub async fn run_remote(
             agent_id: r.agent_id,
             latency_ms: r.latency_ms,
             lockout: r.lockout,
+            policies: r.policies,
+            mfa: r.mfa,
         })
         .collect();
     print(entries, args.json);
@@ -116,13 +118,15 @@ fn print(entries: Vec<SigninEntry>, json: bool) {
                 "agent_id": e.agent_id,
                 "latency_ms": e.latency_ms,
                 "lockout": e.lockout,
+                "policies": e.policies,
+                "mfa": e.mfa,
             });
             println!("{line}");
         }
         return;
     }
     println!(
-        "{:<11} {:<10} {:<32} {:<16} {:<16} {:<9} {:<8} {:<9} {:<8} {:>7}",
+        "{:<11} {:<10} {:<32} {:<16} {:<16} {:<9} {:<8} {:<9} {:<8} {:<14} {:>7}  POLICIES",
         "AT",
         "TENANT",
         "USERNAME",
@@ -132,11 +136,12 @@ fn print(entries: Vec<SigninEntry>, json: bool) {
         "OUTCOME",
         "CODE",
         "LOCKOUT",
+        "MFA",
         "MS"
     );
     for e in entries {
         println!(
-            "{:<11} {:<10} {:<32} {:<16} {:<16} {:<9} {:<8} {:<9} {:<8} {:>7}",
+            "{:<11} {:<10} {:<32} {:<16} {:<16} {:<9} {:<8} {:<9} {:<8} {:<14} {:>7}  {}",
             e.at,
             e.tenant,
             e.username,
@@ -158,7 +163,13 @@ fn print(entries: Vec<SigninEntry>, json: bool) {
                 &e.error_code
             },
             e.lockout,
-            e.latency_ms
+            if e.mfa.is_empty() { "-" } else { &e.mfa },
+            e.latency_ms,
+            if e.policies.is_empty() {
+                "-"
+            } else {
+                &e.policies
+            }
         );
     }
 }

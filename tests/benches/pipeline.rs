@@ -9,6 +9,9 @@
 //! ```
 //!
 //! `PASSAGE_BENCH_SECONDS` (default 10) and `PASSAGE_BENCH_CONCURRENCY` (default 64) tune it.
+//! On a CPU with AVX-512, `OPENSSL_ia32cap=~0x0:~0x00005842DC230000` makes aws-lc (in the
+//! benchmark and in every service it starts) take the code paths of a CPU without it, such
+//! as the AMD EPYC machines without AVX-512 the envelope targets were set on.
 //! It also measures user enumeration by timing (wrong password vs unknown user, the rank
 //! statistic P(wrong > unknown), where 0.5 means indistinguishable).
 //! Results go to stdout; record them in docs/benchmarks.md.
@@ -213,11 +216,18 @@ fn cpu_model() -> String {
             .map(|m| m.trim().to_owned())
             .unwrap_or_default()
     };
-    let ifma = if info.contains("avx512ifma") {
-        "with AVX-512 IFMA"
+    let mut ifma = if info.contains("avx512ifma") {
+        "with AVX-512 IFMA".to_owned()
     } else {
-        "without AVX-512 IFMA"
+        "without AVX-512 IFMA".to_owned()
     };
+    // aws-lc reads this at start-up, in this process and in every service the benchmark
+    // starts: with the AVX-512 bits masked it runs the code paths of a CPU without them.
+    if let Ok(mask) = std::env::var("OPENSSL_ia32cap") {
+        ifma.push_str(&format!(
+            ", masked for aws-lc in every process by OPENSSL_ia32cap={mask}"
+        ));
+    }
     format!(
         "{} (family {}, model {}; {ifma})",
         field("model name"),

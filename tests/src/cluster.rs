@@ -69,6 +69,8 @@ pub struct ClusterOptions {
     /// Start a private OTLP receiver ([`Cluster::collector`]) and have every process export
     /// its spans to it.
     pub trace_export: bool,
+    /// Give the gateway the store's key-encryption key (for MFA), with `enrolment`.
+    pub gateway_store_key: bool,
 }
 
 impl Default for ClusterOptions {
@@ -89,6 +91,7 @@ impl Default for ClusterOptions {
             base_dn: None,
             gateway_config: String::new(),
             trace_export: false,
+            gateway_store_key: false,
         }
     }
 }
@@ -273,7 +276,12 @@ impl Cluster {
                 },
                 store = if options.enrolment {
                     let file = |name: &str| dir.path().join(name).display().to_string();
-                    format!(
+                    let key = if options.gateway_store_key {
+                        format!("store_encryption_key_file = \"{}\"\n", file(STORE_KEY_FILE))
+                    } else {
+                        String::new()
+                    };
+                    key + &format!(
                         "store_url = \"{store_url}\"\n\
                          tls = {{ cert_file = \"{}\", key_file = \"{}\" }}\n\
                          dispatcher_tls = {{ ca_file = \"{}\", cert_file = \"{}\", key_file = \"{}\" }}\n",

@@ -61,6 +61,16 @@ error_codes! {
     SmartLockout = "PSG50059", PermissionDenied;
     /// The account has expired in the directory.
     AccountExpired = "PSG50054", PermissionDenied;
+    /// A conditional-access policy blocks this sign-in.
+    BlockedByPolicy = "PSG53003", PermissionDenied;
+    /// A policy requires MFA and the user has no authenticator registered.
+    MfaNotEnrolled = "PSG50079", FailedPrecondition;
+    /// The MFA code is wrong, or was used before; the challenge stays open.
+    MfaCodeInvalid = "PSG50074", Unauthenticated;
+    /// The MFA challenge is unknown, expired, already used, or another client's.
+    MfaChallengeInvalid = "PSG50075", FailedPrecondition;
+    /// Too many wrong MFA codes: the challenge is over; sign in again.
+    MfaChallengeEnded = "PSG50076", PermissionDenied;
     /// The password has expired; it must be changed on-premises.
     PasswordExpired = "PSG50055", FailedPrecondition;
     /// The password must be changed before first use.
@@ -113,6 +123,17 @@ impl ErrorCode {
                 "too many failed sign-ins; the account is temporarily locked here, try again later"
             }
             ErrorCode::AccountExpired => "the account has expired",
+            ErrorCode::BlockedByPolicy => {
+                "your organisation's access policy does not allow this sign-in"
+            }
+            ErrorCode::MfaNotEnrolled => {
+                "this sign-in needs a second factor and no authenticator is registered; ask your administrator to register one"
+            }
+            ErrorCode::MfaCodeInvalid => "the code is not valid; try the current code",
+            ErrorCode::MfaChallengeInvalid => {
+                "the verification step is no longer valid; sign in again"
+            }
+            ErrorCode::MfaChallengeEnded => "too many wrong codes; sign in again",
             ErrorCode::PasswordExpired => {
                 "the password has expired; your organisation does not allow changing it here — change it on the corporate network"
             }

@@ -11,11 +11,13 @@
 
 pub mod key_encryption;
 pub mod lockout;
+pub mod mfa;
 
 use std::borrow::Cow;
 
 pub use key_encryption::{KeyEncryptionError, KeyEncryptionKey, is_sealed};
 pub use lockout::{AttemptEnd, LockoutScope, LockoutState, ScopeCounter, UserCounters};
+pub use mfa::{ChallengeState, MfaChallenge, MfaEnrolment};
 
 use passage_credentials::Secret;
 use sqlx::{
@@ -48,6 +50,10 @@ pub enum StoreError {
          store_encryption_key_file to encrypt it, or find out who wrote it"
     )]
     PlaintextKey(String),
+    /// A secret (an MFA secret, a challenge) is stored in plaintext although the store's
+    /// secrets are encrypted.
+    #[error("a secret is stored in plaintext although the store's secrets are encrypted")]
+    PlaintextSecret,
     /// A private key was to be written or read without the key-encryption key.
     #[error(
         "the store keeps private keys encrypted: set store_encryption_key_file (create one with \
@@ -148,7 +154,7 @@ pub struct AgentRecord {
 
 /// The schema, version by version; a released migration never changes.
 fn migrations(backend: Backend) -> Vec<Migration> {
-    let files: [(i64, &str, &'static str, &'static str); 5] = [
+    let files: [(i64, &str, &'static str, &'static str); 6] = [
         (
             1,
             "tenants, agents, enrolment",
@@ -178,6 +184,12 @@ fn migrations(backend: Backend) -> Vec<Migration> {
             "smart lockout: one row per user, both scopes",
             include_str!("../migrations/sqlite/0005_lockout_per_user.sql"),
             include_str!("../migrations/postgres/0005_lockout_per_user.sql"),
+        ),
+        (
+            6,
+            "MFA enrolments, recovery codes and challenges; policies and MFA in the sign-in log",
+            include_str!("../migrations/sqlite/0006_mfa_conditional_access.sql"),
+            include_str!("../migrations/postgres/0006_mfa_conditional_access.sql"),
         ),
     ];
     files
@@ -322,6 +334,13 @@ pub struct SigninEntry {
     /// counted), `locked` (this attempt locked the user out) or `refused` (it was refused
     /// because the user is locked out).
     pub lockout: String,
+    /// What conditional access decided and which policies decided it (report-only ones
+    /// included, marked); empty when no policy was evaluated.
+    pub policies: String,
+    /// What the second factor did: empty (not asked), `required` (a challenge was issued),
+    /// `otp`, `recovery_code`, `wrong_code`, `challenge_ended`, `not_enrolled`,
+    /// `not_enrolled_trusted_network`.
+    pub mfa: String,
 }
 
 /// Which sign-ins to list.
@@ -353,6 +372,11 @@ pub struct Store {
     /// Where the hot reads go: on SQLite, connections of their own beside the one writer; on
     /// PostgreSQL, the same pool.
     reads: AnyPool,
+    /// Where soft state is written on every sign-in's path (smart lockout's counters): on
+    /// PostgreSQL, connections that do not wait for each commit to reach the disk
+    /// (`synchronous_commit = off`: a server crash may forget the last moments of counts,
+    /// never corrupt them); on SQLite, the one writer.
+    volatile: AnyPool,
     backend: Backend,
     keys: KeyProtection,
 }
@@ -413,6 +437,17 @@ impl Store {
                 Backend::Sqlite => 1,
                 Backend::Postgres => 8,
             })
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // With write-ahead logging (below), NORMAL syncs at checkpoints rather
+                        // than at every commit: a power loss may forget the last commits, and
+                        // never corrupts the file (SQLite's own advice for WAL).
+                        sqlx::Executor::execute(conn, "PRAGMA synchronous = NORMAL").await?;
+                    }
+                    Ok(())
+                })
+            })
             .connect(&url)
             .await?;
         let mut migrator = Migrator::with_migrations(migrations(backend));
@@ -449,9 +484,25 @@ impl Store {
             }
             Backend::Postgres => pool.clone(),
         };
+        let volatile = match backend {
+            Backend::Sqlite => pool.clone(),
+            Backend::Postgres => {
+                AnyPoolOptions::new()
+                    .max_connections(16)
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            sqlx::Executor::execute(conn, "SET synchronous_commit = off").await?;
+                            Ok(())
+                        })
+                    })
+                    .connect(&url)
+                    .await?
+            }
+        };
         Ok(Self {
             pool,
             reads,
+            volatile,
             backend,
             keys: KeyProtection::Unconfigured,
         })
@@ -461,6 +512,7 @@ impl Store {
     /// file).
     pub async fn close(&self) {
         self.reads.close().await;
+        self.volatile.close().await;
         self.pool.close().await;
     }
 
@@ -503,10 +555,31 @@ impl Store {
     }
 
     fn seal_key(&self, tenant: &str, key: &Secret) -> Result<Vec<u8>, StoreError> {
+        self.seal_secret(key.expose(), &ca_key_context(tenant))
+    }
+
+    /// Seals a secret for a row with the key-encryption key (bound to `context`, so it opens
+    /// only there), or keeps it as it is in a development store.
+    pub(crate) fn seal_secret(&self, secret: &[u8], context: &[u8]) -> Result<Vec<u8>, StoreError> {
         match &self.keys {
-            KeyProtection::Encrypted(kek) => Ok(kek.seal(key.expose(), &ca_key_context(tenant))?),
-            KeyProtection::Plaintext => Ok(key.expose().to_vec()),
+            KeyProtection::Encrypted(kek) => Ok(kek.seal(secret, context)?),
+            KeyProtection::Plaintext => Ok(secret.to_vec()),
             KeyProtection::Unconfigured => Err(StoreError::NoKeyEncryptionKey),
+        }
+    }
+
+    /// Opens what [`Store::seal_secret`] sealed for `context`.
+    pub(crate) fn open_secret(
+        &self,
+        stored: Vec<u8>,
+        context: &[u8],
+    ) -> Result<Secret, StoreError> {
+        match (&self.keys, is_sealed(&stored)) {
+            (KeyProtection::Encrypted(kek), true) => Ok(kek.open(&stored, context)?),
+            (KeyProtection::Plaintext, false) => Ok(Secret::new(stored)),
+            (KeyProtection::Encrypted(_), false) => Err(StoreError::PlaintextSecret),
+            (KeyProtection::Plaintext | KeyProtection::Unconfigured, true)
+            | (KeyProtection::Unconfigured, false) => Err(StoreError::NoKeyEncryptionKey),
         }
     }
 
@@ -1020,7 +1093,7 @@ impl Store {
         // Every filter is a bound parameter; an unset one matches everything.
         let rows = sqlx::query(
             "SELECT at, tenant_id, username, upn, client_id, client_ip, familiar_location, \
-             outcome, error_code, agent_id, latency_ms, lockout FROM signin_log \
+             outcome, error_code, agent_id, latency_ms, lockout, policies, mfa FROM signin_log \
              WHERE ($1 = '' OR tenant_id = $1) AND ($2 = '' OR LOWER(username) = LOWER($2)) \
              AND ($3 = '' OR client_id = $3) AND ($4 = '' OR outcome = $4) \
              AND at >= $5 AND at < $6 ORDER BY at DESC, id DESC LIMIT $7",
@@ -1049,6 +1122,8 @@ impl Store {
                     agent_id: row.try_get("agent_id")?,
                     latency_ms: row.try_get("latency_ms")?,
                     lockout: row.try_get("lockout")?,
+                    policies: row.try_get("policies")?,
+                    mfa: row.try_get("mfa")?,
                 })
             })
             .collect()
@@ -1064,7 +1139,7 @@ impl Store {
     }
 }
 
-/// Rows per sign-in log `INSERT` (12 parameters each: well under SQLite's and PostgreSQL's
+/// Rows per sign-in log `INSERT` (14 parameters each: well under SQLite's and PostgreSQL's
 /// parameter limits).
 pub const SIGNIN_ROWS_PER_STATEMENT: usize = 100;
 
@@ -1072,10 +1147,11 @@ async fn insert_signins(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     entries: &[SigninEntry],
 ) -> Result<(), StoreError> {
-    const COLUMNS: usize = 12;
+    const COLUMNS: usize = 14;
     let mut sql = String::from(
         "INSERT INTO signin_log (at, tenant_id, username, upn, client_id, client_ip, \
-         familiar_location, outcome, error_code, agent_id, latency_ms, lockout) VALUES ",
+         familiar_location, outcome, error_code, agent_id, latency_ms, lockout, policies, mfa) \
+         VALUES ",
     );
     for row in 0..entries.len() {
         sql.push_str(if row == 0 { "(" } else { ", (" });
@@ -1103,7 +1179,9 @@ async fn insert_signins(
             .bind(&entry.error_code)
             .bind(&entry.agent_id)
             .bind(entry.latency_ms)
-            .bind(&entry.lockout);
+            .bind(&entry.lockout)
+            .bind(&entry.policies)
+            .bind(&entry.mfa);
     }
     query.execute(&mut **tx).await?;
     Ok(())

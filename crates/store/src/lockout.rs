@@ -241,7 +241,7 @@ impl Store {
             .bind(user_key)
             .bind(now)
             .bind(until)
-            .fetch_one(&self.pool)
+            .fetch_one(&self.volatile)
             .await?;
         counters_from_row(&row)
     }
@@ -263,7 +263,7 @@ impl Store {
                     .bind(tenant)
                     .bind(user_key)
                     .bind(now)
-                    .execute(&self.pool)
+                    .execute(&self.volatile)
                     .await?;
                 Ok(None)
             }
@@ -277,7 +277,7 @@ impl Store {
                     .bind(now)
                     .bind(failures)
                     .bind(expired_before)
-                    .fetch_one(&self.pool)
+                    .fetch_one(&self.volatile)
                     .await?;
                 counters_from_row(&row).map(Some)
             }
@@ -302,7 +302,7 @@ impl Store {
             .bind(until)
             .bind(i64::from(restart))
             .bind(now)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.volatile)
             .await?;
         row.map(|row| counters_from_row(&row)).transpose()
     }

@@ -116,6 +116,50 @@ pub struct Claims {
     /// Group names.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub groups: Vec<String>,
+    /// How the user authenticated (RFC 8176): `pwd`, then `otp` after a TOTP code or `mfa`
+    /// after a recovery code.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub amr: Vec<String>,
+    /// The authentication context class: [`ACR_PASSWORD`] or [`ACR_MFA`].
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub acr: String,
+}
+
+/// `acr` of a sign-in with a password alone.
+pub const ACR_PASSWORD: &str = "urn:passage:acr:pwd";
+/// `acr` of a sign-in with a password and a second factor.
+pub const ACR_MFA: &str = "urn:passage:acr:mfa";
+
+/// How a user authenticated, and for how long the tokens hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authentication {
+    /// `amr` values (RFC 8176).
+    pub methods: Vec<String>,
+    /// The token lifetime, when a policy shortens it (never longer than the issuer's own).
+    pub lifetime: Option<Duration>,
+}
+
+impl Authentication {
+    /// A password alone.
+    pub fn password() -> Self {
+        Self {
+            methods: vec!["pwd".into()],
+            lifetime: None,
+        }
+    }
+
+    /// A password and a second factor (`otp` for a TOTP code, `mfa` for a recovery code).
+    pub fn with_second_factor(method: &str) -> Self {
+        Self {
+            methods: vec!["pwd".into(), method.into()],
+            lifetime: None,
+        }
+    }
+
+    /// Whether a second factor was used.
+    pub fn multi_factor(&self) -> bool {
+        self.methods.len() > 1
+    }
 }
 
 /// Who signed in, as the token describes them.
@@ -174,6 +218,17 @@ impl TokenIssuer {
         self.issue_with_scope(subject, client_id, DEFAULT_SCOPE)
     }
 
+    /// Like [`issue`](Self::issue), saying how the user authenticated (`amr`, `acr`) and with
+    /// the lifetime a policy set (at most the issuer's own).
+    pub fn issue_authenticated(
+        &self,
+        subject: &Subject,
+        client_id: &str,
+        how: &Authentication,
+    ) -> Result<IssuedTokens, TokenError> {
+        self.issue_full(subject, client_id, DEFAULT_SCOPE, how)
+    }
+
     /// Like [`issue`](Self::issue), with the access token's `scope` given: space-separated
     /// scope tokens (RFC 6749 §3.3). Extra spaces and repeats are dropped; an empty scope
     /// becomes `openid`, the least an OpenID Connect sign-in (which yields an ID token) implies.
@@ -183,7 +238,18 @@ impl TokenIssuer {
         client_id: &str,
         scope: &str,
     ) -> Result<IssuedTokens, TokenError> {
+        self.issue_full(subject, client_id, scope, &Authentication::password())
+    }
+
+    fn issue_full(
+        &self,
+        subject: &Subject,
+        client_id: &str,
+        scope: &str,
+        how: &Authentication,
+    ) -> Result<IssuedTokens, TokenError> {
         let scope = normalize_scope(scope)?;
+        let lifetime = how.lifetime.map_or(self.lifetime, |l| l.min(self.lifetime));
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_err(|err| TokenError::Sign(err.to_string()))?
@@ -192,7 +258,7 @@ impl TokenIssuer {
             iss: self.issuer.clone(),
             sub: subject.sub.clone(),
             aud: client_id.to_owned(),
-            exp: now + self.lifetime.as_secs(),
+            exp: now + lifetime.as_secs(),
             iat: now,
             nbf: now,
             jti: random_id(),
@@ -203,6 +269,12 @@ impl TokenIssuer {
             name: subject.name.clone(),
             email: subject.email.clone(),
             groups: subject.groups.clone(),
+            amr: how.methods.clone(),
+            acr: if how.multi_factor() {
+                ACR_MFA.into()
+            } else {
+                ACR_PASSWORD.into()
+            },
         };
         // RFC 9068 §2.2 requires client_id in access tokens; the ID token keeps OIDC's claims.
         let access_claims = Claims {
@@ -220,7 +292,7 @@ impl TokenIssuer {
         Ok(IssuedTokens {
             access_token: sign(TokenType::Access, &access_claims)?,
             id_token: sign(TokenType::Id, &id_claims)?,
-            expires_in: self.lifetime,
+            expires_in: lifetime,
         })
     }
 
@@ -239,7 +311,8 @@ impl TokenIssuer {
             "id_token_signing_alg_values_supported": ["ES256"],
             "subject_types_supported": ["public"],
             "response_types_supported": ["id_token"],
-            "claims_supported": ["iss", "sub", "aud", "exp", "iat", "nbf", "jti", "tid", "upn", "name", "email", "groups"],
+            "claims_supported": ["iss", "sub", "aud", "exp", "iat", "nbf", "jti", "tid", "upn", "name", "email", "groups", "amr", "acr"],
+            "acr_values_supported": [ACR_PASSWORD, ACR_MFA],
         })
     }
 }
@@ -512,6 +585,52 @@ mod tests {
             Err(TokenError::Scope(_))
         ));
         assert!(matches!(scope_of("a\"b"), Err(TokenError::Scope(_))));
+    }
+
+    #[test]
+    fn tokens_say_how_the_user_authenticated_and_policies_shorten_them() {
+        let issuer = issuer();
+        let jwks = issuer.jwks();
+        let plain = issuer.issue(&alice(), "app-1").unwrap();
+        let claims =
+            verify_id_token(&plain.id_token, &jwks, "https://login.example.com", "app-1").unwrap();
+        assert_eq!(
+            (claims.amr, claims.acr.as_str()),
+            (vec!["pwd".to_owned()], ACR_PASSWORD)
+        );
+        let mfa = issuer
+            .issue_authenticated(
+                &alice(),
+                "app-1",
+                &Authentication {
+                    lifetime: Some(Duration::from_secs(600)),
+                    ..Authentication::with_second_factor("otp")
+                },
+            )
+            .unwrap();
+        assert_eq!(mfa.expires_in, Duration::from_secs(600));
+        let claims = verify_access_token(
+            &mfa.access_token,
+            &jwks,
+            "https://login.example.com",
+            "app-1",
+        )
+        .unwrap();
+        assert_eq!(claims.amr, vec!["pwd".to_owned(), "otp".to_owned()]);
+        assert_eq!(claims.acr, ACR_MFA);
+        assert_eq!(claims.exp - claims.iat, 600);
+        // A policy can shorten the lifetime, never lengthen it.
+        let long = issuer
+            .issue_authenticated(
+                &alice(),
+                "app-1",
+                &Authentication {
+                    lifetime: Some(Duration::from_secs(86_400)),
+                    ..Authentication::password()
+                },
+            )
+            .unwrap();
+        assert_eq!(long.expires_in, Duration::from_secs(3600));
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! `GatewayAdmin`: what administrators ask a gateway (the sign-in log), behind an administrator
-//! token.
+//! `GatewayAdmin`: what administrators ask a gateway (the sign-in log, what-if questions to
+//! the conditional-access policies in force), behind an administrator token.
 //!
 //! A token is `psg_admin_` and 32 random bytes in hex, made by `passage admin token`. The
 //! gateway's configuration holds only the SHA-256 of each valid token (`admin_token_sha256`),
@@ -13,7 +13,8 @@ use aws_lc_rs::{
 };
 use passage_error_codes::ErrorCode;
 use passage_proto::v1::{
-    ListSignInsRequest, ListSignInsResponse, SignInRecord, gateway_admin_server::GatewayAdmin,
+    ListSignInsRequest, ListSignInsResponse, SignInRecord, WhatIfRequest, WhatIfResponse,
+    gateway_admin_server::GatewayAdmin,
 };
 use passage_store::{SigninFilter, Store};
 use tonic::{Request, Response, Status};
@@ -126,21 +127,70 @@ pub struct AdminService {
     tenant: String,
     /// The sign-in log's store (none without a store).
     store: Option<Store>,
+    /// The conditional-access policies in force, for what-if questions.
+    policies: std::sync::Arc<crate::access::Policies>,
 }
 
 impl AdminService {
-    /// Administration of `tenant`'s sign-ins in `store`, for holders of `tokens`.
-    pub fn new(tokens: AdminTokens, tenant: String, store: Option<Store>) -> Self {
+    /// Administration of `tenant`'s sign-ins in `store` and of the `policies` in force, for
+    /// holders of `tokens`.
+    pub fn new(
+        tokens: AdminTokens,
+        tenant: String,
+        store: Option<Store>,
+        policies: std::sync::Arc<crate::access::Policies>,
+    ) -> Self {
         Self {
             tokens,
             tenant,
             store,
+            policies,
         }
     }
 }
 
 #[tonic::async_trait]
 impl GatewayAdmin for AdminService {
+    async fn what_if(
+        &self,
+        request: Request<WhatIfRequest>,
+    ) -> Result<Response<WhatIfResponse>, Status> {
+        self.tokens.authorise(&request)?;
+        let request = request.into_inner();
+        let client_ip =
+            match request.client_ip.as_str() {
+                "" => None,
+                text => Some(text.parse().map_err(|_| {
+                    ErrorCode::InvalidRequest.status("client_ip is not an IP address")
+                })?),
+            };
+        let client_type = match request.client_type.as_str() {
+            "" | "grpc" => passage_policy::ClientType::Grpc,
+            "browser" => passage_policy::ClientType::Browser,
+            _ => {
+                return Err(ErrorCode::InvalidRequest.status("client_type must be grpc or browser"));
+            }
+        };
+        let policies = self.policies.current();
+        // The same evaluation as a real sign-in's.
+        let evaluation = policies.evaluate(&passage_policy::SignInFacts {
+            user: &request.user,
+            groups: &request.groups,
+            application: &request.application,
+            client_ip,
+            unfamiliar_location: request.unfamiliar_location,
+            client_type,
+        });
+        Ok(Response::new(WhatIfResponse {
+            grant: evaluation.grant.as_str().to_owned(),
+            explanation: evaluation.explain(),
+            policy_set: policies.content_hash().to_owned(),
+            token_lifetime_s: evaluation
+                .token_lifetime
+                .map_or(0, |l| l.as_secs().min(u64::from(u32::MAX)) as u32),
+        }))
+    }
+
     async fn list_sign_ins(
         &self,
         request: Request<ListSignInsRequest>,
@@ -194,6 +244,8 @@ impl GatewayAdmin for AdminService {
                 agent_id: e.agent_id,
                 latency_ms: e.latency_ms,
                 lockout: e.lockout,
+                policies: e.policies,
+                mfa: e.mfa,
             })
             .collect();
         Ok(Response::new(ListSignInsResponse { sign_ins }))

@@ -6,6 +6,7 @@
 //! * [`http`]: OIDC discovery and the JWKS over HTTP, so relying parties can verify tokens.
 //! * [`client`]: small helpers for callers (CLI, tests) to fetch the JWKS.
 
+pub mod access;
 pub mod admin;
 pub mod client;
 pub mod http;
@@ -120,6 +121,25 @@ pub struct GatewayConfig {
     /// token` makes one); none: administrative calls are refused.
     #[serde(default)]
     pub admin_token_sha256: Vec<String>,
+    /// The conditional-access policy file (YAML, see docs/access.md); none: a right password
+    /// is enough everywhere.
+    #[serde(default)]
+    pub policies_file: Option<PathBuf>,
+    /// How often the policy file is read again for changes, in seconds.
+    #[serde(default = "default_policies_reload_s")]
+    pub policies_reload_s: u64,
+    /// MFA: `[mfa]` issuer name, challenge lifetime, first sign-ins from trusted networks.
+    #[serde(default)]
+    pub mfa: access::MfaConfig,
+    /// The store's key-encryption key (as the dispatchers'): TOTP secrets and MFA challenges
+    /// are sealed with it. Required when policies can require MFA (except with
+    /// `insecure_plaintext`, where they are kept in plaintext).
+    #[serde(default)]
+    pub store_encryption_key_file: Option<PathBuf>,
+}
+
+fn default_policies_reload_s() -> u64 {
+    2
 }
 
 /// A connector group and the username domains it serves.
@@ -213,6 +233,10 @@ impl GatewayConfig {
             signin_log_days: default_signin_log_days(),
             key_cache_max_groups: default_key_cache_max_groups(),
             admin_token_sha256: Vec::new(),
+            policies_file: None,
+            policies_reload_s: default_policies_reload_s(),
+            mfa: access::MfaConfig::default(),
+            store_encryption_key_file: None,
         }
     }
 }
@@ -400,11 +424,46 @@ impl BoundGateway {
             self.verifier,
             config.require_post_quantum,
         ));
+        // Conditional access: the policy file in force, read again when it changes.
+        let policies = match &config.policies_file {
+            Some(path) => access::Policies::load(path)
+                .map_err(|e| GatewayError::Config(format!("policies_file: {e}")))?,
+            None => access::Policies::none(),
+        };
+        policies.watch(Duration::from_secs(config.policies_reload_s.max(1)));
+        // MFA: over the store, with secrets sealed by the key-encryption key.
+        let second_factor = match (&store, &config.store_encryption_key_file) {
+            (Some(store), Some(path)) => {
+                let kek = passage_store::KeyEncryptionKey::from_file(path)
+                    .map_err(|e| GatewayError::Config(format!("store_encryption_key_file: {e}")))?;
+                Some(access::SecondFactor::new(
+                    store
+                        .clone()
+                        .with_key_protection(passage_store::KeyProtection::Encrypted(kek)),
+                    config.mfa.clone(),
+                ))
+            }
+            (Some(store), None) if config.insecure_plaintext => Some(access::SecondFactor::new(
+                store
+                    .clone()
+                    .with_key_protection(passage_store::KeyProtection::Plaintext),
+                config.mfa.clone(),
+            )),
+            _ => None,
+        };
+        if second_factor.is_none() && policies.current().can_require_mfa() {
+            return Err(GatewayError::Config(
+                "policies_file has policies that require MFA: the gateway needs store_url and \
+                 store_encryption_key_file (TOTP secrets are sealed with it)"
+                    .into(),
+            ));
+        }
         let admin = admin::AdminService::new(
             admin::AdminTokens::from_hex(&config.admin_token_sha256)
                 .map_err(|e| GatewayError::Config(e.to_string()))?,
             config.tenant.clone(),
             log_store.clone(),
+            Arc::clone(&policies),
         );
         let service = SignInService::new(
             &config,
@@ -413,6 +472,8 @@ impl BoundGateway {
             Arc::clone(&self.issuer),
             log_store,
             lockout,
+            policies,
+            second_factor,
         );
 
         let (health_reporter, health) = passage_transport::health();

@@ -14,21 +14,23 @@ use passage_lockout::{
     throttle::{Throttle, Throttled},
 };
 use passage_proto::v1::{
-    DirectoryUser, SealedPassword, SealedVerdict, SignInRequest, SignInResponse, ValidateRequest,
-    ValidateResponse, ValidationOutcome, dispatcher_client::DispatcherClient,
-    gateway_server::Gateway,
+    CompleteMfaRequest, CompleteMfaResponse, DirectoryUser, SealedPassword, SealedVerdict,
+    SignInRequest, SignInResponse, ValidateRequest, ValidateResponse, ValidationOutcome,
+    dispatcher_client::DispatcherClient, gateway_server::Gateway,
 };
 use passage_store::{SigninEntry, Store};
 
 use crate::signin_log::SigninLog;
+use passage_policy::{ClientType, Grant, SignInFacts};
 use passage_telemetry::{TraceParent, join_trace};
-use passage_tokens::{Subject, TokenIssuer};
+use passage_tokens::{Authentication, Subject, TokenIssuer};
 use prost::Message;
 use tonic::{Request, Response, Status, transport::Channel};
 use tracing::Instrument;
 
 use crate::{
     ClientRegistration, ConnectorGroupRoute, GatewayConfig,
+    access::{Enrolled, MfaFailure, PendingSignIn, Policies, SecondFactor},
     keyset::{KeySetCache, pick_two},
 };
 
@@ -45,6 +47,8 @@ pub struct SignInService {
     clients: Vec<ClientRegistration>,
     envelope_lifetime: Duration,
     validation_timeout: Duration,
+    policies: Arc<Policies>,
+    second_factor: Option<SecondFactor>,
 }
 
 /// A sign-in request that passed every input check.
@@ -113,6 +117,18 @@ pub enum SignInError {
     /// Over a rate limit.
     #[error(transparent)]
     Throttled(#[from] Throttled),
+    /// A conditional-access policy blocks the sign-in (the policies' names: logs only).
+    #[error("blocked by conditional access: {0}")]
+    BlockedByPolicy(String),
+    /// A policy requires MFA and the user has no authenticator.
+    #[error("MFA is required and the user has no authenticator")]
+    MfaNotEnrolled,
+    /// The second factor was not accepted.
+    #[error(transparent)]
+    Mfa(#[from] MfaFailure),
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(#[from] passage_store::StoreError),
 }
 
 impl SignInError {
@@ -140,6 +156,15 @@ impl SignInError {
             SignInError::NotAuthentic(_) => ErrorCode::AnswerNotAuthentic,
             SignInError::LockedOut(_) => ErrorCode::SmartLockout,
             SignInError::Throttled(_) => ErrorCode::Throttled,
+            SignInError::BlockedByPolicy(_) => ErrorCode::BlockedByPolicy,
+            SignInError::MfaNotEnrolled => ErrorCode::MfaNotEnrolled,
+            SignInError::Mfa(failure) => match failure {
+                MfaFailure::NoSuchChallenge => ErrorCode::MfaChallengeInvalid,
+                MfaFailure::WrongCode { .. } => ErrorCode::MfaCodeInvalid,
+                MfaFailure::Ended(_) => ErrorCode::MfaChallengeEnded,
+                MfaFailure::Store(_) | MfaFailure::Enrolment(_) => ErrorCode::Internal,
+            },
+            SignInError::Store(_) => ErrorCode::Internal,
         }
     }
 
@@ -168,8 +193,9 @@ impl SignInError {
 
 impl SignInService {
     /// A service calling `dispatcher` with keys from `keys`, issuing with `issuer`; with
-    /// `store`, every attempt goes to the sign-in log, and with `lockout`, smart lockout
-    /// applies.
+    /// `store`, every attempt goes to the sign-in log, with `lockout`, smart lockout applies,
+    /// `policies` decide what a right password leads to, and `second_factor` runs MFA.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: &GatewayConfig,
         dispatcher: DispatcherClient<Channel>,
@@ -177,6 +203,8 @@ impl SignInService {
         issuer: Arc<TokenIssuer>,
         store: Option<Store>,
         lockout: Option<SmartLockout>,
+        policies: Arc<Policies>,
+        second_factor: Option<SecondFactor>,
     ) -> Self {
         Self {
             throttle: Throttle::new(&config.throttle),
@@ -190,6 +218,8 @@ impl SignInService {
             clients: config.clients.clone(),
             envelope_lifetime: Duration::from_secs(config.envelope_lifetime_s),
             validation_timeout: Duration::from_millis(config.validation_timeout_ms),
+            policies,
+            second_factor,
         }
     }
 
@@ -225,6 +255,33 @@ impl SignInService {
             client_id,
             client_ip,
         })
+    }
+
+    /// The checks of a `CompleteMfa` request: bounded fields, a registered client, an address.
+    fn check_mfa(&self, request: &CompleteMfaRequest) -> Result<Option<IpAddr>, SignInError> {
+        check_field("mfa_challenge", &request.mfa_challenge, 128)?;
+        check_field("code", &request.code, 64)?;
+        check_field("client_id", &request.client_id, MAX_FIELD_BYTES)?;
+        if request.mfa_challenge.is_empty() {
+            return Err(CredentialError::Empty {
+                field: "mfa_challenge",
+            }
+            .into());
+        }
+        if request.code.is_empty() {
+            return Err(CredentialError::Empty { field: "code" }.into());
+        }
+        if !self.clients.is_empty() && !self.clients.iter().any(|c| c.id == request.client_id) {
+            return Err(SignInError::UnknownClient(request.client_id.clone()));
+        }
+        check_field("client_ip", &request.client_ip, MAX_FIELD_BYTES)?;
+        match request.client_ip.as_str() {
+            "" => Ok(None),
+            text => text
+                .parse::<IpAddr>()
+                .map(Some)
+                .map_err(|_| SignInError::BadClientIp),
+        }
     }
 
     /// The connector group serving `username`'s domain.
@@ -467,6 +524,41 @@ impl Gateway for SignInService {
             .instrument(span)
             .await
     }
+
+    async fn complete_mfa(
+        &self,
+        request: Request<CompleteMfaRequest>,
+    ) -> Result<Response<CompleteMfaResponse>, Status> {
+        let started = Instant::now();
+        let request = request.into_inner();
+        let client_ip = self.check_mfa(&request).map_err(SignInError::into_status)?;
+        let client_ip_text = client_ip.map(|ip| ip.to_string());
+        if let Err(throttled) =
+            self.throttle
+                .admit(&self.tenant, client_ip_text.as_deref(), Instant::now())
+        {
+            return Err(SignInError::from(throttled).into_status());
+        }
+        let span = tracing::info_span!(
+            "complete_mfa",
+            otel.kind = "server",
+            otel.status_code = tracing::field::Empty,
+            client_id = %request.client_id,
+            error_code = tracing::field::Empty,
+        );
+        self.complete_mfa_checked(request, client_ip, started)
+            .instrument(span)
+            .await
+            .map(|response| {
+                let tokens = response.into_inner();
+                Response::new(CompleteMfaResponse {
+                    access_token: tokens.access_token,
+                    id_token: tokens.id_token,
+                    token_type: tokens.token_type,
+                    expires_in: tokens.expires_in,
+                })
+            })
+    }
 }
 
 impl SignInService {
@@ -571,7 +663,6 @@ impl SignInService {
         now: i64,
         started: Instant,
     ) -> Result<Response<SignInResponse>, Status> {
-        let elapsed_ms = started.elapsed().as_millis() as u64;
         let client_ip = request
             .client_ip
             .map(|ip| ip.to_string())
@@ -583,11 +674,10 @@ impl SignInService {
             client_id: request.client_id.clone(),
             client_ip: client_ip.clone(),
             familiar_location: scope == Some(Scope::Familiar),
-            latency_ms: elapsed_ms as i64,
             lockout: lockout_state.into(),
             ..SigninEntry::default()
         };
-        let response = match result {
+        let outcome = match result {
             Ok((user, agent_id)) => {
                 let subject = Subject {
                     sub: if user.object_id.is_empty() {
@@ -607,25 +697,34 @@ impl SignInService {
                 };
                 entry.upn = subject.upn.clone();
                 entry.agent_id = agent_id.clone();
-                match self.issuer.issue(&subject, &request.client_id) {
-                    Ok(tokens) => {
-                        tracing::info!(target: "passage::signin_log", outcome = "success", %agent_id, %client_ip, elapsed_ms, lockout = lockout_state, "sign-in");
-                        entry.outcome = "success".into();
-                        Ok(Response::new(SignInResponse {
-                            access_token: tokens.access_token,
-                            id_token: tokens.id_token,
-                            token_type: "Bearer".into(),
-                            expires_in: tokens.expires_in.as_secs() as u32,
-                        }))
-                    }
-                    Err(err) => {
-                        tracing::error!(error = %err, "issuing tokens failed");
-                        let err = SignInError::from(err);
-                        entry.outcome = "failure".into();
-                        entry.error_code = err.code().as_str().into();
-                        Err(err.into_status())
-                    }
+                self.after_password(request, subject, agent_id, scope, now, &mut entry)
+                    .await
+            }
+            Err(err) => Err(err),
+        };
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        entry.latency_ms = elapsed_ms as i64;
+        let response = self.answer(outcome, &mut entry, elapsed_ms);
+        if let Some(log) = &self.signin_log {
+            log.record(entry).await;
+        }
+        response
+    }
+
+    /// Logs the attempt's end and turns it into the caller's answer.
+    fn answer(
+        &self,
+        outcome: Result<SignInResponse, SignInError>,
+        entry: &mut SigninEntry,
+        elapsed_ms: u64,
+    ) -> Result<Response<SignInResponse>, Status> {
+        match outcome {
+            Ok(response) => {
+                if entry.outcome.is_empty() {
+                    entry.outcome = "success".into();
                 }
+                tracing::info!(target: "passage::signin_log", outcome = %entry.outcome, agent_id = %entry.agent_id, client_ip = %entry.client_ip, elapsed_ms, lockout = %entry.lockout, policies = %entry.policies, mfa = %entry.mfa, "sign-in");
+                Ok(Response::new(response))
             }
             Err(err) => {
                 let code = err.code().as_str();
@@ -633,12 +732,199 @@ impl SignInService {
                 span.record("error_code", code);
                 span.record("otel.status_code", "ERROR");
                 // The detail (what the dispatcher, agent or directory said) is for operators.
-                tracing::info!(target: "passage::signin_log", outcome = "failure", error_code = code, detail = %err, %client_ip, elapsed_ms, lockout = lockout_state, "sign-in");
+                tracing::info!(target: "passage::signin_log", outcome = "failure", error_code = code, detail = %err, client_ip = %entry.client_ip, elapsed_ms, lockout = %entry.lockout, policies = %entry.policies, mfa = %entry.mfa, "sign-in");
                 entry.outcome = "failure".into();
                 entry.error_code = code.into();
                 Err(err.into_status())
             }
+        }
+    }
+
+    /// After the directory said the password is right: conditional access decides, then the
+    /// tokens, or an MFA challenge, or a refusal.
+    async fn after_password(
+        &self,
+        request: &CheckedRequest,
+        subject: Subject,
+        agent_id: String,
+        scope: Option<Scope>,
+        now: i64,
+        entry: &mut SigninEntry,
+    ) -> Result<SignInResponse, SignInError> {
+        let policies = self.policies.current();
+        let evaluation = policies.evaluate(&SignInFacts {
+            user: &subject.upn,
+            groups: &subject.groups,
+            application: &request.client_id,
+            client_ip: request.client_ip,
+            unfamiliar_location: scope != Some(Scope::Familiar),
+            client_type: ClientType::Grpc,
+        });
+        entry.policies = evaluation.summary();
+        let lifetime = evaluation.token_lifetime;
+        match evaluation.grant {
+            Grant::Block => Err(SignInError::BlockedByPolicy(
+                evaluation.deciding_policies.join(", "),
+            )),
+            Grant::Allow => self.tokens(
+                &subject,
+                &request.client_id,
+                Authentication {
+                    lifetime,
+                    ..Authentication::password()
+                },
+            ),
+            Grant::RequireMfa => {
+                let Some(mfa) = &self.second_factor else {
+                    // Refused at start: policies that can require MFA need the store.
+                    tracing::error!("a policy requires MFA, and this gateway has no store for it");
+                    return Err(SignInError::MfaNotEnrolled);
+                };
+                let user_key = subject.upn.to_lowercase();
+                match mfa.enrolled(&self.tenant, &user_key).await? {
+                    Enrolled::Yes => {
+                        let pending = PendingSignIn {
+                            username: request.username.to_string(),
+                            agent_id,
+                            sub: subject.sub.clone(),
+                            upn: subject.upn.clone(),
+                            name: subject.name.clone(),
+                            email: subject.email.clone(),
+                            groups: subject.groups.clone(),
+                            familiar_location: scope == Some(Scope::Familiar),
+                            token_lifetime_s: lifetime.map(|l| l.as_secs()),
+                            policies: entry.policies.clone(),
+                        };
+                        let (challenge, expires_in) = mfa
+                            .challenge(
+                                &self.tenant,
+                                &user_key,
+                                &request.client_id,
+                                request.client_ip,
+                                &pending,
+                                now,
+                            )
+                            .await?;
+                        entry.outcome = "interrupted".into();
+                        entry.mfa = "required".into();
+                        Ok(SignInResponse {
+                            mfa_challenge: challenge.as_str().to_owned(),
+                            mfa_challenge_expires_in: expires_in.as_secs() as u32,
+                            ..SignInResponse::default()
+                        })
+                    }
+                    Enrolled::No
+                        if mfa.config().allow_unenrolled_from_trusted_networks
+                            && request
+                                .client_ip
+                                .is_some_and(|ip| policies.is_trusted_network(ip)) =>
+                    {
+                        entry.mfa = "not_enrolled_trusted_network".into();
+                        self.tokens(
+                            &subject,
+                            &request.client_id,
+                            Authentication {
+                                lifetime,
+                                ..Authentication::password()
+                            },
+                        )
+                    }
+                    Enrolled::No => {
+                        entry.mfa = "not_enrolled".into();
+                        Err(SignInError::MfaNotEnrolled)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Signs the token pair.
+    fn tokens(
+        &self,
+        subject: &Subject,
+        client_id: &str,
+        how: Authentication,
+    ) -> Result<SignInResponse, SignInError> {
+        let tokens = self
+            .issuer
+            .issue_authenticated(subject, client_id, &how)
+            .inspect_err(|err| tracing::error!(error = %err, "issuing tokens failed"))?;
+        Ok(SignInResponse {
+            access_token: tokens.access_token,
+            id_token: tokens.id_token,
+            token_type: "Bearer".into(),
+            expires_in: tokens.expires_in.as_secs() as u32,
+            ..SignInResponse::default()
+        })
+    }
+
+    /// `Gateway.CompleteMfa`, inside its span.
+    async fn complete_mfa_checked(
+        &self,
+        request: CompleteMfaRequest,
+        client_ip: Option<IpAddr>,
+        started: Instant,
+    ) -> Result<Response<SignInResponse>, Status> {
+        let now = passage_pki::unix_now();
+        let mut entry = SigninEntry {
+            at: now,
+            tenant: self.tenant.clone(),
+            client_id: request.client_id.clone(),
+            client_ip: client_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+            lockout: "none".into(),
+            ..SigninEntry::default()
         };
+        let record = |entry: &mut SigninEntry, pending: &PendingSignIn| {
+            entry.username = pending.username.clone();
+            entry.upn = pending.upn.clone();
+            entry.agent_id = pending.agent_id.clone();
+            entry.familiar_location = pending.familiar_location;
+            entry.policies = pending.policies.clone();
+        };
+        let outcome = match &self.second_factor {
+            None => Err(SignInError::Mfa(MfaFailure::NoSuchChallenge)),
+            Some(mfa) => match mfa
+                .complete(
+                    &self.tenant,
+                    &request.mfa_challenge,
+                    &request.code,
+                    &request.client_id,
+                    client_ip,
+                    now,
+                )
+                .await
+            {
+                Ok(done) => {
+                    record(&mut entry, &done.pending);
+                    entry.mfa = done.log_word.into();
+                    self.tokens(
+                        &done.pending.subject(&self.tenant),
+                        &request.client_id,
+                        Authentication {
+                            lifetime: done.pending.token_lifetime_s.map(Duration::from_secs),
+                            ..Authentication::with_second_factor(done.method)
+                        },
+                    )
+                }
+                Err(failure) => {
+                    match &failure {
+                        MfaFailure::WrongCode { pending, .. } => {
+                            record(&mut entry, pending);
+                            entry.mfa = "wrong_code".into();
+                        }
+                        MfaFailure::Ended(pending) => {
+                            record(&mut entry, pending);
+                            entry.mfa = "challenge_ended".into();
+                        }
+                        _ => entry.mfa = "invalid_challenge".into(),
+                    }
+                    Err(SignInError::Mfa(failure))
+                }
+            },
+        };
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        entry.latency_ms = elapsed_ms as i64;
+        let response = self.answer(outcome, &mut entry, elapsed_ms);
         if let Some(log) = &self.signin_log {
             log.record(entry).await;
         }

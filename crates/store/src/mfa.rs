@@ -1,0 +1,378 @@
+//! MFA's shared state: TOTP enrolments (secrets sealed with the key-encryption key), the last
+//! time step accepted per user (a code is accepted once, across replicas), single-use
+//! recovery codes (Argon2id hashes only), and the challenges between a primary sign-in and its
+//! second factor (by the SHA-256 of the handle the client holds).
+
+use passage_credentials::Secret;
+use sqlx::Row;
+
+use crate::{Store, StoreError};
+
+/// A user's TOTP enrolment.
+#[derive(Debug)]
+pub struct MfaEnrolment {
+    /// The shared secret (opened with the key-encryption key).
+    pub secret: Secret,
+    /// When it was begun, Unix seconds.
+    pub created_at: i64,
+    /// When the user's first code confirmed it; `None` while pending.
+    pub confirmed_at: Option<i64>,
+    /// The last TOTP time step accepted.
+    pub last_step: i64,
+    /// Recovery codes not used yet.
+    pub recovery_codes_left: i64,
+}
+
+/// Where a challenge stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChallengeState {
+    /// Waiting for a code.
+    Open,
+    /// A code was accepted and tokens issued: it cannot be used again.
+    Done,
+    /// Too many wrong codes.
+    Ended,
+}
+
+impl ChallengeState {
+    fn as_str(self) -> &'static str {
+        match self {
+            ChallengeState::Open => "open",
+            ChallengeState::Done => "done",
+            ChallengeState::Ended => "ended",
+        }
+    }
+
+    fn parse(text: &str) -> Self {
+        match text {
+            "open" => ChallengeState::Open,
+            "done" => ChallengeState::Done,
+            _ => ChallengeState::Ended,
+        }
+    }
+}
+
+/// An MFA challenge: what a primary sign-in produced, waiting for the second factor.
+#[derive(Debug)]
+pub struct MfaChallenge {
+    /// SHA-256 (hex) of the handle the client holds.
+    pub digest: String,
+    /// Tenant.
+    pub tenant: String,
+    /// The user's counter key (case-folded username).
+    pub user_key: String,
+    /// The application that signed the user in.
+    pub client_id: String,
+    /// The client IP it reported (empty if none).
+    pub client_ip: String,
+    /// Valid until, Unix seconds.
+    pub expires_at: i64,
+    /// Wrong codes so far.
+    pub wrong_codes: i64,
+    /// Where it stands.
+    pub state: ChallengeState,
+    /// What the sign-in produced (the subject to issue tokens for), opaque to the store and
+    /// sealed in it with the key-encryption key.
+    pub payload: Secret,
+}
+
+fn enrolment_context(tenant: &str, user_key: &str) -> Vec<u8> {
+    format!("mfa_enrolments.secret_sealed:{tenant}:{user_key}").into_bytes()
+}
+
+fn challenge_context(digest: &str) -> Vec<u8> {
+    format!("mfa_challenges.payload_sealed:{digest}").into_bytes()
+}
+
+impl Store {
+    /// Begins a TOTP enrolment for `user_key` with `secret`, replacing one not yet confirmed.
+    /// `false` when the user already has a confirmed enrolment (reset it first).
+    pub async fn mfa_begin_enrolment(
+        &self,
+        tenant: &str,
+        user_key: &str,
+        secret: &[u8],
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let sealed = self.seal_secret(secret, &enrolment_context(tenant, user_key))?;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "DELETE FROM mfa_enrolments WHERE tenant_id = $1 AND user_key = $2 \
+             AND confirmed_at IS NULL",
+        )
+        .bind(tenant)
+        .bind(user_key)
+        .execute(&mut *tx)
+        .await?;
+        let inserted = sqlx::query(
+            "INSERT INTO mfa_enrolments (tenant_id, user_key, secret_sealed, created_at, \
+             confirmed_at, last_step) VALUES ($1, $2, $3, $4, NULL, 0) \
+             ON CONFLICT (tenant_id, user_key) DO NOTHING",
+        )
+        .bind(tenant)
+        .bind(user_key)
+        .bind(sealed)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(inserted == 1)
+    }
+
+    /// The user's enrolment, if any.
+    pub async fn mfa_enrolment(
+        &self,
+        tenant: &str,
+        user_key: &str,
+    ) -> Result<Option<MfaEnrolment>, StoreError> {
+        let row = sqlx::query(
+            "SELECT e.secret_sealed, e.created_at, e.confirmed_at, e.last_step, \
+             (SELECT COUNT(*) FROM mfa_recovery_codes r WHERE r.tenant_id = e.tenant_id \
+              AND r.user_key = e.user_key AND r.used_at IS NULL) AS recovery_left \
+             FROM mfa_enrolments e WHERE e.tenant_id = $1 AND e.user_key = $2",
+        )
+        .bind(tenant)
+        .bind(user_key)
+        .fetch_optional(&self.reads)
+        .await?;
+        row.map(|row| {
+            Ok(MfaEnrolment {
+                secret: self.open_secret(
+                    row.try_get("secret_sealed")?,
+                    &enrolment_context(tenant, user_key),
+                )?,
+                created_at: row.try_get("created_at")?,
+                confirmed_at: row.try_get("confirmed_at")?,
+                last_step: row.try_get("last_step")?,
+                recovery_codes_left: row.try_get("recovery_left")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Confirms a pending enrolment with the time step of the user's first code, and stores
+    /// the recovery codes' hashes; `false` when there was no pending enrolment.
+    pub async fn mfa_confirm_enrolment(
+        &self,
+        tenant: &str,
+        user_key: &str,
+        step: i64,
+        recovery_code_hashes: &[String],
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let confirmed = sqlx::query(
+            "UPDATE mfa_enrolments SET confirmed_at = $3, last_step = $4 \
+             WHERE tenant_id = $1 AND user_key = $2 AND confirmed_at IS NULL",
+        )
+        .bind(tenant)
+        .bind(user_key)
+        .bind(now)
+        .bind(step)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if confirmed != 1 {
+            return Ok(false);
+        }
+        sqlx::query("DELETE FROM mfa_recovery_codes WHERE tenant_id = $1 AND user_key = $2")
+            .bind(tenant)
+            .bind(user_key)
+            .execute(&mut *tx)
+            .await?;
+        for hash in recovery_code_hashes {
+            sqlx::query(
+                "INSERT INTO mfa_recovery_codes (tenant_id, user_key, code_hash, used_at) \
+                 VALUES ($1, $2, $3, NULL)",
+            )
+            .bind(tenant)
+            .bind(user_key)
+            .bind(hash)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Accepts a TOTP code of time `step` for the user: only when the enrolment is confirmed
+    /// and no code of this step or a later one was accepted before (atomic across replicas:
+    /// a code is accepted once).
+    pub async fn mfa_accept_step(
+        &self,
+        tenant: &str,
+        user_key: &str,
+        step: i64,
+    ) -> Result<bool, StoreError> {
+        let accepted = sqlx::query(
+            "UPDATE mfa_enrolments SET last_step = $3 WHERE tenant_id = $1 AND user_key = $2 \
+             AND confirmed_at IS NOT NULL AND last_step < $3",
+        )
+        .bind(tenant)
+        .bind(user_key)
+        .bind(step)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(accepted == 1)
+    }
+
+    /// The hashes of the user's unused recovery codes.
+    pub async fn mfa_recovery_code_hashes(
+        &self,
+        tenant: &str,
+        user_key: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT code_hash FROM mfa_recovery_codes WHERE tenant_id = $1 AND user_key = $2 \
+             AND used_at IS NULL",
+        )
+        .bind(tenant)
+        .bind(user_key)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| Ok(row.try_get("code_hash")?))
+            .collect()
+    }
+
+    /// Uses the recovery code with `hash`: `true` only the first time.
+    pub async fn mfa_use_recovery_code(
+        &self,
+        tenant: &str,
+        user_key: &str,
+        hash: &str,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let used = sqlx::query(
+            "UPDATE mfa_recovery_codes SET used_at = $4 WHERE tenant_id = $1 AND user_key = $2 \
+             AND code_hash = $3 AND used_at IS NULL",
+        )
+        .bind(tenant)
+        .bind(user_key)
+        .bind(hash)
+        .bind(now)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(used == 1)
+    }
+
+    /// Removes the user's enrolment and recovery codes; `true` when there was one.
+    pub async fn mfa_reset(&self, tenant: &str, user_key: &str) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM mfa_recovery_codes WHERE tenant_id = $1 AND user_key = $2")
+            .bind(tenant)
+            .bind(user_key)
+            .execute(&mut *tx)
+            .await?;
+        let removed =
+            sqlx::query("DELETE FROM mfa_enrolments WHERE tenant_id = $1 AND user_key = $2")
+                .bind(tenant)
+                .bind(user_key)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        tx.commit().await?;
+        Ok(removed == 1)
+    }
+
+    /// Records a new challenge (its payload sealed with the key-encryption key).
+    pub async fn mfa_create_challenge(&self, challenge: &MfaChallenge) -> Result<(), StoreError> {
+        let sealed = self.seal_secret(
+            challenge.payload.expose(),
+            &challenge_context(&challenge.digest),
+        )?;
+        sqlx::query(
+            "INSERT INTO mfa_challenges (challenge_digest, tenant_id, user_key, client_id, \
+             client_ip, expires_at, wrong_codes, state, payload_sealed) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&challenge.digest)
+        .bind(&challenge.tenant)
+        .bind(&challenge.user_key)
+        .bind(&challenge.client_id)
+        .bind(&challenge.client_ip)
+        .bind(challenge.expires_at)
+        .bind(challenge.wrong_codes)
+        .bind(challenge.state.as_str())
+        .bind(sealed)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The challenge whose handle has SHA-256 `digest`, if any.
+    pub async fn mfa_challenge(&self, digest: &str) -> Result<Option<MfaChallenge>, StoreError> {
+        let row = sqlx::query(
+            "SELECT tenant_id, user_key, client_id, client_ip, expires_at, wrong_codes, state, \
+             payload_sealed FROM mfa_challenges WHERE challenge_digest = $1",
+        )
+        .bind(digest)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            let state: String = row.try_get("state")?;
+            Ok(MfaChallenge {
+                digest: digest.to_owned(),
+                tenant: row.try_get("tenant_id")?,
+                user_key: row.try_get("user_key")?,
+                client_id: row.try_get("client_id")?,
+                client_ip: row.try_get("client_ip")?,
+                expires_at: row.try_get("expires_at")?,
+                wrong_codes: row.try_get("wrong_codes")?,
+                state: ChallengeState::parse(&state),
+                payload: self
+                    .open_secret(row.try_get("payload_sealed")?, &challenge_context(digest))?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Counts a wrong code against an open challenge, ending it at `max_wrong`; returns the
+    /// wrong codes so far and the state it is in now (`None`: not open).
+    pub async fn mfa_challenge_wrong_code(
+        &self,
+        digest: &str,
+        max_wrong: i64,
+    ) -> Result<Option<(i64, ChallengeState)>, StoreError> {
+        let row = sqlx::query(
+            "UPDATE mfa_challenges SET wrong_codes = wrong_codes + 1, \
+             state = CASE WHEN wrong_codes + 1 >= $2 THEN 'ended' ELSE state END \
+             WHERE challenge_digest = $1 AND state = 'open' RETURNING wrong_codes, state",
+        )
+        .bind(digest)
+        .bind(max_wrong)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            let state: String = row.try_get("state")?;
+            Ok((row.try_get("wrong_codes")?, ChallengeState::parse(&state)))
+        })
+        .transpose()
+    }
+
+    /// Marks an open challenge done: `true` exactly once, so tokens are issued once.
+    pub async fn mfa_challenge_done(&self, digest: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE mfa_challenges SET state = 'done' WHERE challenge_digest = $1 AND state = 'open'",
+        )
+        .bind(digest)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(done == 1)
+    }
+
+    /// Deletes challenges that expired before `before`; returns how many.
+    pub async fn prune_mfa_challenges(&self, before: i64) -> Result<u64, StoreError> {
+        Ok(
+            sqlx::query("DELETE FROM mfa_challenges WHERE expires_at < $1")
+                .bind(before)
+                .execute(&self.pool)
+                .await?
+                .rows_affected(),
+        )
+    }
+}
