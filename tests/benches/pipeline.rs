@@ -8,7 +8,9 @@
 //! cargo bench -p passage-tests --bench pipeline
 //! ```
 //!
-//! `PASSAGE_BENCH_SECONDS` (default 10) and `PASSAGE_BENCH_CONCURRENCY` (default 64) tune it.
+//! `PASSAGE_BENCH_SECONDS` (default 10) and `PASSAGE_BENCH_CONCURRENCY` (default 64) tune it;
+//! `PASSAGE_BENCH_STORE_ONLY=1` runs only the phases with and without smart lockout and the
+//! sign-in log.
 //! On a CPU with AVX-512, `OPENSSL_ia32cap=~0x0:~0x00005842DC230000` makes aws-lc (in the
 //! benchmark and in every service it starts) take the code paths of a CPU without it, such
 //! as the AMD EPYC machines without AVX-512 the envelope targets were set on.
@@ -309,6 +311,17 @@ async fn main() {
         group_search: false,
         ..ClusterOptions::default()
     };
+    // The store phases alone (lockout and the sign-in log on and off), for work on their cost.
+    if std::env::var_os("PASSAGE_BENCH_STORE_ONLY").is_some() {
+        let phases = store_phases(&options, &users, concurrency, warmup, duration).await;
+        println!();
+        for (report, before, after) in &phases {
+            report.print();
+            print_cpu(before, after, report);
+        }
+        print_store_comparison(&phases);
+        return;
+    }
     let mut cluster = Cluster::start(options.clone()).await;
     let config = cluster.agent_config(0);
     let text = std::fs::read_to_string(&config).unwrap();
@@ -440,45 +453,11 @@ async fn main() {
     let enumeration =
         passage_tests::timing::measure(&cluster.gateway_client(), &users[..USERS / 2]).await;
 
-    // Production trust: enrolled (hybrid) agent, mutual TLS agent → dispatcher and gateway →
-    // dispatcher, TLS client → gateway — with smart lockout and the sign-in log on and off, on
-    // SQLite and on PostgreSQL. The first cluster stops first, and each deployment has the
-    // machine to itself.
+    // Production trust: enrolled (hybrid) agent, mutual TLS, with smart lockout and the
+    // sign-in log on and off, on SQLite and PostgreSQL. The first cluster stops first, and
+    // each deployment has the machine to itself.
     drop(cluster);
-    let mut secure_phases = Vec::new();
-    for (name, postgres, on) in [
-        ("v2, TLS, SQLite, lockout+log", false, true),
-        ("v2, TLS, SQLite, no lockout/log", false, false),
-        ("v2, TLS, PostgreSQL, lockout+log", true, true),
-        ("v2, TLS, PostgreSQL, no lockout/log", true, false),
-    ] {
-        let mut secure = Cluster::start(ClusterOptions {
-            agents: 0,
-            enrolment: true,
-            postgres,
-            gateway_config: if on {
-                String::new()
-            } else {
-                "lockout = { enabled = false }\nsignin_log_days = 0\n".into()
-            },
-            ..options.clone()
-        })
-        .await;
-        secure.enrol_agent().await;
-        let before = cpu_snapshot(&secure, 0);
-        let report = sign_ins(
-            name,
-            secure.gateway_client(),
-            Arc::clone(&users),
-            concurrency,
-            warmup,
-            duration,
-        )
-        .await;
-        let after = cpu_snapshot(&secure, 0);
-        secure_phases.push((report, before, after));
-    }
-
+    let secure_phases = store_phases(&options, &users, concurrency, warmup, duration).await;
     println!();
     baseline.print();
     print_cpu(&cpu_before_baseline, &cpu_after_baseline, &baseline);
@@ -520,16 +499,7 @@ async fn main() {
         agent_cpu(&cpu_before_v2, &cpu_after_v2, &v2)
             / agent_cpu(&cpu_before_v1, &cpu_after_v1, &v1).max(1e-12)
     );
-    for pair in secure_phases.chunks(2) {
-        let (with, without) = (&pair[0].0, &pair[1].0);
-        println!(
-            "{} against {}: throughput {:.2}x ({:.1}% lost)",
-            with.name,
-            without.name,
-            with.per_second() / without.per_second(),
-            (1.0 - with.per_second() / without.per_second()) * 100.0
-        );
-    }
+    print_store_comparison(&secure_phases);
     println!("user enumeration by timing: {}", enumeration.summary());
     assert_eq!(baseline.errors, 0, "direct LDAP errors");
     assert_eq!(v1.errors, 0, "v1 pipeline errors");
@@ -562,4 +532,73 @@ async fn sign_ins(
         async move { client.sign_in(request).await.is_ok() }
     })
     .await
+}
+
+/// One phase's report and the CPU snapshots around it.
+type Phase = (
+    Report,
+    Vec<(&'static str, Duration)>,
+    Vec<(&'static str, Duration)>,
+);
+
+/// The production-trust phases: smart lockout and the sign-in log on and off, on SQLite and
+/// on PostgreSQL, each a fresh deployment.
+async fn store_phases(
+    options: &ClusterOptions,
+    users: &Arc<Vec<TestUser>>,
+    concurrency: usize,
+    warmup: Duration,
+    duration: Duration,
+) -> Vec<Phase> {
+    // Enrolled (hybrid) agent, mutual TLS agent → dispatcher and gateway → dispatcher, TLS
+    // client → gateway.
+    let mut secure_phases = Vec::new();
+    for (name, postgres, on) in [
+        ("v2, TLS, SQLite, lockout+log", false, true),
+        ("v2, TLS, SQLite, no lockout/log", false, false),
+        ("v2, TLS, PostgreSQL, lockout+log", true, true),
+        ("v2, TLS, PostgreSQL, no lockout/log", true, false),
+    ] {
+        let mut secure = Cluster::start(ClusterOptions {
+            agents: 0,
+            enrolment: true,
+            postgres,
+            gateway_config: if on {
+                String::new()
+            } else {
+                "lockout = { enabled = false }\nsignin_log_days = 0\n".into()
+            },
+            ..options.clone()
+        })
+        .await;
+        secure.enrol_agent().await;
+        let before = cpu_snapshot(&secure, 0);
+        let report = sign_ins(
+            name,
+            secure.gateway_client(),
+            Arc::clone(users),
+            concurrency,
+            warmup,
+            duration,
+        )
+        .await;
+        let after = cpu_snapshot(&secure, 0);
+        secure_phases.push((report, before, after));
+    }
+
+    secure_phases
+}
+
+/// Each store's throughput with lockout and the log against without.
+fn print_store_comparison(phases: &[Phase]) {
+    for pair in phases.chunks(2) {
+        let (with, without) = (&pair[0].0, &pair[1].0);
+        println!(
+            "{} against {}: throughput {:.2}x ({:.1}% lost)",
+            with.name,
+            without.name,
+            with.per_second() / without.per_second(),
+            (1.0 - with.per_second() / without.per_second()) * 100.0
+        );
+    }
 }

@@ -71,6 +71,8 @@ error_codes! {
     MfaChallengeInvalid = "PSG50075", FailedPrecondition;
     /// Too many wrong MFA codes: the challenge is over; sign in again.
     MfaChallengeEnded = "PSG50076", PermissionDenied;
+    /// Too many wrong MFA codes for this user lately, across challenges: MFA waits.
+    MfaLocked = "PSG50078", PermissionDenied;
     /// The password has expired; it must be changed on-premises.
     PasswordExpired = "PSG50055", FailedPrecondition;
     /// The password must be changed before first use.
@@ -134,6 +136,7 @@ impl ErrorCode {
                 "the verification step is no longer valid; sign in again"
             }
             ErrorCode::MfaChallengeEnded => "too many wrong codes; sign in again",
+            ErrorCode::MfaLocked => "too many wrong codes lately; wait a few minutes and try again",
             ErrorCode::PasswordExpired => {
                 "the password has expired; your organisation does not allow changing it here — change it on the corporate network"
             }

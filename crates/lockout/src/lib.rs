@@ -35,8 +35,9 @@ use std::{
 
 pub use limits::{DirectoryPolicy, Limits, Refusal, Remembered};
 pub use passage_store::LockoutScope as Scope;
-use passage_store::{AttemptEnd, Store, StoreError, UserCounters};
+use passage_store::{AttemptEnd, LockoutOp, Store, StoreError, UserCounters};
 use serde::Deserialize;
+use tokio::sync::{mpsc, oneshot};
 
 /// Smart lockout settings (the gateway's `[lockout]` table).
 #[derive(Debug, Clone, Deserialize)]
@@ -239,8 +240,13 @@ pub struct Ticket {
 /// What the directory made of an admitted attempt, for counting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// The password was right: every count starts again.
-    Success,
+    /// The password was right: every count starts again; with `remember_network`, the
+    /// client's network becomes (or stays) familiar — only when the sign-in gets its tokens
+    /// now, not when a policy blocks it or a second factor is still to come.
+    Success {
+        /// Remember the client's network as familiar.
+        remember_network: bool,
+    },
     /// As many failed binds as the directory may have counted for this attempt (a wrong
     /// password: one, plus one per agent lost after it was sent the password; a repeated
     /// wrong password the agent answered from memory: only the lost ones).
@@ -258,10 +264,84 @@ pub enum Settled {
     LockedOut(i64),
 }
 
+/// One update waiting for its batch, and where its result goes.
+type Job = (
+    LockoutOp,
+    oneshot::Sender<Result<Option<UserCounters>, String>>,
+);
+
+/// Sends lockout updates to the store in batches: each writer takes whatever queued up while
+/// its last transaction ran and writes it in one transaction. Users are spread over the
+/// writers by their key, so one user's updates stay in order and two writers never wait on
+/// the same row.
+#[derive(Debug, Clone)]
+struct Writer {
+    shards: Arc<Vec<mpsc::Sender<Job>>>,
+}
+
+/// The most updates in one transaction.
+const MAX_BATCH: usize = 256;
+
+impl Writer {
+    fn start(store: &Store) -> Self {
+        // SQLite has one writer anyway; PostgreSQL takes several transactions at once.
+        let count = match store.backend() {
+            passage_store::Backend::Sqlite => 1,
+            passage_store::Backend::Postgres => 4,
+        };
+        let shards = (0..count)
+            .map(|_| {
+                let (tx, mut rx) = mpsc::channel::<Job>(4 * MAX_BATCH);
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let mut batch = Vec::with_capacity(MAX_BATCH);
+                    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+                        let (ops, replies): (Vec<_>, Vec<_>) = batch.drain(..).unzip();
+                        match store.run_lockout_ops(&ops).await {
+                            Ok(results) => {
+                                for (reply, result) in replies.into_iter().zip(results) {
+                                    let _ = reply.send(Ok(result));
+                                }
+                            }
+                            Err(err) => {
+                                let message = err.to_string();
+                                for reply in replies {
+                                    let _ = reply.send(Err(message.clone()));
+                                }
+                            }
+                        }
+                    }
+                });
+                tx
+            })
+            .collect();
+        Self {
+            shards: Arc::new(shards),
+        }
+    }
+
+    async fn run(&self, op: LockoutOp) -> Result<Option<UserCounters>, StoreError> {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        op.user().hash(&mut hasher);
+        let shard = &self.shards[hasher.finish() as usize % self.shards.len()];
+        let (reply, result) = oneshot::channel();
+        shard
+            .send((op, reply))
+            .await
+            .map_err(|_| StoreError::Batch("the lockout writer stopped".into()))?;
+        result
+            .await
+            .map_err(|_| StoreError::Batch("the lockout writer stopped".into()))?
+            .map_err(StoreError::Batch)
+    }
+}
+
 /// Smart lockout over the shared store.
 #[derive(Debug, Clone)]
 pub struct SmartLockout {
     store: Store,
+    writer: Writer,
     config: LockoutConfig,
     /// The longest an admitted attempt stays outstanding (after that the store forgets it:
     /// its gateway is gone), and the longest an attempt waits for others to be answered.
@@ -272,7 +352,7 @@ pub struct SmartLockout {
 
 impl SmartLockout {
     /// Lockout with `config` (validated) over `store`, for sign-ins whose answer takes at
-    /// most `attempt_timeout`.
+    /// most `attempt_timeout`. Starts its store writers: call it inside a Tokio runtime.
     pub fn new(
         store: Store,
         config: LockoutConfig,
@@ -280,6 +360,7 @@ impl SmartLockout {
     ) -> Result<Self, LockoutConfigError> {
         config.validate()?;
         Ok(Self {
+            writer: Writer::start(&store),
             store,
             config,
             attempt_timeout,
@@ -368,9 +449,16 @@ impl SmartLockout {
                 return Ok(Admission::Refused { scope, refusal });
             }
             let after = self
-                .store
-                .reserve_lockout_attempt(tenant, &key, scope, now, outstanding_until)
-                .await?;
+                .writer
+                .run(LockoutOp::Reserve {
+                    tenant: tenant.to_owned(),
+                    user_key: key.clone(),
+                    scope,
+                    now,
+                    until: outstanding_until,
+                })
+                .await?
+                .unwrap_or_default();
             if limits.admits(&after, scope, now) {
                 return Ok(Admission::Admitted(Ticket {
                     key,
@@ -380,17 +468,17 @@ impl SmartLockout {
                 }));
             }
             // Others are out and, all failing, would reach a limit: wait for their answers.
-            self.store
-                .settle_lockout_attempt(
-                    tenant,
-                    &key,
+            self.writer
+                .run(LockoutOp::Settle {
+                    tenant: tenant.to_owned(),
+                    user_key: key.clone(),
                     scope,
-                    AttemptEnd::Failures {
+                    end: AttemptEnd::Failures {
                         failures: 0,
                         expired_before: i64::MIN,
                     },
                     now,
-                )
+                })
                 .await?;
             if let Some(refusal) = limits.refusal(&after, scope, now) {
                 return Ok(Admission::Refused { scope, refusal });
@@ -425,40 +513,39 @@ impl SmartLockout {
             limits,
         } = ticket;
         let failures = match outcome {
-            Outcome::Success => {
-                self.store
-                    .settle_lockout_attempt(tenant, &key, scope, AttemptEnd::Success, now)
+            Outcome::Success { remember_network } => {
+                self.writer
+                    .run(LockoutOp::Settle {
+                        tenant: tenant.to_owned(),
+                        user_key: key.clone(),
+                        scope,
+                        end: AttemptEnd::Success,
+                        now,
+                    })
                     .await?;
                 let fresh = familiar_since.is_some_and(|seen| now - seen < FAMILIAR_REFRESH_S);
-                if let Some(ip) = ip
+                if remember_network
+                    && let Some(ip) = ip
                     && !fresh
                 {
-                    self.store
-                        .remember_network(
-                            tenant,
-                            &key,
-                            &self.network(ip),
-                            now,
-                            i64::from(self.config.familiar_networks),
-                        )
-                        .await?;
+                    self.remember_network(tenant, &key, ip, now).await?;
                 }
                 return Ok(Settled::Nothing);
             }
             Outcome::Failures(failures) => failures,
         };
         let after = self
-            .store
-            .settle_lockout_attempt(
-                tenant,
-                &key,
+            .writer
+            .run(LockoutOp::Settle {
+                tenant: tenant.to_owned(),
+                user_key: key.clone(),
                 scope,
-                AttemptEnd::Failures {
+                end: AttemptEnd::Failures {
                     failures: i64::from(failures),
                     expired_before: limits.expired_before(scope, now),
                 },
                 now,
-            )
+            })
             .await?
             .unwrap_or_default();
         if failures == 0 {
@@ -470,8 +557,15 @@ impl SmartLockout {
         let lockouts = after.scope(scope).lockouts;
         let until = now + lockout_duration_s(&self.config, lockouts) as i64;
         match self
-            .store
-            .lock_out(tenant, &key, scope, until, limits.restarts(scope), now)
+            .writer
+            .run(LockoutOp::LockOut {
+                tenant: tenant.to_owned(),
+                user_key: key,
+                scope,
+                until,
+                restart: limits.restarts(scope),
+                now,
+            })
             .await?
         {
             Some(locked) => {
@@ -487,6 +581,27 @@ impl SmartLockout {
             // Another replica locked the user out a moment ago.
             None => Ok(Settled::Counted),
         }
+    }
+
+    /// Makes `ip`'s network familiar for `username` (after a sign-in completed with its second
+    /// factor: the primary sign-in did not, so that a password alone never makes a network
+    /// familiar while a policy still asks for more).
+    pub async fn remember_network(
+        &self,
+        tenant: &str,
+        username: &str,
+        ip: IpAddr,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        self.store
+            .remember_network(
+                tenant,
+                &user_key(username),
+                &self.network(ip),
+                now,
+                i64::from(self.config.familiar_networks),
+            )
+            .await
     }
 
     /// The user's counters as the store holds them (for operators and tests).
@@ -653,7 +768,17 @@ mod tests {
         let (home, away) = (ip("203.0.113.7"), ip("198.51.100.9"));
         let now = 1_000_000;
         assert_eq!(
-            attempt(&lockout, &limits, "alice@x", home, Outcome::Success, now).await,
+            attempt(
+                &lockout,
+                &limits,
+                "alice@x",
+                home,
+                Outcome::Success {
+                    remember_network: true
+                },
+                now
+            )
+            .await,
             Some(Settled::Nothing)
         );
         // Two failures from elsewhere: the second locks that scope.
@@ -685,7 +810,9 @@ mod tests {
                 &limits,
                 "alice@x",
                 home,
-                Outcome::Success,
+                Outcome::Success {
+                    remember_network: true
+                },
                 now + 5
             )
             .await,
@@ -708,7 +835,9 @@ mod tests {
                 &limits,
                 "alice@x",
                 home,
-                Outcome::Success,
+                Outcome::Success {
+                    remember_network: true
+                },
                 familiar_until
             )
             .await,
@@ -796,7 +925,15 @@ mod tests {
                     Admission::Admitted(ticket) => {
                         tokio::time::sleep(Duration::from_millis(5)).await;
                         lockout
-                            .settle("t", ticket, None, Outcome::Success, now)
+                            .settle(
+                                "t",
+                                ticket,
+                                None,
+                                Outcome::Success {
+                                    remember_network: true,
+                                },
+                                now,
+                            )
                             .await
                             .unwrap();
                         true
@@ -862,7 +999,9 @@ mod tests {
             &limits,
             "carol@x",
             away,
-            Outcome::Success,
+            Outcome::Success {
+                remember_network: true,
+            },
             now + 2,
         )
         .await;

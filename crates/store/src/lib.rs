@@ -16,7 +16,7 @@ pub mod mfa;
 use std::borrow::Cow;
 
 pub use key_encryption::{KeyEncryptionError, KeyEncryptionKey, is_sealed};
-pub use lockout::{AttemptEnd, LockoutScope, LockoutState, ScopeCounter, UserCounters};
+pub use lockout::{AttemptEnd, LockoutOp, LockoutScope, LockoutState, ScopeCounter, UserCounters};
 pub use mfa::{ChallengeState, MfaChallenge, MfaEnrolment};
 
 use passage_credentials::Secret;
@@ -50,6 +50,9 @@ pub enum StoreError {
          store_encryption_key_file to encrypt it, or find out who wrote it"
     )]
     PlaintextKey(String),
+    /// A batch of lockout updates failed (each sign-in in it gets this).
+    #[error("lockout update: {0}")]
+    Batch(String),
     /// A secret (an MFA secret, a challenge) is stored in plaintext although the store's
     /// secrets are encrypted.
     #[error("a secret is stored in plaintext although the store's secrets are encrypted")]

@@ -106,7 +106,8 @@ impl Store {
         .await?;
         let inserted = sqlx::query(
             "INSERT INTO mfa_enrolments (tenant_id, user_key, secret_sealed, created_at, \
-             confirmed_at, last_step) VALUES ($1, $2, $3, $4, NULL, 0) \
+             confirmed_at, last_step, wrong_codes, wrong_since) \
+             VALUES ($1, $2, $3, $4, NULL, 0, 0, 0) \
              ON CONFLICT (tenant_id, user_key) DO NOTHING",
         )
         .bind(tenant)
@@ -330,39 +331,121 @@ impl Store {
         .transpose()
     }
 
-    /// Counts a wrong code against an open challenge, ending it at `max_wrong`; returns the
-    /// wrong codes so far and the state it is in now (`None`: not open).
+    /// Takes one of an open, unexpired challenge's `max_attempts` attempts before its code is
+    /// checked, so concurrent calls cannot check more codes than allowed; `None` when the
+    /// challenge is not open, has expired, or has no attempt left. A right code gives it back
+    /// ([`Store::mfa_challenge_done`]); after a wrong one, [`Store::mfa_challenge_wrong_code`].
+    pub async fn mfa_challenge_attempt(
+        &self,
+        digest: &str,
+        now: i64,
+        max_attempts: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        let row = sqlx::query(
+            "UPDATE mfa_challenges SET wrong_codes = wrong_codes + 1 WHERE challenge_digest = $1 \
+             AND state = 'open' AND expires_at > $2 AND wrong_codes < $3 RETURNING wrong_codes",
+        )
+        .bind(digest)
+        .bind(now)
+        .bind(max_attempts)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| Ok(row.try_get("wrong_codes")?)).transpose()
+    }
+
+    /// After a wrong code: ends the challenge once its attempts are used up; returns its state.
     pub async fn mfa_challenge_wrong_code(
         &self,
         digest: &str,
-        max_wrong: i64,
-    ) -> Result<Option<(i64, ChallengeState)>, StoreError> {
+        max_attempts: i64,
+    ) -> Result<ChallengeState, StoreError> {
         let row = sqlx::query(
-            "UPDATE mfa_challenges SET wrong_codes = wrong_codes + 1, \
-             state = CASE WHEN wrong_codes + 1 >= $2 THEN 'ended' ELSE state END \
-             WHERE challenge_digest = $1 AND state = 'open' RETURNING wrong_codes, state",
+            "UPDATE mfa_challenges SET state = CASE WHEN wrong_codes >= $2 THEN 'ended' \
+             ELSE state END WHERE challenge_digest = $1 AND state = 'open' RETURNING state",
         )
         .bind(digest)
-        .bind(max_wrong)
+        .bind(max_attempts)
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|row| {
-            let state: String = row.try_get("state")?;
-            Ok((row.try_get("wrong_codes")?, ChallengeState::parse(&state)))
+        Ok(match row {
+            Some(row) => ChallengeState::parse(&row.try_get::<String, _>("state")?),
+            None => ChallengeState::Ended,
         })
-        .transpose()
     }
 
-    /// Marks an open challenge done: `true` exactly once, so tokens are issued once.
+    /// Marks an open challenge done after a right code (giving back the attempt it took):
+    /// `true` exactly once, so tokens are issued once.
     pub async fn mfa_challenge_done(&self, digest: &str) -> Result<bool, StoreError> {
         let done = sqlx::query(
-            "UPDATE mfa_challenges SET state = 'done' WHERE challenge_digest = $1 AND state = 'open'",
+            "UPDATE mfa_challenges SET state = 'done', wrong_codes = wrong_codes - 1 \
+             WHERE challenge_digest = $1 AND state = 'open'",
         )
         .bind(digest)
         .execute(&self.pool)
         .await?
         .rows_affected();
         Ok(done == 1)
+    }
+
+    /// Counts a wrong code against the user (across challenges): the count starts again when
+    /// the last one is older than `window_s`. Returns the count.
+    pub async fn mfa_user_wrong_code(
+        &self,
+        tenant: &str,
+        user_key: &str,
+        now: i64,
+        window_s: i64,
+    ) -> Result<i64, StoreError> {
+        let row = sqlx::query(
+            "UPDATE mfa_enrolments SET \
+             wrong_codes = CASE WHEN wrong_since <= $3 - $4 THEN 1 ELSE wrong_codes + 1 END, \
+             wrong_since = $3 WHERE tenant_id = $1 AND user_key = $2 RETURNING wrong_codes",
+        )
+        .bind(tenant)
+        .bind(user_key)
+        .bind(now)
+        .bind(window_s)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map_or(Ok(0), |row| Ok(row.try_get("wrong_codes")?))
+    }
+
+    /// The user's wrong codes still counting at `now` (0 when older than `window_s`).
+    pub async fn mfa_user_wrong_codes(
+        &self,
+        tenant: &str,
+        user_key: &str,
+        now: i64,
+        window_s: i64,
+    ) -> Result<i64, StoreError> {
+        let row = sqlx::query(
+            "SELECT CASE WHEN wrong_since <= $3 - $4 THEN 0 ELSE wrong_codes END AS wrong \
+             FROM mfa_enrolments WHERE tenant_id = $1 AND user_key = $2",
+        )
+        .bind(tenant)
+        .bind(user_key)
+        .bind(now)
+        .bind(window_s)
+        .fetch_optional(&self.reads)
+        .await?;
+        row.map_or(Ok(0), |row| Ok(row.try_get("wrong")?))
+    }
+
+    /// A right code: the user's count of wrong ones starts again.
+    pub async fn mfa_user_right_code(
+        &self,
+        tenant: &str,
+        user_key: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE mfa_enrolments SET wrong_codes = 0 WHERE tenant_id = $1 AND user_key = $2 \
+             AND wrong_codes <> 0",
+        )
+        .bind(tenant)
+        .bind(user_key)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     /// Deletes challenges that expired before `before`; returns how many.

@@ -47,6 +47,8 @@ pub struct Policies {
     current: RwLock<Arc<PolicySet>>,
     /// The file's text last seen (good or bad), so a bad file is reported once.
     last_text: Mutex<String>,
+    /// Whether this gateway can run MFA; without it, a set that can require MFA is refused.
+    mfa_available: std::sync::atomic::AtomicBool,
 }
 
 impl Policies {
@@ -56,6 +58,7 @@ impl Policies {
             path: None,
             current: RwLock::new(Arc::new(PolicySet::empty())),
             last_text: Mutex::new(String::new()),
+            mfa_available: std::sync::atomic::AtomicBool::new(true),
         })
     }
 
@@ -76,7 +79,15 @@ impl Policies {
             path: Some(path.to_owned()),
             current: RwLock::new(Arc::new(set)),
             last_text: Mutex::new(text),
+            mfa_available: std::sync::atomic::AtomicBool::new(true),
         }))
+    }
+
+    /// Says whether this gateway can run MFA: when it cannot, a changed file whose policies
+    /// can require MFA is refused like a bad one (as it is at start).
+    pub fn set_mfa_available(&self, available: bool) {
+        self.mfa_available
+            .store(available, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The policy set in force now.
@@ -112,6 +123,18 @@ impl Policies {
             return;
         }
         match PolicySet::parse(&text, &path.display().to_string()) {
+            Ok(set)
+                if set.can_require_mfa()
+                    && !self
+                        .mfa_available
+                        .load(std::sync::atomic::Ordering::Relaxed) =>
+            {
+                tracing::error!(
+                    file = %path.display(),
+                    active = self.current().content_hash(),
+                    "conditional access policy file refused: its policies can require MFA, and this gateway has no store_encryption_key_file for it; the previous policy set stays active"
+                );
+            }
             Ok(set) => {
                 tracing::info!(
                     file = %path.display(),
@@ -171,12 +194,25 @@ impl PendingSignIn {
     }
 }
 
+/// Wrong codes a user may enter across challenges within [`USER_WRONG_CODES_WINDOW_S`]
+/// before MFA waits for them (so a stolen password cannot buy endless challenges to guess
+/// codes in).
+pub const MAX_USER_WRONG_CODES: i64 = 10;
+/// The window of [`MAX_USER_WRONG_CODES`], in seconds.
+pub const USER_WRONG_CODES_WINDOW_S: i64 = 900;
+
 /// Why a second factor was not accepted.
 #[derive(Debug, thiserror::Error)]
 pub enum MfaFailure {
-    /// Unknown, expired, already used, or not this client's challenge.
-    #[error("the MFA challenge is unknown, expired, used, or another client's")]
+    /// Unknown, expired, or already used.
+    #[error("the MFA challenge is unknown, expired or used")]
     NoSuchChallenge,
+    /// Another client's, or from another address, than the sign-in that opened it.
+    #[error("the MFA challenge belongs to another client or address")]
+    NotThisClient(Box<PendingSignIn>),
+    /// Too many wrong codes for the user lately: MFA waits.
+    #[error("too many wrong codes for this user lately")]
+    UserLocked(Box<PendingSignIn>),
     /// A wrong (or replayed) code; the challenge stays open.
     #[error("wrong code ({wrong} of {max})")]
     WrongCode {
@@ -222,12 +258,32 @@ pub enum Enrolled {
 pub struct SecondFactor {
     store: Store,
     config: MfaConfig,
+    /// Recovery-code checks running at once (each is up to ten Argon2id hashes).
+    recovery_checks: tokio::sync::Semaphore,
 }
 
 impl SecondFactor {
     /// MFA over `store` (whose secrets are sealed with the key-encryption key).
     pub fn new(store: Store, config: MfaConfig) -> Self {
-        Self { store, config }
+        Self {
+            store,
+            config,
+            recovery_checks: tokio::sync::Semaphore::new(2),
+        }
+    }
+
+    /// Whether the user entered too many wrong codes lately: no new challenge then.
+    pub async fn user_locked(
+        &self,
+        tenant: &str,
+        user_key: &str,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        Ok(self
+            .store
+            .mfa_user_wrong_codes(tenant, user_key, now, USER_WRONG_CODES_WINDOW_S)
+            .await?
+            >= MAX_USER_WRONG_CODES)
     }
 
     /// The settings.
@@ -292,47 +348,63 @@ impl SecondFactor {
             .await?
             .ok_or(MfaFailure::NoSuchChallenge)?;
         let client_ip = client_ip.map(|ip| ip.to_string()).unwrap_or_default();
-        if challenge.tenant != tenant
-            || challenge.expires_at <= now
-            || challenge.client_id != client_id
-            || challenge.client_ip != client_ip
-        {
+        if challenge.tenant != tenant {
             return Err(MfaFailure::NoSuchChallenge);
         }
         let pending: PendingSignIn = serde_json::from_slice(challenge.payload.expose())
             .map_err(|_| MfaFailure::NoSuchChallenge)?;
-        match challenge.state {
-            ChallengeState::Open => {}
-            ChallengeState::Done => return Err(MfaFailure::NoSuchChallenge),
-            ChallengeState::Ended => return Err(MfaFailure::Ended(Box::new(pending))),
+        if challenge.client_id != client_id || challenge.client_ip != client_ip {
+            return Err(MfaFailure::NotThisClient(Box::new(pending)));
         }
         let user_key = challenge.user_key.as_str();
+        if self.user_locked(tenant, user_key, now).await? {
+            return Err(MfaFailure::UserLocked(Box::new(pending)));
+        }
+        let max = passage_mfa::MAX_WRONG_CODES;
+        // One of the challenge's attempts, taken before the code is checked.
+        if self
+            .store
+            .mfa_challenge_attempt(&digest, now, i64::from(max))
+            .await?
+            .is_none()
+        {
+            return Err(match challenge.state {
+                ChallengeState::Done => MfaFailure::NoSuchChallenge,
+                _ if challenge.expires_at <= now => MfaFailure::NoSuchChallenge,
+                _ => MfaFailure::Ended(Box::new(pending)),
+            });
+        }
         let accepted = if passage_mfa::looks_like_recovery_code(code) {
             self.recovery_code(tenant, user_key, code, now).await?
         } else {
             self.totp_code(tenant, user_key, code, now).await?
         };
         let Some((method, log_word)) = accepted else {
-            let max = passage_mfa::MAX_WRONG_CODES;
-            return match self
+            let state = self
                 .store
                 .mfa_challenge_wrong_code(&digest, i64::from(max))
-                .await?
-            {
-                Some((_, ChallengeState::Ended)) => Err(MfaFailure::Ended(Box::new(pending))),
-                Some((wrong, _)) => Err(MfaFailure::WrongCode {
+                .await?;
+            let wrong = self
+                .store
+                .mfa_user_wrong_code(tenant, user_key, now, USER_WRONG_CODES_WINDOW_S)
+                .await?;
+            return Err(if state == ChallengeState::Ended {
+                MfaFailure::Ended(Box::new(pending))
+            } else if wrong >= MAX_USER_WRONG_CODES {
+                MfaFailure::UserLocked(Box::new(pending))
+            } else {
+                MfaFailure::WrongCode {
                     wrong,
                     max,
                     pending: Box::new(pending),
-                }),
-                // Completed or ended by another call meanwhile.
-                None => Err(MfaFailure::NoSuchChallenge),
-            };
+                }
+            });
         };
         // Exactly once, even with the same code sent twice at the same moment.
         if !self.store.mfa_challenge_done(&digest).await? {
             return Err(MfaFailure::NoSuchChallenge);
         }
+        self.store.mfa_user_right_code(tenant, user_key).await?;
         Ok(Completed {
             pending,
             method,
@@ -378,7 +450,13 @@ impl SecondFactor {
             .mfa_recovery_code_hashes(tenant, user_key)
             .await?;
         let code = code.to_owned();
-        // Argon2id on the blocking pool: each check costs tens of milliseconds of CPU.
+        // Argon2id on the blocking pool, two checks at a time at most: each costs tens of
+        // milliseconds of CPU and 19 MiB.
+        let _permit = self
+            .recovery_checks
+            .acquire()
+            .await
+            .map_err(|err| MfaFailure::Enrolment(err.to_string()))?;
         let matched = tokio::task::spawn_blocking(move || {
             hashes
                 .into_iter()

@@ -410,10 +410,10 @@ impl BoundGateway {
             _ => None,
         };
         let log_store = store.clone().filter(|_| config.signin_log_days > 0);
-        if let Some(store) = log_store.clone() {
-            tokio::spawn(prune_signin_log(
+        if let Some(store) = store.clone() {
+            tokio::spawn(prune_hourly(
                 store,
-                i64::from(config.signin_log_days) * 86_400,
+                (config.signin_log_days > 0).then_some(i64::from(config.signin_log_days) * 86_400),
             ));
         }
         let keys = Arc::new(KeySetCache::new(
@@ -451,6 +451,7 @@ impl BoundGateway {
             )),
             _ => None,
         };
+        policies.set_mfa_available(second_factor.is_some());
         if second_factor.is_none() && policies.current().can_require_mfa() {
             return Err(GatewayError::Config(
                 "policies_file has policies that require MFA: the gateway needs store_url and \
@@ -531,19 +532,31 @@ impl BoundGateway {
     }
 }
 
-/// Deletes sign-ins older than `retention_s` from the sign-in log, hourly.
-async fn prune_signin_log(store: passage_store::Store, retention_s: i64) {
+/// Hourly: deletes sign-ins older than `log_retention_s` (when the log is kept) and MFA challenges
+/// that expired over an hour ago.
+async fn prune_hourly(store: passage_store::Store, log_retention_s: Option<i64>) {
     let mut tick = tokio::time::interval(Duration::from_secs(3600));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        if let Some(retention_s) = log_retention_s {
+            match store
+                .prune_signins(passage_pki::unix_now() - retention_s)
+                .await
+            {
+                Ok(0) => {}
+                Ok(pruned) => tracing::info!(pruned, "pruned the sign-in log"),
+                Err(err) => tracing::warn!(error = %err, "pruning the sign-in log failed"),
+            }
+        }
+        // MFA challenges expire in minutes; keep an hour of them for the record.
         match store
-            .prune_signins(passage_pki::unix_now() - retention_s)
+            .prune_mfa_challenges(passage_pki::unix_now() - 3600)
             .await
         {
             Ok(0) => {}
-            Ok(pruned) => tracing::info!(pruned, "pruned the sign-in log"),
-            Err(err) => tracing::warn!(error = %err, "pruning the sign-in log failed"),
+            Ok(pruned) => tracing::info!(pruned, "pruned expired MFA challenges"),
+            Err(err) => tracing::warn!(error = %err, "pruning MFA challenges failed"),
         }
     }
 }

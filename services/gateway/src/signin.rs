@@ -123,6 +123,9 @@ pub enum SignInError {
     /// A policy requires MFA and the user has no authenticator.
     #[error("MFA is required and the user has no authenticator")]
     MfaNotEnrolled,
+    /// Too many wrong codes for the user lately: no new challenge for now.
+    #[error("too many wrong MFA codes for this user lately")]
+    MfaLocked,
     /// The second factor was not accepted.
     #[error(transparent)]
     Mfa(#[from] MfaFailure),
@@ -158,8 +161,12 @@ impl SignInError {
             SignInError::Throttled(_) => ErrorCode::Throttled,
             SignInError::BlockedByPolicy(_) => ErrorCode::BlockedByPolicy,
             SignInError::MfaNotEnrolled => ErrorCode::MfaNotEnrolled,
+            SignInError::MfaLocked => ErrorCode::MfaLocked,
             SignInError::Mfa(failure) => match failure {
-                MfaFailure::NoSuchChallenge => ErrorCode::MfaChallengeInvalid,
+                MfaFailure::NoSuchChallenge | MfaFailure::NotThisClient(_) => {
+                    ErrorCode::MfaChallengeInvalid
+                }
+                MfaFailure::UserLocked(_) => ErrorCode::MfaLocked,
                 MfaFailure::WrongCode { .. } => ErrorCode::MfaCodeInvalid,
                 MfaFailure::Ended(_) => ErrorCode::MfaChallengeEnded,
                 MfaFailure::Store(_) | MfaFailure::Enrolment(_) => ErrorCode::Internal,
@@ -244,9 +251,11 @@ impl SignInService {
         check_field("client_ip", &client_ip, MAX_FIELD_BYTES)?;
         let client_ip = match client_ip.as_str() {
             "" => None,
+            // An IPv4-mapped IPv6 address is the IPv4 address, for every decision made on it.
             text => Some(
                 text.parse::<IpAddr>()
-                    .map_err(|_| SignInError::BadClientIp)?,
+                    .map_err(|_| SignInError::BadClientIp)?
+                    .to_canonical(),
             ),
         };
         Ok(CheckedRequest {
@@ -279,7 +288,7 @@ impl SignInService {
             "" => Ok(None),
             text => text
                 .parse::<IpAddr>()
-                .map(Some)
+                .map(|ip| Some(ip.to_canonical()))
                 .map_err(|_| SignInError::BadClientIp),
         }
     }
@@ -605,6 +614,7 @@ impl SignInService {
                     .finish(
                         &request,
                         Err(SignInError::LockedOut(refusal.until)),
+                        None,
                         Some(scope),
                         "refused",
                         now,
@@ -626,10 +636,18 @@ impl SignInService {
             (ValidationOutcome::Success, Some(user)) => Ok((user, answer.agent_id)),
             (outcome, _) => Err(SignInError::Refused(outcome)),
         });
+        // Conditional access decides what a right password leads to; a network becomes familiar
+        // only when the sign-in gets its tokens now (not behind a block or a second factor).
+        let evaluation = result
+            .as_ref()
+            .ok()
+            .map(|(user, _)| self.evaluate(&request, user, scope));
         let mut lockout_state = "none";
         if let (Some(lockout), Some(ticket)) = (&self.lockout, ticket) {
             let outcome = match &result {
-                Ok(_) => Outcome::Success,
+                Ok(_) => Outcome::Success {
+                    remember_network: evaluation.as_ref().is_some_and(|e| e.grant == Grant::Allow),
+                },
                 // Wrong password and unknown user alike (the answer does not tell them apart),
                 // unless the agent recognised a wrong password tried before and did not bind.
                 Err(SignInError::Refused(ValidationOutcome::InvalidCredentials)) if !repeated => {
@@ -649,15 +667,47 @@ impl SignInService {
                 Err(err) => tracing::error!(error = %err, "smart lockout: counting failed"),
             }
         }
-        self.finish(&request, result, scope, lockout_state, now, started)
-            .await
+        self.finish(
+            &request,
+            result,
+            evaluation,
+            scope,
+            lockout_state,
+            now,
+            started,
+        )
+        .await
+    }
+
+    /// What the policies in force decide for a sign-in whose password the directory accepted.
+    fn evaluate(
+        &self,
+        request: &CheckedRequest,
+        user: &DirectoryUser,
+        scope: Option<Scope>,
+    ) -> passage_policy::Evaluation {
+        let upn = if user.upn.is_empty() {
+            request.username.to_string()
+        } else {
+            user.upn.clone()
+        };
+        self.policies.current().evaluate(&SignInFacts {
+            user: &upn,
+            groups: &user.groups,
+            application: &request.client_id,
+            client_ip: request.client_ip,
+            unfamiliar_location: scope != Some(Scope::Familiar),
+            client_type: ClientType::Grpc,
+        })
     }
 
     /// Issues tokens for a success, or the coded error; logs the attempt either way.
+    #[allow(clippy::too_many_arguments)]
     async fn finish(
         &self,
         request: &CheckedRequest,
         result: Result<(DirectoryUser, String), SignInError>,
+        evaluation: Option<passage_policy::Evaluation>,
         scope: Option<Scope>,
         lockout_state: &'static str,
         now: i64,
@@ -697,8 +747,14 @@ impl SignInService {
                 };
                 entry.upn = subject.upn.clone();
                 entry.agent_id = agent_id.clone();
-                self.after_password(request, subject, agent_id, scope, now, &mut entry)
-                    .await
+                let evaluation = match evaluation {
+                    Some(evaluation) => evaluation,
+                    None => self.evaluate(request, &user_for_policy(&subject), scope),
+                };
+                self.after_password(
+                    request, subject, agent_id, evaluation, scope, now, &mut entry,
+                )
+                .await
             }
             Err(err) => Err(err),
         };
@@ -742,24 +798,18 @@ impl SignInService {
 
     /// After the directory said the password is right: conditional access decides, then the
     /// tokens, or an MFA challenge, or a refusal.
+    #[allow(clippy::too_many_arguments)]
     async fn after_password(
         &self,
         request: &CheckedRequest,
         subject: Subject,
         agent_id: String,
+        evaluation: passage_policy::Evaluation,
         scope: Option<Scope>,
         now: i64,
         entry: &mut SigninEntry,
     ) -> Result<SignInResponse, SignInError> {
         let policies = self.policies.current();
-        let evaluation = policies.evaluate(&SignInFacts {
-            user: &subject.upn,
-            groups: &subject.groups,
-            application: &request.client_id,
-            client_ip: request.client_ip,
-            unfamiliar_location: scope != Some(Scope::Familiar),
-            client_type: ClientType::Grpc,
-        });
         entry.policies = evaluation.summary();
         let lifetime = evaluation.token_lifetime;
         match evaluation.grant {
@@ -782,6 +832,10 @@ impl SignInService {
                 };
                 let user_key = subject.upn.to_lowercase();
                 match mfa.enrolled(&self.tenant, &user_key).await? {
+                    Enrolled::Yes if mfa.user_locked(&self.tenant, &user_key, now).await? => {
+                        entry.mfa = "locked".into();
+                        Err(SignInError::MfaLocked)
+                    }
                     Enrolled::Yes => {
                         let pending = PendingSignIn {
                             username: request.username.to_string(),
@@ -897,6 +951,14 @@ impl SignInService {
                 Ok(done) => {
                     record(&mut entry, &done.pending);
                     entry.mfa = done.log_word.into();
+                    // Now the sign-in is complete, its network becomes familiar.
+                    if let (Some(lockout), Some(ip)) = (&self.lockout, client_ip)
+                        && let Err(err) = lockout
+                            .remember_network(&self.tenant, &done.pending.username, ip, now)
+                            .await
+                    {
+                        tracing::error!(error = %err, "smart lockout: remembering the network failed");
+                    }
                     self.tokens(
                         &done.pending.subject(&self.tenant),
                         &request.client_id,
@@ -916,6 +978,14 @@ impl SignInService {
                             record(&mut entry, pending);
                             entry.mfa = "challenge_ended".into();
                         }
+                        MfaFailure::NotThisClient(pending) => {
+                            record(&mut entry, pending);
+                            entry.mfa = "other_client".into();
+                        }
+                        MfaFailure::UserLocked(pending) => {
+                            record(&mut entry, pending);
+                            entry.mfa = "locked".into();
+                        }
                         _ => entry.mfa = "invalid_challenge".into(),
                     }
                     Err(SignInError::Mfa(failure))
@@ -929,5 +999,14 @@ impl SignInService {
             log.record(entry).await;
         }
         response
+    }
+}
+
+/// The directory's view of a subject, for a policy evaluated after the fact.
+fn user_for_policy(subject: &Subject) -> DirectoryUser {
+    DirectoryUser {
+        upn: subject.upn.clone(),
+        groups: subject.groups.clone(),
+        ..DirectoryUser::default()
     }
 }

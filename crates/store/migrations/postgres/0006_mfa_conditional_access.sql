@@ -8,6 +8,10 @@ CREATE TABLE mfa_enrolments (
     -- NULL until the user's first code confirms the enrolment.
     confirmed_at BIGINT,
     last_step BIGINT NOT NULL,
+    -- Wrong codes across challenges, and since when: past a limit the user's MFA waits,
+    -- whoever holds the password.
+    wrong_codes BIGINT NOT NULL,
+    wrong_since BIGINT NOT NULL,
     PRIMARY KEY (tenant_id, user_key)
 );
 

@@ -8,6 +8,10 @@ CREATE TABLE mfa_enrolments (
     -- NULL until the user's first code confirms the enrolment.
     confirmed_at INTEGER,
     last_step INTEGER NOT NULL,
+    -- Wrong codes across challenges, and since when: past a limit the user's MFA waits,
+    -- whoever holds the password.
+    wrong_codes INTEGER NOT NULL,
+    wrong_since INTEGER NOT NULL,
     PRIMARY KEY (tenant_id, user_key)
 );
 
