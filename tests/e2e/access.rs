@@ -44,6 +44,7 @@ async fn mfa_cluster(policies: &str, extra: &str) -> (Cluster, tempfile::TempDir
         ),
         gateway_store_key: true,
         debug_logs: true,
+        trace_export: true,
         ..ClusterOptions::default()
     })
     .await;
@@ -366,10 +367,22 @@ async fn a_full_mfa_sign_in_with_replay_recovery_codes_and_wrong_codes() {
         "{stdout}"
     );
 
-    // No TOTP secret or code anywhere: logs (at debug), stdout, the store's files. A code is
-    // six digits, so it is looked for as a whole word (a timestamp's microseconds are not).
+    // No TOTP secret or code anywhere: logs (at debug), stdout, the exported traces (once the
+    // gateway's complete_mfa spans are there), the store's files. A code is six digits, so it
+    // is looked for as a whole word (a timestamp's microseconds are not).
+    let collector = cluster.collector.as_ref().expect("trace export is on");
+    collector
+        .wait_for(std::time::Duration::from_secs(15), |spans| {
+            spans
+                .iter()
+                .filter(|s| s.service == "passage-gateway" && s.name == "complete_mfa")
+                .count()
+                >= 12
+        })
+        .await;
     let mut outputs = cluster.gateway.process.output();
     outputs.push_str(&cluster.dispatcher.process.output());
+    outputs.push_str(&collector.dump());
     let store_bytes = cluster.sqlite_store_bytes();
     for secret_text in [
         secret.base32(),
