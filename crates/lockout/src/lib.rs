@@ -337,11 +337,24 @@ impl Writer {
     }
 }
 
+/// How long a replica trusts what it last read of whether a network is familiar for a user.
+/// A network another replica just made familiar may count as unfamiliar here for that long
+/// (the stricter limits); one that stopped being familiar, after 90 days, for that long more.
+const FAMILIARITY_TTL: Duration = Duration::from_secs(60);
+/// Most (user, network) pairs remembered per replica.
+const FAMILIARITY_ENTRIES: usize = 100_000;
+
+/// What this replica last read of whether a network is familiar for a user: the network's
+/// last sighting and when it was read. Saves the read on every sign-in's path; the counters
+/// themselves always come from the store, in the atomic update that counts the attempt.
+type FamiliarityCache = HashMap<(String, String, String), (Option<i64>, std::time::Instant)>;
+
 /// Smart lockout over the shared store.
 #[derive(Debug, Clone)]
 pub struct SmartLockout {
     store: Store,
     writer: Writer,
+    familiarity: Arc<Mutex<FamiliarityCache>>,
     config: LockoutConfig,
     /// The longest an admitted attempt stays outstanding (after that the store forgets it:
     /// its gateway is gone), and the longest an attempt waits for others to be answered.
@@ -361,6 +374,7 @@ impl SmartLockout {
         config.validate()?;
         Ok(Self {
             writer: Writer::start(&store),
+            familiarity: Arc::default(),
             store,
             config,
             attempt_timeout,
@@ -436,18 +450,39 @@ impl SmartLockout {
         let give_up = tokio::time::Instant::now() + self.attempt_timeout;
         let mut pause = Duration::from_millis(5);
         loop {
-            let state = self
-                .store
-                .lockout_state(tenant, &key, network.as_deref(), since)
-                .await?;
-            let scope = if state.network_last_seen.is_some() {
+            // Whether the network is familiar, from this replica's recent reading when it has
+            // one (no client IP: unfamiliar, nothing to read); otherwise one read, which also
+            // refuses a locked-out user without writing anything.
+            let cached = match &network {
+                None => Some(None),
+                Some(network) => self.cached_familiarity(tenant, &key, network),
+            };
+            let network_last_seen = match cached {
+                Some(seen) => seen,
+                None => {
+                    let state = self
+                        .store
+                        .lockout_state(tenant, &key, network.as_deref(), since)
+                        .await?;
+                    if let Some(network) = &network {
+                        self.cache_familiarity(tenant, &key, network, state.network_last_seen);
+                    }
+                    let scope = if state.network_last_seen.is_some() {
+                        Scope::Familiar
+                    } else {
+                        Scope::Unfamiliar
+                    };
+                    if let Some(refusal) = limits.refusal(&state.counters, scope, now) {
+                        return Ok(Admission::Refused { scope, refusal });
+                    }
+                    state.network_last_seen
+                }
+            };
+            let scope = if network_last_seen.is_some() {
                 Scope::Familiar
             } else {
                 Scope::Unfamiliar
             };
-            if let Some(refusal) = limits.refusal(&state.counters, scope, now) {
-                return Ok(Admission::Refused { scope, refusal });
-            }
             let after = self
                 .writer
                 .run(LockoutOp::Reserve {
@@ -463,7 +498,7 @@ impl SmartLockout {
                 return Ok(Admission::Admitted(Ticket {
                     key,
                     scope,
-                    familiar_since: state.network_last_seen,
+                    familiar_since: network_last_seen,
                     limits: *limits,
                 }));
             }
@@ -583,6 +618,27 @@ impl SmartLockout {
         }
     }
 
+    fn cached_familiarity(&self, tenant: &str, key: &str, network: &str) -> Option<Option<i64>> {
+        let cache = self.familiarity.lock().unwrap_or_else(|p| p.into_inner());
+        let (seen, read_at) =
+            cache.get(&(tenant.to_owned(), key.to_owned(), network.to_owned()))?;
+        (read_at.elapsed() < FAMILIARITY_TTL).then_some(*seen)
+    }
+
+    fn cache_familiarity(&self, tenant: &str, key: &str, network: &str, seen: Option<i64>) {
+        let mut cache = self.familiarity.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= FAMILIARITY_ENTRIES {
+            cache.retain(|_, (_, read_at)| read_at.elapsed() < FAMILIARITY_TTL);
+            if cache.len() >= FAMILIARITY_ENTRIES {
+                cache.clear();
+            }
+        }
+        cache.insert(
+            (tenant.to_owned(), key.to_owned(), network.to_owned()),
+            (seen, std::time::Instant::now()),
+        );
+    }
+
     /// Makes `ip`'s network familiar for `username` (after a sign-in completed with its second
     /// factor: the primary sign-in did not, so that a password alone never makes a network
     /// familiar while a policy still asks for more).
@@ -593,15 +649,18 @@ impl SmartLockout {
         ip: IpAddr,
         now: i64,
     ) -> Result<(), StoreError> {
+        let (key, network) = (user_key(username), self.network(ip));
         self.store
             .remember_network(
                 tenant,
-                &user_key(username),
-                &self.network(ip),
+                &key,
+                &network,
                 now,
                 i64::from(self.config.familiar_networks),
             )
-            .await
+            .await?;
+        self.cache_familiarity(tenant, &key, &network, Some(now));
+        Ok(())
     }
 
     /// The user's counters as the store holds them (for operators and tests).
