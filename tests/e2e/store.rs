@@ -613,6 +613,51 @@ async fn lockout_and_signin_log(store: &Store) {
         (0, now + 700)
     );
 
+    // A batch of many sign-ins' updates, some users twice: few statements, each user's in
+    // order, each result in the order given.
+    use passage_store::LockoutOp;
+    let reserve = |user: &str, scope| LockoutOp::Reserve {
+        tenant: "t".into(),
+        user_key: user.into(),
+        scope,
+        now: now + 20,
+        until: now + 50,
+    };
+    let settle = |user: &str, scope, end| LockoutOp::Settle {
+        tenant: "t".into(),
+        user_key: user.into(),
+        scope,
+        end,
+        now: now + 20,
+    };
+    let ops = [
+        reserve("erin@x", Unfamiliar),
+        reserve("frank@x", Familiar),
+        reserve("erin@x", Unfamiliar),
+        settle("frank@x", Familiar, AttemptEnd::Success),
+        settle("erin@x", Unfamiliar, failures(1)),
+        reserve("gina@x", Unfamiliar),
+    ];
+    let results = store.run_lockout_ops(&ops).await.unwrap();
+    assert_eq!(results[0].unwrap().unfamiliar.pending, 1);
+    assert_eq!(results[1].unwrap().familiar.pending, 1);
+    assert_eq!(
+        results[2].unwrap().unfamiliar.pending,
+        2,
+        "erin's second, after her first"
+    );
+    assert_eq!(results[3], None);
+    let erin = results[4].unwrap().unfamiliar;
+    assert_eq!((erin.pending, erin.failures), (1, 1));
+    assert_eq!(results[5].unwrap().unfamiliar.pending, 1);
+    let frank = store
+        .lockout_state("t", "frank@x", None, 0)
+        .await
+        .unwrap()
+        .counters
+        .familiar;
+    assert_eq!(frank.pending, 0, "reserved, then settled in the same batch");
+
     // Familiar networks: bounded, most recent kept, expiring.
     for n in 0..5 {
         store

@@ -237,6 +237,126 @@ async fn run_op(
     }
 }
 
+/// Most users in one multi-row statement (3 parameters each).
+const MAX_ROWS_PER_STATEMENT: usize = 256;
+
+/// The reservations `indexes` of `ops` (all in `scope`, each of another user, in the order of
+/// their users) in one upsert; their counters go to `results`.
+async fn reserve_many(
+    conn: &mut sqlx::AnyConnection,
+    scope: LockoutScope,
+    ops: &[LockoutOp],
+    indexes: &[usize],
+    results: &mut [Option<UserCounters>],
+) -> Result<(), StoreError> {
+    let (name, other) = (scope.as_str(), scope.other().as_str());
+    let mut sql = format!(
+        "INSERT INTO lockout_users (tenant_id, user_key, {name}_pending, {name}_pending_until, \
+         {name}_failures, {name}_last_failure_at, {name}_locked_until, {name}_lockouts, \
+         {other}_failures, {other}_last_failure_at, {other}_pending, {other}_pending_until, \
+         {other}_locked_until, {other}_lockouts) VALUES "
+    );
+    for row in 0..indexes.len() {
+        let first = 2 + row * 3;
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!(
+            "(${first}, ${}, 1, ${}, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)",
+            first + 1,
+            first + 2
+        ));
+    }
+    sql.push_str(&format!(
+        " ON CONFLICT (tenant_id, user_key) DO UPDATE SET \
+         {name}_pending = CASE WHEN lockout_users.{name}_pending_until <= $1 THEN 1 \
+         ELSE lockout_users.{name}_pending + 1 END, \
+         {name}_pending_until = CASE WHEN lockout_users.{name}_pending_until > \
+         excluded.{name}_pending_until THEN lockout_users.{name}_pending_until \
+         ELSE excluded.{name}_pending_until END \
+         RETURNING tenant_id, user_key, {COUNTER_COLUMNS}"
+    ));
+    let now = indexes
+        .iter()
+        .map(|&i| match &ops[i] {
+            LockoutOp::Reserve { now, .. } => *now,
+            _ => 0,
+        })
+        .max()
+        .unwrap_or(0);
+    // Audited: the text holds only fixed column names (of the two scopes) and numbered
+    // placeholders; every value is bound.
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
+    for &index in indexes {
+        if let LockoutOp::Reserve {
+            tenant,
+            user_key,
+            until,
+            ..
+        } = &ops[index]
+        {
+            query = query
+                .bind(tenant.clone())
+                .bind(user_key.clone())
+                .bind(*until);
+        }
+    }
+    let rows = query.fetch_all(&mut *conn).await?;
+    for row in rows {
+        let tenant: String = row.try_get(0)?;
+        let user_key: String = row.try_get(1)?;
+        let counters = counters_from_row_at(&row, 2)?;
+        if let Some(&index) = indexes
+            .iter()
+            .find(|&&i| ops[i].user() == (tenant.as_str(), user_key.as_str()))
+        {
+            results[index] = Some(counters);
+        }
+    }
+    Ok(())
+}
+
+/// The successes `indexes` of `ops` (all in `scope`, each of another user, in the order of
+/// their users) in one update.
+async fn succeed_many(
+    conn: &mut sqlx::AnyConnection,
+    scope: LockoutScope,
+    ops: &[LockoutOp],
+    indexes: &[usize],
+) -> Result<(), StoreError> {
+    let name = scope.as_str();
+    let mut sql = format!(
+        "UPDATE lockout_users SET {name}_pending = CASE WHEN {name}_pending > 0 \
+         AND {name}_pending_until > $1 THEN {name}_pending - 1 ELSE 0 END, \
+         familiar_failures = 0, unfamiliar_failures = 0, familiar_lockouts = 0, \
+         unfamiliar_lockouts = 0 WHERE (tenant_id, user_key) IN (VALUES "
+    );
+    for row in 0..indexes.len() {
+        let first = 2 + row * 2;
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!("(${first}, ${})", first + 1));
+    }
+    sql.push(')');
+    let now = indexes
+        .iter()
+        .map(|&i| match &ops[i] {
+            LockoutOp::Settle { now, .. } => *now,
+            _ => 0,
+        })
+        .max()
+        .unwrap_or(0);
+    // Audited: as in `reserve_many`.
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
+    for &index in indexes {
+        let (tenant, user_key) = ops[index].user();
+        query = query.bind(tenant.to_owned()).bind(user_key.to_owned());
+    }
+    query.execute(&mut *conn).await?;
+    Ok(())
+}
+
 const COUNTER_COLUMNS: &str = "familiar_failures, familiar_last_failure_at, familiar_pending, \
      familiar_pending_until, familiar_locked_until, familiar_lockouts, unfamiliar_failures, \
      unfamiliar_last_failure_at, unfamiliar_pending, unfamiliar_pending_until, \
@@ -310,7 +430,13 @@ fn statements(scope: LockoutScope) -> &'static ScopeStatements {
 
 /// The counters of a row whose first columns are [`COUNTER_COLUMNS`], in that order.
 fn counters_from_row(row: &sqlx::any::AnyRow) -> Result<UserCounters, StoreError> {
+    counters_from_row_at(row, 0)
+}
+
+/// The counters of a row whose columns from `at` on are [`COUNTER_COLUMNS`], in that order.
+fn counters_from_row_at(row: &sqlx::any::AnyRow, at: usize) -> Result<UserCounters, StoreError> {
     let scope = |first: usize| -> Result<ScopeCounter, StoreError> {
+        let first = at + first;
         Ok(ScopeCounter {
             failures: row.try_get(first)?,
             last_failure_at: row.try_get(first + 1)?,
@@ -434,22 +560,65 @@ impl Store {
         run_op(&mut conn, &op).await
     }
 
-    /// Runs many lockout updates (of many sign-ins) in one transaction, in the order of their
-    /// users (so that replicas doing the same never wait on each other in a cycle), each seeing
-    /// the ones before it; returns each one's result in the order given. Under load this turns
-    /// thousands of small transactions a second into a few larger ones.
+    /// Runs many lockout updates (of many sign-ins) with few statements: the reservations of
+    /// each scope in one multi-row upsert, the successes of each scope in one update, the rest
+    /// (failures, lockouts: rare) one by one. A user with several updates in the batch has them
+    /// run in the order given, one round each. Rows are always taken in the order of their
+    /// users, so replicas doing the same never wait on each other in a cycle. Returns each
+    /// update's result in the order given.
     pub async fn run_lockout_ops(
         &self,
         ops: &[LockoutOp],
     ) -> Result<Vec<Option<UserCounters>>, StoreError> {
-        let mut order: Vec<usize> = (0..ops.len()).collect();
-        order.sort_by(|&a, &b| ops[a].user().cmp(&ops[b].user()));
         let mut results = vec![None; ops.len()];
-        let mut tx = self.volatile.begin().await?;
-        for index in order {
-            results[index] = run_op(&mut tx, &ops[index]).await?;
+        // Rounds in which each user appears at most once.
+        let mut rounds: Vec<Vec<usize>> = Vec::new();
+        let mut next_round: std::collections::HashMap<(&str, &str), usize> =
+            std::collections::HashMap::new();
+        for (index, op) in ops.iter().enumerate() {
+            let round = next_round.entry(op.user()).or_insert(0);
+            if rounds.len() <= *round {
+                rounds.push(Vec::new());
+            }
+            rounds[*round].push(index);
+            *round += 1;
         }
-        tx.commit().await?;
+        let mut conn = self.volatile.acquire().await?;
+        for mut round in rounds {
+            round.sort_by(|&a, &b| ops[a].user().cmp(&ops[b].user()));
+            for scope in [LockoutScope::Familiar, LockoutScope::Unfamiliar] {
+                let reserves: Vec<usize> = round
+                    .iter()
+                    .copied()
+                    .filter(
+                        |&i| matches!(&ops[i], LockoutOp::Reserve { scope: s, .. } if *s == scope),
+                    )
+                    .collect();
+                for chunk in reserves.chunks(MAX_ROWS_PER_STATEMENT) {
+                    reserve_many(&mut conn, scope, ops, chunk, &mut results).await?;
+                }
+                let successes: Vec<usize> = round
+                    .iter()
+                    .copied()
+                    .filter(|&i| {
+                        matches!(&ops[i], LockoutOp::Settle { scope: s, end: AttemptEnd::Success, .. } if *s == scope)
+                    })
+                    .collect();
+                for chunk in successes.chunks(MAX_ROWS_PER_STATEMENT) {
+                    succeed_many(&mut conn, scope, ops, chunk).await?;
+                }
+            }
+            for &index in &round {
+                match &ops[index] {
+                    LockoutOp::Reserve { .. }
+                    | LockoutOp::Settle {
+                        end: AttemptEnd::Success,
+                        ..
+                    } => {}
+                    other => results[index] = run_op(&mut conn, other).await?,
+                }
+            }
+        }
         Ok(results)
     }
 
