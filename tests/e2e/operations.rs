@@ -60,6 +60,36 @@ async fn reflected_services(url: &str) -> Vec<String> {
     }
 }
 
+/// The services listed by the older `v1alpha` reflection (Python's grpcio-reflection, older
+/// grpcurl).
+async fn reflected_services_v1alpha(url: &str) -> Vec<String> {
+    use tonic_reflection::pb::v1alpha::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = ServerReflectionClient::new(channel(url).await)
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect("v1alpha reflection stream")
+        .into_inner();
+    match responses
+        .message()
+        .await
+        .expect("reflection answer")
+        .expect("one answer")
+        .message_response
+    {
+        Some(MessageResponse::ListServicesResponse(list)) => {
+            list.service.into_iter().map(|s| s.name).collect()
+        }
+        other => panic!("unexpected reflection answer {other:?}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_grpc_server_serves_health_and_reflection() {
     let cluster = Cluster::start(ClusterOptions::default()).await;
@@ -75,6 +105,11 @@ async fn every_grpc_server_serves_health_and_reflection() {
         assert!(
             services.iter().any(|s| s == service),
             "{url} reflects {services:?}"
+        );
+        let old = reflected_services_v1alpha(url).await;
+        assert!(
+            old.iter().any(|s| s == service),
+            "{url} reflects over v1alpha too: {old:?}"
         );
         assert!(
             services.iter().any(|s| s == "grpc.health.v1.Health"),

@@ -160,6 +160,21 @@ pub fn reflection() -> Result<
         .map_err(|err| TransportError::Config(format!("reflection: {err}")))
 }
 
+/// The same reflection as [`reflection`] under the older `grpc.reflection.v1alpha` name, which
+/// Python's `grpcio-reflection` client and older `grpcurl` builds still speak.
+pub fn reflection_v1alpha() -> Result<
+    tonic_reflection::server::v1alpha::ServerReflectionServer<
+        impl tonic_reflection::server::v1alpha::ServerReflection,
+    >,
+    TransportError,
+> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(passage_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|err| TransportError::Config(format!("reflection: {err}")))
+}
+
 /// An endpoint for `url` (`https://` with `tls`, or `http://` only when `insecure_plaintext`).
 pub fn endpoint(
     url: &str,

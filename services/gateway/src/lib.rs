@@ -493,6 +493,7 @@ impl BoundGateway {
         )?
         .add_service(health)
         .add_service(passage_transport::reflection()?)
+            .add_service(passage_transport::reflection_v1alpha()?)
         .add_service(GatewayServer::new(service))
         .add_service(GatewayAdminServer::new(admin))
         .serve_with_incoming_shutdown(self.grpc_incoming, stopped(stop_rx.clone()));
