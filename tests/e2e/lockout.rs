@@ -689,3 +689,49 @@ async fn an_agent_lost_after_it_had_the_password_counts_as_a_possible_bind() {
     let log = logged(&store, &alice.upn, 1).await;
     assert_eq!(log[0].lockout, "counted");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_its_caller_abandons_is_still_counted() {
+    let cluster = Cluster::start_enrolled(ClusterOptions {
+        gateway_config: "lockout = { threshold = 3, directory_threshold = 5 }\n".into(),
+        ..ClusterOptions::default()
+    })
+    .await;
+    let alice = default_users().remove(0);
+    // The directory is frozen; the caller gives up after 300 ms, long before it answers.
+    cluster.slapd.pause();
+    let mut request = tonic::Request::new(SignInRequest {
+        username: alice.upn.clone(),
+        password: "Abandoned-Guess-1".into(),
+        client_id: CLIENT_ID.into(),
+        client_ip: ATTACKER.into(),
+    });
+    request.set_timeout(std::time::Duration::from_millis(300));
+    let status = cluster
+        .gateway_client()
+        .sign_in(request)
+        .await
+        .expect_err("the caller gave up");
+    // tonic reports its own client-side deadline as a cancellation.
+    assert_eq!(status.code(), tonic::Code::Cancelled, "{status:?}");
+    cluster.slapd.resume();
+    // The sign-in went on without its caller: the wrong password reached slapd and is counted.
+    let store = Store::open(&cluster.store_url()).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let counters = store
+            .lockout_state("default", &alice.upn.to_lowercase(), None, 0)
+            .await
+            .unwrap()
+            .counters;
+        if counters.unfamiliar.failures == 1 && counters.unfamiliar.pending == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the abandoned attempt was never counted: {counters:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(directory_lockout(&cluster, &alice.dn()).await, (false, 1));
+}

@@ -444,10 +444,8 @@ impl SmartLockout {
         let key = user_key(username);
         let since = now - i64::from(self.config.familiar_network_days) * 86_400;
         let network = ip.map(|ip| self.network(ip));
-        let outstanding_until = now
-            .saturating_add(self.attempt_timeout.as_secs() as i64)
-            .saturating_add(1);
-        let give_up = tokio::time::Instant::now() + self.attempt_timeout;
+        let started = tokio::time::Instant::now();
+        let give_up = started + self.attempt_timeout;
         let mut pause = Duration::from_millis(5);
         loop {
             // Whether the network is familiar, from this replica's recent reading when it has
@@ -483,6 +481,12 @@ impl SmartLockout {
             } else {
                 Scope::Unfamiliar
             };
+            // Outstanding for as long as the sign-in may still take from here (its dispatcher
+            // calls), with room for the key fetch and the settling itself.
+            let outstanding_until = now
+                .saturating_add(started.elapsed().as_secs() as i64)
+                .saturating_add(self.attempt_timeout.as_secs() as i64)
+                .saturating_add(5);
             let after = self
                 .writer
                 .run(LockoutOp::Reserve {
@@ -1082,14 +1086,10 @@ mod tests {
         };
         let c = counters(lockout.clone()).await;
         assert_eq!(c.pending, 1);
-        assert_eq!(
-            limits.pending(
-                &lockout.counters("t", "carol@x").await.unwrap(),
-                Scope::Unfamiliar,
-                now + 16
-            ),
-            0
-        );
+        // Outstanding for the attempt timeout (5 s here) and 5 s of room, then forgotten.
+        let stored = lockout.counters("t", "carol@x").await.unwrap();
+        assert_eq!(limits.pending(&stored, Scope::Unfamiliar, now + 19), 1);
+        assert_eq!(limits.pending(&stored, Scope::Unfamiliar, now + 20), 0);
     }
 
     #[tokio::test]

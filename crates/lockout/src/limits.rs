@@ -85,8 +85,10 @@ impl Limits {
         };
         let bearable = directory.threshold.saturating_sub(1);
         Limits {
+            // Where the user works, at least one attempt (their own risk, as at their desk);
+            // from elsewhere none when the directory bears fewer than two failures.
             familiar: configured.min(bearable).max(1),
-            unfamiliar: configured.min(bearable / 2).max(1),
+            unfamiliar: configured.min(bearable / 2),
             together: Some(bearable.max(1)),
             familiar_window_s: config.window_s,
             unfamiliar_window_s: match directory.remembered {
@@ -264,8 +266,8 @@ mod tests {
             (10, policy(10, For(1800)), (9, 4, Some(9))),
             (10, policy(30, For(1800)), (10, 10, Some(29))),
             (10, policy(21, For(1800)), (10, 10, Some(20))),
-            (10, policy(2, UntilSuccess), (1, 1, Some(1))),
-            (10, policy(1, UntilSuccess), (1, 1, Some(1))),
+            (10, policy(2, UntilSuccess), (1, 0, Some(1))),
+            (10, policy(1, UntilSuccess), (1, 0, Some(1))),
         ];
         for &(configured, directory, expected) in table {
             let limits = Limits::of(&config(configured), directory);

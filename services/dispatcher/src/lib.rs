@@ -409,7 +409,7 @@ impl BoundDispatcher {
         )?
         .add_service(api_health)
         .add_service(passage_transport::reflection()?)
-            .add_service(passage_transport::reflection_v1alpha()?)
+        .add_service(passage_transport::reflection_v1alpha()?)
         .add_service(DispatcherServer::new(relay))
         .serve_with_incoming_shutdown(self.api_incoming, stopped(stop_rx));
         tracing::info!(%dispatcher_id, agents = %self.agent_addr, api = %self.api_addr, "dispatcher serving");

@@ -28,7 +28,7 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::{
     keyset::{KeySetCache, KeyVerifier},
-    signin::SignInService,
+    signin::{GatewayService, SignInService},
 };
 
 /// Gateway configuration (TOML).
@@ -466,7 +466,7 @@ impl BoundGateway {
             log_store.clone(),
             Arc::clone(&policies),
         );
-        let service = SignInService::new(
+        let service = GatewayService::new(SignInService::new(
             &config,
             dispatcher,
             keys,
@@ -475,11 +475,11 @@ impl BoundGateway {
             lockout,
             policies,
             second_factor,
-        );
+        ));
 
         let (health_reporter, health) = passage_transport::health();
         health_reporter
-            .set_serving::<GatewayServer<SignInService>>()
+            .set_serving::<GatewayServer<GatewayService>>()
             .await;
 
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -493,7 +493,7 @@ impl BoundGateway {
         )?
         .add_service(health)
         .add_service(passage_transport::reflection()?)
-            .add_service(passage_transport::reflection_v1alpha()?)
+        .add_service(passage_transport::reflection_v1alpha()?)
         .add_service(GatewayServer::new(service))
         .add_service(GatewayAdminServer::new(admin))
         .serve_with_incoming_shutdown(self.grpc_incoming, stopped(stop_rx.clone()));
@@ -523,7 +523,7 @@ impl BoundGateway {
             shutdown.await;
             tracing::info!("shutting down: finishing calls in progress");
             health_reporter
-                .set_not_serving::<GatewayServer<SignInService>>()
+                .set_not_serving::<GatewayServer<GatewayService>>()
                 .await;
             let _ = stop_tx.send(true);
         });

@@ -135,6 +135,22 @@ pub enum SignInError {
 }
 
 impl SignInError {
+    /// Whether the password may have reached the directory although no verdict came back: a
+    /// deadline passed, an answer did not open, or the dispatcher failed after taking it.
+    /// Smart lockout counts such an attempt. (An agent that could not reach the directory
+    /// says so as "directory unavailable", which is not counted: see docs/lockout.md.)
+    pub fn may_have_bound(&self) -> bool {
+        match self {
+            SignInError::Timeout(_)
+            | SignInError::NotAuthentic(_)
+            | SignInError::Unreachable(_) => true,
+            SignInError::Dispatcher { code, .. } => {
+                matches!(code, ErrorCode::AgentTimeout | ErrorCode::Internal)
+            }
+            _ => false,
+        }
+    }
+
     /// The stable code.
     pub fn code(&self) -> ErrorCode {
         match self {
@@ -492,9 +508,52 @@ fn dispatcher_failed(status: Status) -> SignInError {
     }
 }
 
+/// The `Gateway` gRPC service. Each call runs to its end in a task of its own, even when the
+/// caller cancels it or its deadline passes: once a password may be on its way to the
+/// directory, smart lockout must still count what came of it (an abandoned call would otherwise
+/// be a free guess).
+#[derive(Clone)]
+pub struct GatewayService(Arc<SignInService>);
+
+impl GatewayService {
+    /// Serves `service`.
+    pub fn new(service: SignInService) -> Self {
+        Self(Arc::new(service))
+    }
+}
+
 #[tonic::async_trait]
-impl Gateway for SignInService {
+impl Gateway for GatewayService {
     async fn sign_in(
+        &self,
+        request: Request<SignInRequest>,
+    ) -> Result<Response<SignInResponse>, Status> {
+        let service = Arc::clone(&self.0);
+        tokio::spawn(async move { service.sign_in(request).await })
+            .await
+            .unwrap_or_else(|err| {
+                tracing::error!(error = %err, "a sign-in task failed");
+                Err(ErrorCode::Internal.public_status())
+            })
+    }
+
+    async fn complete_mfa(
+        &self,
+        request: Request<CompleteMfaRequest>,
+    ) -> Result<Response<CompleteMfaResponse>, Status> {
+        let service = Arc::clone(&self.0);
+        tokio::spawn(async move { service.complete_mfa(request).await })
+            .await
+            .unwrap_or_else(|err| {
+                tracing::error!(error = %err, "an MFA task failed");
+                Err(ErrorCode::Internal.public_status())
+            })
+    }
+}
+
+impl SignInService {
+    /// `Gateway.SignIn`.
+    pub async fn sign_in(
         &self,
         request: Request<SignInRequest>,
     ) -> Result<Response<SignInResponse>, Status> {
@@ -534,7 +593,8 @@ impl Gateway for SignInService {
             .await
     }
 
-    async fn complete_mfa(
+    /// `Gateway.CompleteMfa`.
+    pub async fn complete_mfa(
         &self,
         request: Request<CompleteMfaRequest>,
     ) -> Result<Response<CompleteMfaResponse>, Status> {
@@ -653,11 +713,17 @@ impl SignInService {
                 Err(SignInError::Refused(ValidationOutcome::InvalidCredentials)) if !repeated => {
                     Outcome::Failures(1 + lost)
                 }
-                // Only the lost agents may have bound.
+                // The directory answered otherwise, or the agent answered from memory: only
+                // the lost agents may have bound.
+                Err(SignInError::Refused(_)) => Outcome::Failures(lost),
+                // No answer, but the password may have reached the directory: counted.
+                Err(err) if err.may_have_bound() => Outcome::Failures(1 + lost),
                 Err(_) => Outcome::Failures(lost),
             };
+            // The time the answer came (a sign-in can take seconds), for the count's window.
+            let settled_at = passage_pki::unix_now();
             match lockout
-                .settle(&self.tenant, ticket, request.client_ip, outcome, now)
+                .settle(&self.tenant, ticket, request.client_ip, outcome, settled_at)
                 .await
             {
                 Ok(Settled::Nothing) if repeated => lockout_state = "repeat",
