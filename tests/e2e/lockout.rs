@@ -319,6 +319,24 @@ async fn attacks_at_once_or_across_cloud_lockouts_never_reach_the_directorys_thr
         (counters.familiar.failures, counters.unfamiliar.failures),
         (0, 0)
     );
+
+    // Bob fails four times at home: his own lockout, after which his own count starts again.
+    // slapd still holds all four, so an attacker elsewhere gets nothing through.
+    let bob = default_users().remove(1);
+    sign_in_from(&cluster, &bob.upn, &bob.password, HOME)
+        .await
+        .expect("bob at home");
+    for n in 0..4 {
+        let status = sign_in_from(&cluster, &bob.upn, &format!("Bob-Typo-{n}"), HOME)
+            .await
+            .expect_err("a typo");
+        assert_eq!(ErrorCode::of(&status), Some(ErrorCode::InvalidCredentials));
+    }
+    assert_eq!(directory_lockout(&cluster, &bob.dn()).await, (false, 4));
+    wait_out_lockout(&store, &bob.upn, Familiar).await;
+    let codes = spray(&cluster, &bob.upn, "Piggyback-", 5).await;
+    assert_eq!(codes.get(&ErrorCode::SmartLockout), Some(&5), "{codes:?}");
+    assert_eq!(directory_lockout(&cluster, &bob.dn()).await, (false, 4));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

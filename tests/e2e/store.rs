@@ -466,6 +466,7 @@ async fn lockout_and_signin_log(store: &Store) {
     let failures = move |n: i64| AttemptEnd::Failures {
         failures: n,
         expired_before: now - 600,
+        standing_expired_before: i64::MIN,
     };
     let mut tasks = tokio::task::JoinSet::new();
     for n in 0..12 {
@@ -562,6 +563,7 @@ async fn lockout_and_signin_log(store: &Store) {
             AttemptEnd::Failures {
                 failures: 2,
                 expired_before: now + 3,
+                standing_expired_before: i64::MIN,
             },
             now + 11,
         )
@@ -609,8 +611,13 @@ async fn lockout_and_signin_log(store: &Store) {
         .unwrap()
         .unwrap();
     assert_eq!(
-        (locked.familiar.failures, locked.familiar.locked_until),
-        (0, now + 700)
+        (
+            locked.familiar.failures,
+            locked.familiar.locked_until,
+            locked.familiar_standing
+        ),
+        (0, now + 700, 3),
+        "the familiar count starts again; what the directory holds stands"
     );
 
     // A batch of many sign-ins' updates, some users twice: few statements, each user's in

@@ -515,6 +515,7 @@ impl SmartLockout {
                     end: AttemptEnd::Failures {
                         failures: 0,
                         expired_before: i64::MIN,
+                        standing_expired_before: i64::MIN,
                     },
                     now,
                 })
@@ -582,6 +583,8 @@ impl SmartLockout {
                 end: AttemptEnd::Failures {
                     failures: i64::from(failures),
                     expired_before: limits.expired_before(scope, now),
+                    // The directory's memory (that of the unfamiliar scope's count).
+                    standing_expired_before: limits.expired_before(Scope::Unfamiliar, now),
                 },
                 now,
             })

@@ -147,6 +147,26 @@ impl Limits {
         }
     }
 
+    /// The failures of the *other* scope that count against `scope`'s room next to the
+    /// directory's threshold: for the unfamiliar scope, every familiar failure the directory
+    /// may still hold (a familiar lockout starts the familiar scope's own count again, not the
+    /// directory's); for the familiar scope, the unfamiliar count.
+    fn others_standing(&self, counters: &UserCounters, scope: Scope, now: i64) -> i64 {
+        match scope {
+            Scope::Familiar => self.live(counters, Scope::Unfamiliar, now),
+            Scope::Unfamiliar => {
+                if counters.familiar.last_failure_at <= self.expired_before(Scope::Unfamiliar, now)
+                {
+                    0
+                } else {
+                    counters
+                        .familiar_standing
+                        .max(self.live(counters, Scope::Familiar, now))
+                }
+            }
+        }
+    }
+
     /// The attempts of `scope` still outstanding at `now`.
     pub fn pending(&self, counters: &UserCounters, scope: Scope, now: i64) -> i64 {
         let counter = counters.scope(scope);
@@ -178,7 +198,7 @@ impl Limits {
                 until: self.count_expires(counter, scope),
             });
         }
-        let other = self.live(counters, scope.other(), now);
+        let other = self.others_standing(counters, scope, now);
         match self.together {
             Some(together) if own + other >= i64::from(together) => {
                 let other_counter = counters.scope(scope.other());
@@ -202,7 +222,8 @@ impl Limits {
     /// [`Limits::refusal`] applies), it must wait for others to be answered.
     pub fn admits(&self, after: &UserCounters, scope: Scope, now: i64) -> bool {
         let own = self.live(after, scope, now) + self.pending(after, scope, now);
-        let other = self.live(after, scope.other(), now) + self.pending(after, scope.other(), now);
+        let other =
+            self.others_standing(after, scope, now) + self.pending(after, scope.other(), now);
         after.scope(scope).locked_until <= now
             && own <= i64::from(self.limit(scope))
             && self
@@ -213,7 +234,7 @@ impl Limits {
     /// Whether failures leaving the counters `after` lock `scope` out.
     pub fn locks(&self, after: &UserCounters, scope: Scope, now: i64) -> bool {
         let own = self.live(after, scope, now);
-        let other = self.live(after, scope.other(), now);
+        let other = self.others_standing(after, scope, now);
         own >= i64::from(self.limit(scope))
             || self
                 .together
@@ -251,6 +272,7 @@ mod tests {
                 last_failure_at: unfamiliar.1,
                 ..ScopeCounter::default()
             },
+            familiar_standing: familiar.0,
         }
     }
 
@@ -335,6 +357,28 @@ mod tests {
             Some(Some(now + 1))
         );
         assert_eq!(limits.refusal(&locked, Scope::Familiar, now + 1), None);
+    }
+
+    #[test]
+    fn familiar_failures_the_directory_still_holds_narrow_the_unfamiliar_room() {
+        let now = 10_000;
+        let limits = Limits::of(&config(10), policy(5, Remembered::UntilSuccess));
+        // The user failed 4 times at home; the familiar lockout started their own count again
+        // (0), but the directory holds all 4: nothing from elsewhere may go out.
+        let mut counters = counters((0, now - 700), (0, 0));
+        counters.familiar_standing = 4;
+        assert_eq!(limits.refusal(&counters, Scope::Familiar, now), None);
+        assert!(limits.refusal(&counters, Scope::Unfamiliar, now).is_some());
+        // Nor when it is counted first and checked after (the path without a read).
+        let mut reserved = counters;
+        reserved.unfamiliar.pending = 1;
+        reserved.unfamiliar.pending_until = now + 30;
+        assert!(!limits.admits(&reserved, Scope::Unfamiliar, now));
+        // Without a directory policy there is no room to share.
+        assert_eq!(
+            Limits::of(&config(10), None).refusal(&counters, Scope::Unfamiliar, now),
+            None
+        );
     }
 
     #[test]

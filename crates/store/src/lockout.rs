@@ -58,6 +58,9 @@ pub struct UserCounters {
     pub familiar: ScopeCounter,
     /// From anywhere else.
     pub unfamiliar: ScopeCounter,
+    /// Familiar failures the directory may still hold (not started again by a familiar
+    /// lockout, unlike `familiar.failures`), since `familiar.last_failure_at`.
+    pub familiar_standing: i64,
 }
 
 impl UserCounters {
@@ -86,12 +89,15 @@ pub enum AttemptEnd {
     /// force elsewhere stays).
     Success,
     /// `failures` failed binds are counted (0: nothing reached the directory); a count whose
-    /// last failure was at or before `expired_before` starts again.
+    /// last failure was at or before `expired_before` starts again (the familiar standing
+    /// count: at or before `standing_expired_before`, the directory's memory).
     Failures {
         /// How many.
         failures: i64,
         /// The count's expiry bound.
         expired_before: i64,
+        /// The familiar standing count's expiry bound.
+        standing_expired_before: i64,
     },
 }
 
@@ -203,17 +209,21 @@ async fn run_op(
                 AttemptEnd::Failures {
                     failures,
                     expired_before,
+                    standing_expired_before,
                 },
             now,
         } => {
-            let row = sqlx::query(sqlx::AssertSqlSafe(statements(*scope).failures.as_str()))
+            let statement = statements(*scope).failures.as_str();
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(statement))
                 .bind(tenant)
                 .bind(user_key)
                 .bind(now)
                 .bind(failures)
-                .bind(expired_before)
-                .fetch_one(&mut *conn)
-                .await?;
+                .bind(expired_before);
+            if *scope == LockoutScope::Familiar {
+                query = query.bind(standing_expired_before);
+            }
+            let row = query.fetch_one(&mut *conn).await?;
             counters_from_row(&row).map(Some)
         }
         LockoutOp::LockOut {
@@ -329,7 +339,8 @@ async fn succeed_many(
         "UPDATE lockout_users SET {name}_pending = CASE WHEN {name}_pending > 0 \
          AND {name}_pending_until > $1 THEN {name}_pending - 1 ELSE 0 END, \
          familiar_failures = 0, unfamiliar_failures = 0, familiar_lockouts = 0, \
-         unfamiliar_lockouts = 0 WHERE (tenant_id, user_key) IN (VALUES "
+         unfamiliar_lockouts = 0, familiar_standing = 0 \
+         WHERE (tenant_id, user_key) IN (VALUES "
     );
     for row in 0..indexes.len() {
         let first = 2 + row * 2;
@@ -360,7 +371,7 @@ async fn succeed_many(
 const COUNTER_COLUMNS: &str = "familiar_failures, familiar_last_failure_at, familiar_pending, \
      familiar_pending_until, familiar_locked_until, familiar_lockouts, unfamiliar_failures, \
      unfamiliar_last_failure_at, unfamiliar_pending, unfamiliar_pending_until, \
-     unfamiliar_locked_until, unfamiliar_lockouts";
+     unfamiliar_locked_until, unfamiliar_lockouts, familiar_standing";
 
 /// The statements that touch one scope's columns, one text per scope (column names cannot be
 /// bound parameters; these come only from the two fixed scope names).
@@ -373,6 +384,14 @@ struct ScopeStatements {
 
 impl ScopeStatements {
     fn new(scope: LockoutScope) -> Self {
+        // The familiar standing count follows the familiar failures, with its own expiry ($6).
+        let standing = match scope {
+            LockoutScope::Familiar => {
+                "familiar_standing = CASE WHEN familiar_last_failure_at <= $6 THEN $4 \
+                 ELSE familiar_standing + $4 END, "
+            }
+            LockoutScope::Unfamiliar => "",
+        };
         let (scope, other) = (scope.as_str(), scope.other().as_str());
         // One outstanding attempt fewer (never below zero; forgotten ones are gone already).
         let done = format!(
@@ -396,11 +415,11 @@ impl ScopeStatements {
             ),
             success: format!(
                 "UPDATE lockout_users SET {done}, familiar_failures = 0, unfamiliar_failures = 0, \
-                 familiar_lockouts = 0, unfamiliar_lockouts = 0 \
+                 familiar_lockouts = 0, unfamiliar_lockouts = 0, familiar_standing = 0 \
                  WHERE tenant_id = $1 AND user_key = $2"
             ),
             failures: format!(
-                "UPDATE lockout_users SET {done}, \
+                "UPDATE lockout_users SET {done}, {standing}\
                  {scope}_failures = CASE WHEN {scope}_last_failure_at <= $5 THEN $4 \
                  ELSE {scope}_failures + $4 END, \
                  {scope}_last_failure_at = CASE WHEN $4 > 0 THEN $3 ELSE {scope}_last_failure_at END \
@@ -449,6 +468,7 @@ fn counters_from_row_at(row: &sqlx::any::AnyRow, at: usize) -> Result<UserCounte
     Ok(UserCounters {
         familiar: scope(0)?,
         unfamiliar: scope(6)?,
+        familiar_standing: row.try_get(at + 12)?,
     })
 }
 
@@ -468,7 +488,7 @@ impl Store {
              u.familiar_pending_until, u.familiar_locked_until, u.familiar_lockouts, \
              u.unfamiliar_failures, u.unfamiliar_last_failure_at, u.unfamiliar_pending, \
              u.unfamiliar_pending_until, u.unfamiliar_locked_until, u.unfamiliar_lockouts, \
-             n.last_seen AS network_last_seen \
+             u.familiar_standing, n.last_seen AS network_last_seen \
              FROM (SELECT 1 AS one) AS k \
              LEFT JOIN lockout_users u ON u.tenant_id = $1 AND u.user_key = $2 \
              LEFT JOIN familiar_networks n ON n.tenant_id = $1 AND n.user_key = $2 \

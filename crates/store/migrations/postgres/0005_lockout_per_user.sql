@@ -21,5 +21,8 @@ CREATE TABLE lockout_users (
     unfamiliar_pending_until BIGINT NOT NULL,
     unfamiliar_locked_until BIGINT NOT NULL,
     unfamiliar_lockouts BIGINT NOT NULL,
+    -- Familiar failures the directory may still hold: unlike familiar_failures, not started
+    -- again by a familiar lockout; the unfamiliar scope's room is reckoned with it.
+    familiar_standing BIGINT NOT NULL DEFAULT 0,
     PRIMARY KEY (tenant_id, user_key)
 );

@@ -21,5 +21,8 @@ CREATE TABLE lockout_users (
     unfamiliar_pending_until INTEGER NOT NULL,
     unfamiliar_locked_until INTEGER NOT NULL,
     unfamiliar_lockouts INTEGER NOT NULL,
+    -- Familiar failures the directory may still hold: unlike familiar_failures, not started
+    -- again by a familiar lockout; the unfamiliar scope's room is reckoned with it.
+    familiar_standing INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (tenant_id, user_key)
 );
