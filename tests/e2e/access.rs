@@ -638,3 +638,34 @@ async fn wrong_codes_across_challenges_make_mfa_wait() {
     let log = logged(&store, &alice.upn, 13).await;
     assert_eq!(log[0].mfa, "locked", "{log:#?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_without_an_authenticator_may_start_from_a_trusted_network_when_allowed() {
+    let (cluster, _files) = mfa_cluster(
+        MFA_POLICIES,
+        "mfa = { allow_unenrolled_from_trusted_networks = true }\n",
+    )
+    .await;
+    let alice = default_users().remove(0);
+    // From the office (a trusted named network): the password alone, and the log says why.
+    let tokens = sign_in(&cluster, &alice.upn, &alice.password)
+        .await
+        .expect("from a trusted network");
+    assert!(tokens.mfa_challenge.is_empty() && !tokens.id_token.is_empty());
+    // From anywhere else: still refused with the coded answer.
+    let status = cluster
+        .gateway_client()
+        .sign_in(SignInRequest {
+            username: alice.upn.clone(),
+            password: alice.password.clone(),
+            client_id: CLIENT_ID.into(),
+            client_ip: "198.51.100.9".into(),
+        })
+        .await
+        .expect_err("not from a trusted network");
+    assert_eq!(code_of(&status), Some(ErrorCode::MfaNotEnrolled));
+    let store = store(&cluster).await;
+    let log = logged(&store, &alice.upn, 2).await;
+    let words: Vec<&str> = log.iter().rev().map(|e| e.mfa.as_str()).collect();
+    assert_eq!(words, ["not_enrolled_trusted_network", "not_enrolled"]);
+}
