@@ -78,6 +78,7 @@ impl Attacker {
                     ciphertext: sealed.ciphertext.clone(),
                 }],
                 trace: None,
+                single_bind: false,
             })
             .await?
             .into_inner();

@@ -230,6 +230,7 @@ async fn a_thousand_hostile_inputs_sign_nobody_in_and_crash_nothing() {
             ciphertext,
         }],
         trace: None,
+        single_bind: false,
     };
 
     // 6. Random and truncated ciphertexts.

@@ -753,3 +753,80 @@ async fn an_attempt_its_caller_abandons_is_still_counted() {
     }
     assert_eq!(directory_lockout(&cluster, &alice.dn()).await, (false, 1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn near_the_limit_a_lost_agents_password_goes_to_no_other() {
+    let mut cluster = Cluster::start_enrolled(ClusterOptions {
+        gateway_config: "lockout = { threshold = 3, directory_threshold = 5 }\n".into(),
+        ..ClusterOptions::default()
+    })
+    .await;
+    cluster.enrol_agent().await;
+    cluster.wait_for_agents(|ids| ids.len() == 2).await;
+    let alice = default_users().remove(0);
+    // One failure from elsewhere: the unfamiliar scope (2 of slapd's 5) has room for one more,
+    // not for the two binds a failover would make.
+    spray(&cluster, &alice.upn, "First-", 1).await;
+    cluster.slapd.pause();
+    let client = cluster.gateway_client();
+    let username = alice.upn.clone();
+    let attempt = tokio::spawn(async move {
+        let mut client = client;
+        client
+            .sign_in(SignInRequest {
+                username,
+                password: "Second-Guess-2".into(),
+                client_id: CLIENT_ID.into(),
+                client_ip: ATTACKER.into(),
+            })
+            .await
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let holder = loop {
+        if let Some(key) = cluster
+            .offered_keys()
+            .await
+            .into_iter()
+            .find(|k| k.in_flight > 0)
+        {
+            break key.agent_id;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no agent took the task"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let index = cluster
+        .agents
+        .iter()
+        .position(|a| a.agent_id == holder)
+        .expect("the holder is one of ours");
+    let mut victim = cluster.agents.remove(index);
+    victim.process.kill();
+    let status = attempt.await.unwrap().expect_err("not retried elsewhere");
+    cluster.slapd.resume();
+    assert_eq!(
+        ErrorCode::of(&status),
+        Some(ErrorCode::AgentLost),
+        "{status:?}"
+    );
+    assert!(
+        cluster
+            .dispatcher
+            .process
+            .log()
+            .contains("not trying the other candidate (single bind)")
+    );
+    // The lost agent may have bound: counted, and the scope is now at its limit.
+    let store = Store::open(&cluster.store_url()).await.unwrap();
+    let counters = store
+        .lockout_state("default", &alice.upn.to_lowercase(), None, 0)
+        .await
+        .unwrap()
+        .counters;
+    assert_eq!(counters.unfamiliar.failures, 2);
+    let (locked, failures) = directory_lockout(&cluster, &alice.dn()).await;
+    assert!(!locked);
+    assert!(failures <= 2, "slapd saw {failures}");
+}

@@ -271,6 +271,7 @@ async fn a_gateway_acts_only_for_the_tenants_its_certificate_names() {
                 ciphertext: vec![1; 300],
             }],
             trace: None,
+            single_bind: false,
         })
         .await
         .expect_err("validating for another tenant");

@@ -268,8 +268,11 @@ app.kubernetes.io/component: {{ .component }}
 # then the ConfigMap's file.
 set -eu
 umask 077
-src=/run/passage-src
-run=/run/passage
+# (The paths can be moved for the chart's tests.)
+src=${PREPARE_SRC:-/run/passage-src}
+input=${PREPARE_INPUT:-/run/passage-input}
+run=${PREPARE_RUN:-/run/passage}
+template=${PREPARE_TEMPLATE:-/etc/passage/template}
 for dir in "$src"/*; do
   [ -d "$dir" ] || continue
   name=${dir##*/}
@@ -292,9 +295,9 @@ out="$run/$CONFIG_NAME"
     fi
     printf "store_url = '%s'\n" "$STORE_URL_FROM_SECRET"
   fi
-  if [ -f /run/passage-input/admin-tokens/hashes ]; then
+  if [ -f "$input/admin-tokens/hashes" ]; then
     hashes=""
-    for hash in $(grep -v '^[[:space:]]*#' /run/passage-input/admin-tokens/hashes | tr -d '\r'); do
+    for hash in $(grep -v '^[[:space:]]*#' "$input/admin-tokens/hashes" | tr -d '\r'); do
       if ! printf '%s' "$hash" | grep -Eq '^[0-9a-fA-F]{64}$'; then
         echo "prepare: secrets.adminTokens: each line must be a SHA-256 in hex (passage admin token prints it), not \"$hash\"" >&2; exit 1
       fi
@@ -305,7 +308,7 @@ out="$run/$CONFIG_NAME"
 {{- end }}
     printf 'admin_token_sha256 = [%s]\n' "$hashes"
   fi
-  cat "/etc/passage/template/$CONFIG_NAME"
+  cat "$template/$CONFIG_NAME"
 } > "$out"
 chmod 0400 "$out"
 echo "prepare: wrote $out and copied $(find "$run" -type f | wc -l) files"

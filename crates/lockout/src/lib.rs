@@ -233,6 +233,10 @@ pub struct Ticket {
     key: String,
     /// The user's scope for this sign-in.
     pub scope: Scope,
+    /// Whether the limits leave room for this attempt to reach the directory twice (a second
+    /// agent trying it after the first was lost with the password). Without it, the sign-in
+    /// must not be retried once the password may have reached the directory.
+    pub room_for_second_bind: bool,
     familiar_since: Option<i64>,
     limits: Limits,
 }
@@ -335,6 +339,24 @@ impl Writer {
             .map_err(|_| StoreError::Batch("the lockout writer stopped".into()))?
             .map_err(StoreError::Batch)
     }
+}
+
+/// Whether the limits leave room for an admitted attempt to fail twice (a failover after the
+/// first agent was lost with the password), reckoned with the failures counted and this attempt
+/// alone: other outstanding attempts are most often right passwords (a user's concurrent
+/// sign-ins), and refusing every failover for them would fail sign-ins whenever an agent
+/// reconnects. Under attack, counted failures are what close the room.
+fn room_for_second_bind(limits: &Limits, after: &UserCounters, scope: Scope, now: i64) -> bool {
+    let mut alone = *after;
+    alone.familiar.pending = 0;
+    alone.unfamiliar.pending = 0;
+    let own = match scope {
+        Scope::Familiar => &mut alone.familiar,
+        Scope::Unfamiliar => &mut alone.unfamiliar,
+    };
+    own.pending = 1;
+    own.pending_until = now.saturating_add(1);
+    limits.admits_with(&alone, scope, now, 1)
 }
 
 /// How long a replica trusts what it last read of whether a network is familiar for a user.
@@ -502,6 +524,7 @@ impl SmartLockout {
                 return Ok(Admission::Admitted(Ticket {
                     key,
                     scope,
+                    room_for_second_bind: room_for_second_bind(limits, &after, scope, now),
                     familiar_since: network_last_seen,
                     limits: *limits,
                 }));
@@ -551,6 +574,7 @@ impl SmartLockout {
             scope,
             familiar_since,
             limits,
+            ..
         } = ticket;
         let failures = match outcome {
             Outcome::Success { remember_network } => {

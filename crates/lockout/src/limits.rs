@@ -221,7 +221,13 @@ impl Limits {
     /// even if every outstanding attempt fails, the limits hold. When not (and no
     /// [`Limits::refusal`] applies), it must wait for others to be answered.
     pub fn admits(&self, after: &UserCounters, scope: Scope, now: i64) -> bool {
-        let own = self.live(after, scope, now) + self.pending(after, scope, now);
+        self.admits_with(after, scope, now, 0)
+    }
+
+    /// Like [`Limits::admits`], with room for `extra` more failures of this attempt (a second
+    /// agent trying the password after the first was lost with it).
+    pub fn admits_with(&self, after: &UserCounters, scope: Scope, now: i64, extra: i64) -> bool {
+        let own = self.live(after, scope, now) + self.pending(after, scope, now) + extra;
         let other =
             self.others_standing(after, scope, now) + self.pending(after, scope.other(), now);
         after.scope(scope).locked_until <= now

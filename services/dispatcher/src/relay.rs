@@ -150,6 +150,7 @@ impl RelayService {
         }
         candidates.sort_by_key(|(c, _)| (c.is_full(), c.in_flight()));
 
+        let single_bind = request.single_bind;
         let mut lost = 0u32;
         let mut directory_down = None;
         let mut rejected = None;
@@ -196,6 +197,10 @@ impl RelayService {
                     }
                     if answer.retryable {
                         directory_down = Some(answer.detail);
+                        // The first agent may have bound before timing out at the directory.
+                        if single_bind {
+                            break;
+                        }
                         continue;
                     }
                     if answer.sealed_answer.is_empty() {
@@ -208,6 +213,11 @@ impl RelayService {
                         lost_attempts: lost,
                         ..Default::default()
                     }));
+                }
+                Attempt::Lost if single_bind => {
+                    tracing::warn!(%agent_id, "agent stream lost mid-request; not trying the other candidate (single bind)");
+                    lost += 1;
+                    break;
                 }
                 Attempt::Lost => {
                     tracing::warn!(%agent_id, "agent stream lost mid-request; trying the other candidate");

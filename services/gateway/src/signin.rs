@@ -336,6 +336,7 @@ impl SignInService {
         request: &CheckedRequest,
         group: &str,
         trace: &TraceParent,
+        single_bind: bool,
     ) -> (Result<Answer, SignInError>, u32) {
         let mut refreshed = false;
         let mut lost = 0;
@@ -347,28 +348,29 @@ impl SignInService {
             let result = if keys.is_empty() {
                 Err(SignInError::NoAgent(group.to_owned()))
             } else {
-                self.call_dispatcher(request, group, &keys, trace).await
+                self.call_dispatcher(request, group, &keys, trace, single_bind)
+                    .await
             };
             match result {
+                // After a lost agent the password may have reached the directory: only with
+                // room for a second failure is it sent again.
                 Err(err)
                     if !refreshed
-                        && matches!(
+                        && (matches!(
                             err.code(),
-                            ErrorCode::NoAgentAvailable
-                                | ErrorCode::AgentLost
-                                | ErrorCode::AgentRejected
-                        ) =>
+                            ErrorCode::NoAgentAvailable | ErrorCode::AgentRejected
+                        ) || (err.code() == ErrorCode::AgentLost && !single_bind)) =>
                 {
                     if err.code() == ErrorCode::AgentLost {
                         // Which of the candidates were lost, the dispatcher did not say.
-                        lost += keys.len().min(2) as u32;
+                        lost += lost_candidates(&keys, single_bind);
                     }
                     tracing::debug!(error = %err, "retrying with a fresh key set");
                     refreshed = true;
                 }
                 Err(err) => {
                     if err.code() == ErrorCode::AgentLost {
-                        lost += keys.len().min(2) as u32;
+                        lost += lost_candidates(&keys, single_bind);
                     }
                     return (Err(err), lost);
                 }
@@ -386,6 +388,7 @@ impl SignInService {
         group: &str,
         keys: &[Arc<crate::keyset::AgentSealingKey>],
         trace: &TraceParent,
+        single_bind: bool,
     ) -> Result<Answer, SignInError> {
         let not_after = SystemTime::now() + self.envelope_lifetime;
         let fields = PayloadFields {
@@ -421,6 +424,7 @@ impl SignInService {
             username: request.username.as_str().to_owned(),
             candidates,
             trace: Some(trace.to_message()),
+            single_bind,
         });
         call.set_timeout(self.validation_timeout);
         if let Ok(value) = trace.to_string().parse() {
@@ -688,7 +692,10 @@ impl SignInService {
             }
             None => (None, None),
         };
-        let (answer, lost) = self.validate(&request, &group, &trace).await;
+        // Near the limits, a lost agent's password is not sent to another (smart lockout
+        // counted room for one failure of this attempt).
+        let single_bind = ticket.as_ref().is_some_and(|t| !t.room_for_second_bind);
+        let (answer, lost) = self.validate(&request, &group, &trace, single_bind).await;
         let repeated = answer
             .as_ref()
             .is_ok_and(|answer| answer.repeated_wrong_password);
@@ -1074,5 +1081,15 @@ fn user_for_policy(subject: &Subject) -> DirectoryUser {
         upn: subject.upn.clone(),
         groups: subject.groups.clone(),
         ..DirectoryUser::default()
+    }
+}
+
+/// How many candidates a dispatcher answering `AgentLost` may have lost after sending them the
+/// password: one when it was told to send it to one only, else every candidate.
+fn lost_candidates(keys: &[Arc<crate::keyset::AgentSealingKey>], single_bind: bool) -> u32 {
+    if single_bind {
+        1
+    } else {
+        keys.len().min(2) as u32
     }
 }
