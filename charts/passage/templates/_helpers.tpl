@@ -167,6 +167,12 @@ app.kubernetes.io/component: {{ .component }}
 {{- $_ := required "secrets.gatewayClientCert.name is required (unless insecurePlaintext): the kubernetes.io/tls Secret with the gateway's client certificate (passage gateway certificate issue)" $v.secrets.gatewayClientCert.name -}}
 {{- $_ := required "secrets.signingKey.name is required (unless insecurePlaintext): the Secret with the token signing key every gateway replica shares (docs/kubernetes.md)" $v.secrets.signingKey.name -}}
 {{- end -}}
+{{- range $component := list "gateway" "dispatcher" -}}
+{{- $a := (index $v $component).autoscaling -}}
+{{- if and $a.enabled (gt (int $a.minReplicas) (int $a.maxReplicas)) -}}
+{{- fail (printf "%s.autoscaling: minReplicas (%d) is above maxReplicas (%d)" $component (int $a.minReplicas) (int $a.maxReplicas)) -}}
+{{- end -}}
+{{- end -}}
 {{- if $v.tests.signin.enabled -}}
 {{- $_ := required "tests.signin.existingSecret is required when tests.signin.enabled: the Secret with the test user's username and password" $v.tests.signin.existingSecret -}}
 {{- end -}}
@@ -406,7 +412,7 @@ grpc:
 {{- else if and (eq $mode "tls-auto") (eq .component "gateway") -}}
 httpGet:
   path: /healthz
-  port: http
+  port: https
   scheme: HTTPS
 {{- else -}}
 tcpSocket:
