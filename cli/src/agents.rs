@@ -115,7 +115,8 @@ pub async fn run(store: &Store, command: AgentCommand) -> Result<(), String> {
             println!("{token}");
             eprintln!(
                 "one-time enrolment token for tenant {tenant}, connector group {connector_group}, valid for {} s; \
-                 on the agent host: passage-agent register --config agent.toml --token <token>",
+                 on the agent host (the environment keeps it out of the process list): \
+                 PASSAGE_ENROLMENT_TOKEN=<token> passage-agent register --config agent.toml",
                 ttl.as_secs()
             );
         }

@@ -43,7 +43,10 @@ enum Command {
         #[arg(long, value_name = "USER")]
         signin: Option<String>,
     },
-    /// Sign in against a running gateway and print the tokens.
+    /// Sign in against a running gateway and print the tokens. The password is read from a
+    /// prompt, or from the first line of standard input when that is not a terminal — never
+    /// from the command line; when a policy asks for a second factor, the code comes the same
+    /// way (the next line).
     Signin {
         /// Gateway gRPC URL, e.g. https://login.example.com:9443.
         #[arg(long)]

@@ -89,6 +89,25 @@ async fn reused_expired_unknown_and_other_tenant_tokens_are_refused() {
     let (ok, stdout, stderr) = cluster.register_agent(5, "acme", &acme);
     assert!(ok, "{stderr}");
     assert!(stdout.contains("tenant=acme"), "{stdout}");
+
+    // Creating a token shows how to pass it without putting it on a command line.
+    let (ok, stdout, stderr) = cluster.agent_cli(&[
+        "token",
+        "create",
+        "--tenant",
+        "default",
+        "--connector-group",
+        DOMAIN,
+        "--ttl",
+        "1h",
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(!stdout.trim().is_empty());
+    assert!(
+        stderr.contains("PASSAGE_ENROLMENT_TOKEN=<token> passage-agent register")
+            && !stderr.contains("--token"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
