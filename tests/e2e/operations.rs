@@ -291,3 +291,26 @@ async fn dispatcher_drains_on_sigterm_and_agents_reconnect_to_its_successor() {
         "the agent noticed the old dispatcher leave:\n{agent_log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_on_every_address_needs_an_issuer() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "grpc_listen = \"127.0.0.1:0\"\nhttp_listen = \"0.0.0.0:0\"\n\
+             dispatcher_url = \"http://127.0.0.1:9\"\nsigning_key_file = \"{}\"\n\
+             insecure_plaintext = true\n",
+            dir.path().join("key.der").display()
+        ),
+    )
+    .unwrap();
+    let (ok, _, stderr) =
+        passage_tests::bins::run_to_end("passage-gateway", &["--config", config.to_str().unwrap()]);
+    assert!(!ok, "started without an issuer");
+    assert!(
+        stderr.contains("issuer is required when http_listen is 0.0.0.0:0"),
+        "{stderr}"
+    );
+}

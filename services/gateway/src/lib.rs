@@ -41,7 +41,8 @@ pub struct GatewayConfig {
     /// Where OIDC discovery and the JWKS are served over HTTP.
     #[serde(default = "default_http_listen")]
     pub http_listen: SocketAddr,
-    /// The issuer (`iss`) and base URL of discovery; default `http://<http_listen>`.
+    /// The issuer (`iss`) and base URL of discovery; default `http(s)://<http_listen>`, which is
+    /// refused when `http_listen` is an unspecified address (`0.0.0.0`, `::`).
     #[serde(default)]
     pub issuer: Option<String>,
     /// The dispatcher's gateway-facing URL (`https://dispatcher:8444`).
@@ -345,6 +346,15 @@ pub async fn bind(config: GatewayConfig) -> Result<BoundGateway, GatewayError> {
         .transpose()
         .map_err(|e| GatewayError::Config(format!("HTTP TLS: {e}")))?;
     let scheme = if http_tls.is_some() { "https" } else { "http" };
+    // A default issuer is only the listener's own address: on 0.0.0.0 or :: that is no URL
+    // anybody can reach, and every token would carry it.
+    if config.issuer.is_none() && config.http_listen.ip().is_unspecified() {
+        return Err(GatewayError::Config(format!(
+            "issuer is required when http_listen is {} (every address): set issuer to the \
+             public URL relying parties reach this gateway at, e.g. issuer = \"https://login.example.com\"",
+            config.http_listen
+        )));
+    }
     let issuer_url = config
         .issuer
         .clone()
