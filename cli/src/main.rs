@@ -375,7 +375,13 @@ impl Gateway<'_> {
             .map_err(|e| e.to_string())?
             .connect()
             .await
-            .map_err(|e| format!("connecting to {}: {e}", self.url))
+            .map_err(|e| {
+                format!(
+                    "connecting to {}: {}",
+                    self.url,
+                    passage_transport::describe_error(&e)
+                )
+            })
     }
 }
 
@@ -424,6 +430,8 @@ async fn signin(
     client_id: &str,
     issuer: Option<&str>,
 ) -> Result<(), String> {
+    // Reach the gateway before asking for a password nobody can use.
+    gateway.channel().await?;
     let password = read_password(&format!("Password for {user}: "))?;
     let mut response = call_sign_in(gateway, user, &password, client_id).await?;
     if !response.mfa_challenge.is_empty() {

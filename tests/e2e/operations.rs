@@ -314,3 +314,31 @@ async fn a_gateway_on_every_address_needs_an_issuer() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passage_signin_says_why_it_cannot_connect() {
+    for (url, expected) in [
+        (
+            "http://127.0.0.1:1",
+            "Connection refused (os error 111) (nothing listens there",
+        ),
+        (
+            "https://gateway.invalid:9443",
+            "the host name does not resolve",
+        ),
+    ] {
+        let mut args = vec![
+            "signin",
+            "--gateway",
+            url,
+            "--user",
+            "alice@corp.example.com",
+        ];
+        if url.starts_with("http:") {
+            args.push("--insecure-plaintext");
+        }
+        let (ok, _, stderr) = passage_tests::bins::run_to_end("passage", &args);
+        assert!(!ok);
+        assert!(stderr.contains(expected), "{url}: {stderr}");
+    }
+}

@@ -175,6 +175,45 @@ pub fn reflection_v1alpha() -> Result<
         .map_err(|err| TransportError::Config(format!("reflection: {err}")))
 }
 
+/// An error and every cause under it, joined (`transport error: tcp connect error: Connection
+/// refused (os error 111)`), with a hint of what to check for the usual root causes: tonic's
+/// own messages say only "transport error".
+pub fn describe_error(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    let mut innermost = text.clone();
+    while let Some(inner) = cause {
+        let part = inner.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        innermost = part;
+        cause = inner.source();
+    }
+    let lower = innermost.to_lowercase();
+    let hint = if lower.contains("connection refused") {
+        Some("nothing listens there: is the service running, and is the port right?")
+    } else if lower.contains("dns") || lower.contains("lookup") || lower.contains("resolve") {
+        Some("the host name does not resolve: check its spelling and the DNS")
+    } else if lower.contains("certificate")
+        || lower.contains("unknownissuer")
+        || lower.contains("tls")
+    {
+        Some(
+            "TLS failed: check --ca-file (the CA that signed the server's certificate) and that the certificate names this host",
+        )
+    } else if lower.contains("timed out") {
+        Some("no answer in time: check the address, firewalls and proxies")
+    } else {
+        None
+    };
+    match hint {
+        Some(hint) => format!("{text} ({hint})"),
+        None => text,
+    }
+}
+
 /// An endpoint for `url` (`https://` with `tls`, or `http://` only when `insecure_plaintext`).
 pub fn endpoint(
     url: &str,
