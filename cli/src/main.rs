@@ -320,7 +320,6 @@ async fn main() -> ExitCode {
     }
 }
 
-/// Reads a password without echo from the terminal, or one line from standard input.
 /// Reads an administrator token from a file only its owner may read.
 fn read_admin_token(path: &std::path::Path) -> Result<String, String> {
     passage_credentials::secret_file::check_permissions(path).map_err(|e| e.to_string())?;
@@ -340,6 +339,7 @@ fn read_line(prompt: &str) -> Result<String, String> {
     Ok(line.trim().to_owned())
 }
 
+/// Reads a password without echo from the terminal, or one line from standard input.
 fn read_password(prompt: &str) -> Result<Password, String> {
     let text = if std::io::stdin().is_terminal() {
         rpassword::prompt_password(prompt).map_err(|e| format!("reading the password: {e}"))?

@@ -47,7 +47,7 @@ pub fn what_if_file(policies: &Path, args: &WhatIfArgs) -> Result<(), String> {
         user: &args.user,
         groups: &args.groups,
         application: &args.app,
-        client_ip: args.ip,
+        client_ip: args.ip.map(|ip| ip.to_canonical()),
         unfamiliar_location: args.unfamiliar,
         client_type: client_type(&args.client_type)?,
     });

@@ -275,7 +275,9 @@ type Job = (
 );
 
 /// Sends lockout updates to the store in batches: each writer takes whatever queued up while
-/// its last transaction ran and writes it in one transaction. Users are spread over the
+/// its last batch ran and writes it with one multi-row statement per kind and scope (each
+/// committing on its own; a batch that fails halfway leaves its first statements done, and
+/// every caller in it gets the error). Users are spread over the
 /// writers by their key, so one user's updates stay in order and two writers never wait on
 /// the same row.
 #[derive(Debug, Clone)]
@@ -283,7 +285,7 @@ struct Writer {
     shards: Arc<Vec<mpsc::Sender<Job>>>,
 }
 
-/// The most updates in one transaction.
+/// The most updates in one batch.
 const MAX_BATCH: usize = 256;
 
 impl Writer {
@@ -432,7 +434,9 @@ impl SmartLockout {
                 tracing::error!(
                     connector_group,
                     directory_threshold = directory.threshold,
-                    "the directory locks accounts after so few failures that smart lockout cannot stay below it; counting with 1"
+                    familiar = limits.familiar,
+                    unfamiliar = limits.unfamiliar,
+                    "the directory locks accounts after so few failures that smart lockout leaves no attempt from unfamiliar networks, and one where users signed in before"
                 );
             } else {
                 tracing::warn!(

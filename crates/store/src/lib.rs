@@ -325,7 +325,8 @@ pub struct SigninEntry {
     pub client_ip: String,
     /// Whether the client's network was familiar for the user.
     pub familiar_location: bool,
-    /// `success` or `failure`.
+    /// `success`, `failure`, or `interrupted` (the password was right and a second factor is
+    /// asked for: the answer to the challenge is an entry of its own).
     pub outcome: String,
     /// The Passage error code, empty on success.
     pub error_code: String,
@@ -341,7 +342,8 @@ pub struct SigninEntry {
     /// included, marked); empty when no policy was evaluated.
     pub policies: String,
     /// What the second factor did: empty (not asked), `required` (a challenge was issued),
-    /// `otp`, `recovery_code`, `wrong_code`, `challenge_ended`, `not_enrolled`,
+    /// `otp`, `recovery_code`, `wrong_code`, `challenge_ended`, `locked` (too many wrong codes
+    /// lately), `other_client`, `invalid_challenge`, `not_enrolled`,
     /// `not_enrolled_trusted_network`.
     pub mfa: String,
 }

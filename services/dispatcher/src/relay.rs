@@ -226,7 +226,10 @@ impl RelayService {
                 Attempt::Unusable => {}
                 Attempt::TimedOut => {
                     tracing::warn!(%agent_id, ?timeout, "agent did not answer in time");
-                    return Err(ErrorCode::AgentTimeout.public_status());
+                    return Err(with_lost_attempts(
+                        ErrorCode::AgentTimeout.public_status(),
+                        lost,
+                    ));
                 }
             }
         }
@@ -244,8 +247,21 @@ impl RelayService {
             tracing::warn!("every candidate agent is gone or at capacity");
             ErrorCode::NoAgentAvailable
         };
-        Err(code.public_status())
+        Err(with_lost_attempts(code.public_status(), lost))
     }
+}
+
+/// The metadata that says, on an error, how many candidates were lost after they were sent the
+/// password (as `ValidateResponse.lost_attempts` does on an answer): each may have bound.
+pub const LOST_ATTEMPTS_HEADER: &str = "passage-lost-attempts";
+
+fn with_lost_attempts(mut status: Status, lost: u32) -> Status {
+    if lost > 0
+        && let Ok(value) = lost.to_string().parse()
+    {
+        status.metadata_mut().insert(LOST_ATTEMPTS_HEADER, value);
+    }
+    status
 }
 
 #[tonic::async_trait]

@@ -89,6 +89,8 @@ pub enum SignInError {
         code: ErrorCode,
         /// What it said (logs only).
         message: String,
+        /// Candidates it lost after sending them the password.
+        lost_attempts: u32,
     },
     /// No answer in time.
     #[error("no answer within {0:?}")]
@@ -339,6 +341,7 @@ impl SignInService {
         single_bind: bool,
     ) -> (Result<Answer, SignInError>, u32) {
         let mut refreshed = false;
+        let mut single_bind = single_bind;
         let mut lost = 0;
         loop {
             let keys = match self.keys.keys(group, refreshed).await {
@@ -351,29 +354,40 @@ impl SignInService {
                 self.call_dispatcher(request, group, &keys, trace, single_bind)
                     .await
             };
+            // What the dispatcher lost on the way, whatever the outcome: each may have bound.
+            if let Err(SignInError::Dispatcher {
+                code,
+                lost_attempts,
+                ..
+            }) = &result
+            {
+                lost += if *code == ErrorCode::AgentLost && *lost_attempts == 0 {
+                    // An older dispatcher does not say: every candidate it had.
+                    lost_candidates(&keys, single_bind)
+                } else {
+                    *lost_attempts
+                };
+            }
             match result {
                 // After a lost agent the password may have reached the directory: only with
-                // room for a second failure is it sent again.
+                // room for a second failure is it sent again, and then to one agent only.
                 Err(err)
                     if !refreshed
-                        && (matches!(
+                        && lost == 0
+                        && matches!(
                             err.code(),
                             ErrorCode::NoAgentAvailable | ErrorCode::AgentRejected
-                        ) || (err.code() == ErrorCode::AgentLost && !single_bind)) =>
+                        ) =>
                 {
-                    if err.code() == ErrorCode::AgentLost {
-                        // Which of the candidates were lost, the dispatcher did not say.
-                        lost += lost_candidates(&keys, single_bind);
-                    }
                     tracing::debug!(error = %err, "retrying with a fresh key set");
                     refreshed = true;
                 }
-                Err(err) => {
-                    if err.code() == ErrorCode::AgentLost {
-                        lost += lost_candidates(&keys, single_bind);
-                    }
-                    return (Err(err), lost);
+                Err(err) if !refreshed && err.code() == ErrorCode::AgentLost && !single_bind => {
+                    tracing::debug!(error = %err, "retrying with a fresh key set, one bind at most");
+                    refreshed = true;
+                    single_bind = true;
                 }
+                Err(err) => return (Err(err), lost),
                 Ok(answer) => {
                     lost += answer.lost_attempts;
                     return (Ok(answer), lost);
@@ -507,6 +521,14 @@ fn dispatcher_failed(status: Status) -> SignInError {
         Some(code) => SignInError::Dispatcher {
             code,
             message: status.message().to_owned(),
+            // Candidates the dispatcher lost after sending them the password (each may have
+            // bound), as its error says.
+            lost_attempts: status
+                .metadata()
+                .get("passage-lost-attempts")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
         },
         None => SignInError::Unreachable(format!("{:?}: {}", status.code(), status.message())),
     }
@@ -610,6 +632,7 @@ impl SignInService {
             self.throttle
                 .admit(&self.tenant, client_ip_text.as_deref(), Instant::now())
         {
+            tracing::info!(target: "passage::signin_log", outcome = "throttled", step = "complete_mfa", client_ip = client_ip_text.as_deref().unwrap_or("-"), %throttled, "sign-in");
             return Err(SignInError::from(throttled).into_status());
         }
         let span = tracing::info_span!(
@@ -852,7 +875,7 @@ impl SignInService {
                 if entry.outcome.is_empty() {
                     entry.outcome = "success".into();
                 }
-                tracing::info!(target: "passage::signin_log", outcome = %entry.outcome, agent_id = %entry.agent_id, client_ip = %entry.client_ip, elapsed_ms, lockout = %entry.lockout, policies = %entry.policies, mfa = %entry.mfa, "sign-in");
+                tracing::info!(target: "passage::signin_log", outcome = %entry.outcome, upn = %entry.upn, agent_id = %entry.agent_id, client_ip = %entry.client_ip, elapsed_ms, lockout = %entry.lockout, policies = %entry.policies, mfa = %entry.mfa, "sign-in");
                 Ok(Response::new(response))
             }
             Err(err) => {
@@ -861,7 +884,7 @@ impl SignInService {
                 span.record("error_code", code);
                 span.record("otel.status_code", "ERROR");
                 // The detail (what the dispatcher, agent or directory said) is for operators.
-                tracing::info!(target: "passage::signin_log", outcome = "failure", error_code = code, detail = %err, client_ip = %entry.client_ip, elapsed_ms, lockout = %entry.lockout, policies = %entry.policies, mfa = %entry.mfa, "sign-in");
+                tracing::info!(target: "passage::signin_log", outcome = "failure", error_code = code, detail = %err, upn = %entry.upn, client_ip = %entry.client_ip, elapsed_ms, lockout = %entry.lockout, policies = %entry.policies, mfa = %entry.mfa, "sign-in");
                 entry.outcome = "failure".into();
                 entry.error_code = code.into();
                 Err(err.into_status())
