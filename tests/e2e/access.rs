@@ -6,9 +6,10 @@
 use passage_error_codes::ErrorCode;
 use passage_mfa::TotpSecret;
 use passage_proto::v1::{CompleteMfaRequest, CompleteMfaResponse, SignInRequest, SignInResponse};
-use passage_store::{KeyEncryptionKey, KeyProtection, SigninFilter, Store};
+use passage_store::{KeyEncryptionKey, KeyProtection, Store};
 use passage_tests::{
-    Cluster, ClusterOptions, bins::run_to_end, cluster::CLIENT_ID, slapd::default_users,
+    Cluster, ClusterOptions, bins::run_to_end, cluster::CLIENT_ID, signin_log::logged,
+    slapd::default_users,
 };
 
 const HOME: &str = "203.0.113.7";
@@ -113,25 +114,6 @@ async fn store(cluster: &Cluster) -> Store {
         .with_key_protection(KeyProtection::Encrypted(
             KeyEncryptionKey::from_file(std::path::Path::new(&cluster.store_key_file())).unwrap(),
         ))
-}
-
-/// The sign-in log's entries for `username` (newest first), once there are `count`.
-async fn logged(store: &Store, username: &str, count: usize) -> Vec<passage_store::SigninEntry> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    loop {
-        let log = store
-            .signins(&SigninFilter {
-                username: Some(username.into()),
-                limit: 1000,
-                ..SigninFilter::default()
-            })
-            .await
-            .unwrap();
-        if log.len() >= count || std::time::Instant::now() > deadline {
-            return log;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
 }
 
 /// Whether `needle` stands in `haystack` with no letter or digit right before or after it.

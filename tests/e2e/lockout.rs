@@ -7,11 +7,12 @@
 use ldap3::{LdapConnAsync, Scope, SearchEntry};
 use passage_error_codes::ErrorCode;
 use passage_proto::v1::SignInRequest;
-use passage_store::{SigninFilter, Store};
+use passage_store::Store;
 use passage_tests::{
     Cluster, ClusterOptions,
     bins::run_to_end,
     cluster::CLIENT_ID,
+    signin_log::logged,
     slapd::{ADMIN_DN, ADMIN_PASSWORD, default_users},
 };
 
@@ -85,26 +86,6 @@ async fn burst(
         *codes.entry(code.unwrap()).or_insert(0) += 1;
     }
     codes
-}
-
-/// The sign-in log's entries for `username`, once there are `count` (the gateway writes the
-/// log in batches, a moment after each sign-in).
-async fn logged(store: &Store, username: &str, count: usize) -> Vec<passage_store::SigninEntry> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    loop {
-        let log = store
-            .signins(&SigninFilter {
-                username: Some(username.into()),
-                limit: 10_000,
-                ..SigninFilter::default()
-            })
-            .await
-            .unwrap();
-        if log.len() >= count || std::time::Instant::now() > deadline {
-            return log;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
 }
 
 /// The ppolicy state slapd keeps for `dn`: (locked, failures recorded).
@@ -237,6 +218,48 @@ async fn an_attacker_never_locks_the_user_out_of_the_directory_nor_where_they_wo
         !ok && stderr.contains("lockout.threshold") && stderr.contains("at most 4"),
         "{stderr}"
     );
+}
+
+/// Sends `password` for `username` from [`ATTACKER`] (the directory frozen by the caller) and
+/// kills the agent holding it once one does: the sign-in's answer, when it comes.
+async fn sign_in_then_lose_its_agent(
+    cluster: &mut Cluster,
+    username: &str,
+    password: &str,
+) -> tokio::task::JoinHandle<
+    Result<tonic::Response<passage_proto::v1::SignInResponse>, tonic::Status>,
+> {
+    let mut client = cluster.gateway_client();
+    let request = SignInRequest {
+        username: username.into(),
+        password: password.into(),
+        client_id: CLIENT_ID.into(),
+        client_ip: ATTACKER.into(),
+    };
+    let attempt = tokio::spawn(async move { client.sign_in(request).await });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let holder = loop {
+        if let Some(key) = cluster
+            .offered_keys()
+            .await
+            .into_iter()
+            .find(|k| k.in_flight > 0)
+        {
+            break key.agent_id;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no agent took the task"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let index = cluster
+        .agents
+        .iter()
+        .position(|a| a.agent_id == holder)
+        .expect("the holder is one of ours");
+    cluster.agents.remove(index).process.kill();
+    attempt
 }
 
 /// Waits until the cloud lockout of `username` in `scope` (if any) has ended.
@@ -633,42 +656,7 @@ async fn an_agent_lost_after_it_had_the_password_counts_as_a_possible_bind() {
     // Freeze the directory, send one wrong password, and kill the agent holding it: the
     // dispatcher retries on the other agent, and the first bind may still reach the directory.
     cluster.slapd.pause();
-    let client = cluster.gateway_client();
-    let username = alice.upn.clone();
-    let attempt = tokio::spawn(async move {
-        let mut client = client;
-        client
-            .sign_in(SignInRequest {
-                username,
-                password: "Wrong-Once-1".into(),
-                client_id: CLIENT_ID.into(),
-                client_ip: ATTACKER.into(),
-            })
-            .await
-    });
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    let holder = loop {
-        if let Some(key) = cluster
-            .offered_keys()
-            .await
-            .into_iter()
-            .find(|k| k.in_flight > 0)
-        {
-            break key.agent_id;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no agent took the task"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
-    let index = cluster
-        .agents
-        .iter()
-        .position(|a| a.agent_id == holder)
-        .expect("the holder is one of ours");
-    let mut victim = cluster.agents.remove(index);
-    victim.process.kill();
+    let attempt = sign_in_then_lose_its_agent(&mut cluster, &alice.upn, "Wrong-Once-1").await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     while !cluster
         .dispatcher
@@ -768,42 +756,7 @@ async fn near_the_limit_a_lost_agents_password_goes_to_no_other() {
     // not for the two binds a failover would make.
     spray(&cluster, &alice.upn, "First-", 1).await;
     cluster.slapd.pause();
-    let client = cluster.gateway_client();
-    let username = alice.upn.clone();
-    let attempt = tokio::spawn(async move {
-        let mut client = client;
-        client
-            .sign_in(SignInRequest {
-                username,
-                password: "Second-Guess-2".into(),
-                client_id: CLIENT_ID.into(),
-                client_ip: ATTACKER.into(),
-            })
-            .await
-    });
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    let holder = loop {
-        if let Some(key) = cluster
-            .offered_keys()
-            .await
-            .into_iter()
-            .find(|k| k.in_flight > 0)
-        {
-            break key.agent_id;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no agent took the task"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
-    let index = cluster
-        .agents
-        .iter()
-        .position(|a| a.agent_id == holder)
-        .expect("the holder is one of ours");
-    let mut victim = cluster.agents.remove(index);
-    victim.process.kill();
+    let attempt = sign_in_then_lose_its_agent(&mut cluster, &alice.upn, "Second-Guess-2").await;
     let status = attempt.await.unwrap().expect_err("not retried elsewhere");
     cluster.slapd.resume();
     assert_eq!(
