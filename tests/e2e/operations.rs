@@ -342,3 +342,22 @@ async fn passage_signin_says_why_it_cannot_connect() {
         assert!(stderr.contains(expected), "{url}: {stderr}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_postgresql_store_says_why_and_keeps_its_password() {
+    let (ok, _, stderr) = passage_tests::bins::run_to_end(
+        "passage",
+        &[
+            "signins",
+            "--store",
+            "postgres://passage:Store-Secret-9@127.0.0.1:1/passage",
+        ],
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains("cannot reach the database")
+            && stderr.contains("Connection refused (os error 111)"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("Store-Secret-9"), "{stderr}");
+}

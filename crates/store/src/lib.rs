@@ -35,6 +35,13 @@ pub enum StoreError {
     /// The database failed.
     #[error("store: {0}")]
     Database(#[from] sqlx::Error),
+    /// The database server could not be reached (the cause, never the URL: it may hold a
+    /// password).
+    #[error(
+        "store: cannot reach the database: {0} (check that the server runs, that the host and \
+         port in store_url are right, and that it accepts this client)"
+    )]
+    Unreachable(String),
     /// A migration failed.
     #[error("store migration: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
@@ -436,6 +443,25 @@ impl Store {
             }
             _ => url.to_owned(),
         };
+        if backend == Backend::Postgres {
+            // One connection first: a pool that cannot connect says only "pool timed out",
+            // a connection says why (refused, name not resolved, authentication failed).
+            use sqlx::Connection;
+            let conn = sqlx::AnyConnection::connect(&url).await.map_err(|err| {
+                let mut cause = err.to_string();
+                let mut source = std::error::Error::source(&err);
+                while let Some(inner) = source {
+                    let part = inner.to_string();
+                    if !cause.contains(&part) {
+                        cause.push_str(": ");
+                        cause.push_str(&part);
+                    }
+                    source = inner.source();
+                }
+                StoreError::Unreachable(cause)
+            })?;
+            let _ = conn.close().await;
+        }
         let pool = AnyPoolOptions::new()
             .max_connections(match backend {
                 // SQLite serialises writers anyway; one connection avoids SQLITE_BUSY.
