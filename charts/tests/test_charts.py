@@ -268,13 +268,18 @@ def test_defaults_render_the_cloud_side():
 
 
 def test_tls_probes_use_what_works_with_tls():
-    """Kubernetes' gRPC probe dials in plaintext; with TLS the gateway is probed on /healthz
-    over HTTPS and the dispatcher with a TCP check."""
+    """Kubernetes' gRPC probe dials in plaintext; with TLS the gateway is probed over HTTPS —
+    readiness on /readyz (a dispatcher and the store answer), liveness and startup on /healthz
+    (the process answers) — and the dispatcher with a TCP check."""
     m = rendered_set("passage", "passage-defaults.yaml")
     gateway = container(pod_spec(one(m, "Deployment", "passage-gateway")), "gateway")
     dispatcher = container(pod_spec(one(m, "Deployment", "passage-dispatcher")), "dispatcher")
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert gateway[probe]["httpGet"] == {"path": "/healthz", "port": "https", "scheme": "HTTPS"}
+    for probe, path in (
+        ("startupProbe", "/healthz"),
+        ("readinessProbe", "/readyz"),
+        ("livenessProbe", "/healthz"),
+    ):
+        assert gateway[probe]["httpGet"] == {"path": path, "port": "https", "scheme": "HTTPS"}
         assert dispatcher[probe]["tcpSocket"] == {"port": 8443}
 
 
@@ -283,6 +288,7 @@ def test_plaintext_uses_native_grpc_probes():
     gateway = container(pod_spec(one(m, "Deployment", "passage-gateway")), "gateway")
     dispatcher = container(pod_spec(one(m, "Deployment", "passage-dispatcher")), "dispatcher")
     assert gateway["readinessProbe"]["grpc"] == {"port": 9443}
+    assert gateway["livenessProbe"]["grpc"] == {"port": 9443, "service": "liveness"}
     assert dispatcher["readinessProbe"]["grpc"] == {"port": 8443}
     gw = config_file(m, "passage-gateway", "gateway.toml")
     assert gw["insecure_plaintext"] is True and "tls" not in gw and "dispatcher_tls" not in gw
@@ -294,7 +300,9 @@ def test_plaintext_uses_native_grpc_probes():
 def test_grpc_tls_probes():
     m = rendered_set("passage", "passage-grpc-tls-probes.yaml")
     gateway = container(pod_spec(one(m, "Deployment", "passage-gateway")), "gateway")
-    assert gateway["livenessProbe"]["grpc"] == {"port": 9443, "mode": "TLS"}
+    # Liveness asks the health service that stays serving while readiness says not ready.
+    assert gateway["livenessProbe"]["grpc"] == {"port": 9443, "mode": "TLS", "service": "liveness"}
+    assert gateway["readinessProbe"]["grpc"] == {"port": 9443, "mode": "TLS"}
 
 
 def test_ha_scales_and_guards():

@@ -361,3 +361,62 @@ async fn an_unreachable_postgresql_store_says_why_and_keeps_its_password() {
     );
     assert!(!stderr.contains("Store-Secret-9"), "{stderr}");
 }
+
+/// `GET path` on the gateway's plaintext HTTP listener: (status code, body).
+async fn http_get(issuer: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = issuer.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: passage\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_without_a_dispatcher_is_alive_but_not_ready() {
+    let mut cluster = Cluster::start(ClusterOptions {
+        gateway_config: "readiness_interval_ms = 200\n".into(),
+        ..ClusterOptions::default()
+    })
+    .await;
+    let issuer = cluster.gateway.issuer.clone();
+    assert_eq!(
+        http_get(&issuer, "/readyz").await,
+        (200, "ready".to_owned())
+    );
+    cluster.dispatcher.process.kill();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let body = loop {
+        let (status, body) = http_get(&issuer, "/readyz").await;
+        if status == 503 {
+            break body;
+        }
+        assert!(std::time::Instant::now() < deadline, "still ready: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(body.contains("the dispatcher does not answer"), "{body}");
+    assert_eq!(http_get(&issuer, "/healthz").await, (200, "ok".to_owned()));
+    let url = cluster.gateway.grpc_url.clone();
+    assert!(!serving(&url, "passage.v1.Gateway").await);
+    assert!(!serving(&url, "").await);
+    // Liveness probes ask a health service of their own: not ready is not dead.
+    assert!(serving(&url, "liveness").await);
+}

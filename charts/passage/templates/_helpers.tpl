@@ -396,22 +396,32 @@ echo "prepare: wrote $out and copied $(find "$run" -type f | wc -l) files"
 {{- end }}
 {{- end -}}
 
-{{/* Probes: (dict "root" $ "component" "gateway"|"dispatcher"). */}}
+{{/* Probes: (dict "root" $ "component" "gateway"|"dispatcher" "kind" "readiness"|"liveness").
+     The gateway's readiness follows whether a dispatcher and the store answer (`/readyz`, and
+     the gRPC health of the server as a whole); its liveness only whether the process answers
+     (`/healthz`, the gRPC health service "liveness"), so a dispatcher outage never restarts it. */}}
 {{- define "passage.probeAction" -}}
 {{- $v := .root.Values -}}
 {{- $mode := $v.probes.mode -}}
 {{- if eq $mode "auto" -}}{{- $mode = ternary "grpc" "tls-auto" $v.insecurePlaintext -}}{{- end -}}
 {{- $grpcPort := ternary $v.gateway.ports.grpc $v.dispatcher.ports.agent (eq .component "gateway") -}}
+{{- $liveness := and (eq .component "gateway") (ne .kind "readiness") -}}
 {{- if eq $mode "grpc" -}}
 grpc:
   port: {{ $grpcPort }}
+  {{- if $liveness }}
+  service: liveness
+  {{- end }}
 {{- else if eq $mode "grpcTLS" -}}
 grpc:
   port: {{ $grpcPort }}
   mode: TLS
+  {{- if $liveness }}
+  service: liveness
+  {{- end }}
 {{- else if and (eq $mode "tls-auto") (eq .component "gateway") -}}
 httpGet:
-  path: /healthz
+  path: {{ ternary "/healthz" "/readyz" $liveness }}
   port: https
   scheme: HTTPS
 {{- else -}}
@@ -421,16 +431,17 @@ tcpSocket:
 {{- end -}}
 
 {{- define "passage.probes" -}}
-{{- $action := include "passage.probeAction" . -}}
+{{- $alive := include "passage.probeAction" (dict "root" .root "component" .component "kind" "liveness") -}}
+{{- $ready := include "passage.probeAction" (dict "root" .root "component" .component "kind" "readiness") -}}
 {{- $p := .root.Values.probes -}}
 startupProbe:
-  {{- $action | nindent 2 }}
+  {{- $alive | nindent 2 }}
   {{- toYaml $p.startup | nindent 2 }}
 readinessProbe:
-  {{- $action | nindent 2 }}
+  {{- $ready | nindent 2 }}
   {{- toYaml $p.readiness | nindent 2 }}
 livenessProbe:
-  {{- $action | nindent 2 }}
+  {{- $alive | nindent 2 }}
   {{- toYaml $p.liveness | nindent 2 }}
 {{- end -}}
 

@@ -14,12 +14,26 @@ use passage_tokens::TokenIssuer;
 use tokio::sync::Semaphore;
 use tower_http::{limit::RequestBodyLimitLayer, timeout::TimeoutLayer};
 
-/// The HTTP routes: `/.well-known/openid-configuration`, `/.well-known/jwks.json`, `/healthz`.
-pub fn router(issuer: Arc<TokenIssuer>) -> Router {
+/// The HTTP routes: `/.well-known/openid-configuration`, `/.well-known/jwks.json`, `/healthz`
+/// (liveness: the process answers) and `/readyz` (readiness: a dispatcher and the store answer;
+/// 503 with the reason otherwise).
+pub fn router(issuer: Arc<TokenIssuer>, readiness: Arc<crate::readiness::Readiness>) -> Router {
     Router::new()
         .route("/.well-known/openid-configuration", get(discovery))
         .route("/.well-known/jwks.json", get(jwks))
         .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let readiness = Arc::clone(&readiness);
+                async move {
+                    match readiness.state() {
+                        Ok(()) => (StatusCode::OK, "ready".to_owned()),
+                        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}")),
+                    }
+                }
+            }),
+        )
         .with_state(issuer)
 }
 

@@ -11,6 +11,7 @@ pub mod admin;
 pub mod client;
 pub mod http;
 pub mod keyset;
+pub mod readiness;
 pub mod signin;
 pub mod signin_log;
 pub mod tls;
@@ -132,6 +133,9 @@ pub struct GatewayConfig {
     /// MFA: `[mfa]` issuer name, challenge lifetime, first sign-ins from trusted networks.
     #[serde(default)]
     pub mfa: access::MfaConfig,
+    /// How often readiness is checked (a dispatcher and the store answer), in milliseconds.
+    #[serde(default = "default_readiness_interval_ms")]
+    pub readiness_interval_ms: u64,
     /// The store's key-encryption key (as the dispatchers'): TOTP secrets and MFA challenges
     /// are sealed with it. Required when policies can require MFA (except with
     /// `insecure_plaintext`, where they are kept in plaintext).
@@ -141,6 +145,10 @@ pub struct GatewayConfig {
 
 fn default_policies_reload_s() -> u64 {
     2
+}
+
+fn default_readiness_interval_ms() -> u64 {
+    5000
 }
 
 /// A connector group and the username domains it serves.
@@ -236,6 +244,7 @@ impl GatewayConfig {
             admin_token_sha256: Vec::new(),
             policies_file: None,
             policies_reload_s: default_policies_reload_s(),
+            readiness_interval_ms: default_readiness_interval_ms(),
             mfa: access::MfaConfig::default(),
             store_encryption_key_file: None,
         }
@@ -404,6 +413,7 @@ impl BoundGateway {
             config.insecure_plaintext,
         )?
         .connect_lazy();
+        let readiness_channel = channel.clone();
         let dispatcher = DispatcherClient::new(channel);
         // With a store (production trust): smart lockout and the sign-in log.
         let store = self.verifier.as_ref().map(|v| v.verifier.store().clone());
@@ -491,6 +501,10 @@ impl BoundGateway {
         health_reporter
             .set_serving::<GatewayServer<GatewayService>>()
             .await;
+        // Liveness for probes: serving as long as the process answers, whatever readiness says.
+        health_reporter
+            .set_service_status("liveness", tonic_health::ServingStatus::Serving)
+            .await;
 
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -507,7 +521,15 @@ impl BoundGateway {
         .add_service(GatewayServer::new(service))
         .add_service(GatewayAdminServer::new(admin))
         .serve_with_incoming_shutdown(self.grpc_incoming, stopped(stop_rx.clone()));
-        let router = http::router(Arc::clone(&self.issuer));
+        let readiness = readiness::Readiness::new();
+        readiness.watch(
+            readiness_channel,
+            store.clone(),
+            health_reporter.clone(),
+            Duration::from_millis(config.readiness_interval_ms.max(100)),
+            stop_rx.clone(),
+        );
+        let router = http::router(Arc::clone(&self.issuer), readiness);
         let http_stopped = stopped(stop_rx);
         let limits = http::HttpLimits {
             header_read_timeout: Duration::from_millis(config.http_header_read_timeout_ms),
