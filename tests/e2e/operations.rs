@@ -420,3 +420,84 @@ async fn a_gateway_without_a_dispatcher_is_alive_but_not_ready() {
     // Liveness probes ask a health service of their own: not ready is not dead.
     assert!(serving(&url, "liveness").await);
 }
+
+/// The fields a configuration type accepts, as serde lists them when it meets an unknown one.
+fn accepted_fields<T: serde::de::DeserializeOwned>() -> std::collections::BTreeSet<String> {
+    let message = match toml::from_str::<T>("zz_not_a_field = 1\n") {
+        Ok(_) => panic!("an unknown field was accepted"),
+        Err(err) => err.to_string(),
+    };
+    let listed = message
+        .split("expected one of")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no field list in {message:?}"));
+    listed
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The fields the README's table under `heading` documents (every `name` in a row's first
+/// cell: "`agent_tls`, `api_tls`" documents two).
+fn documented_fields(heading: &str) -> std::collections::BTreeSet<String> {
+    let readme = include_str!("../../README.md");
+    let table = readme
+        .split(heading)
+        .nth(1)
+        .unwrap_or_else(|| panic!("no {heading:?} in the README"));
+    table
+        .lines()
+        .skip(1)
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .filter(|l| l.starts_with("| `"))
+        .flat_map(|l| {
+            let cell = l.split('|').nth(1).unwrap_or_default();
+            cell.split('`')
+                .skip(1)
+                .step_by(2)
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[test]
+fn the_readme_configuration_reference_lists_exactly_what_the_services_accept() {
+    let cases = [
+        (
+            "### Gateway (",
+            accepted_fields::<passage_gateway::GatewayConfig>(),
+        ),
+        (
+            "### Dispatcher (",
+            accepted_fields::<passage_dispatcher::DispatcherConfig>(),
+        ),
+        (
+            "### Agent (",
+            accepted_fields::<passage_agent::AgentConfig>(),
+        ),
+        (
+            "`[directory] kind = \"ldap\"`:",
+            accepted_fields::<passage_directory::ldap::LdapConfig>(),
+        ),
+    ];
+    for (heading, accepted) in cases {
+        let documented = documented_fields(heading);
+        // Both lists were really read (an empty pair would agree on nothing).
+        assert!(accepted.len() >= 10, "{heading}: {accepted:?}");
+        assert!(
+            accepted.contains("insecure_plaintext") || accepted.contains("base_dn"),
+            "{heading}: {accepted:?}"
+        );
+        // The LDAP table documents the connector's own fields; `kind` selects it.
+        let missing: Vec<_> = accepted.difference(&documented).collect();
+        let unknown: Vec<_> = documented.difference(&accepted).collect();
+        assert!(
+            missing.is_empty() && unknown.is_empty(),
+            "{heading}: accepted but not in the README: {missing:?}; in the README but not accepted: {unknown:?}"
+        );
+    }
+}
