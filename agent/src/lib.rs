@@ -83,6 +83,12 @@ pub struct AgentConfig {
     /// `HTTPS_PROXY` / `NO_PROXY` from the environment apply (never to loopback addresses).
     #[serde(default)]
     pub proxy: Option<String>,
+    /// A local HTTP health endpoint for the agent host's own monitoring: `GET /healthz`
+    /// answers 200 while at least one dispatcher stream is connected, 503 otherwise, with a
+    /// JSON body (agent id, streams connected of configured). Off by default; plaintext, so
+    /// keep it on a loopback address (`127.0.0.1:9100`).
+    #[serde(default)]
+    pub health_listen: Option<std::net::SocketAddr>,
     /// The directory passwords are checked against.
     pub directory: DirectoryConfig,
 }

@@ -2,7 +2,10 @@
 
 use std::{
     future::Future,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -138,6 +141,7 @@ pub async fn run(
         config,
         validator,
         capacity,
+        connected: Arc::new(AtomicUsize::new(0)),
     });
     // The directory's lockout policy is read before the first hello, so gateways know it
     // before the first sign-in (a directory that does not answer holds the start up for at
@@ -151,6 +155,15 @@ pub async fn run(
         );
     }
     let mut streams = JoinSet::new();
+    if let Some(listen) = link.config.health_listen {
+        streams.spawn(serve_health(
+            listen,
+            state.agent_id.clone(),
+            link.config.dispatchers.len(),
+            Arc::clone(&link.connected),
+            stop_rx.clone(),
+        ));
+    }
     streams.spawn(keep_policy_read(Arc::clone(&link), stop_rx.clone()));
     for url in link.config.dispatchers.clone() {
         streams.spawn(keep_connected(url, Arc::clone(&link), stop_rx.clone()));
@@ -204,6 +217,67 @@ struct Link {
     pending_renewal: Mutex<Option<oneshot::Sender<RenewResponse>>>,
     validator: Arc<Validator>,
     capacity: Arc<Semaphore>,
+    /// Streams welcomed by a dispatcher and not ended since.
+    connected: Arc<AtomicUsize>,
+}
+
+/// Counts a welcomed stream as connected until dropped (whichever way the stream ends).
+struct ConnectedStream(Arc<AtomicUsize>);
+
+impl ConnectedStream {
+    fn new(connected: &Arc<AtomicUsize>) -> Self {
+        connected.fetch_add(1, Ordering::Relaxed);
+        Self(Arc::clone(connected))
+    }
+}
+
+impl Drop for ConnectedStream {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Serves `GET /healthz` on `listen`: 200 while a stream is connected, 503 otherwise.
+async fn serve_health(
+    listen: std::net::SocketAddr,
+    agent_id: String,
+    configured: usize,
+    connected: Arc<AtomicUsize>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let listener = match tokio::net::TcpListener::bind(listen).await {
+        Ok(listener) => listener,
+        Err(err) => {
+            tracing::error!(%listen, error = %err, "the health endpoint cannot listen");
+            return;
+        }
+    };
+    tracing::info!(%listen, "health endpoint serving /healthz");
+    let router = axum::Router::new().route(
+        "/healthz",
+        axum::routing::get(move || {
+            let (agent_id, connected) = (agent_id.clone(), Arc::clone(&connected));
+            async move {
+                let streams = connected.load(Ordering::Relaxed);
+                let status = if streams > 0 {
+                    axum::http::StatusCode::OK
+                } else {
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE
+                };
+                let body = serde_json::json!({
+                    "agent_id": agent_id,
+                    "streams_connected": streams,
+                    "dispatchers_configured": configured,
+                });
+                (status, axum::Json(body))
+            }
+        }),
+    );
+    let _ = axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|stop| *stop).await;
+        })
+        .await;
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -452,6 +526,7 @@ async fn session(
         ms => Duration::from_millis(u64::from(ms)),
     };
     tracing::info!(dispatcher = %url, dispatcher_id = %welcome.dispatcher_id, "connected to dispatcher");
+    let _connected = ConnectedStream::new(&link.connected);
     *lock(&link.live) = Some(outbound.clone());
 
     let mut tasks = JoinSet::new();

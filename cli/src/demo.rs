@@ -91,6 +91,7 @@ pub async fn run(signin: Option<String>) -> Result<(), String> {
         tls: None,
         insecure_plaintext: true,
         proxy: None,
+        health_listen: None,
         renew_check_interval_ms: 60_000,
         refused_retry_interval_s: 600,
         lockout_policy_refresh_s: 300,

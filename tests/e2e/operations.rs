@@ -501,3 +501,45 @@ fn the_readme_configuration_reference_lists_exactly_what_the_services_accept() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_tells_its_host_whether_it_is_connected() {
+    let mut cluster = Cluster::start(ClusterOptions {
+        agents: 0,
+        ..ClusterOptions::default()
+    })
+    .await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let config = cluster.agent_config(0);
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!("health_listen = \"127.0.0.1:{port}\"\n{text}"),
+    )
+    .unwrap();
+    cluster.start_agent(0, true).await;
+    let health = format!("http://127.0.0.1:{port}");
+    let (status, body) = http_get(&health, "/healthz").await;
+    assert_eq!(status, 200, "{body}");
+    let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(report["streams_connected"], 1, "{body}");
+    assert_eq!(report["agent_id"], cluster.agents[0].agent_id.as_str());
+    // Without its dispatcher the agent is alive and says it is not connected.
+    cluster.dispatcher.process.kill();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, body) = http_get(&health, "/healthz").await;
+        if status == 503 {
+            assert!(body.contains("\"streams_connected\":0"), "{body}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still connected: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
