@@ -137,6 +137,38 @@ enum PolicyCommand {
     },
 }
 
+/// Where an administrative command finds the gateway and its administrator token.
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// Gateway gRPC URL.
+    #[arg(long)]
+    gateway: String,
+    /// File holding the administrator token.
+    #[arg(long)]
+    token_file: std::path::PathBuf,
+    /// Allow an http:// gateway URL. Development only.
+    #[arg(long)]
+    insecure_plaintext: bool,
+    /// CA certificate (PEM) to verify the gateway with, instead of the system's roots.
+    #[arg(long)]
+    ca_file: Option<std::path::PathBuf>,
+}
+
+impl AdminArgs {
+    /// The gateway to call, and the administrator token (from a file only its owner reads).
+    fn target(&self) -> Result<(Gateway<'_>, String), String> {
+        let token = read_admin_token(&self.token_file)?;
+        Ok((
+            Gateway {
+                url: &self.gateway,
+                ca_file: self.ca_file.as_deref(),
+                insecure_plaintext: self.insecure_plaintext,
+            },
+            token,
+        ))
+    }
+}
+
 // Parsed once per run: the variants' sizes do not matter.
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
@@ -146,36 +178,16 @@ enum AdminCommand {
     Token,
     /// The sign-in log, through the gateway (needs an administrator token).
     Signins {
-        /// Gateway gRPC URL.
-        #[arg(long)]
-        gateway: String,
-        /// File holding the administrator token.
-        #[arg(long)]
-        token_file: std::path::PathBuf,
-        /// Allow an http:// gateway URL. Development only.
-        #[arg(long)]
-        insecure_plaintext: bool,
-        /// CA certificate (PEM) to verify the gateway with, instead of the system's roots.
-        #[arg(long)]
-        ca_file: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        admin: AdminArgs,
         #[command(flatten)]
         filter: signins::SigninsArgs,
     },
     /// What the policies a gateway has in force decide for a sign-in (needs an administrator
     /// token).
     WhatIf {
-        /// Gateway gRPC URL.
-        #[arg(long)]
-        gateway: String,
-        /// File holding the administrator token.
-        #[arg(long)]
-        token_file: std::path::PathBuf,
-        /// Allow an http:// gateway URL. Development only.
-        #[arg(long)]
-        insecure_plaintext: bool,
-        /// CA certificate (PEM) to verify the gateway with, instead of the system's roots.
-        #[arg(long)]
-        ca_file: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        admin: AdminArgs,
         #[command(flatten)]
         sign_in: policy::WhatIfArgs,
     },
@@ -231,48 +243,20 @@ async fn main() -> ExitCode {
             })
             .map_err(|_| "no random source".to_owned()),
         Command::Admin {
-            command:
-                AdminCommand::Signins {
-                    gateway,
-                    token_file,
-                    insecure_plaintext,
-                    ca_file,
-                    filter,
-                },
+            command: AdminCommand::Signins { admin, filter },
         } => {
             passage_telemetry::init_logging("warn");
-            match read_admin_token(&token_file) {
-                Ok(token) => {
-                    let target = Gateway {
-                        url: &gateway,
-                        ca_file: ca_file.as_deref(),
-                        insecure_plaintext,
-                    };
-                    signins::run_remote(&target, &token, filter).await
-                }
+            match admin.target() {
+                Ok((target, token)) => signins::run_remote(&target, &token, filter).await,
                 Err(err) => Err(err),
             }
         }
         Command::Admin {
-            command:
-                AdminCommand::WhatIf {
-                    gateway,
-                    token_file,
-                    insecure_plaintext,
-                    ca_file,
-                    sign_in,
-                },
+            command: AdminCommand::WhatIf { admin, sign_in },
         } => {
             passage_telemetry::init_logging("warn");
-            match read_admin_token(&token_file) {
-                Ok(token) => {
-                    let target = Gateway {
-                        url: &gateway,
-                        ca_file: ca_file.as_deref(),
-                        insecure_plaintext,
-                    };
-                    policy::what_if_remote(&target, &token, &sign_in).await
-                }
+            match admin.target() {
+                Ok((target, token)) => policy::what_if_remote(&target, &token, &sign_in).await,
                 Err(err) => Err(err),
             }
         }

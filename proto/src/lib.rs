@@ -30,6 +30,11 @@ impl std::fmt::Debug for v1::PasswordPayload {
     }
 }
 
+/// The metadata key of a `Dispatcher.Validate` error that says how many candidate agents were
+/// lost after they were sent the password (as `ValidateResponse.lost_attempts` does on an
+/// answer): each may have bound to the directory, and smart lockout counts them.
+pub const LOST_ATTEMPTS_HEADER: &str = "passage-lost-attempts";
+
 /// Encoded `FileDescriptorSet` of `passage.v1`, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("passage_descriptor");
 

@@ -93,17 +93,7 @@ fn code_of(status: &tonic::Status) -> Option<ErrorCode> {
 
 /// `passage mfa ARGS...` against the cluster's store.
 fn mfa(cluster: &Cluster, args: &[&str]) -> (bool, String, String) {
-    let store = cluster.store_url();
-    let key = cluster.store_key_file();
-    let mut all = vec![
-        "mfa",
-        "--store",
-        store.as_str(),
-        "--store-encryption-key-file",
-        key.as_str(),
-    ];
-    all.extend_from_slice(args);
-    run_to_end("passage", &all)
+    cluster.store_cli("mfa", args)
 }
 
 /// The store, opened with the key the TOTP secrets are sealed with.

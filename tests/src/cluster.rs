@@ -567,10 +567,16 @@ impl Cluster {
 
     /// `passage agent ARGS...` against this cluster's store: (success, stdout, stderr).
     pub fn agent_cli(&self, args: &[&str]) -> (bool, String, String) {
+        self.store_cli("agent", args)
+    }
+
+    /// `passage COMMAND ARGS...` against this cluster's store, with its key-encryption key:
+    /// (success, stdout, stderr).
+    pub fn store_cli(&self, command: &str, args: &[&str]) -> (bool, String, String) {
         let store = self.store_url();
         let key = self.store_key_file();
         let mut all = vec![
-            "agent",
+            command,
             "--store",
             store.as_str(),
             "--store-encryption-key-file",

@@ -170,35 +170,18 @@ async fn run_op(
     op: &LockoutOp,
 ) -> Result<Option<UserCounters>, StoreError> {
     match op {
-        LockoutOp::Reserve {
-            tenant,
-            user_key,
-            scope,
-            now,
-            until,
-        } => {
-            let row = sqlx::query(sqlx::AssertSqlSafe(statements(*scope).reserve.as_str()))
-                .bind(tenant)
-                .bind(user_key)
-                .bind(now)
-                .bind(until)
-                .fetch_one(&mut *conn)
-                .await?;
-            counters_from_row(&row).map(Some)
+        // Reservations and successes share the multi-row statements of a batch, one row here.
+        LockoutOp::Reserve { scope, .. } => {
+            let mut result = [None];
+            reserve_many(conn, *scope, std::slice::from_ref(op), &[0], &mut result).await?;
+            Ok(result[0])
         }
         LockoutOp::Settle {
-            tenant,
-            user_key,
             scope,
             end: AttemptEnd::Success,
-            now,
+            ..
         } => {
-            sqlx::query(sqlx::AssertSqlSafe(statements(*scope).success.as_str()))
-                .bind(tenant)
-                .bind(user_key)
-                .bind(now)
-                .execute(&mut *conn)
-                .await?;
+            succeed_many(conn, *scope, std::slice::from_ref(op), &[0]).await?;
             Ok(None)
         }
         LockoutOp::Settle {
@@ -376,8 +359,6 @@ const COUNTER_COLUMNS: &str = "familiar_failures, familiar_last_failure_at, fami
 /// The statements that touch one scope's columns, one text per scope (column names cannot be
 /// bound parameters; these come only from the two fixed scope names).
 struct ScopeStatements {
-    reserve: String,
-    success: String,
     failures: String,
     lock_out: String,
 }
@@ -392,32 +373,13 @@ impl ScopeStatements {
             }
             LockoutScope::Unfamiliar => "",
         };
-        let (scope, other) = (scope.as_str(), scope.other().as_str());
+        let scope = scope.as_str();
         // One outstanding attempt fewer (never below zero; forgotten ones are gone already).
         let done = format!(
             "{scope}_pending = CASE WHEN {scope}_pending > 0 AND {scope}_pending_until > $3 \
              THEN {scope}_pending - 1 ELSE 0 END"
         );
         Self {
-            reserve: format!(
-                "INSERT INTO lockout_users (tenant_id, user_key, {scope}_pending, \
-                 {scope}_pending_until, {scope}_failures, {scope}_last_failure_at, \
-                 {scope}_locked_until, {scope}_lockouts, {other}_failures, \
-                 {other}_last_failure_at, {other}_pending, {other}_pending_until, \
-                 {other}_locked_until, {other}_lockouts) \
-                 VALUES ($1, $2, 1, $4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0) \
-                 ON CONFLICT (tenant_id, user_key) DO UPDATE SET \
-                 {scope}_pending = CASE WHEN lockout_users.{scope}_pending_until <= $3 THEN 1 \
-                 ELSE lockout_users.{scope}_pending + 1 END, \
-                 {scope}_pending_until = CASE WHEN lockout_users.{scope}_pending_until > $4 \
-                 THEN lockout_users.{scope}_pending_until ELSE $4 END \
-                 RETURNING {COUNTER_COLUMNS}"
-            ),
-            success: format!(
-                "UPDATE lockout_users SET {done}, familiar_failures = 0, unfamiliar_failures = 0, \
-                 familiar_lockouts = 0, unfamiliar_lockouts = 0, familiar_standing = 0 \
-                 WHERE tenant_id = $1 AND user_key = $2"
-            ),
             failures: format!(
                 "UPDATE lockout_users SET {done}, {standing}\
                  {scope}_failures = CASE WHEN {scope}_last_failure_at <= $5 THEN $4 \

@@ -410,16 +410,19 @@ impl Store {
         row.map_or(Ok(0), |row| Ok(row.try_get("wrong_codes")?))
     }
 
-    /// The user's wrong codes still counting at `now` (0 when older than `window_s`).
-    pub async fn mfa_user_wrong_codes(
+    /// Where the user's MFA stands, in one read and without opening the secret: whether the
+    /// enrolment is confirmed, and the wrong codes still counting at `now` (0 when older than
+    /// `window_s`). `None` without an enrolment.
+    pub async fn mfa_standing(
         &self,
         tenant: &str,
         user_key: &str,
         now: i64,
         window_s: i64,
-    ) -> Result<i64, StoreError> {
+    ) -> Result<Option<(bool, i64)>, StoreError> {
         let row = sqlx::query(
-            "SELECT CASE WHEN wrong_since <= $3 - $4 THEN 0 ELSE wrong_codes END AS wrong \
+            "SELECT CASE WHEN confirmed_at IS NULL THEN 0 ELSE 1 END AS confirmed, \
+             CASE WHEN wrong_since <= $3 - $4 THEN 0 ELSE wrong_codes END AS wrong \
              FROM mfa_enrolments WHERE tenant_id = $1 AND user_key = $2",
         )
         .bind(tenant)
@@ -428,7 +431,13 @@ impl Store {
         .bind(window_s)
         .fetch_optional(&self.reads)
         .await?;
-        row.map_or(Ok(0), |row| Ok(row.try_get("wrong")?))
+        row.map(|row| {
+            Ok((
+                row.try_get::<i64, _>("confirmed")? != 0,
+                row.try_get("wrong")?,
+            ))
+        })
+        .transpose()
     }
 
     /// A right code: the user's count of wrong ones starts again.

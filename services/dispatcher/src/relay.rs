@@ -251,15 +251,13 @@ impl RelayService {
     }
 }
 
-/// The metadata that says, on an error, how many candidates were lost after they were sent the
-/// password (as `ValidateResponse.lost_attempts` does on an answer): each may have bound.
-pub const LOST_ATTEMPTS_HEADER: &str = "passage-lost-attempts";
-
 fn with_lost_attempts(mut status: Status, lost: u32) -> Status {
     if lost > 0
         && let Ok(value) = lost.to_string().parse()
     {
-        status.metadata_mut().insert(LOST_ATTEMPTS_HEADER, value);
+        status
+            .metadata_mut()
+            .insert(passage_proto::LOST_ATTEMPTS_HEADER, value);
     }
     status
 }

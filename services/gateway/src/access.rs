@@ -250,6 +250,8 @@ pub struct Completed {
 pub enum Enrolled {
     /// Confirmed: challenges can be answered.
     Yes,
+    /// Confirmed, but too many wrong codes lately: no challenge for now.
+    Waiting,
     /// None, or not confirmed yet.
     No,
 }
@@ -279,11 +281,7 @@ impl SecondFactor {
         user_key: &str,
         now: i64,
     ) -> Result<bool, StoreError> {
-        Ok(self
-            .store
-            .mfa_user_wrong_codes(tenant, user_key, now, USER_WRONG_CODES_WINDOW_S)
-            .await?
-            >= MAX_USER_WRONG_CODES)
+        Ok(self.enrolled(tenant, user_key, now).await? == Enrolled::Waiting)
     }
 
     /// The settings.
@@ -291,12 +289,25 @@ impl SecondFactor {
         &self.config
     }
 
-    /// Whether `user_key` has a confirmed enrolment.
-    pub async fn enrolled(&self, tenant: &str, user_key: &str) -> Result<Enrolled, StoreError> {
-        Ok(match self.store.mfa_enrolment(tenant, user_key).await? {
-            Some(enrolment) if enrolment.confirmed_at.is_some() => Enrolled::Yes,
-            _ => Enrolled::No,
-        })
+    /// Whether `user_key` has a confirmed enrolment, and whether MFA waits for them (too many
+    /// wrong codes lately): one read, the secret stays sealed.
+    pub async fn enrolled(
+        &self,
+        tenant: &str,
+        user_key: &str,
+        now: i64,
+    ) -> Result<Enrolled, StoreError> {
+        Ok(
+            match self
+                .store
+                .mfa_standing(tenant, user_key, now, USER_WRONG_CODES_WINDOW_S)
+                .await?
+            {
+                Some((true, wrong)) if wrong >= MAX_USER_WRONG_CODES => Enrolled::Waiting,
+                Some((true, _)) => Enrolled::Yes,
+                _ => Enrolled::No,
+            },
+        )
     }
 
     /// Opens a challenge for a primary sign-in of `user_key` by `client_id` from `client_ip`:

@@ -1,6 +1,7 @@
 //! `Gateway.SignIn`.
 
 use std::{
+    future::Future,
     net::IpAddr,
     sync::Arc,
     time::{Duration, Instant, SystemTime},
@@ -525,7 +526,7 @@ fn dispatcher_failed(status: Status) -> SignInError {
             // bound), as its error says.
             lost_attempts: status
                 .metadata()
-                .get("passage-lost-attempts")
+                .get(passage_proto::LOST_ATTEMPTS_HEADER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0),
@@ -555,12 +556,7 @@ impl Gateway for GatewayService {
         request: Request<SignInRequest>,
     ) -> Result<Response<SignInResponse>, Status> {
         let service = Arc::clone(&self.0);
-        tokio::spawn(async move { service.sign_in(request).await })
-            .await
-            .unwrap_or_else(|err| {
-                tracing::error!(error = %err, "a sign-in task failed");
-                Err(ErrorCode::Internal.public_status())
-            })
+        to_the_end(async move { service.sign_in(request).await }).await
     }
 
     async fn complete_mfa(
@@ -568,13 +564,19 @@ impl Gateway for GatewayService {
         request: Request<CompleteMfaRequest>,
     ) -> Result<Response<CompleteMfaResponse>, Status> {
         let service = Arc::clone(&self.0);
-        tokio::spawn(async move { service.complete_mfa(request).await })
-            .await
-            .unwrap_or_else(|err| {
-                tracing::error!(error = %err, "an MFA task failed");
-                Err(ErrorCode::Internal.public_status())
-            })
+        to_the_end(async move { service.complete_mfa(request).await }).await
     }
+}
+
+/// Runs `call` in a task of its own and waits for its answer: if the caller goes away, the
+/// task still finishes.
+async fn to_the_end<T: Send + 'static>(
+    call: impl Future<Output = Result<T, Status>> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::spawn(call).await.unwrap_or_else(|err| {
+        tracing::error!(error = %err, "a sign-in task failed");
+        Err(ErrorCode::Internal.public_status())
+    })
 }
 
 impl SignInService {
@@ -701,7 +703,6 @@ impl SignInService {
                     .finish(
                         &request,
                         Err(SignInError::LockedOut(refusal.until)),
-                        None,
                         Some(scope),
                         "refused",
                         now,
@@ -722,21 +723,21 @@ impl SignInService {
         let repeated = answer
             .as_ref()
             .is_ok_and(|answer| answer.repeated_wrong_password);
-        let result = answer.and_then(|answer| match (answer.outcome, answer.user) {
-            (ValidationOutcome::Success, Some(user)) => Ok((user, answer.agent_id)),
-            (outcome, _) => Err(SignInError::Refused(outcome)),
-        });
         // Conditional access decides what a right password leads to; a network becomes familiar
         // only when the sign-in gets its tokens now (not behind a block or a second factor).
-        let evaluation = result
-            .as_ref()
-            .ok()
-            .map(|(user, _)| self.evaluate(&request, user, scope));
+        let result = answer.and_then(|answer| match (answer.outcome, answer.user) {
+            (ValidationOutcome::Success, Some(user)) => {
+                let subject = self.subject(&request, user);
+                let evaluation = self.evaluate(&request, &subject, scope);
+                Ok((subject, answer.agent_id, evaluation))
+            }
+            (outcome, _) => Err(SignInError::Refused(outcome)),
+        });
         let mut lockout_state = "none";
         if let (Some(lockout), Some(ticket)) = (&self.lockout, ticket) {
             let outcome = match &result {
-                Ok(_) => Outcome::Success {
-                    remember_network: evaluation.as_ref().is_some_and(|e| e.grant == Grant::Allow),
+                Ok((_, _, evaluation)) => Outcome::Success {
+                    remember_network: evaluation.grant == Grant::Allow,
                 },
                 // Wrong password and unknown user alike (the answer does not tell them apart),
                 // unless the agent recognised a wrong password tried before and did not bind.
@@ -763,33 +764,41 @@ impl SignInService {
                 Err(err) => tracing::error!(error = %err, "smart lockout: counting failed"),
             }
         }
-        self.finish(
-            &request,
-            result,
-            evaluation,
-            scope,
-            lockout_state,
-            now,
-            started,
-        )
-        .await
+        self.finish(&request, result, scope, lockout_state, now, started)
+            .await
+    }
+
+    /// Who signed in, as the tokens will say: the directory's stable id (else its DN) and UPN
+    /// (else the username as typed).
+    fn subject(&self, request: &CheckedRequest, user: DirectoryUser) -> Subject {
+        Subject {
+            sub: if user.object_id.is_empty() {
+                user.dn
+            } else {
+                user.object_id
+            },
+            tenant: self.tenant.clone(),
+            upn: if user.upn.is_empty() {
+                request.username.to_string()
+            } else {
+                user.upn
+            },
+            name: user.display_name,
+            email: user.mail,
+            groups: user.groups,
+        }
     }
 
     /// What the policies in force decide for a sign-in whose password the directory accepted.
     fn evaluate(
         &self,
         request: &CheckedRequest,
-        user: &DirectoryUser,
+        subject: &Subject,
         scope: Option<Scope>,
     ) -> passage_policy::Evaluation {
-        let upn = if user.upn.is_empty() {
-            request.username.to_string()
-        } else {
-            user.upn.clone()
-        };
         self.policies.current().evaluate(&SignInFacts {
-            user: &upn,
-            groups: &user.groups,
+            user: &subject.upn,
+            groups: &subject.groups,
             application: &request.client_id,
             client_ip: request.client_ip,
             unfamiliar_location: scope != Some(Scope::Familiar),
@@ -798,12 +807,10 @@ impl SignInService {
     }
 
     /// Issues tokens for a success, or the coded error; logs the attempt either way.
-    #[allow(clippy::too_many_arguments)]
     async fn finish(
         &self,
         request: &CheckedRequest,
-        result: Result<(DirectoryUser, String), SignInError>,
-        evaluation: Option<passage_policy::Evaluation>,
+        result: Result<(Subject, String, passage_policy::Evaluation), SignInError>,
         scope: Option<Scope>,
         lockout_state: &'static str,
         now: i64,
@@ -824,29 +831,9 @@ impl SignInService {
             ..SigninEntry::default()
         };
         let outcome = match result {
-            Ok((user, agent_id)) => {
-                let subject = Subject {
-                    sub: if user.object_id.is_empty() {
-                        user.dn.clone()
-                    } else {
-                        user.object_id.clone()
-                    },
-                    tenant: self.tenant.clone(),
-                    upn: if user.upn.is_empty() {
-                        request.username.to_string()
-                    } else {
-                        user.upn.clone()
-                    },
-                    name: user.display_name,
-                    email: user.mail,
-                    groups: user.groups,
-                };
+            Ok((subject, agent_id, evaluation)) => {
                 entry.upn = subject.upn.clone();
                 entry.agent_id = agent_id.clone();
-                let evaluation = match evaluation {
-                    Some(evaluation) => evaluation,
-                    None => self.evaluate(request, &user_for_policy(&subject), scope),
-                };
                 self.after_password(
                     request, subject, agent_id, evaluation, scope, now, &mut entry,
                 )
@@ -927,8 +914,8 @@ impl SignInService {
                     return Err(SignInError::MfaNotEnrolled);
                 };
                 let user_key = subject.upn.to_lowercase();
-                match mfa.enrolled(&self.tenant, &user_key).await? {
-                    Enrolled::Yes if mfa.user_locked(&self.tenant, &user_key, now).await? => {
+                match mfa.enrolled(&self.tenant, &user_key, now).await? {
+                    Enrolled::Waiting => {
                         entry.mfa = "locked".into();
                         Err(SignInError::MfaLocked)
                     }
@@ -1095,15 +1082,6 @@ impl SignInService {
             log.record(entry).await;
         }
         response
-    }
-}
-
-/// The directory's view of a subject, for a policy evaluated after the fact.
-fn user_for_policy(subject: &Subject) -> DirectoryUser {
-    DirectoryUser {
-        upn: subject.upn.clone(),
-        groups: subject.groups.clone(),
-        ..DirectoryUser::default()
     }
 }
 
