@@ -12,6 +12,8 @@ use passage_gateway::{ClientRegistration, GatewayConfig};
 const DOMAIN: &str = "demo.passage.dev";
 /// The client id the demo signs in as.
 const CLIENT_ID: &str = "passage-demo";
+/// The sample web application's client id (a public client: PKCE).
+const SAMPLE_APP_ID: &str = "sample-app";
 
 /// Demo users: (name, password, state, display name). Printed at start; not real secrets.
 const USERS: &[(&str, &str, &str, &str)] = &[
@@ -61,16 +63,39 @@ pub async fn run(signin: Option<String>) -> Result<(), String> {
     .map_err(|e| e.to_string())?;
     let registry = dispatcher.registry();
 
+    // The sample web application's address comes first: the gateway registers its redirect URI.
+    let rp_listener = tokio::net::TcpListener::bind(loopback)
+        .await
+        .map_err(|e| format!("binding the sample application: {e}"))?;
+    let rp_addr = rp_listener.local_addr().map_err(|e| e.to_string())?;
+    let rp_url = format!("http://{}", crate::sample_rp::redirect_host(rp_addr));
+
     let mut gateway_config = GatewayConfig::development(
         format!("http://{}", dispatcher.api_addr()),
         dir.path().join("token-signing-key.der"),
     );
     gateway_config.grpc_listen = loopback;
     gateway_config.http_listen = loopback;
-    gateway_config.clients = vec![ClientRegistration {
-        id: CLIENT_ID.into(),
-        name: "Passage demo".into(),
-    }];
+    // A store of its own (SQLite in the temporary directory) for the OpenID provider's codes,
+    // refresh tokens and signing keys, smart lockout and the sign-in log.
+    gateway_config.store_url = Some(format!(
+        "sqlite://{}",
+        dir.path().join("passage.db").display()
+    ));
+    gateway_config.clients = vec![
+        ClientRegistration {
+            id: CLIENT_ID.into(),
+            name: "Passage demo".into(),
+            ..ClientRegistration::default()
+        },
+        ClientRegistration {
+            id: SAMPLE_APP_ID.into(),
+            name: "Sample app".into(),
+            redirect_uris: vec![format!("{rp_url}/callback")],
+            post_logout_redirect_uris: vec![format!("{rp_url}/")],
+            ..ClientRegistration::default()
+        },
+    ];
     let gateway = passage_gateway::bind(gateway_config)
         .await
         .map_err(|e| e.to_string())?;
@@ -109,6 +134,14 @@ pub async fn run(signin: Option<String>) -> Result<(), String> {
     };
     let dispatcher_task = tokio::spawn(dispatcher.run(stopped()));
     let gateway_task = tokio::spawn(gateway.run(stopped()));
+    let rp_issuer = issuer.clone();
+    let rp_task = tokio::spawn(async move {
+        if let Err(err) =
+            crate::sample_rp::serve(rp_listener, rp_issuer, SAMPLE_APP_ID.into()).await
+        {
+            eprintln!("the sample application stopped: {err}");
+        }
+    });
     let agent_task = tokio::spawn(passage_agent::run(
         agent_config,
         state,
@@ -128,6 +161,9 @@ pub async fn run(signin: Option<String>) -> Result<(), String> {
     println!("  gateway gRPC   {gateway_url}   (Gateway.SignIn, health, reflection)");
     println!("  OIDC discovery {issuer}/.well-known/openid-configuration");
     println!("  JWKS           {issuer}/.well-known/jwks.json");
+    println!(
+        "  sample web app {rp_url}/   (open it in a browser: it signs in through Passage's page)"
+    );
     println!("Demo directory ({DOMAIN}), client_id {CLIENT_ID}:");
     for (name, password, state, _) in USERS {
         let username = format!("{name}@{DOMAIN}");
@@ -146,6 +182,7 @@ pub async fn run(signin: Option<String>) -> Result<(), String> {
         }
     };
     let _ = stop_tx.send(true);
+    rp_task.abort();
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
         let _ = tokio::join!(dispatcher_task, gateway_task, agent_task);
     })

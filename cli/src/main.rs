@@ -10,12 +10,15 @@
 //!   the listeners and gateways.
 //! * `passage tenant`, `passage agent` — tenant CAs, enrolment tokens, agents.
 //! * `passage mfa`, `passage policy what-if` — TOTP enrolment, conditional access.
+//! * `passage keys`, `passage client secret` — token signing keys, OIDC client secrets.
 
 mod agents;
 mod demo;
 mod mfa;
+mod oidc;
 mod pki;
 mod policy;
+mod sample_rp;
 mod signins;
 mod store;
 mod tenants;
@@ -117,6 +120,32 @@ enum Command {
         store: store::StoreArgs,
         #[command(subcommand)]
         command: mfa::MfaCommand,
+    },
+    /// Token signing keys, shared by every gateway replica through the store (sealed with
+    /// the key-encryption key): rotate, list.
+    Keys {
+        #[command(flatten)]
+        store: store::StoreArgs,
+        #[command(subcommand)]
+        command: oidc::KeysCommand,
+    },
+    /// OpenID Connect client registrations: a new client secret and its hash.
+    Client {
+        #[command(subcommand)]
+        command: oidc::ClientCommand,
+    },
+    /// A tiny web application that signs in through Passage's browser flow (the demo serves
+    /// one): register `http://localhost:PORT/callback` as a redirect URI of a public client.
+    SampleRp {
+        /// The gateway's issuer URL.
+        #[arg(long)]
+        issuer: String,
+        /// Its client id (a public client).
+        #[arg(long)]
+        client_id: String,
+        /// Where to listen.
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        listen: std::net::SocketAddr,
     },
     /// Conditional access: what the policies decide for a sign-in, and why.
     Policy {
@@ -267,6 +296,34 @@ async fn main() -> ExitCode {
                 Err(err) => Err(err),
             }
         }
+        Command::Keys { store, command } => {
+            passage_telemetry::init_logging("warn");
+            match store.open().await {
+                Ok(store) => oidc::run_keys(&store, command).await,
+                Err(err) => Err(err),
+            }
+        }
+        Command::SampleRp {
+            issuer,
+            client_id,
+            listen,
+        } => {
+            passage_telemetry::init_logging("warn");
+            match tokio::net::TcpListener::bind(listen).await {
+                Ok(listener) => {
+                    if let Ok(addr) = listener.local_addr() {
+                        // One line, as the services print theirs: what to open.
+                        println!("sample-app url=http://{}/", sample_rp::redirect_host(addr));
+                    }
+                    sample_rp::serve(listener, issuer, client_id).await
+                }
+                Err(err) => Err(format!("{listen}: {err}")),
+            }
+        }
+        Command::Client { command } => {
+            passage_telemetry::init_logging("warn");
+            oidc::run_client(command)
+        }
         Command::Policy {
             command: PolicyCommand::WhatIf { policies, sign_in },
         } => {
@@ -383,6 +440,7 @@ pub(crate) async fn call_sign_in(
             password: password.expose().to_owned(),
             client_id: client_id.to_owned(),
             client_ip: String::new(),
+            offline_access: false,
         })
         .await
         .map(tonic::Response::into_inner)
@@ -427,6 +485,7 @@ async fn signin(
                 code,
                 client_id: client_id.to_owned(),
                 client_ip: String::new(),
+                offline_access: false,
             })
             .await
             .map(tonic::Response::into_inner)

@@ -527,6 +527,7 @@ async fn sign_ins(
             password: user.password.clone(),
             client_id: CLIENT_ID.into(),
             client_ip: format!("198.18.{}.{}", (i % USERS) / 256, (i % USERS) % 256),
+            offline_access: false,
         };
         let mut client = client.clone();
         async move { client.sign_in(request).await.is_ok() }

@@ -64,6 +64,7 @@ async fn sign_in(
             password: password.into(),
             client_id: CLIENT_ID.into(),
             client_ip: HOME.into(),
+            offline_access: false,
         })
         .await
         .map(tonic::Response::into_inner)
@@ -82,6 +83,7 @@ async fn complete(
             code: code.into(),
             client_id: CLIENT_ID.into(),
             client_ip: client_ip.into(),
+            offline_access: false,
         })
         .await
         .map(tonic::Response::into_inner)
@@ -571,6 +573,7 @@ policies:
             password: bob.password.clone(),
             client_id: CLIENT_ID.into(),
             client_ip: "198.51.100.9".into(),
+            offline_access: false,
         })
         .await
         .unwrap()
@@ -632,6 +635,7 @@ async fn users_without_an_authenticator_may_start_from_a_trusted_network_when_al
             password: alice.password.clone(),
             client_id: CLIENT_ID.into(),
             client_ip: "198.51.100.9".into(),
+            offline_access: false,
         })
         .await
         .expect_err("not from a trusted network");

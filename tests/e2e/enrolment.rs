@@ -421,6 +421,7 @@ async fn certificates_renew_over_the_live_stream_under_load_without_a_failed_sig
                     password: password.clone(),
                     client_id: passage_tests::cluster::CLIENT_ID.into(),
                     client_ip: String::new(),
+                    offline_access: false,
                 };
                 match client.sign_in(request).await {
                     Ok(_) => ok += 1,

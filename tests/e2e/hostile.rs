@@ -87,6 +87,7 @@ fn sign_in(username: String, password: String, client_id: &str, client_ip: &str)
         password,
         client_id: client_id.into(),
         client_ip: client_ip.into(),
+        offline_access: false,
     }
 }
 

@@ -39,6 +39,7 @@ async fn unknown_domains(cluster: &Cluster, from: usize, count: usize, concurren
                         password: "Some-Password-1!".into(),
                         client_id: CLIENT_ID.into(),
                         client_ip: String::new(),
+                        offline_access: false,
                     })
                     .await
                     .expect_err("nobody serves a made-up domain");
@@ -86,6 +87,7 @@ async fn ten_thousand_unknown_domains_leave_the_gateway_bounded_and_serving() {
                         password: alice.password.clone(),
                         client_id: CLIENT_ID.into(),
                         client_ip: String::new(),
+                        offline_access: false,
                     })
                     .await;
                 match result {
@@ -222,6 +224,7 @@ async fn a_burst_from_one_address_is_throttled_while_other_addresses_are_served(
                     password: alice.password,
                     client_id: CLIENT_ID.into(),
                     client_ip: ip,
+                    offline_access: false,
                 })
                 .await
         }

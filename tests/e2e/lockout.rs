@@ -32,6 +32,7 @@ async fn sign_in_from(
             password: password.into(),
             client_id: CLIENT_ID.into(),
             client_ip: ip.into(),
+            offline_access: false,
         })
         .await
         .map(drop)
@@ -75,6 +76,7 @@ async fn burst(
                     password: format!("Burst-{n}"),
                     client_id: CLIENT_ID.into(),
                     client_ip: ATTACKER.into(),
+                    offline_access: false,
                 })
                 .await
                 .expect_err("a wrong password");
@@ -235,6 +237,7 @@ async fn sign_in_then_lose_its_agent(
         password: password.into(),
         client_id: CLIENT_ID.into(),
         client_ip: ATTACKER.into(),
+        offline_access: false,
     };
     let attempt = tokio::spawn(async move { client.sign_in(request).await });
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
@@ -602,6 +605,7 @@ async fn two_gateway_replicas_on_one_postgresql_store_count_together() {
                 password: format!("Guess-{n}"),
                 client_id: CLIENT_ID.into(),
                 client_ip: ATTACKER.into(),
+                offline_access: false,
             })
             .await
             .expect_err("a wrong password");
@@ -711,6 +715,7 @@ async fn an_attempt_its_caller_abandons_is_still_counted() {
         password: "Abandoned-Guess-1".into(),
         client_id: CLIENT_ID.into(),
         client_ip: ATTACKER.into(),
+        offline_access: false,
     });
     request.set_timeout(std::time::Duration::from_millis(300));
     let status = cluster

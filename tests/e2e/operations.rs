@@ -125,6 +125,7 @@ async fn sign_in_traced(cluster: &Cluster, user: &TestUser, traceparent: &str) {
         password: user.password.clone(),
         client_id: CLIENT_ID.into(),
         client_ip: String::new(),
+        offline_access: false,
     });
     request
         .metadata_mut()

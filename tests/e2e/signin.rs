@@ -138,6 +138,7 @@ async fn malformed_fields_are_invalid_argument() {
         password: alice.password.clone(),
         client_id: CLIENT_ID.into(),
         client_ip: String::new(),
+        offline_access: false,
     };
     let cases = [
         SignInRequest {
@@ -313,6 +314,7 @@ async fn killing_one_of_two_agents_mid_load_loses_no_sign_in() {
             password: alice.password.clone(),
             client_id: CLIENT_ID.into(),
             client_ip: String::new(),
+            offline_access: false,
         };
         tasks.spawn(async move {
             let result = client.sign_in(request).await;

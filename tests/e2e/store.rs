@@ -10,6 +10,10 @@ use passage_tests::postgres::Postgres;
 
 /// Stands in for a tenant CA's PKCS#8 key: distinctive, so a dump can be searched for it.
 const CA_KEY_MARKER: &[u8] = b"0\x81\x87-tenant-ca-private-key-marker";
+/// Starts every stand-in for a token signing key's PKCS#8 DER.
+const SIGNING_KEY_MARKER: &[u8] = b"0\x81\x87-oidc-signing-key-marker";
+/// Stands in for what the gateway records with a code or a refresh token.
+const OIDC_PAYLOAD_MARKER: &[u8] = b"{\"sub\":\"oidc-payload-marker\"}";
 
 /// A store at `url` keeping private keys encrypted, as dispatchers do in production.
 async fn open_encrypted(url: &str, kek: &KeyEncryptionKey) -> Store {
@@ -817,6 +821,606 @@ async fn lockout_and_signin_log(store: &Store) {
     );
 }
 
+/// OpenID Connect state, on both backends: one current signing key per tenant whichever
+/// replicas race, rotation and pruning of keys, single-use authorization codes, refresh token
+/// rotation with replay detection, revocation. `replica` is another replica on the same
+/// database (or the same store).
+async fn oidc_state(store: &Store, replica: &Store) {
+    use passage_store::{
+        CodeRedemption, NewCode, NewRefreshToken, OIDC_PRUNE_GRACE_S, RefreshRotation,
+    };
+    let now = 1_960_000_000;
+    let key = |n: u8| {
+        let mut key = SIGNING_KEY_MARKER.to_vec();
+        key.push(n);
+        key
+    };
+    fn kids(keys: &[passage_store::StoredSigningKey]) -> Vec<(String, Option<i64>, Option<i64>)> {
+        keys.iter()
+            .map(|k| (k.kid.clone(), k.retired_at, k.drop_after))
+            .collect()
+    }
+
+    // Signing keys: replicas starting together end with one current key, theirs or another's.
+    assert!(store.signing_keys("oidc").await.unwrap().is_empty());
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..6u8 {
+        let store = if n % 2 == 0 {
+            store.clone()
+        } else {
+            replica.clone()
+        };
+        tasks.spawn(async move {
+            let inserted = store
+                .ensure_signing_key("oidc", &format!("kid-{n}"), &key(n), now)
+                .await
+                .unwrap();
+            (n, inserted)
+        });
+    }
+    let mut inserted = Vec::new();
+    while let Some(result) = tasks.join_next().await {
+        let (n, won) = result.unwrap();
+        if won {
+            inserted.push(n);
+        }
+    }
+    assert_eq!(inserted.len(), 1, "one key became current: {inserted:?}");
+    let first = inserted[0];
+    let first_kid = format!("kid-{first}");
+    let keys = replica.signing_keys("oidc").await.unwrap();
+    assert_eq!(kids(&keys), vec![(first_kid.clone(), None, None)]);
+    assert_eq!(keys[0].private_pkcs8.expose(), key(first).as_slice());
+    assert_eq!(keys[0].created_at, now);
+    let printed = format!("{:?}", keys[0]);
+    let key_bytes = format!("{:?}", &SIGNING_KEY_MARKER[..4]);
+    assert!(
+        printed.contains("[redacted]") && !printed.contains(key_bytes.trim_end_matches(']')),
+        "Debug prints no key: {printed}"
+    );
+    assert!(
+        !store
+            .ensure_signing_key("oidc", "kid-late", &key(9), now + 1)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .ensure_signing_key("oidc-other", "kid-o", &key(7), now)
+            .await
+            .unwrap(),
+        "each tenant has its own"
+    );
+    // Rotation: the current key retires (kept for its tokens until drop_after), the new one
+    // signs; a key retired before keeps its drop_after.
+    store
+        .add_signing_key("oidc", "kid-next", &key(10), now + 100, now + 400)
+        .await
+        .unwrap();
+    let keys = replica.signing_keys("oidc").await.unwrap();
+    assert_eq!(
+        kids(&keys),
+        vec![
+            ("kid-next".to_string(), None, None),
+            (first_kid.clone(), Some(now + 100), Some(now + 400)),
+        ]
+    );
+    assert_eq!(keys[0].private_pkcs8.expose(), key(10).as_slice());
+    assert_eq!(keys[1].private_pkcs8.expose(), key(first).as_slice());
+    assert!(
+        !store
+            .ensure_signing_key("oidc", "kid-late", &key(9), now + 101)
+            .await
+            .unwrap()
+    );
+    store
+        .add_signing_key("oidc", "kid-third", &key(11), now + 200, now + 500)
+        .await
+        .unwrap();
+    assert_eq!(
+        kids(&store.signing_keys("oidc").await.unwrap()),
+        vec![
+            ("kid-third".to_string(), None, None),
+            ("kid-next".to_string(), Some(now + 200), Some(now + 500)),
+            (first_kid.clone(), Some(now + 100), Some(now + 400)),
+        ]
+    );
+    // A tenant without a key gets one by rotating, too.
+    store
+        .add_signing_key("oidc-fresh", "kid-f", &key(12), now, now)
+        .await
+        .unwrap();
+    assert_eq!(
+        kids(&store.signing_keys("oidc-fresh").await.unwrap()),
+        vec![("kid-f".to_string(), None, None)]
+    );
+    // Pruning: retired keys past drop_after only, never a current one.
+    assert_eq!(store.prune_signing_keys(now + 399).await.unwrap(), 0);
+    assert_eq!(store.prune_signing_keys(now + 400).await.unwrap(), 1);
+    assert_eq!(store.prune_signing_keys(now + 100_000).await.unwrap(), 1);
+    assert_eq!(
+        kids(&replica.signing_keys("oidc").await.unwrap()),
+        vec![("kid-third".to_string(), None, None)]
+    );
+    assert_eq!(store.signing_keys("oidc-other").await.unwrap().len(), 1);
+    assert_eq!(store.signing_keys("oidc-fresh").await.unwrap().len(), 1);
+
+    // Authorization codes: redeemed once, whichever replicas try at once; the others learn
+    // the family the redemption created.
+    let code_digest = "c0".repeat(32);
+    let code = NewCode {
+        digest: &code_digest,
+        tenant: "oidc",
+        client_id: "app",
+        redirect_uri: "https://app.example.com/cb",
+        expires_at: now + 60,
+        payload: OIDC_PAYLOAD_MARKER,
+    };
+    store.create_authorization_code(&code).await.unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..6 {
+        let store = if n % 2 == 0 {
+            store.clone()
+        } else {
+            replica.clone()
+        };
+        let digest = code_digest.clone();
+        tasks.spawn(async move {
+            let redemption = store
+                .redeem_authorization_code(&digest, &format!("family-{n}"), now + 10)
+                .await
+                .unwrap();
+            (n, redemption)
+        });
+    }
+    let mut winner = None;
+    let mut replays = Vec::new();
+    while let Some(result) = tasks.join_next().await {
+        match result.unwrap() {
+            (
+                n,
+                CodeRedemption::Redeemed {
+                    client_id,
+                    redirect_uri,
+                    payload,
+                },
+            ) => {
+                assert_eq!(
+                    (client_id.as_str(), redirect_uri.as_str(), payload.expose()),
+                    ("app", "https://app.example.com/cb", OIDC_PAYLOAD_MARKER)
+                );
+                assert!(winner.replace(n).is_none(), "a code redeemed twice");
+            }
+            (_, CodeRedemption::AlreadyUsed { family_id }) => replays.push(family_id),
+            (n, other) => panic!("redemption {n}: {other:?}"),
+        }
+    }
+    let winning_family = format!("family-{}", winner.expect("a code redeemed once"));
+    assert_eq!(replays, vec![Some(winning_family.clone()); 5]);
+    // A replay after the code's expiry is still recognised.
+    match store
+        .redeem_authorization_code(&code_digest, "family-late", now + 1000)
+        .await
+        .unwrap()
+    {
+        CodeRedemption::AlreadyUsed { family_id } => {
+            assert_eq!(family_id, Some(winning_family))
+        }
+        other => panic!("{other:?}"),
+    }
+    // An expired code is unknown; the same code just before its expiry redeems.
+    let expiring_digest = "c1".repeat(32);
+    store
+        .create_authorization_code(&NewCode {
+            digest: &expiring_digest,
+            ..code
+        })
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .redeem_authorization_code(&expiring_digest, "family-x", now + 60)
+            .await
+            .unwrap(),
+        CodeRedemption::Unknown
+    ));
+    assert!(matches!(
+        replica
+            .redeem_authorization_code(&expiring_digest, "family-x", now + 59)
+            .await
+            .unwrap(),
+        CodeRedemption::Redeemed { .. }
+    ));
+    assert!(matches!(
+        store
+            .redeem_authorization_code(&"c2".repeat(32), "family-y", now)
+            .await
+            .unwrap(),
+        CodeRedemption::Unknown
+    ));
+    // One stays unused, for the dump.
+    let kept_digest = "c3".repeat(32);
+    store
+        .create_authorization_code(&NewCode {
+            digest: &kept_digest,
+            expires_at: 2_100_000_000,
+            ..code
+        })
+        .await
+        .unwrap();
+
+    // Refresh tokens: rotation carries the grant over to the new token.
+    let token = NewRefreshToken {
+        digest: "rt-a1",
+        family_id: "family-a",
+        tenant: "oidc",
+        client_id: "app",
+        subject: "alice",
+        expires_at: now + 1_000_000,
+        payload: OIDC_PAYLOAD_MARKER,
+    };
+    store.create_refresh_token(&token, now).await.unwrap();
+    let info = replica.refresh_token("rt-a1", now).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            info.family_id.as_str(),
+            info.tenant.as_str(),
+            info.client_id.as_str(),
+            info.subject.as_str(),
+            info.created_at,
+            info.expires_at,
+            info.active
+        ),
+        (
+            "family-a",
+            "oidc",
+            "app",
+            "alice",
+            now,
+            now + 1_000_000,
+            true
+        )
+    );
+    assert_eq!(info.payload.expose(), OIDC_PAYLOAD_MARKER);
+    match store
+        .rotate_refresh_token("rt-a1", "rt-a2", now + 10)
+        .await
+        .unwrap()
+    {
+        RefreshRotation::Rotated {
+            client_id,
+            subject,
+            expires_at,
+            payload,
+        } => assert_eq!(
+            (
+                client_id.as_str(),
+                subject.as_str(),
+                expires_at,
+                payload.expose()
+            ),
+            ("app", "alice", now + 1_000_000, OIDC_PAYLOAD_MARKER)
+        ),
+        other => panic!("{other:?}"),
+    }
+    let rotated = replica
+        .refresh_token("rt-a2", now + 10)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (
+            rotated.family_id.as_str(),
+            rotated.created_at,
+            rotated.expires_at,
+            rotated.active
+        ),
+        ("family-a", now + 10, now + 1_000_000, true)
+    );
+    assert_eq!(rotated.payload.expose(), OIDC_PAYLOAD_MARKER);
+    assert!(
+        !store
+            .refresh_token("rt-a1", now + 10)
+            .await
+            .unwrap()
+            .unwrap()
+            .active,
+        "a rotated token is inactive"
+    );
+    assert!(matches!(
+        replica
+            .rotate_refresh_token("rt-a2", "rt-a3", now + 20)
+            .await
+            .unwrap(),
+        RefreshRotation::Rotated { .. }
+    ));
+    assert!(
+        store
+            .refresh_token("rt-a3", now + 20)
+            .await
+            .unwrap()
+            .unwrap()
+            .active
+    );
+    // A rotated token presented again is a replay: the whole family is revoked, the current
+    // token included.
+    match replica
+        .rotate_refresh_token("rt-a1", "rt-a-stolen", now + 30)
+        .await
+        .unwrap()
+    {
+        RefreshRotation::Reused {
+            family_id,
+            client_id,
+        } => assert_eq!(
+            (family_id.as_str(), client_id.as_str()),
+            ("family-a", "app")
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        store
+            .refresh_token("rt-a-stolen", now + 30)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    for digest in ["rt-a1", "rt-a2", "rt-a3"] {
+        let info = store
+            .refresh_token(digest, now + 30)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!info.active, "{digest}");
+    }
+    for digest in ["rt-a3", "rt-a1"] {
+        assert!(
+            matches!(
+                store
+                    .rotate_refresh_token(digest, "rt-a4", now + 40)
+                    .await
+                    .unwrap(),
+                RefreshRotation::Revoked
+            ),
+            "{digest}"
+        );
+    }
+    assert_eq!(
+        store
+            .revoke_refresh_family("family-a", now + 50)
+            .await
+            .unwrap(),
+        0,
+        "revoked already"
+    );
+    // Concurrent rotations of one token, on both replicas: one rotates; the others are
+    // replays, and the token the winner got is revoked with its family.
+    store
+        .create_refresh_token(
+            &NewRefreshToken {
+                digest: "rt-b1",
+                family_id: "family-b",
+                ..token
+            },
+            now,
+        )
+        .await
+        .unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..4 {
+        let store = if n % 2 == 0 {
+            store.clone()
+        } else {
+            replica.clone()
+        };
+        tasks.spawn(async move {
+            let new = format!("rt-b2-{n}");
+            let rotation = store
+                .rotate_refresh_token("rt-b1", &new, now + 10)
+                .await
+                .unwrap();
+            (new, rotation)
+        });
+    }
+    let (mut rotated, mut reused) = (Vec::new(), 0);
+    while let Some(result) = tasks.join_next().await {
+        match result.unwrap() {
+            (new, RefreshRotation::Rotated { .. }) => rotated.push(new),
+            (_, RefreshRotation::Reused { family_id, .. }) => {
+                assert_eq!(family_id, "family-b");
+                reused += 1;
+            }
+            (_, RefreshRotation::Revoked) => {}
+            (new, RefreshRotation::Unknown) => panic!("{new}: unknown"),
+        }
+    }
+    assert_eq!(rotated.len(), 1, "{rotated:?}");
+    assert!(reused >= 1);
+    let won = store
+        .refresh_token(&rotated[0], now + 10)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(won.family_id, "family-b");
+    assert!(!won.active, "revoked with its family");
+    // Revoking a family: every token of it, rotated ones included.
+    store
+        .create_refresh_token(
+            &NewRefreshToken {
+                digest: "rt-c1",
+                family_id: "family-c",
+                ..token
+            },
+            now,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .rotate_refresh_token("rt-c1", "rt-c2", now + 10)
+            .await
+            .unwrap(),
+        RefreshRotation::Rotated { .. }
+    ));
+    assert_eq!(
+        replica
+            .revoke_refresh_family("family-c", now + 20)
+            .await
+            .unwrap(),
+        2
+    );
+    assert!(matches!(
+        store
+            .rotate_refresh_token("rt-c2", "rt-c3", now + 30)
+            .await
+            .unwrap(),
+        RefreshRotation::Revoked
+    ));
+    // Revoking a user's tokens: at one client, then everywhere in the tenant; other users and
+    // other tenants keep theirs.
+    for (digest, family_id, tenant, client_id, subject) in [
+        ("rt-d1", "family-d", "oidc", "app", "alice"),
+        ("rt-e1", "family-e", "oidc", "other-app", "alice"),
+        ("rt-f1", "family-f", "oidc", "app", "bob"),
+        ("rt-g1", "family-g", "oidc-other", "app", "alice"),
+    ] {
+        store
+            .create_refresh_token(
+                &NewRefreshToken {
+                    digest,
+                    family_id,
+                    tenant,
+                    client_id,
+                    subject,
+                    ..token
+                },
+                now,
+            )
+            .await
+            .unwrap();
+    }
+    let active = |digest: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .refresh_token(digest, now + 30)
+                .await
+                .unwrap()
+                .unwrap()
+                .active
+        }
+    };
+    assert_eq!(
+        store
+            .revoke_refresh_tokens_of("oidc", Some("app"), "alice", now + 20)
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(!active("rt-d1").await);
+    assert!(active("rt-e1").await && active("rt-f1").await && active("rt-g1").await);
+    assert_eq!(
+        replica
+            .revoke_refresh_tokens_of("oidc", None, "alice", now + 21)
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(!active("rt-e1").await);
+    assert!(active("rt-f1").await && active("rt-g1").await);
+    // An expired token is unknown to rotation and inactive; just before its end it rotates.
+    store
+        .create_refresh_token(
+            &NewRefreshToken {
+                digest: "rt-h1",
+                family_id: "family-h",
+                expires_at: now + 100,
+                ..token
+            },
+            now,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .rotate_refresh_token("rt-h1", "rt-h2", now + 100)
+            .await
+            .unwrap(),
+        RefreshRotation::Unknown
+    ));
+    assert!(
+        !store
+            .refresh_token("rt-h1", now + 100)
+            .await
+            .unwrap()
+            .unwrap()
+            .active
+    );
+    assert!(
+        store
+            .refresh_token("rt-h1", now + 99)
+            .await
+            .unwrap()
+            .unwrap()
+            .active
+    );
+    assert!(matches!(
+        replica
+            .rotate_refresh_token("rt-h1", "rt-h2", now + 99)
+            .await
+            .unwrap(),
+        RefreshRotation::Rotated { .. }
+    ));
+    assert!(matches!(
+        store
+            .rotate_refresh_token("rt-none", "rt-none-2", now)
+            .await
+            .unwrap(),
+        RefreshRotation::Unknown
+    ));
+
+    // Pruning: codes and tokens a grace period past their expiry, nothing sooner.
+    assert_eq!(
+        store
+            .prune_oidc(now + 60 + OIDC_PRUNE_GRACE_S)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        store
+            .prune_oidc(now + 61 + OIDC_PRUNE_GRACE_S)
+            .await
+            .unwrap(),
+        2,
+        "the two codes that expired"
+    );
+    assert!(matches!(
+        store
+            .redeem_authorization_code(&code_digest, "family-z", now + 61 + OIDC_PRUNE_GRACE_S)
+            .await
+            .unwrap(),
+        CodeRedemption::Unknown
+    ));
+    assert_eq!(
+        store
+            .prune_oidc(now + 101 + OIDC_PRUNE_GRACE_S)
+            .await
+            .unwrap(),
+        2,
+        "the expired family's two tokens"
+    );
+    assert!(store.refresh_token("rt-h2", now).await.unwrap().is_none());
+    assert!(store.refresh_token("rt-f1", now).await.unwrap().is_some());
+    assert!(matches!(
+        store
+            .redeem_authorization_code(&kept_digest, "family-k", now)
+            .await
+            .unwrap(),
+        CodeRedemption::Redeemed { .. }
+    ));
+}
+
 /// Renewals racing revocations, many times: whatever the interleaving, the agent ends revoked,
 /// and no certificate of it stands.
 async fn renewal_never_resurrects_a_revoked_agent(store: &Store) {
@@ -926,18 +1530,20 @@ async fn sqlite_store_passes_the_contract_and_survives_reopening() {
     store_contract(&store).await;
     renewal_never_resurrects_a_revoked_agent(&store).await;
     lockout_and_signin_log(&store).await;
+    oidc_state(&store, &store).await;
     store.close().await;
     drop(store);
-    // The file holds no private key in the clear.
+    // The file holds no private key, and nothing a code or refresh token carries, in the
+    // clear (though the rows are there).
     let mut bytes = Vec::new();
     for entry in std::fs::read_dir(dir.path()).unwrap().flatten() {
         bytes.extend(std::fs::read(entry.path()).unwrap());
     }
-    assert!(
-        !bytes
-            .windows(CA_KEY_MARKER.len())
-            .any(|w| w == CA_KEY_MARKER)
-    );
+    let holds = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+    assert!(holds(b"kid-third") && holds(b"rt-f1"));
+    for marker in [CA_KEY_MARKER, SIGNING_KEY_MARKER, OIDC_PAYLOAD_MARKER] {
+        assert!(!holds(marker), "{}", String::from_utf8_lossy(marker));
+    }
     // Reopening migrates nothing new and keeps the data.
     let reopened = open_encrypted(&url, &kek).await;
     assert_eq!(reopened.agents(Some("default")).await.unwrap().len(), 3);
@@ -979,6 +1585,7 @@ async fn postgres_store_passes_the_contract_and_two_replicas_share_it() {
     renewal_never_resurrects_a_revoked_agent(&first).await;
     // Two replicas count together.
     lockout_and_signin_log(&second).await;
+    oidc_state(&first, &second).await;
     // What one replica wrote, the other reads.
     assert!(
         second
@@ -1000,6 +1607,17 @@ async fn postgres_store_passes_the_contract_and_two_replicas_share_it() {
         !dump.contains(&hex(CA_KEY_MARKER)) && !dump.contains("tenant-ca-private-key-marker"),
         "no private key in the clear"
     );
+    assert!(
+        dump.contains("kid-third") && dump.contains("rt-f1"),
+        "the dump covers the OpenID Connect rows"
+    );
+    for marker in [SIGNING_KEY_MARKER, OIDC_PAYLOAD_MARKER] {
+        assert!(
+            !dump.contains(&hex(marker)) && !dump.contains(&*String::from_utf8_lossy(marker)),
+            "{} in the clear",
+            String::from_utf8_lossy(marker)
+        );
+    }
 }
 
 #[tokio::test]

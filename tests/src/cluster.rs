@@ -71,6 +71,11 @@ pub struct ClusterOptions {
     pub trace_export: bool,
     /// Give the gateway the store's key-encryption key (for MFA), with `enrolment`.
     pub gateway_store_key: bool,
+    /// Without `enrolment`: still give the gateway a store (SQLite in the temp dir) for its
+    /// shared state — the OpenID provider, lockout, the sign-in log — in development trust.
+    pub development_store: bool,
+    /// Extra `[[clients]]` tables at the end of the gateway's configuration file.
+    pub gateway_clients: String,
 }
 
 impl Default for ClusterOptions {
@@ -92,6 +97,8 @@ impl Default for ClusterOptions {
             gateway_config: String::new(),
             trace_export: false,
             gateway_store_key: false,
+            development_store: false,
+            gateway_clients: String::new(),
         }
     }
 }
@@ -291,10 +298,12 @@ impl Cluster {
                         file("gateway-client.pem"),
                         file("gateway-client-key.pem"),
                     )
+                } else if options.development_store {
+                    format!("store_url = \"{store_url}\"\n")
                 } else {
                     String::new()
                 },
-            ),
+            ) + &options.gateway_clients,
         )
         .expect("gateway.toml");
         let gateway = Process::start_with_log(
@@ -736,6 +745,7 @@ impl Cluster {
                 password: password.into(),
                 client_id: CLIENT_ID.into(),
                 client_ip: "203.0.113.7".into(),
+                offline_access: false,
             })
             .await
             .map(tonic::Response::into_inner)

@@ -13,6 +13,7 @@ pub mod proxy;
 pub mod signin_log;
 pub mod slapd;
 pub mod timing;
+pub mod web;
 
 pub use cluster::{AgentProcess, Cluster, ClusterOptions, DispatcherProcess, GatewayProcess};
 pub use slapd::{Slapd, TestUser};

@@ -115,6 +115,7 @@ pub async fn measure(client: &GatewayClient<Channel>, users: &[TestUser]) -> Enu
                 password: format!("Not-The-Password-{round}!"),
                 client_id: CLIENT_ID.into(),
                 client_ip: "203.0.113.9".into(),
+                offline_access: false,
             })
             .await;
         let took = started.elapsed();

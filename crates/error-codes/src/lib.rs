@@ -73,6 +73,9 @@ error_codes! {
     MfaChallengeEnded = "PSG50076", PermissionDenied;
     /// Too many wrong MFA codes for this user lately, across challenges: MFA waits.
     MfaLocked = "PSG50078", PermissionDenied;
+    /// The refresh token is unknown, expired, revoked, of another application, or was used
+    /// already (then every token of its sign-in is revoked): sign in again.
+    RefreshTokenInvalid = "PSG70008", Unauthenticated;
     /// The password has expired; it must be changed on-premises.
     PasswordExpired = "PSG50055", FailedPrecondition;
     /// The password must be changed before first use.
@@ -137,6 +140,7 @@ impl ErrorCode {
             }
             ErrorCode::MfaChallengeEnded => "too many wrong codes; sign in again",
             ErrorCode::MfaLocked => "too many wrong codes lately; wait a few minutes and try again",
+            ErrorCode::RefreshTokenInvalid => "the refresh token is not valid; sign in again",
             ErrorCode::PasswordExpired => {
                 "the password has expired; your organisation does not allow changing it here — change it on the corporate network"
             }

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 /// One address range, its network bits only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Cidr {
+pub enum Cidr {
     /// An IPv4 range.
     V4 {
         /// The network address, host bits clear.
@@ -25,7 +25,7 @@ pub(crate) enum Cidr {
 
 /// Why a range's text is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum CidrError {
+pub enum CidrError {
     /// The part before the `/` is no IPv4 or IPv6 address.
     #[error("\"{0}\" is not an IP address")]
     Address(String),
@@ -46,7 +46,7 @@ impl Cidr {
     /// Parses `addr/prefix` (a bare address is a single host: `/32` or `/128`). Returns the
     /// range and whether the text had host bits set; they are cleared (`10.1.2.3/8` is
     /// `10.0.0.0/8`), as routers do, and the caller may warn about them.
-    pub(crate) fn parse(text: &str) -> Result<(Cidr, bool), CidrError> {
+    pub fn parse(text: &str) -> Result<(Cidr, bool), CidrError> {
         let (written, prefix_text) = match text.split_once('/') {
             Some((address, prefix)) => (address, Some(prefix)),
             None => (text, None),
@@ -95,7 +95,7 @@ impl Cidr {
 
     /// Whether `ip` is in this range. An IPv4-mapped IPv6 address is taken as the IPv4
     /// address it carries (a dual-stack listener reports IPv4 clients that way).
-    pub(crate) fn contains(self, ip: IpAddr) -> bool {
+    pub fn contains(self, ip: IpAddr) -> bool {
         match (self, ip.to_canonical()) {
             (Cidr::V4 { network, prefix }, IpAddr::V4(ip)) => {
                 (u32::from(ip) & mask_v4(prefix)) == network

@@ -102,6 +102,7 @@ mod model;
 use std::net::IpAddr;
 use std::path::Path;
 
+pub use cidr::{Cidr, CidrError};
 pub use evaluation::{Evaluation, PolicyResult, SignInFacts};
 pub use model::{ClientType, Grant, PolicyState};
 use model::{NamedNetwork, Policy, PolicyFile};

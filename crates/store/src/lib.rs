@@ -7,17 +7,24 @@
 //!
 //! What lives here: tenants and their CAs, enrolment tokens (only their hashes), agents and
 //! their certificates, revocations, smart lockout counters and familiar networks
-//! ([`lockout`]), the sign-in log. Never a password, and never an enrolment token itself.
+//! ([`lockout`]), the sign-in log, MFA enrolments and challenges ([`mfa`]), and the OpenID
+//! Connect provider's signing keys, authorization codes and refresh tokens ([`oidc`]). Never a
+//! password, and never an enrolment token, a code or a refresh token itself.
 
 pub mod key_encryption;
 pub mod lockout;
 pub mod mfa;
+pub mod oidc;
 
 use std::borrow::Cow;
 
 pub use key_encryption::{KeyEncryptionError, KeyEncryptionKey, is_sealed};
 pub use lockout::{AttemptEnd, LockoutOp, LockoutScope, LockoutState, ScopeCounter, UserCounters};
 pub use mfa::{ChallengeState, MfaChallenge, MfaEnrolment};
+pub use oidc::{
+    CodeRedemption, NewCode, NewRefreshToken, OIDC_PRUNE_GRACE_S, RefreshRotation,
+    RefreshTokenInfo, StoredSigningKey,
+};
 
 use passage_credentials::Secret;
 use sqlx::{
@@ -164,7 +171,7 @@ pub struct AgentRecord {
 
 /// The schema, version by version; a released migration never changes.
 fn migrations(backend: Backend) -> Vec<Migration> {
-    let files: [(i64, &str, &'static str, &'static str); 6] = [
+    let files: [(i64, &str, &'static str, &'static str); 7] = [
         (
             1,
             "tenants, agents, enrolment",
@@ -200,6 +207,12 @@ fn migrations(backend: Backend) -> Vec<Migration> {
             "MFA enrolments, recovery codes and challenges; policies and MFA in the sign-in log",
             include_str!("../migrations/sqlite/0006_mfa_conditional_access.sql"),
             include_str!("../migrations/postgres/0006_mfa_conditional_access.sql"),
+        ),
+        (
+            7,
+            "OpenID Connect: signing keys, authorization codes, refresh tokens",
+            include_str!("../migrations/sqlite/0007_oidc.sql"),
+            include_str!("../migrations/postgres/0007_oidc.sql"),
         ),
     ];
     files

@@ -72,6 +72,11 @@ impl SigningKey {
         &self.kid
     }
 
+    /// The private key, PKCS#8 DER (to keep it in the store, sealed).
+    pub fn pkcs8(&self) -> &Secret {
+        &self.pkcs8
+    }
+
     /// The public key as a JWK.
     pub fn public_jwk(&self) -> &Jwk {
         &self.jwk

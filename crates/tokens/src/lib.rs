@@ -12,10 +12,16 @@
 
 mod keys;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::{
+    sync::{Arc, RwLock},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
-use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation, jwk::JwkSet};
+use jsonwebtoken::{
+    Algorithm, DecodingKey, Header, Validation,
+    jwk::{Jwk, JwkSet},
+};
 use serde::{Deserialize, Serialize};
 
 pub use keys::{SigningKey, load_or_create_signing_key};
@@ -123,6 +129,14 @@ pub struct Claims {
     /// The authentication context class: [`ACR_PASSWORD`] or [`ACR_MFA`].
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub acr: String,
+    /// ID tokens of the browser flow: the `nonce` of the authorization request, echoed so the
+    /// relying party can bind the token to its session (OpenID Connect Core §3.1.2.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
+    /// When the user typed their password (Unix seconds); in ID tokens of the browser flow
+    /// and of refreshes, where it stays the original sign-in's time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_time: Option<u64>,
 }
 
 /// `acr` of a sign-in with a password alone.
@@ -179,6 +193,17 @@ pub struct Subject {
     pub groups: Vec<String>,
 }
 
+/// What a token request adds to the claims beyond who signed in and how.
+#[derive(Debug, Clone, Default)]
+pub struct TokenRequest<'a> {
+    /// Granted scopes, space-separated (normalised; empty becomes `openid`).
+    pub scope: &'a str,
+    /// The authorization request's `nonce`, for the ID token.
+    pub nonce: Option<&'a str>,
+    /// When the user authenticated (Unix seconds), for the ID token's `auth_time`.
+    pub auth_time: Option<u64>,
+}
+
 /// A freshly issued token pair.
 #[derive(Debug, Clone)]
 pub struct IssuedTokens {
@@ -190,19 +215,42 @@ pub struct IssuedTokens {
     pub expires_in: Duration,
 }
 
+/// The keys an issuer signs with and publishes: one signs, the others (retired keys whose
+/// tokens may still be valid) are only published so those tokens keep verifying.
+#[derive(Debug)]
+struct KeyRing {
+    signing: SigningKey,
+    jwks: JwkSet,
+}
+
 /// Signs tokens for one issuer.
+///
+/// Its keys can be replaced while it serves ([`TokenIssuer::set_keys`]): replicas sharing a
+/// key set through the store all sign with its current key and publish every key whose
+/// tokens may still be valid.
 pub struct TokenIssuer {
     issuer: String,
-    key: SigningKey,
+    keys: RwLock<Arc<KeyRing>>,
     lifetime: Duration,
 }
 
 impl TokenIssuer {
     /// An issuer named `issuer` (its public base URL) signing with `key`.
     pub fn new(issuer: impl Into<String>, key: SigningKey, lifetime: Duration) -> Self {
+        Self::with_keys(issuer, key, Vec::new(), lifetime)
+    }
+
+    /// An issuer signing with `key` and also publishing `retired` keys (see
+    /// [`set_keys`](Self::set_keys)).
+    pub fn with_keys(
+        issuer: impl Into<String>,
+        key: SigningKey,
+        retired: Vec<Jwk>,
+        lifetime: Duration,
+    ) -> Self {
         Self {
             issuer: issuer.into().trim_end_matches('/').to_owned(),
-            key,
+            keys: RwLock::new(Arc::new(KeyRing::new(key, retired))),
             lifetime,
         }
     }
@@ -210,6 +258,27 @@ impl TokenIssuer {
     /// The issuer URL (`iss`).
     pub fn issuer(&self) -> &str {
         &self.issuer
+    }
+
+    /// The longest lifetime of the tokens it issues.
+    pub fn lifetime(&self) -> Duration {
+        self.lifetime
+    }
+
+    /// Signs with `signing` from now on, and publishes `retired` (keys that no longer sign
+    /// but whose tokens may still be valid) beside it.
+    pub fn set_keys(&self, signing: SigningKey, retired: Vec<Jwk>) {
+        let ring = Arc::new(KeyRing::new(signing, retired));
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = ring;
+    }
+
+    /// The `kid` of the key that signs now.
+    pub fn signing_kid(&self) -> String {
+        self.ring().signing.kid().to_owned()
+    }
+
+    fn ring(&self) -> Arc<KeyRing> {
+        Arc::clone(&self.keys.read().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Issues an access token and an ID token for `subject`, audience `client_id`; the
@@ -226,7 +295,11 @@ impl TokenIssuer {
         client_id: &str,
         how: &Authentication,
     ) -> Result<IssuedTokens, TokenError> {
-        self.issue_full(subject, client_id, DEFAULT_SCOPE, how)
+        let request = TokenRequest {
+            scope: DEFAULT_SCOPE,
+            ..TokenRequest::default()
+        };
+        self.issue_for(subject, client_id, how, &request)
     }
 
     /// Like [`issue`](Self::issue), with the access token's `scope` given: space-separated
@@ -238,17 +311,23 @@ impl TokenIssuer {
         client_id: &str,
         scope: &str,
     ) -> Result<IssuedTokens, TokenError> {
-        self.issue_full(subject, client_id, scope, &Authentication::password())
+        let request = TokenRequest {
+            scope,
+            ..TokenRequest::default()
+        };
+        self.issue_for(subject, client_id, &Authentication::password(), &request)
     }
 
-    fn issue_full(
+    /// The general form: `subject` authenticated `how`, for `client_id`, with what the token
+    /// request adds (scope, nonce, auth_time).
+    pub fn issue_for(
         &self,
         subject: &Subject,
         client_id: &str,
-        scope: &str,
         how: &Authentication,
+        request: &TokenRequest<'_>,
     ) -> Result<IssuedTokens, TokenError> {
-        let scope = normalize_scope(scope)?;
+        let scope = normalize_scope(request.scope)?;
         let lifetime = how.lifetime.map_or(self.lifetime, |l| l.min(self.lifetime));
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -275,19 +354,23 @@ impl TokenIssuer {
             } else {
                 ACR_PASSWORD.into()
             },
+            nonce: request.nonce.map(str::to_owned),
+            auth_time: request.auth_time,
         };
         // RFC 9068 §2.2 requires client_id in access tokens; the ID token keeps OIDC's claims.
         let access_claims = Claims {
             jti: random_id(),
             client_id: Some(client_id.to_owned()),
             scope: Some(scope),
+            nonce: None,
             ..id_claims.clone()
         };
+        let ring = self.ring();
         let sign = |typ: TokenType, claims: &Claims| {
             let mut header = Header::new(Algorithm::ES256);
-            header.kid = Some(self.key.kid().to_owned());
+            header.kid = Some(ring.signing.kid().to_owned());
             header.typ = Some(typ.header_typ().to_owned());
-            self.key.sign_jwt(&header, claims)
+            ring.signing.sign_jwt(&header, claims)
         };
         Ok(IssuedTokens {
             access_token: sign(TokenType::Access, &access_claims)?,
@@ -296,24 +379,49 @@ impl TokenIssuer {
         })
     }
 
-    /// The JSON Web Key Set publishing the verification key(s).
+    /// The JSON Web Key Set publishing the verification key(s): the signing key first, then
+    /// the retired keys whose tokens may still be valid.
     pub fn jwks(&self) -> JwkSet {
-        JwkSet {
-            keys: vec![self.key.public_jwk().clone()],
-        }
+        self.ring().jwks.clone()
     }
 
-    /// The OpenID Connect discovery document (`/.well-known/openid-configuration`).
-    pub fn discovery_document(&self) -> serde_json::Value {
-        serde_json::json!({
-            "issuer": self.issuer,
-            "jwks_uri": format!("{}/.well-known/jwks.json", self.issuer),
-            "id_token_signing_alg_values_supported": ["ES256"],
-            "subject_types_supported": ["public"],
-            "response_types_supported": ["id_token"],
-            "claims_supported": ["iss", "sub", "aud", "exp", "iat", "nbf", "jti", "tid", "upn", "name", "email", "groups", "amr", "acr"],
-            "acr_values_supported": [ACR_PASSWORD, ACR_MFA],
-        })
+    /// Verifies an access token this issuer signed, for any audience (the userinfo and
+    /// introspection endpoints serve every client): signature by a published key, issuer,
+    /// expiry and type.
+    pub fn verify_own_access_token(&self, token: &str) -> Result<Claims, TokenError> {
+        verify(token, TokenType::Access, &self.jwks(), &self.issuer, None)
+    }
+
+    /// Verifies an ID token this issuer signed for `audience`, accepting an expired one (an
+    /// `id_token_hint` at logout names who signs out; it may have expired long ago).
+    pub fn verify_id_token_hint(
+        &self,
+        token: &str,
+        audience: Option<&str>,
+    ) -> Result<Claims, TokenError> {
+        verify_with(
+            token,
+            TokenType::Id,
+            &self.jwks(),
+            &self.issuer,
+            audience,
+            false,
+        )
+    }
+}
+
+impl KeyRing {
+    fn new(signing: SigningKey, retired: Vec<Jwk>) -> Self {
+        let mut keys = vec![signing.public_jwk().clone()];
+        keys.extend(
+            retired
+                .into_iter()
+                .filter(|jwk| jwk.common.key_id.as_deref() != Some(signing.kid())),
+        );
+        Self {
+            signing,
+            jwks: JwkSet { keys },
+        }
     }
 }
 
@@ -350,6 +458,29 @@ pub fn verify_token(
     issuer: &str,
     audience: &str,
 ) -> Result<Claims, TokenError> {
+    verify(token, expected, jwks, issuer, Some(audience))
+}
+
+fn verify(
+    token: &str,
+    expected: TokenType,
+    jwks: &JwkSet,
+    issuer: &str,
+    audience: Option<&str>,
+) -> Result<Claims, TokenError> {
+    verify_with(token, expected, jwks, issuer, audience, true)
+}
+
+/// Verifies `token`; `audience: None` accepts any audience, `check_expiry: false` an expired
+/// token (the signature, issuer and type still hold).
+fn verify_with(
+    token: &str,
+    expected: TokenType,
+    jwks: &JwkSet,
+    issuer: &str,
+    audience: Option<&str>,
+    check_expiry: bool,
+) -> Result<Claims, TokenError> {
     let header =
         jsonwebtoken::decode_header(token).map_err(|err| TokenError::Invalid(err.to_string()))?;
     let kid = header
@@ -361,7 +492,11 @@ pub fn verify_token(
     let key = DecodingKey::from_jwk(jwk).map_err(|err| TokenError::Invalid(err.to_string()))?;
     let mut validation = Validation::new(Algorithm::ES256);
     validation.set_issuer(&[issuer]);
-    validation.set_audience(&[audience]);
+    match audience {
+        Some(audience) => validation.set_audience(&[audience]),
+        None => validation.validate_aud = false,
+    }
+    validation.validate_exp = check_expiry;
     validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
     let data = jsonwebtoken::decode::<Claims>(token, &key, &validation)
         .map_err(|err| TokenError::Invalid(err.to_string()))?;
@@ -536,9 +671,9 @@ mod tests {
         .unwrap();
         let resign = |typ: Option<&str>| {
             let mut header = Header::new(Algorithm::ES256);
-            header.kid = Some(issuer.key.kid().to_owned());
+            header.kid = Some(issuer.ring().signing.kid().to_owned());
             header.typ = typ.map(str::to_owned);
-            issuer.key.sign_jwt(&header, &claims).unwrap()
+            issuer.ring().signing.sign_jwt(&header, &claims).unwrap()
         };
         for typ in ["application/at+jwt", "AT+JWT", "Application/At+Jwt"] {
             let token = resign(Some(typ));
@@ -705,12 +840,66 @@ mod tests {
     }
 
     #[test]
-    fn discovery_points_at_the_jwks() {
-        let doc = issuer().discovery_document();
-        assert_eq!(doc["issuer"], "https://login.example.com");
-        assert_eq!(
-            doc["jwks_uri"],
-            "https://login.example.com/.well-known/jwks.json"
-        );
+    fn a_rotated_key_keeps_verifying_its_tokens_until_dropped() {
+        let issuer = issuer();
+        let subject = Subject {
+            sub: "s-1".into(),
+            tenant: "t".into(),
+            upn: "ada@example.com".into(),
+            ..Subject::default()
+        };
+        let before = issuer.issue(&subject, "app-1").unwrap();
+        let old = issuer.jwks().keys[0].clone();
+        let old_kid = issuer.signing_kid();
+        issuer.set_keys(SigningKey::generate().unwrap(), vec![old]);
+        assert_ne!(issuer.signing_kid(), old_kid);
+        let after = issuer.issue(&subject, "app-1").unwrap();
+        let jwks = issuer.jwks();
+        assert_eq!(jwks.keys.len(), 2);
+        for token in [&before.access_token, &after.access_token] {
+            verify_access_token(token, &jwks, "https://login.example.com", "app-1").unwrap();
+        }
+        let header = jsonwebtoken::decode_header(&after.id_token).unwrap();
+        assert_eq!(header.kid.as_deref(), Some(issuer.signing_kid().as_str()));
+        // Once the old key is dropped, its tokens no longer verify.
+        issuer.set_keys(SigningKey::generate().unwrap(), Vec::new());
+        assert!(matches!(
+            issuer.verify_own_access_token(&before.access_token),
+            Err(TokenError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn nonce_and_auth_time_are_in_the_id_token_only() {
+        let issuer = issuer();
+        let subject = Subject {
+            sub: "s-1".into(),
+            tenant: "t".into(),
+            upn: "ada@example.com".into(),
+            ..Subject::default()
+        };
+        let request = TokenRequest {
+            scope: "openid email",
+            nonce: Some("n-0S6_WzA2Mj"),
+            auth_time: Some(1_700_000_000),
+        };
+        let tokens = issuer
+            .issue_for(&subject, "app-1", &Authentication::password(), &request)
+            .unwrap();
+        let jwks = issuer.jwks();
+        let id = verify_id_token(
+            &tokens.id_token,
+            &jwks,
+            "https://login.example.com",
+            "app-1",
+        )
+        .unwrap();
+        assert_eq!(id.nonce.as_deref(), Some("n-0S6_WzA2Mj"));
+        assert_eq!(id.auth_time, Some(1_700_000_000));
+        let access = issuer
+            .verify_own_access_token(&tokens.access_token)
+            .unwrap();
+        assert_eq!(access.nonce, None);
+        assert_eq!(access.scope.as_deref(), Some("openid email"));
     }
 }

@@ -1,9 +1,16 @@
-//! OIDC discovery and JWKS over HTTP, served within limits (header-read timeout, request
-//! timeout, connection limit, body limit) so a slow or greedy client cannot hold the listener.
+//! The HTTP listener: OIDC discovery, the JWKS, health, and the OpenID provider's routes
+//! ([`crate::oidc`]), served within limits (header-read timeout, request timeout, connection
+//! limit, body limit) so a slow or greedy client cannot hold the listener.
 
 use std::{future::Future, sync::Arc, time::Duration};
 
-use axum::{Json, Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
+use axum::{
+    Extension, Json, Router,
+    extract::State,
+    http::{HeaderValue, StatusCode, header},
+    response::IntoResponse,
+    routing::get,
+};
 use hyper::server::conn::http1;
 use hyper_util::{
     rt::{TokioIo, TokioTimer},
@@ -15,11 +22,19 @@ use tokio::sync::Semaphore;
 use tower_http::{limit::RequestBodyLimitLayer, timeout::TimeoutLayer};
 
 /// The HTTP routes: `/.well-known/openid-configuration`, `/.well-known/jwks.json`, `/healthz`
-/// (liveness: the process answers) and `/readyz` (readiness: a dispatcher and the store answer;
-/// 503 with the reason otherwise).
-pub fn router(issuer: Arc<TokenIssuer>, readiness: Arc<crate::readiness::Readiness>) -> Router {
-    Router::new()
-        .route("/.well-known/openid-configuration", get(discovery))
+/// (liveness: the process answers), `/readyz` (readiness: a dispatcher and the store answer;
+/// 503 with the reason otherwise), and with a `provider` the OpenID provider's.
+pub fn router(
+    issuer: Arc<TokenIssuer>,
+    readiness: Arc<crate::readiness::Readiness>,
+    provider: Option<crate::oidc::Provider>,
+) -> Router {
+    let full_discovery = provider.is_some();
+    let router = Router::new()
+        .route(
+            "/.well-known/openid-configuration",
+            get(move |state| discovery(state, full_discovery)),
+        )
         .route("/.well-known/jwks.json", get(jwks))
         .route("/healthz", get(|| async { "ok" }))
         .route(
@@ -34,18 +49,41 @@ pub fn router(issuer: Arc<TokenIssuer>, readiness: Arc<crate::readiness::Readine
                 }
             }),
         )
-        .with_state(issuer)
+        .with_state(issuer);
+    match provider {
+        Some(provider) => router.merge(provider.routes()),
+        None => router,
+    }
 }
 
-async fn discovery(State(issuer): State<Arc<TokenIssuer>>) -> impl IntoResponse {
-    Json(issuer.discovery_document())
+/// The discovery document: complete with the OpenID provider; without it (no store), only
+/// what verifying the gRPC API's tokens needs — no endpoint that would not answer.
+async fn discovery(State(issuer): State<Arc<TokenIssuer>>, full: bool) -> impl IntoResponse {
+    let document = if full {
+        passage_oidc::discovery::document(issuer.issuer(), &crate::oidc::ACR_VALUES)
+    } else {
+        passage_oidc::discovery::verification_only(issuer.issuer(), &crate::oidc::ACR_VALUES)
+    };
+    public_json(document)
 }
 
 async fn jwks(State(issuer): State<Arc<TokenIssuer>>) -> impl IntoResponse {
-    (
-        [(axum::http::header::CACHE_CONTROL, "public, max-age=300")],
-        Json(issuer.jwks()),
-    )
+    public_json(serde_json::to_value(issuer.jwks()).unwrap_or_default())
+}
+
+/// A public document any web page may read (CORS), cached for five minutes.
+fn public_json(value: serde_json::Value) -> axum::response::Response {
+    let mut response = Json(value).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
+    response
 }
 
 /// Limits on the HTTP listener, so a slow or greedy client cannot hold it.
@@ -69,7 +107,7 @@ pub async fn serve<L>(
     limits: HttpLimits,
     shutdown: impl Future<Output = ()> + Send,
 ) where
-    L: axum::serve::Listener,
+    L: axum::serve::Listener<Addr = std::net::SocketAddr>,
     L::Io: Send + 'static,
 {
     let router = router.layer((
@@ -80,7 +118,7 @@ pub async fn serve<L>(
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
-        let (io, _peer) = tokio::select! {
+        let (io, peer) = tokio::select! {
             accepted = listener.accept() => accepted,
             () = &mut shutdown => break,
         };
@@ -90,7 +128,9 @@ pub async fn serve<L>(
             drop(io);
             continue;
         };
-        let service = TowerToHyperService::new(router.clone());
+        // Handlers learn the TCP peer (the browser, or a reverse proxy) from an extension.
+        let service =
+            TowerToHyperService::new(router.clone().layer(Extension(crate::oidc::Peer(peer))));
         let connection = http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout)

@@ -4,6 +4,9 @@
 //!   password to two random healthy agents, the dispatcher call, tokens, the sign-in log.
 //! * [`keyset`]: the cached public keys of each connector group's healthy agents.
 //! * [`http`]: OIDC discovery and the JWKS over HTTP, so relying parties can verify tokens.
+//! * [`oidc`]: the OpenID provider — browser sign-in page, token endpoint, refresh tokens,
+//!   userinfo, revocation, introspection, logout.
+//! * [`signing_keys`]: the token signing keys every replica shares through the store.
 //! * [`client`]: small helpers for callers (CLI, tests) to fetch the JWKS.
 
 pub mod access;
@@ -11,9 +14,11 @@ pub mod admin;
 pub mod client;
 pub mod http;
 pub mod keyset;
+pub mod oidc;
 pub mod readiness;
 pub mod signin;
 pub mod signin_log;
+pub mod signing_keys;
 pub mod tls;
 
 use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
@@ -141,6 +146,53 @@ pub struct GatewayConfig {
     /// `insecure_plaintext`, where they are kept in plaintext).
     #[serde(default)]
     pub store_encryption_key_file: Option<PathBuf>,
+    /// The OpenID provider (with a store and its key-encryption key): `[oidc]` lifetimes of
+    /// codes and refresh tokens, trusted reverse proxies, how often the shared signing keys
+    /// are read.
+    #[serde(default)]
+    pub oidc: OidcConfig,
+}
+
+/// `[oidc]`: the browser sign-in and the token endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcConfig {
+    /// How long an authorization code can be redeemed, in seconds.
+    #[serde(default = "default_code_lifetime_s")]
+    pub code_lifetime_s: u64,
+    /// How long a refresh token family lives, in seconds, from the sign-in (rotation does not
+    /// extend it): after it, the user signs in again.
+    #[serde(default = "default_refresh_token_lifetime_s")]
+    pub refresh_token_lifetime_s: u64,
+    /// How often the signing keys are read from the store, in seconds (a rotation reaches
+    /// every replica within it).
+    #[serde(default = "default_signing_keys_reload_s")]
+    pub signing_keys_reload_s: u64,
+    /// Reverse proxies (addresses or CIDR ranges) whose `X-Forwarded-For` names the browser's
+    /// address; from anyone else the header is ignored.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+}
+
+impl Default for OidcConfig {
+    fn default() -> Self {
+        Self {
+            code_lifetime_s: default_code_lifetime_s(),
+            refresh_token_lifetime_s: default_refresh_token_lifetime_s(),
+            signing_keys_reload_s: default_signing_keys_reload_s(),
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+fn default_code_lifetime_s() -> u64 {
+    60
+}
+fn default_refresh_token_lifetime_s() -> u64 {
+    30 * 86_400
+}
+fn default_signing_keys_reload_s() -> u64 {
+    30
 }
 
 fn default_policies_reload_s() -> u64 {
@@ -162,14 +214,37 @@ pub struct ConnectorGroupRoute {
 }
 
 /// An application allowed to sign users in.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientRegistration {
     /// The `client_id`; becomes the tokens' audience.
     pub id: String,
-    /// Human-readable name, for logs.
+    /// Human-readable name, for logs and the sign-in page.
     #[serde(default)]
     pub name: String,
+    /// Where the browser sign-in may send the user back to, matched exactly.
+    #[serde(default)]
+    pub redirect_uris: Vec<String>,
+    /// Where logging out may send the user back to, matched exactly.
+    #[serde(default)]
+    pub post_logout_redirect_uris: Vec<String>,
+    /// Argon2id hash of the client secret (`passage client secret` makes one); none: a public
+    /// client, which must use PKCE.
+    #[serde(default)]
+    pub secret_hash: Option<String>,
+}
+
+impl ClientRegistration {
+    /// As the OpenID provider sees it.
+    pub fn to_oidc(&self) -> passage_oidc::client::Client {
+        passage_oidc::client::Client {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            redirect_uris: self.redirect_uris.clone(),
+            post_logout_redirect_uris: self.post_logout_redirect_uris.clone(),
+            secret_hash: self.secret_hash.clone(),
+        }
+    }
 }
 
 fn default_grpc_listen() -> SocketAddr {
@@ -247,6 +322,7 @@ impl GatewayConfig {
             readiness_interval_ms: default_readiness_interval_ms(),
             mfa: access::MfaConfig::default(),
             store_encryption_key_file: None,
+            oidc: OidcConfig::default(),
         }
     }
 }
@@ -273,6 +349,11 @@ pub struct BoundGateway {
     config: GatewayConfig,
     http_tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     verifier: Option<KeyVerifier>,
+    /// The store (shared state: lockout, the sign-in log).
+    store: Option<passage_store::Store>,
+    /// The store sealing secrets with the key-encryption key (MFA secrets, codes, refresh
+    /// tokens, signing keys); plaintext only with `insecure_plaintext`.
+    sealing: Option<passage_store::Store>,
     issuer: Arc<TokenIssuer>,
     grpc_incoming: TcpIncoming,
     grpc_addr: SocketAddr,
@@ -307,34 +388,47 @@ pub async fn bind(config: GatewayConfig) -> Result<BoundGateway, GatewayError> {
             "envelope_lifetime_s must be 1 to 300".into(),
         ));
     }
-    let verifier = match &config.store_url {
+    let (store, verifier) = match &config.store_url {
         Some(url) => {
             let store = passage_store::Store::open(url).await?;
-            let pem = store.tenant_ca_certificate(&config.tenant).await?.ok_or_else(|| {
-                GatewayError::Config(format!(
-                    "tenant {} has no CA yet: create an enrolment token (passage agent token create) first",
-                    config.tenant
-                ))
-            })?;
-            let ca = passage_pki::CaCertificate::from_pem(&config.tenant, &pem)
-                .map_err(|e| GatewayError::Config(e.to_string()))?;
-            tracing::info!(
-                tenant = %config.tenant,
-                "trust mode: production — passwords are sealed only to agents whose certificate the tenant CA issued and the store still trusts"
-            );
-            Some(KeyVerifier {
-                ca,
-                verifier: passage_pki::AgentVerifier::new(
-                    store,
-                    Duration::from_secs(config.certificate_switchover_s),
-                ),
-            })
+            match store.tenant_ca_certificate(&config.tenant).await? {
+                Some(pem) => {
+                    let ca = passage_pki::CaCertificate::from_pem(&config.tenant, &pem)
+                        .map_err(|e| GatewayError::Config(e.to_string()))?;
+                    tracing::info!(
+                        tenant = %config.tenant,
+                        "trust mode: production — passwords are sealed only to agents whose certificate the tenant CA issued and the store still trusts"
+                    );
+                    let verifier = KeyVerifier {
+                        ca,
+                        verifier: passage_pki::AgentVerifier::new(
+                            store.clone(),
+                            Duration::from_secs(config.certificate_switchover_s),
+                        ),
+                    };
+                    (Some(store), Some(verifier))
+                }
+                // Development with a store for the shared state (the demo's OpenID provider).
+                None if config.insecure_plaintext => {
+                    tracing::warn!(
+                        tenant = %config.tenant,
+                        "trust mode: development — the tenant has no CA, so passwords are sealed to any key the dispatcher offers (never use this in production); the store keeps the shared state"
+                    );
+                    (Some(store), None)
+                }
+                None => {
+                    return Err(GatewayError::Config(format!(
+                        "tenant {} has no CA yet: create an enrolment token (passage agent token create) first",
+                        config.tenant
+                    )));
+                }
+            }
         }
         None if config.insecure_plaintext => {
             tracing::warn!(
                 "trust mode: development — no store, so passwords are sealed to any key the dispatcher offers (never use this in production)"
             );
-            None
+            (None, None)
         }
         None => {
             return Err(GatewayError::Config(
@@ -345,7 +439,34 @@ pub async fn bind(config: GatewayConfig) -> Result<BoundGateway, GatewayError> {
             ));
         }
     };
-    let key = passage_tokens::load_or_create_signing_key(&config.signing_key_file)?;
+    // Secrets in the store are sealed with the key-encryption key (plaintext in development).
+    let sealing = match (&store, &config.store_encryption_key_file) {
+        (Some(store), Some(path)) => {
+            let kek = passage_store::KeyEncryptionKey::from_file(path)
+                .map_err(|e| GatewayError::Config(format!("store_encryption_key_file: {e}")))?;
+            Some(
+                store
+                    .clone()
+                    .with_key_protection(passage_store::KeyProtection::Encrypted(kek)),
+            )
+        }
+        (Some(store), None) if config.insecure_plaintext => Some(
+            store
+                .clone()
+                .with_key_protection(passage_store::KeyProtection::Plaintext),
+        ),
+        _ => None,
+    };
+    // Every replica signs with the store's key set; alone, with the key file.
+    let (key, retired) = match &sealing {
+        Some(sealing) => {
+            signing_keys::load_or_create(sealing, &config.tenant, &config.signing_key_file).await?
+        }
+        None => (
+            passage_tokens::load_or_create_signing_key(&config.signing_key_file)?,
+            Vec::new(),
+        ),
+    };
     let (grpc_incoming, grpc_addr) = passage_transport::bind(config.grpc_listen).await?;
     let (http_listener, http_addr) = passage_transport::bind_tcp(config.http_listen).await?;
     let http_tls = config
@@ -364,19 +485,27 @@ pub async fn bind(config: GatewayConfig) -> Result<BoundGateway, GatewayError> {
             config.http_listen
         )));
     }
-    let issuer_url = config
-        .issuer
-        .clone()
-        .unwrap_or_else(|| format!("{scheme}://{http_addr}"));
-    let issuer = Arc::new(TokenIssuer::new(
+    // On loopback, `localhost`: browsers treat it as a secure context (the sign-in page's
+    // secure cookies work on plain HTTP in development).
+    let issuer_url = config.issuer.clone().unwrap_or_else(|| {
+        if http_addr.ip().is_loopback() {
+            format!("{scheme}://localhost:{}", http_addr.port())
+        } else {
+            format!("{scheme}://{http_addr}")
+        }
+    });
+    let issuer = Arc::new(TokenIssuer::with_keys(
         issuer_url,
         key,
+        retired,
         Duration::from_secs(config.token_lifetime_s),
     ));
     Ok(BoundGateway {
         config,
         http_tls,
         verifier,
+        store,
+        sealing,
         issuer,
         grpc_incoming,
         grpc_addr,
@@ -416,7 +545,7 @@ impl BoundGateway {
         let readiness_channel = channel.clone();
         let dispatcher = DispatcherClient::new(channel);
         // With a store (production trust): smart lockout and the sign-in log.
-        let store = self.verifier.as_ref().map(|v| v.verifier.store().clone());
+        let store = self.store.clone();
         let lockout = match &store {
             Some(store) if config.lockout.enabled => Some(
                 passage_lockout::SmartLockout::new(
@@ -452,25 +581,10 @@ impl BoundGateway {
         };
         policies.watch(Duration::from_secs(config.policies_reload_s.max(1)));
         // MFA: over the store, with secrets sealed by the key-encryption key.
-        let second_factor = match (&store, &config.store_encryption_key_file) {
-            (Some(store), Some(path)) => {
-                let kek = passage_store::KeyEncryptionKey::from_file(path)
-                    .map_err(|e| GatewayError::Config(format!("store_encryption_key_file: {e}")))?;
-                Some(access::SecondFactor::new(
-                    store
-                        .clone()
-                        .with_key_protection(passage_store::KeyProtection::Encrypted(kek)),
-                    config.mfa.clone(),
-                ))
-            }
-            (Some(store), None) if config.insecure_plaintext => Some(access::SecondFactor::new(
-                store
-                    .clone()
-                    .with_key_protection(passage_store::KeyProtection::Plaintext),
-                config.mfa.clone(),
-            )),
-            _ => None,
-        };
+        let second_factor = self
+            .sealing
+            .clone()
+            .map(|sealing| access::SecondFactor::new(sealing, config.mfa.clone()));
         policies.set_mfa_available(second_factor.is_some());
         if second_factor.is_none() && policies.current().can_require_mfa() {
             return Err(GatewayError::Config(
@@ -486,7 +600,7 @@ impl BoundGateway {
             log_store.clone(),
             Arc::clone(&policies),
         );
-        let service = GatewayService::new(SignInService::new(
+        let signin = Arc::new(SignInService::new(
             &config,
             dispatcher,
             keys,
@@ -496,6 +610,58 @@ impl BoundGateway {
             policies,
             second_factor,
         ));
+        // The OpenID provider needs the store's sealing (codes, refresh tokens, keys).
+        let provider = match &self.sealing {
+            Some(sealing) => {
+                let clients = passage_oidc::client::Clients::new(
+                    config
+                        .clients
+                        .iter()
+                        .map(ClientRegistration::to_oidc)
+                        .collect(),
+                )
+                .map_err(|e| GatewayError::Config(format!("clients: {e}")))?;
+                let trusted_proxies = config
+                    .oidc
+                    .trusted_proxies
+                    .iter()
+                    .map(|text| {
+                        passage_policy::Cidr::parse(text)
+                            .map(|(cidr, _)| cidr)
+                            .map_err(|e| {
+                                GatewayError::Config(format!("oidc.trusted_proxies: {text:?}: {e}"))
+                            })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                signing_keys::watch(
+                    sealing.clone(),
+                    config.tenant.clone(),
+                    Arc::clone(&self.issuer),
+                    Duration::from_secs(config.oidc.signing_keys_reload_s.max(1)),
+                );
+                Some(oidc::Provider::new(
+                    Arc::clone(&signin),
+                    Arc::clone(&self.issuer),
+                    clients,
+                    sealing.clone(),
+                    oidc::ProviderSettings {
+                        tenant: config.tenant.clone(),
+                        code_lifetime: Duration::from_secs(config.oidc.code_lifetime_s.max(1)),
+                        refresh_lifetime: Duration::from_secs(
+                            config.oidc.refresh_token_lifetime_s.max(1),
+                        ),
+                        trusted_proxies,
+                    },
+                ))
+            }
+            None => {
+                tracing::info!(
+                    "OpenID provider off: it needs store_url and store_encryption_key_file (codes, refresh tokens and signing keys are kept sealed in the store)"
+                );
+                None
+            }
+        };
+        let service = GatewayService::from_shared(Arc::clone(&signin), provider.clone());
 
         let (health_reporter, health) = passage_transport::health();
         health_reporter
@@ -529,7 +695,7 @@ impl BoundGateway {
             Duration::from_millis(config.readiness_interval_ms.max(100)),
             stop_rx.clone(),
         );
-        let router = http::router(Arc::clone(&self.issuer), readiness);
+        let router = http::router(Arc::clone(&self.issuer), readiness, provider);
         let http_stopped = stopped(stop_rx);
         let limits = http::HttpLimits {
             header_read_timeout: Duration::from_millis(config.http_header_read_timeout_ms),
@@ -565,8 +731,9 @@ impl BoundGateway {
     }
 }
 
-/// Hourly: deletes sign-ins older than `log_retention_s` (when the log is kept) and MFA challenges
-/// that expired over an hour ago.
+/// Hourly: deletes sign-ins older than `log_retention_s` (when the log is kept), MFA challenges
+/// that expired over an hour ago, expired codes and refresh tokens, and retired signing keys
+/// whose tokens have all expired.
 async fn prune_hourly(store: passage_store::Store, log_retention_s: Option<i64>) {
     let mut tick = tokio::time::interval(Duration::from_secs(3600));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -590,6 +757,20 @@ async fn prune_hourly(store: passage_store::Store, log_retention_s: Option<i64>)
             Ok(0) => {}
             Ok(pruned) => tracing::info!(pruned, "pruned expired MFA challenges"),
             Err(err) => tracing::warn!(error = %err, "pruning MFA challenges failed"),
+        }
+        let now = passage_pki::unix_now();
+        match store.prune_oidc(now).await {
+            Ok(0) => {}
+            Ok(pruned) => tracing::info!(
+                pruned,
+                "pruned expired authorization codes and refresh tokens"
+            ),
+            Err(err) => tracing::warn!(error = %err, "pruning codes and refresh tokens failed"),
+        }
+        match store.prune_signing_keys(now).await {
+            Ok(0) => {}
+            Ok(pruned) => tracing::info!(pruned, "dropped retired signing keys"),
+            Err(err) => tracing::warn!(error = %err, "dropping retired signing keys failed"),
         }
     }
 }

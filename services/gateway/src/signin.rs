@@ -15,9 +15,10 @@ use passage_lockout::{
     throttle::{Throttle, Throttled},
 };
 use passage_proto::v1::{
-    CompleteMfaRequest, CompleteMfaResponse, DirectoryUser, SealedPassword, SealedVerdict,
-    SignInRequest, SignInResponse, ValidateRequest, ValidateResponse, ValidationOutcome,
-    dispatcher_client::DispatcherClient, gateway_server::Gateway,
+    CompleteMfaRequest, CompleteMfaResponse, DirectoryUser, RefreshRequest, RefreshResponse,
+    SealedPassword, SealedVerdict, SignInRequest, SignInResponse, ValidateRequest,
+    ValidateResponse, ValidationOutcome, dispatcher_client::DispatcherClient,
+    gateway_server::Gateway,
 };
 use passage_store::{SigninEntry, Store};
 
@@ -58,6 +59,35 @@ struct CheckedRequest {
     password: Password,
     client_id: String,
     client_ip: Option<IpAddr>,
+    client_type: ClientType,
+}
+
+/// What a sign-in comes to when it is not refused. The gRPC API turns a grant into tokens at
+/// once; the browser flow (see [`crate::oidc`]) into an authorization code first.
+#[derive(Debug)]
+pub enum Signed {
+    /// Tokens may be issued.
+    Granted(Granted),
+    /// A second factor stands before the tokens: the opaque challenge handle.
+    Challenge {
+        /// What the client answers with its code.
+        handle: String,
+        /// Seconds the challenge stays open.
+        expires_in: u32,
+    },
+}
+
+/// A sign-in that may have its tokens.
+#[derive(Debug, Clone)]
+pub struct Granted {
+    /// Who signed in.
+    pub subject: Subject,
+    /// How (methods, and a policy's token lifetime).
+    pub how: Authentication,
+    /// When the user authenticated, Unix seconds.
+    pub auth_time: i64,
+    /// The application that signed the user in.
+    pub client_id: String,
 }
 
 /// Why a sign-in did not produce tokens. Converted to a [`Status`] in one place,
@@ -135,6 +165,12 @@ pub enum SignInError {
     /// The store failed.
     #[error("store: {0}")]
     Store(#[from] passage_store::StoreError),
+    /// A refresh token was refused, or could not be issued.
+    #[error("refresh token: {0}")]
+    Refresh(passage_oidc::token::TokenError),
+    /// Refresh tokens were asked for, and this gateway keeps none (no store and key).
+    #[error("refresh tokens need the gateway's store_url and store_encryption_key_file")]
+    NoRefreshTokens,
 }
 
 impl SignInError {
@@ -191,6 +227,12 @@ impl SignInError {
                 MfaFailure::Store(_) | MfaFailure::Enrolment(_) => ErrorCode::Internal,
             },
             SignInError::Store(_) => ErrorCode::Internal,
+            SignInError::Refresh(err) => match err.error {
+                "invalid_grant" => ErrorCode::RefreshTokenInvalid,
+                "server_error" => ErrorCode::Internal,
+                _ => ErrorCode::InvalidRequest,
+            },
+            SignInError::NoRefreshTokens => ErrorCode::InvalidRequest,
         }
     }
 
@@ -211,7 +253,8 @@ impl SignInError {
             SignInError::Invalid(_)
             | SignInError::BadClientIp
             | SignInError::UnknownClient(_)
-            | SignInError::UnknownDomain(_) => code.status(self),
+            | SignInError::UnknownDomain(_)
+            | SignInError::NoRefreshTokens => code.status(self),
             _ => code.public_status(),
         }
     }
@@ -250,12 +293,17 @@ impl SignInService {
     }
 
     /// Every check that needs nothing but the request: nothing malformed goes further.
-    fn check(&self, request: SignInRequest) -> Result<CheckedRequest, SignInError> {
+    fn check(
+        &self,
+        request: SignInRequest,
+        client_type: ClientType,
+    ) -> Result<CheckedRequest, SignInError> {
         let SignInRequest {
             username,
             password,
             client_id,
             client_ip,
+            offline_access: _,
         } = request;
         // Check the password first, so it is wiped (Password::new) on every path.
         let password = Password::new(password)?;
@@ -282,6 +330,7 @@ impl SignInService {
             password,
             client_id,
             client_ip,
+            client_type,
         })
     }
 
@@ -540,13 +589,38 @@ fn dispatcher_failed(status: Status) -> SignInError {
 /// directory, smart lockout must still count what came of it (an abandoned call would otherwise
 /// be a free guess).
 #[derive(Clone)]
-pub struct GatewayService(Arc<SignInService>);
+pub struct GatewayService {
+    service: Arc<SignInService>,
+    /// Refresh tokens (the OpenID provider keeps them), when the gateway has a store.
+    refresh: Option<crate::oidc::Provider>,
+}
 
 impl GatewayService {
-    /// Serves `service`.
+    /// Serves `service`, without refresh tokens.
     pub fn new(service: SignInService) -> Self {
-        Self(Arc::new(service))
+        Self::from_shared(Arc::new(service), None)
     }
+
+    /// Serves a service the browser sign-in shares; `refresh` issues and rotates refresh
+    /// tokens.
+    pub fn from_shared(
+        service: Arc<SignInService>,
+        refresh: Option<crate::oidc::Provider>,
+    ) -> Self {
+        Self { service, refresh }
+    }
+}
+
+/// A refresh token for `granted`, from `refresh` if the gateway keeps them.
+async fn refresh_token_for(
+    refresh: Option<&crate::oidc::Provider>,
+    granted: &Granted,
+) -> Result<String, SignInError> {
+    refresh
+        .ok_or(SignInError::NoRefreshTokens)?
+        .grpc_refresh_token(granted)
+        .await
+        .map_err(SignInError::Refresh)
 }
 
 #[tonic::async_trait]
@@ -555,16 +629,95 @@ impl Gateway for GatewayService {
         &self,
         request: Request<SignInRequest>,
     ) -> Result<Response<SignInResponse>, Status> {
-        let service = Arc::clone(&self.0);
-        to_the_end(async move { service.sign_in(request).await }).await
+        let (service, refresh) = (Arc::clone(&self.service), self.refresh.clone());
+        to_the_end(async move {
+            let offline = request.get_ref().offline_access;
+            let answer = async {
+                Ok(match service.sign_in(request).await? {
+                    Signed::Granted(granted) => {
+                        let mut response = service.tokens(&granted)?;
+                        if offline {
+                            response.refresh_token =
+                                refresh_token_for(refresh.as_ref(), &granted).await?;
+                        }
+                        response
+                    }
+                    Signed::Challenge { handle, expires_in } => SignInResponse {
+                        mfa_challenge: handle,
+                        mfa_challenge_expires_in: expires_in,
+                        ..SignInResponse::default()
+                    },
+                })
+            };
+            answer
+                .await
+                .map(Response::new)
+                .map_err(SignInError::into_status)
+        })
+        .await
     }
 
     async fn complete_mfa(
         &self,
         request: Request<CompleteMfaRequest>,
     ) -> Result<Response<CompleteMfaResponse>, Status> {
-        let service = Arc::clone(&self.0);
-        to_the_end(async move { service.complete_mfa(request).await }).await
+        let (service, refresh) = (Arc::clone(&self.service), self.refresh.clone());
+        to_the_end(async move {
+            let request = request.into_inner();
+            let offline = request.offline_access;
+            let answer = async {
+                let granted = service.complete_mfa_as(request).await?;
+                let tokens = service.tokens(&granted)?;
+                let refresh_token = if offline {
+                    refresh_token_for(refresh.as_ref(), &granted).await?
+                } else {
+                    String::new()
+                };
+                Ok(CompleteMfaResponse {
+                    access_token: tokens.access_token,
+                    id_token: tokens.id_token,
+                    token_type: tokens.token_type,
+                    expires_in: tokens.expires_in,
+                    refresh_token,
+                })
+            };
+            answer
+                .await
+                .map(Response::new)
+                .map_err(SignInError::into_status)
+        })
+        .await
+    }
+
+    async fn refresh(
+        &self,
+        request: Request<RefreshRequest>,
+    ) -> Result<Response<RefreshResponse>, Status> {
+        let refresh = self.refresh.clone();
+        to_the_end(async move {
+            let request = request.into_inner();
+            let answer = async {
+                check_field("refresh_token", &request.refresh_token, 128)?;
+                check_field("client_id", &request.client_id, MAX_FIELD_BYTES)?;
+                let provider = refresh.ok_or(SignInError::NoRefreshTokens)?;
+                let (tokens, next) = provider
+                    .grpc_refresh(&request.client_id, &request.refresh_token)
+                    .await
+                    .map_err(SignInError::Refresh)?;
+                Ok::<_, SignInError>(RefreshResponse {
+                    access_token: tokens.access_token,
+                    id_token: tokens.id_token,
+                    token_type: "Bearer".into(),
+                    expires_in: tokens.expires_in.as_secs() as u32,
+                    refresh_token: next,
+                })
+            };
+            answer.await.map(Response::new).map_err(|err| {
+                tracing::info!(error = %err, client_id = %request.client_id, "refresh refused");
+                err.into_status()
+            })
+        })
+        .await
     }
 }
 
@@ -580,31 +733,36 @@ async fn to_the_end<T: Send + 'static>(
 }
 
 impl SignInService {
-    /// `Gateway.SignIn`.
-    pub async fn sign_in(
-        &self,
-        request: Request<SignInRequest>,
-    ) -> Result<Response<SignInResponse>, Status> {
-        let started = Instant::now();
+    /// `Gateway.SignIn`, up to what it grants.
+    pub async fn sign_in(&self, request: Request<SignInRequest>) -> Result<Signed, SignInError> {
         let caller_trace = request
             .metadata()
             .get("traceparent")
             .and_then(|v| v.to_str().ok())
             .and_then(TraceParent::parse);
-        let request = self
-            .check(request.into_inner())
-            .map_err(SignInError::into_status)?;
+        self.sign_in_as(request.into_inner(), ClientType::Grpc, caller_trace)
+            .await
+    }
+
+    /// A sign-in from a `client_type` client: every step (throttling, smart lockout, the
+    /// agents, conditional access, MFA, the sign-in log) but the tokens.
+    pub async fn sign_in_as(
+        &self,
+        request: SignInRequest,
+        client_type: ClientType,
+        caller_trace: Option<TraceParent>,
+    ) -> Result<Signed, SignInError> {
+        let started = Instant::now();
+        let request = self.check(request, client_type)?;
         let client_ip = request.client_ip.map(|ip| ip.to_string());
         if let Err(throttled) =
             self.throttle
                 .admit(&self.tenant, client_ip.as_deref(), Instant::now())
         {
             tracing::info!(target: "passage::signin_log", outcome = "throttled", client_ip = client_ip.as_deref().unwrap_or("-"), %throttled, "sign-in");
-            return Err(SignInError::from(throttled).into_status());
+            return Err(SignInError::from(throttled));
         }
-        let group = self
-            .route(&request.username)
-            .map_err(SignInError::into_status)?;
+        let group = self.route(&request.username)?;
         let span = tracing::info_span!(
             "sign_in",
             otel.kind = "server",
@@ -612,6 +770,7 @@ impl SignInService {
             trace_id = tracing::field::Empty,
             username = %request.username,
             client_id = %request.client_id,
+            client_type = client_type.as_str(),
             connector_group = %group,
             error_code = tracing::field::Empty,
         );
@@ -621,21 +780,20 @@ impl SignInService {
             .await
     }
 
-    /// `Gateway.CompleteMfa`.
-    pub async fn complete_mfa(
+    /// The second factor of a sign-in, from any client: the grant it completes.
+    pub async fn complete_mfa_as(
         &self,
-        request: Request<CompleteMfaRequest>,
-    ) -> Result<Response<CompleteMfaResponse>, Status> {
+        request: CompleteMfaRequest,
+    ) -> Result<Granted, SignInError> {
         let started = Instant::now();
-        let request = request.into_inner();
-        let client_ip = self.check_mfa(&request).map_err(SignInError::into_status)?;
+        let client_ip = self.check_mfa(&request)?;
         let client_ip_text = client_ip.map(|ip| ip.to_string());
         if let Err(throttled) =
             self.throttle
                 .admit(&self.tenant, client_ip_text.as_deref(), Instant::now())
         {
             tracing::info!(target: "passage::signin_log", outcome = "throttled", step = "complete_mfa", client_ip = client_ip_text.as_deref().unwrap_or("-"), %throttled, "sign-in");
-            return Err(SignInError::from(throttled).into_status());
+            return Err(SignInError::from(throttled));
         }
         let span = tracing::info_span!(
             "complete_mfa",
@@ -647,15 +805,6 @@ impl SignInService {
         self.complete_mfa_checked(request, client_ip, started)
             .instrument(span)
             .await
-            .map(|response| {
-                let tokens = response.into_inner();
-                Response::new(CompleteMfaResponse {
-                    access_token: tokens.access_token,
-                    id_token: tokens.id_token,
-                    token_type: tokens.token_type,
-                    expires_in: tokens.expires_in,
-                })
-            })
     }
 }
 
@@ -667,7 +816,7 @@ impl SignInService {
         group: String,
         trace: TraceParent,
         started: Instant,
-    ) -> Result<Response<SignInResponse>, Status> {
+    ) -> Result<Signed, SignInError> {
         let now = passage_pki::unix_now();
         // Smart lockout first: a locked-out user's sign-in never reaches an agent, so neither
         // its answer nor its timing depends on the password. An admitted attempt is counted
@@ -691,7 +840,7 @@ impl SignInService {
                     Ok(admission) => Some(admission),
                     Err(err) => {
                         tracing::error!(error = %err, "smart lockout: the store failed");
-                        return Err(ErrorCode::Internal.public_status());
+                        return Err(SignInError::Store(err));
                     }
                 }
             }
@@ -802,7 +951,7 @@ impl SignInService {
             application: &request.client_id,
             client_ip: request.client_ip,
             unfamiliar_location: scope != Some(Scope::Familiar),
-            client_type: ClientType::Grpc,
+            client_type: request.client_type,
         })
     }
 
@@ -815,7 +964,7 @@ impl SignInService {
         lockout_state: &'static str,
         now: i64,
         started: Instant,
-    ) -> Result<Response<SignInResponse>, Status> {
+    ) -> Result<Signed, SignInError> {
         let client_ip = request
             .client_ip
             .map(|ip| ip.to_string())
@@ -850,20 +999,20 @@ impl SignInService {
         response
     }
 
-    /// Logs the attempt's end and turns it into the caller's answer.
-    fn answer(
+    /// Logs the attempt's end.
+    fn answer<T>(
         &self,
-        outcome: Result<SignInResponse, SignInError>,
+        outcome: Result<T, SignInError>,
         entry: &mut SigninEntry,
         elapsed_ms: u64,
-    ) -> Result<Response<SignInResponse>, Status> {
+    ) -> Result<T, SignInError> {
         match outcome {
             Ok(response) => {
                 if entry.outcome.is_empty() {
                     entry.outcome = "success".into();
                 }
                 tracing::info!(target: "passage::signin_log", outcome = %entry.outcome, upn = %entry.upn, agent_id = %entry.agent_id, client_ip = %entry.client_ip, elapsed_ms, lockout = %entry.lockout, policies = %entry.policies, mfa = %entry.mfa, "sign-in");
-                Ok(Response::new(response))
+                Ok(response)
             }
             Err(err) => {
                 let code = err.code().as_str();
@@ -874,7 +1023,7 @@ impl SignInService {
                 tracing::info!(target: "passage::signin_log", outcome = "failure", error_code = code, detail = %err, upn = %entry.upn, client_ip = %entry.client_ip, elapsed_ms, lockout = %entry.lockout, policies = %entry.policies, mfa = %entry.mfa, "sign-in");
                 entry.outcome = "failure".into();
                 entry.error_code = code.into();
-                Err(err.into_status())
+                Err(err)
             }
         }
     }
@@ -891,7 +1040,7 @@ impl SignInService {
         scope: Option<Scope>,
         now: i64,
         entry: &mut SigninEntry,
-    ) -> Result<SignInResponse, SignInError> {
+    ) -> Result<Signed, SignInError> {
         let policies = self.policies.current();
         entry.policies = evaluation.summary();
         let lifetime = evaluation.token_lifetime;
@@ -899,14 +1048,15 @@ impl SignInService {
             Grant::Block => Err(SignInError::BlockedByPolicy(
                 evaluation.deciding_policies.join(", "),
             )),
-            Grant::Allow => self.tokens(
-                &subject,
-                &request.client_id,
-                Authentication {
+            Grant::Allow => Ok(Signed::Granted(Granted {
+                subject,
+                how: Authentication {
                     lifetime,
                     ..Authentication::password()
                 },
-            ),
+                auth_time: now,
+                client_id: request.client_id.clone(),
+            })),
             Grant::RequireMfa => {
                 let Some(mfa) = &self.second_factor else {
                     // Refused at start: policies that can require MFA need the store.
@@ -944,10 +1094,9 @@ impl SignInService {
                             .await?;
                         entry.outcome = "interrupted".into();
                         entry.mfa = "required".into();
-                        Ok(SignInResponse {
-                            mfa_challenge: challenge.as_str().to_owned(),
-                            mfa_challenge_expires_in: expires_in.as_secs() as u32,
-                            ..SignInResponse::default()
+                        Ok(Signed::Challenge {
+                            handle: challenge.as_str().to_owned(),
+                            expires_in: expires_in.as_secs() as u32,
                         })
                     }
                     Enrolled::No
@@ -957,14 +1106,15 @@ impl SignInService {
                                 .is_some_and(|ip| policies.is_trusted_network(ip)) =>
                     {
                         entry.mfa = "not_enrolled_trusted_network".into();
-                        self.tokens(
-                            &subject,
-                            &request.client_id,
-                            Authentication {
+                        Ok(Signed::Granted(Granted {
+                            subject,
+                            how: Authentication {
                                 lifetime,
                                 ..Authentication::password()
                             },
-                        )
+                            auth_time: now,
+                            client_id: request.client_id.clone(),
+                        }))
                     }
                     Enrolled::No => {
                         entry.mfa = "not_enrolled".into();
@@ -975,16 +1125,11 @@ impl SignInService {
         }
     }
 
-    /// Signs the token pair.
-    fn tokens(
-        &self,
-        subject: &Subject,
-        client_id: &str,
-        how: Authentication,
-    ) -> Result<SignInResponse, SignInError> {
+    /// Signs the token pair of the gRPC API (audience: the client that signed the user in).
+    pub fn tokens(&self, granted: &Granted) -> Result<SignInResponse, SignInError> {
         let tokens = self
             .issuer
-            .issue_authenticated(subject, client_id, &how)
+            .issue_authenticated(&granted.subject, &granted.client_id, &granted.how)
             .inspect_err(|err| tracing::error!(error = %err, "issuing tokens failed"))?;
         Ok(SignInResponse {
             access_token: tokens.access_token,
@@ -1001,7 +1146,7 @@ impl SignInService {
         request: CompleteMfaRequest,
         client_ip: Option<IpAddr>,
         started: Instant,
-    ) -> Result<Response<SignInResponse>, Status> {
+    ) -> Result<Granted, SignInError> {
         let now = passage_pki::unix_now();
         let mut entry = SigninEntry {
             at: now,
@@ -1042,14 +1187,15 @@ impl SignInService {
                     {
                         tracing::error!(error = %err, "smart lockout: remembering the network failed");
                     }
-                    self.tokens(
-                        &done.pending.subject(&self.tenant),
-                        &request.client_id,
-                        Authentication {
+                    Ok(Granted {
+                        subject: done.pending.subject(&self.tenant),
+                        how: Authentication {
                             lifetime: done.pending.token_lifetime_s.map(Duration::from_secs),
                             ..Authentication::with_second_factor(done.method)
                         },
-                    )
+                        auth_time: now,
+                        client_id: request.client_id.clone(),
+                    })
                 }
                 Err(failure) => {
                     match &failure {

@@ -1,0 +1,100 @@
+//! `passage keys ...` (the token signing keys every gateway replica shares) and `passage
+//! client secret` (a new client secret and the hash a gateway's configuration keeps).
+
+use clap::Subcommand;
+use passage_store::Store;
+use passage_tokens::SigningKey;
+
+/// Token signing keys.
+#[derive(Subcommand)]
+pub enum KeysCommand {
+    /// Add a new signing key: every gateway signs with it as soon as it reads the keys again
+    /// (`[oidc] signing_keys_reload_s`); the previous key stays published in the JWKS for
+    /// `--keep-old-s`, so the tokens it signed keep verifying, then is dropped.
+    Rotate {
+        /// Tenant.
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        /// How long the previous key stays published, in seconds: at least the gateways'
+        /// `token_lifetime_s` plus `signing_keys_reload_s` (the default covers the defaults,
+        /// 3600 + 30, with room for clock skew).
+        #[arg(long, default_value_t = 3600 + 300)]
+        keep_old_s: u64,
+    },
+    /// The keys: which one signs, which are retired and when they leave the JWKS.
+    List {
+        /// Tenant.
+        #[arg(long, default_value = "default")]
+        tenant: String,
+    },
+}
+
+/// Client registrations.
+#[derive(Subcommand)]
+pub enum ClientCommand {
+    /// A new random client secret, and its Argon2id hash for the gateway's
+    /// `[[clients]] secret_hash`. The secret is printed once, for the application's settings;
+    /// Passage keeps only the hash.
+    Secret,
+}
+
+/// Runs a `passage keys` command.
+pub async fn run_keys(store: &Store, command: KeysCommand) -> Result<(), String> {
+    let now = passage_pki::unix_now();
+    match command {
+        KeysCommand::Rotate { tenant, keep_old_s } => {
+            let key = SigningKey::generate().map_err(|e| e.to_string())?;
+            let drop_after = now + i64::try_from(keep_old_s).map_err(|e| e.to_string())?;
+            store
+                .add_signing_key(&tenant, key.kid(), key.pkcs8().expose(), now, drop_after)
+                .await
+                .map_err(|e| e.to_string())?;
+            println!(
+                "new signing key {} (tenant {tenant}); the previous key stays in the JWKS until Unix time {drop_after}",
+                key.kid()
+            );
+            Ok(())
+        }
+        KeysCommand::List { tenant } => {
+            let keys = store
+                .signing_keys(&tenant)
+                .await
+                .map_err(|e| e.to_string())?;
+            if keys.is_empty() {
+                println!(
+                    "no signing keys for tenant {tenant} (a gateway creates one when it starts)"
+                );
+            }
+            let mut signing_seen = false;
+            for stored in keys {
+                let key = SigningKey::from_pkcs8_der(stored.private_pkcs8.expose())
+                    .map_err(|e| e.to_string())?;
+                let state = match (stored.retired_at, stored.drop_after) {
+                    (None, _) if !signing_seen => {
+                        signing_seen = true;
+                        "signing".to_owned()
+                    }
+                    (None, _) => "published".to_owned(),
+                    (Some(_), Some(drop_after)) if drop_after <= now => "dropped".to_owned(),
+                    (Some(_), Some(drop_after)) => format!("retired, published until {drop_after}"),
+                    (Some(_), None) => "retired".to_owned(),
+                };
+                println!("{}  created {}  {state}", key.kid(), stored.created_at);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Runs a `passage client` command.
+pub fn run_client(command: ClientCommand) -> Result<(), String> {
+    match command {
+        ClientCommand::Secret => {
+            let secret = passage_oidc::client::generate_secret();
+            let hash = passage_oidc::client::hash_secret(&secret).map_err(|e| e.to_string())?;
+            println!("client_secret = {secret}");
+            println!("secret_hash = \"{hash}\"");
+            Ok(())
+        }
+    }
+}

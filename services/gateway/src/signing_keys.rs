@@ -1,0 +1,102 @@
+//! The token signing keys every gateway replica shares, kept in the store (sealed with the
+//! key-encryption key), so a token signed by one replica verifies at every relying party
+//! whichever replica published the JWKS it fetched.
+//!
+//! One key signs; `passage keys rotate` adds a new one, which every replica signs with as soon
+//! as it reads the keys again (`[oidc] signing_keys_reload_s`), and retires the old one: it
+//! stays in the JWKS until every token it signed has expired (its `drop_after`), then leaves
+//! it. A gateway starting against a store without keys adopts its `signing_key_file` (so
+//! tokens a single gateway signed before keep verifying), or creates a key.
+
+use std::{path::Path, sync::Arc, time::Duration};
+
+use jsonwebtoken::jwk::Jwk;
+use passage_store::Store;
+use passage_tokens::{SigningKey, TokenIssuer};
+
+use crate::GatewayError;
+
+/// The key that signs and the retired keys still published.
+pub type KeySet = (SigningKey, Vec<Jwk>);
+
+/// Reads the tenant's key set from `store`; when it has none, stores the key of
+/// `signing_key_file` (or a new one if the file does not exist) as the first.
+pub async fn load_or_create(
+    store: &Store,
+    tenant: &str,
+    signing_key_file: &Path,
+) -> Result<KeySet, GatewayError> {
+    let now = passage_pki::unix_now();
+    if let Some(keys) = load(store, tenant, now).await? {
+        return Ok(keys);
+    }
+    let first = if signing_key_file.exists() {
+        let key = passage_tokens::load_or_create_signing_key(signing_key_file)?;
+        tracing::info!(kid = key.kid(), file = %signing_key_file.display(), "the store has no signing key yet: adopting the key file's");
+        key
+    } else {
+        SigningKey::generate()?
+    };
+    // Another replica starting at the same time may win; then its key is the one.
+    let inserted = store
+        .ensure_signing_key(tenant, first.kid(), first.pkcs8().expose(), now)
+        .await?;
+    if inserted {
+        tracing::info!(kid = first.kid(), "signing key stored for every replica");
+    }
+    load(store, tenant, now).await?.ok_or_else(|| {
+        GatewayError::Config(
+            "the store kept no signing key: is another writer removing them?".into(),
+        )
+    })
+}
+
+/// The tenant's key set at `now`, if it has a signing key: retired keys past their
+/// `drop_after` are left out.
+async fn load(store: &Store, tenant: &str, now: i64) -> Result<Option<KeySet>, GatewayError> {
+    let mut signing = None;
+    let mut retired = Vec::new();
+    for stored in store.signing_keys(tenant).await? {
+        let key = SigningKey::from_pkcs8_der(stored.private_pkcs8.expose())?;
+        match (stored.retired_at, stored.drop_after) {
+            (None, _) if signing.is_none() => signing = Some(key),
+            (None, _) => retired.push(key.public_jwk().clone()),
+            (Some(_), Some(drop_after)) if drop_after <= now => {}
+            (Some(_), _) => retired.push(key.public_jwk().clone()),
+        }
+    }
+    Ok(signing.map(|key| (key, retired)))
+}
+
+/// Reads the key set again every `interval` and hands it to `issuer` when it changed.
+pub fn watch(store: Store, tenant: String, issuer: Arc<TokenIssuer>, interval: Duration) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            match load(&store, &tenant, passage_pki::unix_now()).await {
+                Ok(Some((signing, retired))) => {
+                    let published = |jwks: &[Jwk]| -> Vec<Option<String>> {
+                        jwks.iter().map(|k| k.common.key_id.clone()).collect()
+                    };
+                    let mut next = vec![signing.public_jwk().clone()];
+                    next.extend(retired.iter().cloned());
+                    if published(&issuer.jwks().keys) != published(&next) {
+                        tracing::info!(
+                            kid = signing.kid(),
+                            retired = retired.len(),
+                            "signing keys changed"
+                        );
+                        issuer.set_keys(signing, retired);
+                    }
+                }
+                Ok(None) => {
+                    tracing::warn!("the store holds no signing key; signing with the last one read")
+                }
+                Err(err) => tracing::warn!(error = %err, "reading the signing keys failed"),
+            }
+        }
+    });
+}
