@@ -734,7 +734,7 @@ async fn a_policy_asks_the_browser_for_the_second_factor() {
     assert_eq!(page.status, 200, "{}", page.body);
     assert!(page.location().is_none());
     assert!(page.body.contains("id=\"code\""), "{}", page.body);
-    let mfa_url = format!("{}/authorize/mfa", provider.issuer());
+    let mfa_url = format!("{}/mfa", provider.issuer());
     let post_code = |page: &Page, code: &str| {
         let mut fields = page.hidden_inputs();
         fields.push(("code".into(), code.into()));

@@ -9,7 +9,10 @@
 //!
 //! (with `form-action` widened to the application's origin, where the form's answer
 //! redirects). The only resource is the stylesheet [`STYLESHEET`], served apart at
-//! [`STYLESHEET_PATH`].
+//! [`STYLESHEET_PATH`] and linked relatively ([`STYLESHEET_HREF`]), as forms post to relative
+//! actions: every page is served at the issuer's base path (`/authorize`, `/mfa`, `/logout`
+//! under it), so the pages work under an issuer with a path (`https://login.example.com/corp`)
+//! without knowing it.
 //!
 //! Every value put into a page is escaped with [`escape`] (text and attribute values alike),
 //! whatever its source: client names come from the configuration, but usernames, hints and
@@ -30,6 +33,9 @@
 
 /// Where the gateway serves [`STYLESHEET`].
 pub const STYLESHEET_PATH: &str = "/static/passage.css";
+
+/// How pages link the stylesheet: relative to the page (served at the issuer's base path).
+pub const STYLESHEET_HREF: &str = "static/passage.css";
 
 /// The pages' stylesheet: readable type, contrast above WCAG AA in light and dark schemes,
 /// visible focus outlines, a single column that fits a phone, and the system's colours in
@@ -636,7 +642,7 @@ fn document(strings: &Strings, title: &str, body: &str) -> String {
 <meta name="referrer" content="no-referrer">
 <meta name="robots" content="noindex, nofollow">
 <title>{title}</title>
-<link rel="stylesheet" href="{STYLESHEET_PATH}">
+<link rel="stylesheet" href="{STYLESHEET_HREF}">
 </head>
 <body>
 <main>
@@ -746,7 +752,7 @@ mod tests {
         for expected in [
             "<main>",
             "<title>Sign in</title>",
-            r#"<link rel="stylesheet" href="/static/passage.css">"#,
+            r#"<link rel="stylesheet" href="static/passage.css">"#,
             "<h1>Sign in</h1>",
             "Continue to <strong>Grafana</strong>",
             r#"<form method="post" action="/authorize">"#,

@@ -30,29 +30,46 @@ pub fn router(
     provider: Option<crate::oidc::Provider>,
 ) -> Router {
     let full_discovery = provider.is_some();
-    let router = Router::new()
+    let base = issuer_path(issuer.issuer());
+    let issuer_routes = Router::new()
         .route(
             "/.well-known/openid-configuration",
             get(move |state| discovery(state, full_discovery)),
         )
         .route("/.well-known/jwks.json", get(jwks))
-        .route("/healthz", get(|| async { "ok" }))
-        .route(
-            "/readyz",
-            get(move || {
-                let readiness = Arc::clone(&readiness);
-                async move {
-                    match readiness.state() {
-                        Ok(()) => (StatusCode::OK, "ready".to_owned()),
-                        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}")),
-                    }
+        .with_state(Arc::clone(&issuer));
+    let issuer_routes = match provider {
+        Some(provider) => issuer_routes.merge(provider.routes()),
+        None => issuer_routes,
+    };
+    // Discovery, the JWKS and the provider live under the issuer's path (OpenID Connect
+    // Discovery §4); health stays at the root, for probes.
+    let router = if base.is_empty() {
+        issuer_routes
+    } else {
+        Router::new().nest(&base, issuer_routes)
+    };
+    router.route("/healthz", get(|| async { "ok" })).route(
+        "/readyz",
+        get(move || {
+            let readiness = Arc::clone(&readiness);
+            async move {
+                match readiness.state() {
+                    Ok(()) => (StatusCode::OK, "ready".to_owned()),
+                    Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}")),
                 }
-            }),
-        )
-        .with_state(issuer);
-    match provider {
-        Some(provider) => router.merge(provider.routes()),
-        None => router,
+            }
+        }),
+    )
+}
+
+/// The path of an issuer URL (`https://login.example.com/corp` → `/corp`), without a trailing
+/// slash; empty when the issuer is a bare origin.
+fn issuer_path(issuer: &str) -> String {
+    let after_scheme = issuer.split_once("://").map_or(issuer, |(_, rest)| rest);
+    match after_scheme.find('/') {
+        Some(at) => after_scheme[at..].trim_end_matches('/').to_owned(),
+        None => String::new(),
     }
 }
 
@@ -144,4 +161,39 @@ pub async fn serve<L>(
         });
     }
     let _ = tokio::time::timeout(limits.request_timeout, graceful.shutdown()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use tower::ServiceExt;
+
+    async fn status(router: &Router, path: &str) -> StatusCode {
+        let request = axum::http::Request::get(path).body(Body::empty()).unwrap();
+        router.clone().oneshot(request).await.unwrap().status()
+    }
+
+    #[tokio::test]
+    async fn discovery_and_keys_are_served_under_the_issuers_path() {
+        let issuer = Arc::new(TokenIssuer::new(
+            "https://login.example.com/corp/",
+            passage_tokens::SigningKey::generate().unwrap(),
+            Duration::from_secs(60),
+        ));
+        let router = router(issuer, crate::readiness::Readiness::new(), None);
+        for path in [
+            "/corp/.well-known/openid-configuration",
+            "/corp/.well-known/jwks.json",
+            "/healthz",
+        ] {
+            assert_eq!(status(&router, path).await, StatusCode::OK, "{path}");
+        }
+        assert_eq!(
+            status(&router, "/.well-known/openid-configuration").await,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(issuer_path("https://login.example.com"), "");
+        assert_eq!(issuer_path("http://localhost:8080/a/b"), "/a/b");
+    }
 }

@@ -50,6 +50,14 @@ use crate::signin::{Granted, SignInError, SignInService, Signed};
 #[derive(Debug, Clone, Copy)]
 pub struct Peer(pub SocketAddr);
 
+/// Where the second-factor page posts (beside `/authorize`, so that relative links work).
+const MFA: &str = "/mfa";
+
+/// A route as pages link it: relative to the page, so that it holds under an issuer's path.
+fn relative(route: &'static str) -> &'static str {
+    route.trim_start_matches('/')
+}
+
 /// How long the sign-in form (and its CSRF cookie) stays usable.
 const FORM_LIFETIME_S: u64 = 3600;
 
@@ -170,7 +178,7 @@ impl Provider {
                 discovery::AUTHORIZE,
                 get(authorize_page).post(authorize_submit),
             )
-            .route("/authorize/mfa", axum::routing::post(mfa_submit))
+            .route(MFA, axum::routing::post(mfa_submit))
             .route(discovery::TOKEN, axum::routing::post(token_endpoint))
             .route(discovery::USERINFO, get(userinfo).post(userinfo))
             .route(discovery::REVOKE, axum::routing::post(revoke))
@@ -416,7 +424,7 @@ impl Provider {
         let client = self.client(&request.client_id);
         let html = pages::sign_in(&pages::SignInPage {
             strings,
-            action: discovery::AUTHORIZE,
+            action: relative(discovery::AUTHORIZE),
             client_name: client_name(client),
             hidden: &hidden,
             csrf: csrf_token,
@@ -439,7 +447,7 @@ impl Provider {
         let client = self.client(&request.client_id);
         let html = pages::mfa(&pages::MfaPage {
             strings,
-            action: "/authorize/mfa",
+            action: relative(MFA),
             client_name: client_name(client),
             hidden: &hidden,
             csrf: csrf_token,
