@@ -68,6 +68,7 @@ async fn provider_with(extra: &str) -> Provider {
     let cluster = Cluster::start_enrolled(ClusterOptions {
         gateway_store_key: true,
         debug_logs: true,
+        trace_export: true,
         gateway_config: format!("oidc = {{ signing_keys_reload_s = 1 }}\n{extra}"),
         gateway_clients: clients,
         ..ClusterOptions::default()
@@ -409,8 +410,20 @@ async fn a_real_client_signs_in_refreshes_revokes_and_logs_out() {
     // No password, client secret or refresh token in any log (debug level, stdout too), and
     // none of them, nor a code, in the store's file.
     let cluster = &provider.cluster;
+    // The browser sign-ins' spans reached the collector.
+    let collector = cluster.collector.as_ref().expect("trace export is on");
+    collector
+        .wait_for(std::time::Duration::from_secs(15), |spans| {
+            spans
+                .iter()
+                .filter(|s| s.service == "passage-gateway" && s.name == "sign_in")
+                .count()
+                >= 6
+        })
+        .await;
     let mut outputs = cluster.gateway.process.output();
     outputs.push_str(&cluster.dispatcher.process.output());
+    outputs.push_str(&collector.dump());
     let store = cluster.sqlite_store_bytes();
     for secret in [
         alice.password.as_str(),
@@ -449,6 +462,39 @@ async fn bad_authorization_requests_and_forms_are_refused() {
         )
     };
     let challenge = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
+
+    // Discovery and the JWKS are readable from any web page (CORS), and complete.
+    let discovery = browser
+        .get(&format!("{issuer}/.well-known/openid-configuration"))
+        .await;
+    assert_eq!(discovery.header("access-control-allow-origin"), Some("*"));
+    let document: serde_json::Value = serde_json::from_str(&discovery.body).unwrap();
+    for field in [
+        "authorization_endpoint",
+        "token_endpoint",
+        "userinfo_endpoint",
+        "revocation_endpoint",
+        "introspection_endpoint",
+        "end_session_endpoint",
+        "jwks_uri",
+    ] {
+        assert!(
+            document[field].as_str().unwrap().starts_with(&issuer),
+            "{field}: {document}"
+        );
+    }
+    assert_eq!(
+        document["response_types_supported"],
+        serde_json::json!(["code"])
+    );
+    assert_eq!(
+        document["code_challenge_methods_supported"],
+        serde_json::json!(["S256"])
+    );
+    let jwks = browser
+        .get(&format!("{issuer}/.well-known/jwks.json"))
+        .await;
+    assert_eq!(jwks.header("access-control-allow-origin"), Some("*"));
 
     // An unregistered redirect URI: Passage's own page, never a redirect there.
     let page = browser
