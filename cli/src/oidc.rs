@@ -9,16 +9,16 @@ use passage_tokens::SigningKey;
 #[derive(Subcommand)]
 pub enum KeysCommand {
     /// Add a new signing key: every gateway signs with it as soon as it reads the keys again
-    /// (`[oidc] signing_keys_reload_s`); the previous key stays published in the JWKS for
-    /// `--keep-old-s`, so the tokens it signed keep verifying, then is dropped.
+    /// (`[oidc] signing_keys_reload_s`); the previous key stays published in the JWKS until
+    /// every token it signed has expired (or `--keep-old-s`, if longer), then is dropped.
     Rotate {
         /// Tenant.
         #[arg(long, default_value = "default")]
         tenant: String,
-        /// How long the previous key stays published, in seconds: at least the gateways'
-        /// `token_lifetime_s` plus `signing_keys_reload_s` (the default covers the defaults,
-        /// 3600 + 30, with room for clock skew).
-        #[arg(long, default_value_t = 3600 + 300)]
+        /// How long the previous key stays published at least, in seconds. Gateways keep it
+        /// published anyway until every token it signed has expired (their `token_lifetime_s`
+        /// plus `signing_keys_reload_s` after the rotation); this can only lengthen that.
+        #[arg(long, default_value_t = 0)]
         keep_old_s: u64,
     },
     /// The keys: which one signs, which are retired and when they leave the JWKS.
@@ -69,15 +69,21 @@ pub async fn run_keys(store: &Store, command: KeysCommand) -> Result<(), String>
             for stored in keys {
                 let key = SigningKey::from_pkcs8_der(stored.private_pkcs8.expose())
                     .map_err(|e| e.to_string())?;
+                // A retired key stays published until its tokens have expired: the gateways
+                // know their token lifetime, so the list says from when that counts.
                 let state = match (stored.retired_at, stored.drop_after) {
                     (None, _) if !signing_seen => {
                         signing_seen = true;
                         "signing".to_owned()
                     }
                     (None, _) => "published".to_owned(),
-                    (Some(_), Some(drop_after)) if drop_after <= now => "dropped".to_owned(),
-                    (Some(_), Some(drop_after)) => format!("retired, published until {drop_after}"),
-                    (Some(_), None) => "retired".to_owned(),
+                    (Some(retired_at), drop_after) => format!(
+                        "retired at {retired_at}: published until its tokens expire (gateways' token_lifetime_s + signing_keys_reload_s later){}",
+                        drop_after
+                            .filter(|&d| d > now)
+                            .map(|d| format!(", and at least until {d}"))
+                            .unwrap_or_default()
+                    ),
                 };
                 println!("{}  created {}  {state}", key.kid(), stored.created_at);
             }

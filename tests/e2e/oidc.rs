@@ -626,11 +626,50 @@ async fn bad_authorization_requests_and_forms_are_refused() {
     assert_eq!(body["token_type"], "Bearer");
     // No offline_access asked: no refresh token.
     assert!(body.get("refresh_token").is_none(), "{body}");
+
+    // A public client cannot introspect (its id is no secret).
+    let mut stranger = FormBrowser::trusting(provider.ca.clone());
+    let introspection = stranger
+        .post_form(
+            &format!("{issuer}/introspect"),
+            &[
+                ("client_id".into(), SPA.into()),
+                (
+                    "token".into(),
+                    body["access_token"].as_str().unwrap().into(),
+                ),
+            ],
+        )
+        .await;
+    assert_eq!(introspection.status, 401, "{}", introspection.body);
+
+    // The single-page application's origin may call the token endpoint from its page; others
+    // may not.
+    let preflight = |origin: &'static str| {
+        let ca = provider.ca.clone();
+        let url = format!("{issuer}/token");
+        async move {
+            let request = hyper::Request::options(url)
+                .header("origin", origin)
+                .header("access-control-request-method", "POST")
+                .body(Bytes::new())
+                .unwrap();
+            send(request, Some(&ca)).await.unwrap()
+        }
+    };
+    let allowed = preflight("http://localhost:9").await;
+    assert_eq!(allowed.status(), 204);
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        "http://localhost:9"
+    );
+    assert_eq!(preflight("https://evil.example.net").await.status(), 403);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rotated_keys_stay_published_until_their_tokens_expire() {
-    let provider = provider().await;
+    // Tokens live 4 s here, so that the old key's time comes within the test.
+    let provider = provider_with("token_lifetime_s = 4\n").await;
     let cluster = &provider.cluster;
     let alice = &default_users()[0];
     let issuer = provider.issuer().to_owned();
@@ -653,7 +692,7 @@ async fn rotated_keys_stay_published_until_their_tokens_expire() {
         .unwrap();
     assert_eq!(replica_jwks.keys, jwks().await.keys);
 
-    let (ok, stdout, stderr) = cluster.store_cli("keys", &["rotate", "--keep-old-s", "6"]);
+    let (ok, stdout, stderr) = cluster.store_cli("keys", &["rotate"]);
     assert!(ok, "{stdout}{stderr}");
     // Every replica reads the keys again within a second.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -696,7 +735,12 @@ async fn rotated_keys_stay_published_until_their_tokens_expire() {
         "{listed}"
     );
 
-    // Once the old key's time is over, it leaves the JWKS, and its tokens stop verifying.
+    // Once every token the old key signed has expired, it leaves the JWKS — not before.
+    let expires =
+        jsonwebtoken::dangerous::insecure_decode_claims::<serde_json::Value>(&before.access_token)
+            .unwrap()["exp"]
+            .as_i64()
+            .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while jwks().await.keys.len() != 1 {
         assert!(
@@ -705,6 +749,10 @@ async fn rotated_keys_stay_published_until_their_tokens_expire() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
+    assert!(
+        passage_pki::unix_now() >= expires,
+        "the old key left the JWKS before its tokens expired"
+    );
     let published = jwks().await;
     assert!(
         passage_tokens::verify_access_token(
@@ -844,16 +892,23 @@ async fn grpc_clients_get_the_same_refresh_token_lifecycle() {
         .unwrap()
         .into_inner();
     assert!(!signed.refresh_token.is_empty());
-    let refresh = |token: &str, client: &str| {
+    let refresh_as = |token: &str, client: &str, secret: &str| {
         let mut gateway = cluster.gateway_client();
         let request = RefreshRequest {
             refresh_token: token.to_owned(),
             client_id: client.to_owned(),
+            client_secret: secret.to_owned(),
         };
         async move { gateway.refresh(request).await.map(|r| r.into_inner()) }
     };
-    // Another application cannot use it (and does not spend it).
-    let other = refresh(&signed.refresh_token, WEB_APP).await.unwrap_err();
+    let refresh = |token: &str, client: &str| refresh_as(token, client, "");
+    // A confidential application proves itself first; then it cannot use another's token
+    // either (and does not spend it).
+    let unproven = refresh(&signed.refresh_token, WEB_APP).await.unwrap_err();
+    assert_eq!(ErrorCode::of(&unproven), Some(ErrorCode::UnknownClient));
+    let other = refresh_as(&signed.refresh_token, WEB_APP, &provider.secret)
+        .await
+        .unwrap_err();
     assert_eq!(ErrorCode::of(&other), Some(ErrorCode::RefreshTokenInvalid));
     let rotated = refresh(&signed.refresh_token, CLIENT_ID).await.unwrap();
     assert_ne!(rotated.refresh_token, signed.refresh_token);

@@ -48,6 +48,9 @@ use crate::{pkce, scope};
 
 /// Most characters in `state`.
 pub const MAX_STATE_CHARS: usize = 1024;
+/// The scopes Passage grants; others asked for are left out.
+pub const SUPPORTED_SCOPES: [&str; 5] = ["openid", "profile", "email", "groups", "offline_access"];
+
 /// Most characters in `nonce`.
 pub const MAX_NONCE_CHARS: usize = 512;
 /// Most characters in `login_hint`.
@@ -332,7 +335,13 @@ pub fn parse(
     if !scope_tokens.contains(&"openid") {
         return Err(back.error(INVALID_SCOPE, "scope must include openid"));
     }
-    let scope = scope_tokens.join(" ");
+    // Scopes Passage does not grant are left out (as Keycloak does), so that no client can
+    // put a scope of its choosing into an access token a resource server trusts.
+    let scope = scope_tokens
+        .into_iter()
+        .filter(|token| SUPPORTED_SCOPES.contains(token))
+        .collect::<Vec<_>>()
+        .join(" ");
 
     let code_challenge = get(params, "code_challenge");
     match (code_challenge, get(params, "code_challenge_method")) {
@@ -387,6 +396,15 @@ pub fn parse(
             return Err(back.error(
                 INVALID_REQUEST,
                 format!("{name} is longer than {limit} characters"),
+            ));
+        }
+        // No control characters: they would not come back unchanged through the page's
+        // hidden fields (and `state` is printable ASCII by RFC 6749 Appendix A).
+        let bad = |c: char| c.is_control() || (name == "state" && !c.is_ascii());
+        if value.is_some_and(|value| value.chars().any(bad)) {
+            return Err(back.error(
+                INVALID_REQUEST,
+                format!("{name} holds a character it may not have"),
             ));
         }
     }
@@ -701,6 +719,13 @@ mod tests {
 
     #[test]
     fn scope_must_include_openid_and_be_well_formed() {
+        // Scopes Passage does not grant are left out, never passed into tokens.
+        let request = parse(
+            &spa(&[("scope", "openid admin:write profile offline_access")]),
+            clients(),
+        )
+        .unwrap();
+        assert_eq!(request.scope, "openid profile offline_access");
         for scope in ["", "profile email", "openidx", "OpenID"] {
             assert_eq!(error_of(&[("scope", scope)]), "invalid_scope", "{scope:?}");
         }
@@ -859,6 +884,15 @@ mod tests {
         // Characters, not bytes.
         let accented = "\u{e9}".repeat(MAX_NONCE_CHARS);
         assert!(parse(&spa(&[("nonce", accented.as_str())]), clients()).is_ok());
+        // No control characters anywhere, and state is ASCII.
+        for (name, value) in [
+            ("nonce", "a\rb"),
+            ("login_hint", "ada\u{0}"),
+            ("state", "caf\u{e9}"),
+        ] {
+            let redirect = redirected(parse(&spa(&[(name, value)]), clients()));
+            assert_eq!(redirect.error, "invalid_request", "{name}");
+        }
     }
 
     #[test]

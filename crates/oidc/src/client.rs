@@ -64,12 +64,16 @@ impl Client {
 
     /// Whether `uri` is one of the client's redirect URIs, compared exactly (RFC 9700 §2.1).
     pub fn redirect_uri_registered(&self, uri: &str) -> bool {
-        self.redirect_uris
-            .iter()
-            .any(|registered| registered == uri)
+        self.redirect_uris.iter().any(|registered| {
+            registered == uri
+                || (loopback_without_port(registered).is_some()
+                    && loopback_without_port(registered) == loopback_without_port(uri))
+        })
     }
 
     /// Whether `uri` is one of the client's post-logout redirect URIs, compared exactly.
+    /// (Native applications' loopback redirect URIs match on any port: see
+    /// [`loopback_without_port`].)
     pub fn post_logout_uri_registered(&self, uri: &str) -> bool {
         self.post_logout_redirect_uris
             .iter()
@@ -315,6 +319,27 @@ fn is_loopback(host: &str) -> bool {
     host.eq_ignore_ascii_case("localhost") || host == "127.0.0.1" || host == "[::1]"
 }
 
+/// A loopback IP redirect URI (`http://127.0.0.1:PORT/...` or `http://[::1]:PORT/...`)
+/// without its port: native applications listen on a port the system gives them, so such a
+/// URI matches a registered one on any port (RFC 8252 §7.3). `localhost` is not a loopback IP
+/// literal and keeps exact matching.
+fn loopback_without_port(uri: &str) -> Option<String> {
+    let rest = uri.strip_prefix("http://")?;
+    let (authority, path) = rest.split_at(rest.find(['/', '?', '#']).unwrap_or(rest.len()));
+    let host = if let Some(v6) = authority.strip_prefix('[') {
+        let end = v6.find(']')?;
+        let host = &authority[..end + 2];
+        let port = &authority[end + 2..];
+        if !(port.is_empty() || port.starts_with(':')) {
+            return None;
+        }
+        host
+    } else {
+        authority.split(':').next()?
+    };
+    matches!(host, "127.0.0.1" | "[::1]").then(|| format!("http://{host}{path}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -544,5 +569,28 @@ mod tests {
             );
             assert!(bad.is_empty() || !err.to_string().contains(bad), "{err}");
         }
+    }
+
+    #[test]
+    fn loopback_redirect_uris_match_on_any_port() {
+        let client = Client {
+            id: "cli".into(),
+            name: String::new(),
+            redirect_uris: vec![
+                "http://127.0.0.1/callback".into(),
+                "http://[::1]:8000/cb".into(),
+                "http://localhost:9000/cb".into(),
+            ],
+            post_logout_redirect_uris: Vec::new(),
+            secret_hash: None,
+        };
+        assert!(client.redirect_uri_registered("http://127.0.0.1:53712/callback"));
+        assert!(client.redirect_uri_registered("http://[::1]:1/cb"));
+        assert!(!client.redirect_uri_registered("http://127.0.0.1:53712/other"));
+        assert!(!client.redirect_uri_registered("http://127.0.0.2:53712/callback"));
+        assert!(!client.redirect_uri_registered("https://127.0.0.1:53712/callback"));
+        // localhost is a name, not a loopback literal: exact matching.
+        assert!(!client.redirect_uri_registered("http://localhost:9001/cb"));
+        assert!(client.redirect_uri_registered("http://localhost:9000/cb"));
     }
 }

@@ -31,6 +31,9 @@ pub const CONFIGURATION: &str = "/.well-known/openid-configuration";
 /// How clients may authenticate at the token, revocation and introspection endpoints.
 const CLIENT_AUTH_METHODS: [&str; 3] = ["client_secret_basic", "client_secret_post", "none"];
 
+/// How confidential clients authenticate.
+const CONFIDENTIAL_AUTH_METHODS: [&str; 2] = ["client_secret_basic", "client_secret_post"];
+
 /// The claims Passage's tokens and userinfo may hold.
 const CLAIMS: [&str; 15] = [
     "iss",
@@ -72,9 +75,10 @@ pub fn document(issuer: &str, acr_values: &[&str]) -> serde_json::Value {
         "id_token_signing_alg_values_supported": ["ES256"],
         "token_endpoint_auth_methods_supported": CLIENT_AUTH_METHODS,
         "revocation_endpoint_auth_methods_supported": CLIENT_AUTH_METHODS,
-        "introspection_endpoint_auth_methods_supported": CLIENT_AUTH_METHODS,
+        // Only confidential clients (resource servers among them) may introspect.
+        "introspection_endpoint_auth_methods_supported": CONFIDENTIAL_AUTH_METHODS,
         "code_challenge_methods_supported": ["S256"],
-        "scopes_supported": ["openid", "profile", "email", "groups", "offline_access"],
+        "scopes_supported": crate::authorize::SUPPORTED_SCOPES,
         "claims_supported": CLAIMS,
         "acr_values_supported": acr_values,
         "prompt_values_supported": ["none", "login", "consent", "select_account"],
@@ -147,10 +151,13 @@ mod tests {
             doc["id_token_signing_alg_values_supported"],
             json!(["ES256"])
         );
+        assert_eq!(
+            doc["introspection_endpoint_auth_methods_supported"],
+            json!(["client_secret_basic", "client_secret_post"])
+        );
         for field in [
             "token_endpoint_auth_methods_supported",
             "revocation_endpoint_auth_methods_supported",
-            "introspection_endpoint_auth_methods_supported",
         ] {
             assert_eq!(
                 doc[field],

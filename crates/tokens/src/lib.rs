@@ -328,6 +328,19 @@ impl TokenIssuer {
         request: &TokenRequest<'_>,
     ) -> Result<IssuedTokens, TokenError> {
         let scope = normalize_scope(request.scope)?;
+        // Profile and e-mail claims only for the scopes that ask for them (OpenID Connect
+        // Core §5.4); the gRPC API's default scope has both.
+        let granted = |wanted: &str| scope.split(' ').any(|s| s == wanted);
+        let name = if granted("profile") {
+            subject.name.clone()
+        } else {
+            String::new()
+        };
+        let email = if granted("email") {
+            subject.email.clone()
+        } else {
+            String::new()
+        };
         let lifetime = how.lifetime.map_or(self.lifetime, |l| l.min(self.lifetime));
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -345,8 +358,8 @@ impl TokenIssuer {
             scope: None,
             tid: subject.tenant.clone(),
             upn: subject.upn.clone(),
-            name: subject.name.clone(),
-            email: subject.email.clone(),
+            name,
+            email,
             groups: subject.groups.clone(),
             amr: how.methods.clone(),
             acr: if how.multi_factor() {

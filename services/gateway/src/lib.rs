@@ -288,6 +288,12 @@ fn default_key_cache_max_groups() -> usize {
 }
 
 impl GatewayConfig {
+    /// How long a retired signing key stays published: until every token it signed has
+    /// expired, including those signed before this replica read the rotation.
+    pub fn signing_key_keep_s(&self) -> i64 {
+        (self.token_lifetime_s + self.oidc.signing_keys_reload_s) as i64
+    }
+
     /// A development configuration: plaintext, one open client, everything else default.
     pub fn development(dispatcher_url: String, signing_key_file: PathBuf) -> Self {
         Self {
@@ -460,7 +466,13 @@ pub async fn bind(config: GatewayConfig) -> Result<BoundGateway, GatewayError> {
     // Every replica signs with the store's key set; alone, with the key file.
     let (key, retired) = match &sealing {
         Some(sealing) => {
-            signing_keys::load_or_create(sealing, &config.tenant, &config.signing_key_file).await?
+            signing_keys::load_or_create(
+                sealing,
+                &config.tenant,
+                &config.signing_key_file,
+                config.signing_key_keep_s(),
+            )
+            .await?
         }
         None => (
             passage_tokens::load_or_create_signing_key(&config.signing_key_file)?,
@@ -563,6 +575,7 @@ impl BoundGateway {
             tokio::spawn(prune_hourly(
                 store,
                 (config.signin_log_days > 0).then_some(i64::from(config.signin_log_days) * 86_400),
+                config.signing_key_keep_s(),
             ));
         }
         let keys = Arc::new(KeySetCache::new(
@@ -638,6 +651,7 @@ impl BoundGateway {
                     config.tenant.clone(),
                     Arc::clone(&self.issuer),
                     Duration::from_secs(config.oidc.signing_keys_reload_s.max(1)),
+                    config.signing_key_keep_s(),
                 );
                 Some(oidc::Provider::new(
                     Arc::clone(&signin),
@@ -651,6 +665,13 @@ impl BoundGateway {
                             config.oidc.refresh_token_lifetime_s.max(1),
                         ),
                         trusted_proxies,
+                        cors_origins: config
+                            .clients
+                            .iter()
+                            .flat_map(|client| &client.redirect_uris)
+                            .filter_map(|uri| oidc::origin_of(uri))
+                            .filter(|origin| origin.starts_with("http"))
+                            .collect(),
                     },
                 ))
             }
@@ -734,7 +755,11 @@ impl BoundGateway {
 /// Hourly: deletes sign-ins older than `log_retention_s` (when the log is kept), MFA challenges
 /// that expired over an hour ago, expired codes and refresh tokens, and retired signing keys
 /// whose tokens have all expired.
-async fn prune_hourly(store: passage_store::Store, log_retention_s: Option<i64>) {
+async fn prune_hourly(
+    store: passage_store::Store,
+    log_retention_s: Option<i64>,
+    signing_key_keep_s: i64,
+) {
     let mut tick = tokio::time::interval(Duration::from_secs(3600));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -767,7 +792,8 @@ async fn prune_hourly(store: passage_store::Store, log_retention_s: Option<i64>)
             ),
             Err(err) => tracing::warn!(error = %err, "pruning codes and refresh tokens failed"),
         }
-        match store.prune_signing_keys(now).await {
+        // Past their drop_after by as long as this gateway keeps publishing a retired key.
+        match store.prune_signing_keys(now - signing_key_keep_s).await {
             Ok(0) => {}
             Ok(pruned) => tracing::info!(pruned, "dropped retired signing keys"),
             Err(err) => tracing::warn!(error = %err, "dropping retired signing keys failed"),

@@ -138,6 +138,9 @@ pub struct ProviderSettings {
     pub refresh_lifetime: Duration,
     /// Reverse proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<Cidr>,
+    /// Origins of the registered redirect URIs: browser-based applications there may call the
+    /// token, userinfo and revocation endpoints from their pages (CORS).
+    pub cors_origins: Vec<String>,
 }
 
 /// The OpenID provider.
@@ -145,6 +148,8 @@ pub struct ProviderSettings {
 pub struct Provider(Arc<Inner>);
 
 struct Inner {
+    /// Client secret verifications (Argon2) running at once, at most.
+    verifications: Arc<tokio::sync::Semaphore>,
     service: Arc<SignInService>,
     issuer: Arc<TokenIssuer>,
     clients: Clients,
@@ -162,7 +167,9 @@ impl Provider {
         store: Store,
         settings: ProviderSettings,
     ) -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Self(Arc::new(Inner {
+            verifications: Arc::new(tokio::sync::Semaphore::new(cores)),
             service,
             issuer,
             clients,
@@ -179,11 +186,20 @@ impl Provider {
                 get(authorize_page).post(authorize_submit),
             )
             .route(MFA, axum::routing::post(mfa_submit))
-            .route(discovery::TOKEN, axum::routing::post(token_endpoint))
-            .route(discovery::USERINFO, get(userinfo).post(userinfo))
-            .route(discovery::REVOKE, axum::routing::post(revoke))
+            .route(
+                discovery::TOKEN,
+                axum::routing::post(token_endpoint).options(preflight),
+            )
+            .route(
+                discovery::USERINFO,
+                get(userinfo).post(userinfo).options(preflight),
+            )
+            .route(
+                discovery::REVOKE,
+                axum::routing::post(revoke).options(preflight),
+            )
             .route(discovery::INTROSPECT, axum::routing::post(introspect))
-            .route(discovery::LOGOUT, get(logout))
+            .route(discovery::LOGOUT, get(logout).post(logout_form))
             .route(
                 pages::STYLESHEET_PATH,
                 get(|| async {
@@ -391,24 +407,14 @@ impl Provider {
                 .iter()
                 .any(|c| c.contains(ip))
         };
-        let mut ip = peer.0.ip().to_canonical();
-        if !trusted(ip) {
-            return ip;
-        }
-        let hops: Vec<IpAddr> = headers
+        let hops: Vec<&str> = headers
             .get_all("x-forwarded-for")
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|hop| hop.trim().parse::<IpAddr>().ok())
+            .map(str::trim)
             .collect();
-        for hop in hops.into_iter().rev() {
-            ip = hop.to_canonical();
-            if !trusted(ip) {
-                break;
-            }
-        }
-        ip
+        forwarded_client(peer.0.ip(), &hops, trusted)
     }
 
     fn sign_in_page(
@@ -571,9 +577,58 @@ async fn token_endpoint(
     body: Bytes,
 ) -> Response {
     let form = parse_form(&body);
-    match provider.token(&headers, &form).await {
+    let response = match provider.token(&headers, &form).await {
         Ok(body) => no_store(Json(body).into_response()),
         Err(err) => token_error(err),
+    };
+    provider.cors(&headers, response)
+}
+
+/// A CORS preflight for the endpoints browser-based applications call.
+async fn preflight(State(provider): State<Provider>, headers: HeaderMap) -> Response {
+    let Some(origin) = provider.allowed_origin(&headers) else {
+        return StatusCode::FORBIDDEN.into_response();
+    };
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    let answer = response.headers_mut();
+    answer.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    answer.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, POST"),
+    );
+    answer.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("authorization, content-type"),
+    );
+    answer.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("600"),
+    );
+    answer.insert(header::VARY, HeaderValue::from_static("origin"));
+    response
+}
+
+impl Provider {
+    /// The request's `Origin`, when it is the origin of a registered redirect URI.
+    fn allowed_origin(&self, headers: &HeaderMap) -> Option<HeaderValue> {
+        let origin = headers.get(header::ORIGIN)?;
+        let text = origin.to_str().ok()?;
+        self.0
+            .settings
+            .cors_origins
+            .iter()
+            .any(|allowed| allowed == text)
+            .then(|| origin.clone())
+    }
+
+    /// `response`, readable by the page of an allowed origin that sent the request.
+    fn cors(&self, headers: &HeaderMap, mut response: Response) -> Response {
+        if let Some(origin) = self.allowed_origin(headers) {
+            let answer = response.headers_mut();
+            answer.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+            answer.insert(header::VARY, HeaderValue::from_static("origin"));
+        }
+        response
     }
 }
 
@@ -588,6 +643,10 @@ impl Provider {
         let provider = self.clone();
         let authorization = authorization(headers).map(str::to_owned);
         let form = form.to_vec();
+        // Argon2 costs memory and a core: a few at once, whoever sends secrets.
+        let Ok(_permit) = Arc::clone(&self.0.verifications).acquire_owned().await else {
+            return Err(TokenError::server_error("client authentication failed"));
+        };
         tokio::task::spawn_blocking(move || {
             token::authenticate_client(&provider.0.clients, authorization.as_deref(), &form)
                 .cloned()
@@ -788,7 +847,13 @@ impl Provider {
                     tenant: &self.0.settings.tenant,
                     client_id,
                     subject: &record.sub,
-                    expires_at: now + self.0.settings.refresh_lifetime.as_secs() as i64,
+                    // A policy's session lifetime bounds the sign-in, refreshes included.
+                    expires_at: now
+                        + record
+                            .lifetime_s
+                            .map_or(self.0.settings.refresh_lifetime.as_secs(), |policy| {
+                                policy.min(self.0.settings.refresh_lifetime.as_secs())
+                            }) as i64,
                     payload: &payload,
                 },
                 now,
@@ -817,6 +882,7 @@ impl Provider {
     pub async fn grpc_refresh(
         &self,
         client_id: &str,
+        client_secret: &str,
         presented: &str,
     ) -> Result<(IssuedTokens, String), TokenError> {
         let client = self
@@ -824,6 +890,14 @@ impl Provider {
             .clients
             .get(client_id)
             .ok_or_else(|| TokenError::invalid_grant("unknown refresh token"))?;
+        // A confidential client proves itself, as at the token endpoint (RFC 6749 §6).
+        if !client.is_public() {
+            let form = [
+                ("client_id".to_owned(), client_id.to_owned()),
+                ("client_secret".to_owned(), client_secret.to_owned()),
+            ];
+            self.authenticate(&HeaderMap::new(), &form).await?;
+        }
         let (tokens, _, next) = self
             .refresh(client, presented, None, passage_pki::unix_now())
             .await?;
@@ -865,7 +939,12 @@ impl Provider {
 // ---------------------------------------------------------------------------------------------
 
 async fn userinfo(State(provider): State<Provider>, headers: HeaderMap) -> Response {
-    let token = authorization(&headers)
+    let response = userinfo_answer(&provider, &headers);
+    provider.cors(&headers, response)
+}
+
+fn userinfo_answer(provider: &Provider, headers: &HeaderMap) -> Response {
+    let token = authorization(headers)
         .and_then(|value| {
             let (scheme, token) = value.split_once(' ')?;
             scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
@@ -909,8 +988,13 @@ async fn userinfo(State(provider): State<Provider>, headers: HeaderMap) -> Respo
 }
 
 async fn revoke(State(provider): State<Provider>, headers: HeaderMap, body: Bytes) -> Response {
-    let form = parse_form(&body);
-    let client = match provider.authenticate(&headers, &form).await {
+    let response = revoke_answer(&provider, &headers, &body).await;
+    provider.cors(&headers, response)
+}
+
+async fn revoke_answer(provider: &Provider, headers: &HeaderMap, body: &[u8]) -> Response {
+    let form = parse_form(body);
+    let client = match provider.authenticate(headers, &form).await {
         Ok(client) => client,
         Err(err) => return token_error(err),
     };
@@ -955,6 +1039,13 @@ async fn introspect(State(provider): State<Provider>, headers: HeaderMap, body: 
     else {
         return token_error(TokenError::invalid_request("token is required"));
     };
+    // Only a client that proves itself learns about tokens (RFC 7662 §4): a public client's
+    // id is no secret.
+    if client.is_public() {
+        return token_error(TokenError::invalid_client(
+            authorization(&headers).is_some(),
+        ));
+    }
     let inactive = || no_store(Json(serde_json::json!({ "active": false })).into_response());
     // An access token: any authenticated client may ask (resource servers introspect tokens
     // issued to the applications that call them).
@@ -1013,13 +1104,30 @@ async fn introspect(State(provider): State<Provider>, headers: HeaderMap, body: 
 
 async fn logout(State(provider): State<Provider>, headers: HeaderMap, uri: Uri) -> Response {
     let params = parse_form(uri.query().unwrap_or("").as_bytes());
+    end_session(&provider, &headers, &params).await
+}
+
+/// RP-initiated logout by a form post (OpenID Connect RP-Initiated Logout §2 allows both).
+async fn logout_form(
+    State(provider): State<Provider>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    end_session(&provider, &headers, &parse_form(&body)).await
+}
+
+async fn end_session(
+    provider: &Provider,
+    headers: &HeaderMap,
+    params: &[(String, String)],
+) -> Response {
     let get = |name: &str| {
         params
             .iter()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.clone())
     };
-    let strings = strings_for(&headers, get("ui_locales").as_deref());
+    let strings = strings_for(headers, get("ui_locales").as_deref());
     let hint = get("id_token_hint");
     let mut client_id = get("client_id");
     let claims = match hint.as_deref() {
@@ -1100,6 +1208,34 @@ async fn logout(State(provider): State<Provider>, headers: HeaderMap, uri: Uri) 
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
+
+/// The browser's address behind `peer`: from the right of `X-Forwarded-For`'s `hops`, each
+/// trusted proxy names who called it. It stops at the first address not of a trusted proxy —
+/// or at an entry that is no address, rather than skip it into what the client wrote itself.
+fn forwarded_client(peer: IpAddr, hops: &[&str], trusted: impl Fn(IpAddr) -> bool) -> IpAddr {
+    let mut ip = peer.to_canonical();
+    for hop in hops.iter().rev() {
+        if !trusted(ip) {
+            break;
+        }
+        match parse_hop(hop) {
+            Some(hop) => ip = hop,
+            None => break,
+        }
+    }
+    ip
+}
+
+/// An `X-Forwarded-For` entry: an address, possibly with a port (`203.0.113.7:4711`,
+/// `[2001:db8::1]:4711`), as some proxies write it.
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    if let Ok(ip) = hop.parse::<IpAddr>() {
+        return Some(ip.to_canonical());
+    }
+    hop.parse::<SocketAddr>()
+        .ok()
+        .map(|addr| addr.ip().to_canonical())
+}
 
 fn parse_form(bytes: &[u8]) -> Vec<(String, String)> {
     form_urlencoded::parse(bytes).into_owned().collect()
@@ -1207,7 +1343,7 @@ fn page_with_csrf(
 
 /// The origin of a redirect URI as CSP writes it (`https://app.example.com:8443`, or the
 /// scheme alone for a native app's `com.example.app:/callback`).
-fn origin_of(uri: &str) -> Option<String> {
+pub fn origin_of(uri: &str) -> Option<String> {
     let (scheme, rest) = uri.split_once(':')?;
     match rest.strip_prefix("//") {
         Some(authority) => {
@@ -1319,5 +1455,34 @@ mod tests {
             Some("3")
         );
         assert_eq!(cookie(&headers, "b"), None);
+    }
+
+    #[test]
+    fn only_trusted_proxies_name_the_client() {
+        let proxy = |ip: IpAddr| ip.to_string().starts_with("10.");
+        let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+        // Not from a proxy: the header is the client's own words.
+        assert_eq!(
+            forwarded_client(ip("203.0.113.9"), &["198.51.100.1"], proxy),
+            ip("203.0.113.9")
+        );
+        // Through two trusted proxies; what the client wrote further left is ignored.
+        assert_eq!(
+            forwarded_client(
+                ip("10.0.0.2"),
+                &["192.0.2.66", "203.0.113.7:4711", "10.0.0.1"],
+                proxy
+            ),
+            ip("203.0.113.7")
+        );
+        // An entry that is no address stops the walk at the last trusted hop.
+        assert_eq!(
+            forwarded_client(ip("10.0.0.2"), &["192.0.2.66", "unknown"], proxy),
+            ip("10.0.0.2")
+        );
+        assert_eq!(
+            forwarded_client(ip("10.0.0.2"), &["[2001:db8::1]:443"], proxy),
+            ip("2001:db8::1")
+        );
     }
 }

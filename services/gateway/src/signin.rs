@@ -64,7 +64,6 @@ struct CheckedRequest {
 
 /// What a sign-in comes to when it is not refused. The gRPC API turns a grant into tokens at
 /// once; the browser flow (see [`crate::oidc`]) into an authorization code first.
-#[derive(Debug)]
 pub enum Signed {
     /// Tokens may be issued.
     Granted(Granted),
@@ -75,6 +74,20 @@ pub enum Signed {
         /// Seconds the challenge stays open.
         expires_in: u32,
     },
+}
+
+impl std::fmt::Debug for Signed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Signed::Granted(granted) => f.debug_tuple("Granted").field(granted).finish(),
+            // The handle is a bearer secret until the challenge ends.
+            Signed::Challenge { expires_in, .. } => f
+                .debug_struct("Challenge")
+                .field("handle", &"[redacted]")
+                .field("expires_in", expires_in)
+                .finish(),
+        }
+    }
 }
 
 /// A sign-in that may have its tokens.
@@ -229,6 +242,7 @@ impl SignInError {
             SignInError::Store(_) => ErrorCode::Internal,
             SignInError::Refresh(err) => match err.error {
                 "invalid_grant" => ErrorCode::RefreshTokenInvalid,
+                "invalid_client" => ErrorCode::UnknownClient,
                 "server_error" => ErrorCode::Internal,
                 _ => ErrorCode::InvalidRequest,
             },
@@ -255,6 +269,8 @@ impl SignInError {
             | SignInError::UnknownClient(_)
             | SignInError::UnknownDomain(_)
             | SignInError::NoRefreshTokens => code.status(self),
+            // "client authentication failed": which field is wrong, never more.
+            SignInError::Refresh(ref err) if err.error == "invalid_client" => code.status(self),
             _ => code.public_status(),
         }
     }
@@ -699,9 +715,14 @@ impl Gateway for GatewayService {
             let answer = async {
                 check_field("refresh_token", &request.refresh_token, 128)?;
                 check_field("client_id", &request.client_id, MAX_FIELD_BYTES)?;
+                check_field("client_secret", &request.client_secret, MAX_FIELD_BYTES)?;
                 let provider = refresh.ok_or(SignInError::NoRefreshTokens)?;
                 let (tokens, next) = provider
-                    .grpc_refresh(&request.client_id, &request.refresh_token)
+                    .grpc_refresh(
+                        &request.client_id,
+                        &request.client_secret,
+                        &request.refresh_token,
+                    )
                     .await
                     .map_err(SignInError::Refresh)?;
                 Ok::<_, SignInError>(RefreshResponse {

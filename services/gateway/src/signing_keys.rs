@@ -4,7 +4,8 @@
 //!
 //! One key signs; `passage keys rotate` adds a new one, which every replica signs with as soon
 //! as it reads the keys again (`[oidc] signing_keys_reload_s`), and retires the old one: it
-//! stays in the JWKS until every token it signed has expired (its `drop_after`), then leaves
+//! stays in the JWKS until every token it signed has expired — `keep_s` (the token lifetime
+//! plus the reload interval) after its retirement, or its `drop_after` if later — then leaves
 //! it. A gateway starting against a store without keys adopts its `signing_key_file` (so
 //! tokens a single gateway signed before keep verifying), or creates a key.
 
@@ -25,9 +26,10 @@ pub async fn load_or_create(
     store: &Store,
     tenant: &str,
     signing_key_file: &Path,
+    keep_s: i64,
 ) -> Result<KeySet, GatewayError> {
     let now = passage_pki::unix_now();
-    if let Some(keys) = load(store, tenant, now).await? {
+    if let Some(keys) = load(store, tenant, now, keep_s).await? {
         return Ok(keys);
     }
     let first = if signing_key_file.exists() {
@@ -44,16 +46,21 @@ pub async fn load_or_create(
     if inserted {
         tracing::info!(kid = first.kid(), "signing key stored for every replica");
     }
-    load(store, tenant, now).await?.ok_or_else(|| {
+    load(store, tenant, now, keep_s).await?.ok_or_else(|| {
         GatewayError::Config(
             "the store kept no signing key: is another writer removing them?".into(),
         )
     })
 }
 
-/// The tenant's key set at `now`, if it has a signing key: retired keys past their
-/// `drop_after` are left out.
-async fn load(store: &Store, tenant: &str, now: i64) -> Result<Option<KeySet>, GatewayError> {
+/// The tenant's key set at `now`, if it has a signing key: retired keys are left out once
+/// `keep_s` after their retirement and their `drop_after` have both passed.
+async fn load(
+    store: &Store,
+    tenant: &str,
+    now: i64,
+    keep_s: i64,
+) -> Result<Option<KeySet>, GatewayError> {
     let mut signing = None;
     let mut retired = Vec::new();
     for stored in store.signing_keys(tenant).await? {
@@ -61,7 +68,8 @@ async fn load(store: &Store, tenant: &str, now: i64) -> Result<Option<KeySet>, G
         match (stored.retired_at, stored.drop_after) {
             (None, _) if signing.is_none() => signing = Some(key),
             (None, _) => retired.push(key.public_jwk().clone()),
-            (Some(_), Some(drop_after)) if drop_after <= now => {}
+            (Some(retired_at), drop_after)
+                if now >= drop_after.unwrap_or(0).max(retired_at + keep_s) => {}
             (Some(_), _) => retired.push(key.public_jwk().clone()),
         }
     }
@@ -69,14 +77,20 @@ async fn load(store: &Store, tenant: &str, now: i64) -> Result<Option<KeySet>, G
 }
 
 /// Reads the key set again every `interval` and hands it to `issuer` when it changed.
-pub fn watch(store: Store, tenant: String, issuer: Arc<TokenIssuer>, interval: Duration) {
+pub fn watch(
+    store: Store,
+    tenant: String,
+    issuer: Arc<TokenIssuer>,
+    interval: Duration,
+    keep_s: i64,
+) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
         loop {
             tick.tick().await;
-            match load(&store, &tenant, passage_pki::unix_now()).await {
+            match load(&store, &tenant, passage_pki::unix_now(), keep_s).await {
                 Ok(Some((signing, retired))) => {
                     let published = |jwks: &[Jwk]| -> Vec<Option<String>> {
                         jwks.iter().map(|k| k.common.key_id.clone()).collect()
