@@ -116,7 +116,7 @@ async fn login(State(rp): State<Arc<Rp>>) -> Response {
                 StatusCode::BAD_GATEWAY,
                 &format!(
                     "<p id=\"failed\">Passage is not reachable: {}</p>",
-                    escape(&err)
+                    passage_oidc::pages::escape(&err)
                 ),
             );
         }
@@ -134,40 +134,71 @@ async fn login(State(rp): State<Arc<Rp>>) -> Response {
         .append_pair("response_type", "code")
         .append_pair("client_id", &rp.client_id)
         .append_pair("redirect_uri", &rp.redirect_uri)
-        .append_pair("scope", "openid profile email offline_access")
+        .append_pair("scope", "openid profile email")
         .append_pair("state", &state)
         .append_pair("nonce", &nonce)
         .append_pair("code_challenge", &challenge)
         .append_pair("code_challenge_method", "S256")
         .finish();
+    // The state is also bound to this browser (a cookie), so that nobody can hand the app a
+    // sign-in begun in another browser (login CSRF).
     (
         StatusCode::SEE_OTHER,
-        [(
-            header::LOCATION,
-            format!("{authorization_endpoint}?{query}"),
-        )],
+        [
+            (
+                header::LOCATION,
+                format!("{authorization_endpoint}?{query}"),
+            ),
+            (
+                header::SET_COOKIE,
+                format!("{STATE_COOKIE}={state}; HttpOnly; SameSite=Lax; Path=/; Max-Age=600"),
+            ),
+        ],
     )
         .into_response()
 }
 
-async fn callback(State(rp): State<Arc<Rp>>, uri: Uri) -> Response {
+/// The cookie binding a sign-in's `state` to the browser that began it.
+const STATE_COOKIE: &str = "sample_rp_state";
+
+async fn callback(State(rp): State<Arc<Rp>>, headers: axum::http::HeaderMap, uri: Uri) -> Response {
     let params: HashMap<String, String> =
         form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
             .into_owned()
             .collect();
+    let began_here = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .any(|(name, value)| {
+            name == STATE_COOKIE && Some(value) == params.get("state").map(String::as_str)
+        });
+    if !began_here {
+        return page(
+            StatusCode::BAD_REQUEST,
+            "<p id=\"failed\">Sign-in failed: this sign-in was not begun in this browser</p>",
+        );
+    }
     match finish(&rp, &params).await {
         Ok(claims) => page(
             StatusCode::OK,
             &format!(
                 "<p id=\"signed-in\">Signed in as {} ({})</p><pre id=\"claims\">{}</pre>",
-                escape(&claims.name),
-                escape(&claims.upn),
-                escape(&serde_json::to_string_pretty(&claims).unwrap_or_default())
+                passage_oidc::pages::escape(&claims.name),
+                passage_oidc::pages::escape(&claims.upn),
+                passage_oidc::pages::escape(
+                    &serde_json::to_string_pretty(&claims).unwrap_or_default()
+                )
             ),
         ),
         Err(err) => page(
             StatusCode::BAD_REQUEST,
-            &format!("<p id=\"failed\">Sign-in failed: {}</p>", escape(&err)),
+            &format!(
+                "<p id=\"failed\">Sign-in failed: {}</p>",
+                passage_oidc::pages::escape(&err)
+            ),
         ),
     }
 }
@@ -240,13 +271,6 @@ fn page(status: StatusCode, body: &str) -> Response {
         )),
     )
         .into_response()
-}
-
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
 
 fn random() -> String {
