@@ -10,7 +10,8 @@
 //!   the listeners and gateways.
 //! * `passage tenant`, `passage agent` — tenant CAs, enrolment tokens, agents.
 //! * `passage mfa`, `passage policy what-if` — TOTP enrolment, conditional access.
-//! * `passage keys`, `passage client secret` — token signing keys, OIDC client secrets.
+//! * `passage keys`, `passage tokens revoke`, `passage client secret` — token signing keys,
+//!   refresh tokens, OIDC client secrets.
 
 mod agents;
 mod demo;
@@ -128,6 +129,13 @@ enum Command {
         store: store::StoreArgs,
         #[command(subcommand)]
         command: oidc::KeysCommand,
+    },
+    /// Refresh tokens in the store: revoke a user's.
+    Tokens {
+        #[command(flatten)]
+        store: store::StoreArgs,
+        #[command(subcommand)]
+        command: oidc::TokensCommand,
     },
     /// OpenID Connect client registrations: a new client secret and its hash.
     Client {
@@ -318,6 +326,13 @@ async fn main() -> ExitCode {
                     sample_rp::serve(listener, issuer, client_id).await
                 }
                 Err(err) => Err(format!("{listen}: {err}")),
+            }
+        }
+        Command::Tokens { store, command } => {
+            passage_telemetry::init_logging("warn");
+            match store.open().await {
+                Ok(store) => oidc::run_tokens(&store, command).await,
+                Err(err) => Err(err),
             }
         }
         Command::Client { command } => {

@@ -29,6 +29,45 @@ pub enum KeysCommand {
     },
 }
 
+/// Refresh tokens.
+#[derive(Subcommand)]
+pub enum TokensCommand {
+    /// Revoke a user's refresh tokens (a lost laptop, a leaver, a suspected theft): their
+    /// applications must sign them in again. Access tokens already issued stay valid until
+    /// they expire (`token_lifetime_s`).
+    Revoke {
+        /// The user's userPrincipalName.
+        #[arg(long)]
+        user: String,
+        /// Only the refresh tokens of this application.
+        #[arg(long)]
+        client_id: Option<String>,
+        /// Tenant.
+        #[arg(long, default_value = "default")]
+        tenant: String,
+    },
+}
+
+/// Runs a `passage tokens` command.
+pub async fn run_tokens(store: &Store, command: TokensCommand) -> Result<(), String> {
+    let TokensCommand::Revoke {
+        user,
+        client_id,
+        tenant,
+    } = command;
+    let revoked = store
+        .revoke_refresh_tokens_of(
+            &tenant,
+            client_id.as_deref(),
+            &user.trim().to_lowercase(),
+            passage_pki::unix_now(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    println!("revoked {revoked} refresh token(s) of {user}");
+    Ok(())
+}
+
 /// Client registrations.
 #[derive(Subcommand)]
 pub enum ClientCommand {

@@ -929,6 +929,29 @@ async fn grpc_clients_get_the_same_refresh_token_lifecycle() {
         .await
         .unwrap_err();
     assert_eq!(ErrorCode::of(&after), Some(ErrorCode::RefreshTokenInvalid));
+    // An administrator revokes the user's refresh tokens.
+    let again = gateway
+        .sign_in(SignInRequest {
+            username: alice.upn.clone(),
+            password: alice.password.clone(),
+            client_id: CLIENT_ID.into(),
+            client_ip: String::new(),
+            offline_access: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let (ok, stdout, stderr) =
+        cluster.store_cli("tokens", &["revoke", "--user", &alice.upn.to_uppercase()]);
+    assert!(
+        ok && stdout.contains("revoked 1 refresh token"),
+        "{stdout}{stderr}"
+    );
+    let revoked = refresh(&again.refresh_token, CLIENT_ID).await.unwrap_err();
+    assert_eq!(
+        ErrorCode::of(&revoked),
+        Some(ErrorCode::RefreshTokenInvalid)
+    );
     // Without offline_access, no refresh token.
     let plain = cluster.sign_in(&alice.upn, &alice.password).await.unwrap();
     assert!(plain.refresh_token.is_empty());

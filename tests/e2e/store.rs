@@ -1055,7 +1055,7 @@ async fn oidc_state(store: &Store, replica: &Store) {
         family_id: "family-a",
         tenant: "oidc",
         client_id: "app",
-        subject: "alice",
+        user_key: "alice",
         expires_at: now + 1_000_000,
         payload: OIDC_PAYLOAD_MARKER,
     };
@@ -1066,7 +1066,7 @@ async fn oidc_state(store: &Store, replica: &Store) {
             info.family_id.as_str(),
             info.tenant.as_str(),
             info.client_id.as_str(),
-            info.subject.as_str(),
+            info.user_key.as_str(),
             info.created_at,
             info.expires_at,
             info.active
@@ -1089,13 +1089,13 @@ async fn oidc_state(store: &Store, replica: &Store) {
     {
         RefreshRotation::Rotated {
             client_id,
-            subject,
+            user_key,
             expires_at,
             payload,
         } => assert_eq!(
             (
                 client_id.as_str(),
-                subject.as_str(),
+                user_key.as_str(),
                 expires_at,
                 payload.expose()
             ),
@@ -1278,7 +1278,7 @@ async fn oidc_state(store: &Store, replica: &Store) {
     ));
     // Revoking a user's tokens: at one client, then everywhere in the tenant; other users and
     // other tenants keep theirs.
-    for (digest, family_id, tenant, client_id, subject) in [
+    for (digest, family_id, tenant, client_id, user_key) in [
         ("rt-d1", "family-d", "oidc", "app", "alice"),
         ("rt-e1", "family-e", "oidc", "other-app", "alice"),
         ("rt-f1", "family-f", "oidc", "app", "bob"),
@@ -1291,7 +1291,7 @@ async fn oidc_state(store: &Store, replica: &Store) {
                     family_id,
                     tenant,
                     client_id,
-                    subject,
+                    user_key,
                     ..token
                 },
                 now,

@@ -83,8 +83,8 @@ pub struct NewRefreshToken<'a> {
     pub tenant: &'a str,
     /// The client it was issued to.
     pub client_id: &'a str,
-    /// The token subject (`sub`).
-    pub subject: &'a str,
+    /// The user: case-folded userPrincipalName (what administrators name them by).
+    pub user_key: &'a str,
     /// The family's absolute end, Unix seconds (carried over on rotation).
     pub expires_at: i64,
     /// What the gateway needs to issue tokens, opaque to the store (sealed in it).
@@ -98,8 +98,8 @@ pub enum RefreshRotation {
     Rotated {
         /// The client it was issued to (the caller checks it is the one presenting it).
         client_id: String,
-        /// The token subject.
-        subject: String,
+        /// The user (case-folded userPrincipalName).
+        user_key: String,
         /// The family's absolute end, Unix seconds.
         expires_at: i64,
         /// What was recorded with the token (now also with the new one).
@@ -128,8 +128,8 @@ pub struct RefreshTokenInfo {
     pub tenant: String,
     /// The client it was issued to.
     pub client_id: String,
-    /// The token subject.
-    pub subject: String,
+    /// The user (case-folded userPrincipalName).
+    pub user_key: String,
     /// Created, Unix seconds.
     pub created_at: i64,
     /// The family's absolute end, Unix seconds.
@@ -156,11 +156,11 @@ fn refresh_context(digest: &str) -> Vec<u8> {
 enum RevocationScope<'a> {
     /// Every token of a family.
     Family(&'a str),
-    /// Every token of a subject, or of a subject at one client.
+    /// Every token of a user, or of a user at one client.
     Subject {
         tenant: &'a str,
         client_id: Option<&'a str>,
-        subject: &'a str,
+        user_key: &'a str,
     },
 }
 
@@ -190,31 +190,31 @@ async fn revoke_refresh(
             RevocationScope::Subject {
                 tenant,
                 client_id: None,
-                subject,
+                user_key,
             } => {
                 sqlx::query(
                     "UPDATE refresh_tokens SET revoked_at = $1 \
-                     WHERE tenant_id = $2 AND subject = $3 AND revoked_at IS NULL",
+                     WHERE tenant_id = $2 AND user_key = $3 AND revoked_at IS NULL",
                 )
                 .bind(now)
                 .bind(*tenant)
-                .bind(*subject)
+                .bind(*user_key)
                 .execute(&mut *conn)
                 .await?
             }
             RevocationScope::Subject {
                 tenant,
                 client_id: Some(client_id),
-                subject,
+                user_key,
             } => {
                 sqlx::query(
                     "UPDATE refresh_tokens SET revoked_at = $1 \
-                     WHERE tenant_id = $2 AND subject = $3 AND client_id = $4 \
+                     WHERE tenant_id = $2 AND user_key = $3 AND client_id = $4 \
                      AND revoked_at IS NULL",
                 )
                 .bind(now)
                 .bind(*tenant)
-                .bind(*subject)
+                .bind(*user_key)
                 .bind(*client_id)
                 .execute(&mut *conn)
                 .await?
@@ -416,7 +416,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let sealed = self.seal_secret(token.payload, &refresh_context(token.digest))?;
         sqlx::query(
-            "INSERT INTO refresh_tokens (token_digest, family_id, tenant_id, client_id, subject, \
+            "INSERT INTO refresh_tokens (token_digest, family_id, tenant_id, client_id, user_key, \
              created_at, expires_at, rotated_at, revoked_at, payload_sealed) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, NULL, $8)",
         )
@@ -424,7 +424,7 @@ impl Store {
         .bind(token.family_id)
         .bind(token.tenant)
         .bind(token.client_id)
-        .bind(token.subject)
+        .bind(token.user_key)
         .bind(now)
         .bind(token.expires_at)
         .bind(sealed)
@@ -436,7 +436,7 @@ impl Store {
     /// Rotates the refresh token with SHA-256 `old_digest` at `now`, in one transaction: when
     /// it is its family's current token (not rotated, not revoked, not expired) it is marked
     /// rotated and the token with `new_digest` becomes the current one, with the same family,
-    /// client, subject, end and payload. Of concurrent rotations of one token, on any
+    /// client, user, end and payload. Of concurrent rotations of one token, on any
     /// replicas, one succeeds.
     ///
     /// A token rotated before is a replay (RFC 9700 §4.14.2): its whole family is revoked,
@@ -451,7 +451,7 @@ impl Store {
         let row = sqlx::query(
             "UPDATE refresh_tokens SET rotated_at = $1 WHERE token_digest = $2 \
              AND rotated_at IS NULL AND revoked_at IS NULL AND expires_at > $1 \
-             RETURNING family_id, tenant_id, client_id, subject, expires_at, payload_sealed",
+             RETURNING family_id, tenant_id, client_id, user_key, expires_at, payload_sealed",
         )
         .bind(now)
         .bind(old_digest)
@@ -461,7 +461,7 @@ impl Store {
             let family_id: String = row.try_get("family_id")?;
             let tenant: String = row.try_get("tenant_id")?;
             let client_id: String = row.try_get("client_id")?;
-            let subject: String = row.try_get("subject")?;
+            let user_key: String = row.try_get("user_key")?;
             let expires_at: i64 = row.try_get("expires_at")?;
             // Sealed for its row: opened with the old token's context, sealed for the new.
             let payload =
@@ -469,14 +469,14 @@ impl Store {
             let sealed = self.seal_secret(payload.expose(), &refresh_context(new_digest))?;
             sqlx::query(
                 "INSERT INTO refresh_tokens (token_digest, family_id, tenant_id, client_id, \
-                 subject, created_at, expires_at, rotated_at, revoked_at, payload_sealed) \
+                 user_key, created_at, expires_at, rotated_at, revoked_at, payload_sealed) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, NULL, $8)",
             )
             .bind(new_digest)
             .bind(family_id)
             .bind(tenant)
             .bind(&client_id)
-            .bind(&subject)
+            .bind(&user_key)
             .bind(now)
             .bind(expires_at)
             .bind(sealed)
@@ -485,7 +485,7 @@ impl Store {
             tx.commit().await?;
             return Ok(RefreshRotation::Rotated {
                 client_id,
-                subject,
+                user_key,
                 expires_at,
                 payload,
             });
@@ -530,7 +530,7 @@ impl Store {
         now: i64,
     ) -> Result<Option<RefreshTokenInfo>, StoreError> {
         let row = sqlx::query(
-            "SELECT family_id, tenant_id, client_id, subject, created_at, expires_at, \
+            "SELECT family_id, tenant_id, client_id, user_key, created_at, expires_at, \
              rotated_at, revoked_at, payload_sealed FROM refresh_tokens WHERE token_digest = $1",
         )
         .bind(digest)
@@ -544,7 +544,7 @@ impl Store {
                 family_id: row.try_get("family_id")?,
                 tenant: row.try_get("tenant_id")?,
                 client_id: row.try_get("client_id")?,
-                subject: row.try_get("subject")?,
+                user_key: row.try_get("user_key")?,
                 created_at: row.try_get("created_at")?,
                 expires_at,
                 active: rotated_at.is_none() && revoked_at.is_none() && expires_at > now,
@@ -566,21 +566,21 @@ impl Store {
         revoke_refresh(&mut conn, &RevocationScope::Family(family_id), now).await
     }
 
-    /// Revokes every refresh token of `subject` in the tenant at `now`, or only those issued to
+    /// Revokes every refresh token of the user `user_key` in the tenant at `now`, or only those issued to
     /// `client_id` (logout, an administrator); returns how many were not revoked before
     /// (rotated ones included).
     pub async fn revoke_refresh_tokens_of(
         &self,
         tenant: &str,
         client_id: Option<&str>,
-        subject: &str,
+        user_key: &str,
         now: i64,
     ) -> Result<u64, StoreError> {
         let mut conn = self.pool.acquire().await?;
         let scope = RevocationScope::Subject {
             tenant,
             client_id,
-            subject,
+            user_key,
         };
         revoke_refresh(&mut conn, &scope, now).await
     }
@@ -657,7 +657,7 @@ mod tests {
             family_id: "f",
             tenant: "t",
             client_id: "app",
-            subject: "alice",
+            user_key: "alice",
             expires_at: 100,
             payload: b"{}",
         };

@@ -846,7 +846,7 @@ impl Provider {
                     family_id: family,
                     tenant: &self.0.settings.tenant,
                     client_id,
-                    subject: &record.sub,
+                    user_key: &record.upn.to_lowercase(),
                     // A policy's session lifetime bounds the sign-in, refreshes included.
                     expires_at: now
                         + record
@@ -1077,16 +1077,17 @@ async fn introspect(State(provider): State<Provider>, headers: HeaderMap, body: 
         .await
     {
         Ok(Some(info)) if info.active && info.client_id == client.id => {
-            let scope = serde_json::from_slice::<GrantRecord>(info.payload.expose())
-                .map(|record| record.scope)
-                .unwrap_or_default();
+            let Ok(record) = serde_json::from_slice::<GrantRecord>(info.payload.expose()) else {
+                return inactive();
+            };
             no_store(
                 Json(serde_json::json!({
                     "active": true,
                     "token_type": "refresh_token",
-                    "scope": scope,
+                    "scope": record.scope,
                     "client_id": info.client_id,
-                    "sub": info.subject,
+                    "sub": record.sub,
+                    "username": record.upn,
                     "iss": provider.0.issuer.issuer(),
                     "exp": info.expires_at,
                     "iat": info.created_at,
@@ -1175,7 +1176,7 @@ async fn end_session(
             .revoke_refresh_tokens_of(
                 &provider.0.settings.tenant,
                 Some(&client.id),
-                &claims.sub,
+                &claims.upn.to_lowercase(),
                 now,
             )
             .await

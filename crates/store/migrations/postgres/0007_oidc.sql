@@ -42,8 +42,8 @@ CREATE TABLE refresh_tokens (
     family_id TEXT NOT NULL,
     tenant_id TEXT NOT NULL,
     client_id TEXT NOT NULL,
-    -- The token subject (sub), to revoke a user's tokens.
-    subject TEXT NOT NULL,
+    -- The user (case-folded userPrincipalName), to revoke a user's tokens.
+    user_key TEXT NOT NULL,
     created_at BIGINT NOT NULL,
     -- The family's absolute end, carried over on rotation.
     expires_at BIGINT NOT NULL,
@@ -55,5 +55,5 @@ CREATE TABLE refresh_tokens (
 );
 
 CREATE INDEX refresh_tokens_by_family ON refresh_tokens (family_id);
-CREATE INDEX refresh_tokens_by_subject ON refresh_tokens (tenant_id, subject);
+CREATE INDEX refresh_tokens_by_user ON refresh_tokens (tenant_id, user_key);
 CREATE INDEX refresh_tokens_by_expiry ON refresh_tokens (expires_at);
