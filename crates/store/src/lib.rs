@@ -171,7 +171,7 @@ pub struct AgentRecord {
 
 /// The schema, version by version; a released migration never changes.
 fn migrations(backend: Backend) -> Vec<Migration> {
-    let files: [(i64, &str, &'static str, &'static str); 7] = [
+    let files: [(i64, &str, &'static str, &'static str); 8] = [
         (
             1,
             "tenants, agents, enrolment",
@@ -213,6 +213,12 @@ fn migrations(backend: Backend) -> Vec<Migration> {
             "OpenID Connect: signing keys, authorization codes, refresh tokens",
             include_str!("../migrations/sqlite/0007_oidc.sql"),
             include_str!("../migrations/postgres/0007_oidc.sql"),
+        ),
+        (
+            8,
+            "the sign-in log lighter to write: no AUTOINCREMENT, one index by time",
+            include_str!("../migrations/sqlite/0008_signin_log_lighter.sql"),
+            include_str!("../migrations/postgres/0008_signin_log_lighter.sql"),
         ),
     ];
     files
