@@ -27,8 +27,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // `AgentTunnel.Connect` would clash with the generated `connect` constructor; clients
         // are built from a `Channel` with `new` instead.
         .build_transport(false)
-        // Messages holding passwords get a hand-written, redacting Debug (src/lib.rs).
-        .skip_debug(["passage.v1.SignInRequest", "passage.v1.PasswordPayload"])
+        // Messages holding passwords, tokens, codes or secrets get a hand-written, redacting
+        // Debug (src/lib.rs).
+        .skip_debug([
+            "passage.v1.SignInRequest",
+            "passage.v1.PasswordPayload",
+            "passage.v1.SignInResponse",
+            "passage.v1.CompleteMfaRequest",
+            "passage.v1.CompleteMfaResponse",
+            "passage.v1.RefreshRequest",
+            "passage.v1.RefreshResponse",
+            "passage.v1.EnrolRequest",
+        ])
         .compile_fds(descriptors)?;
     Ok(())
 }

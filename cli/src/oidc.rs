@@ -88,8 +88,14 @@ pub async fn run_keys(store: &Store, command: KeysCommand) -> Result<(), String>
                 .add_signing_key(&tenant, key.kid(), key.pkcs8().expose(), now, drop_after)
                 .await
                 .map_err(|e| e.to_string())?;
+            let kept = if keep_old_s > 0 {
+                format!(" or until Unix time {drop_after}, whichever is later")
+            } else {
+                String::new()
+            };
             println!(
-                "new signing key {} (tenant {tenant}); the previous key stays in the JWKS until Unix time {drop_after}",
+                "new signing key {} (tenant {tenant}): every gateway signs with it within its [oidc] signing_keys_reload_s; \
+                 the previous key stays in the JWKS until the tokens it signed have expired (each gateway's token_lifetime_s + signing_keys_reload_s){kept}",
                 key.kid()
             );
             Ok(())

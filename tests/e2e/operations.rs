@@ -544,3 +544,85 @@ async fn the_agent_tells_its_host_whether_it_is_connected() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The README's first command, as a newcomer runs it: `passage demo` with no input serves the
+/// sample web application it prints, and a person signing in there through Passage's page
+/// lands back signed in; `--signin alice` prints a verified token and exits.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_demo_serves_a_sample_app_that_signs_in_through_the_browser_flow() {
+    use passage_tests::web::{FormBrowser, query};
+    let dir = tempfile::tempdir().unwrap();
+    let mut demo = passage_tests::bins::Process::start(
+        "passage",
+        &["demo"],
+        &[],
+        &dir.path().join("demo.log"),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let printed = loop {
+        let stdout = demo.stdout();
+        if stdout.contains("Serving until Ctrl-C.") {
+            break stdout;
+        }
+        assert!(
+            std::time::Instant::now() < deadline && demo.is_running(),
+            "the demo did not start: {}",
+            demo.output()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let field = |label: &str| -> String {
+        printed
+            .lines()
+            .find_map(|line| line.trim_start().strip_prefix(label))
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("the demo prints {label:?}: {printed}"))
+            .trim_end_matches('/')
+            .to_owned()
+    };
+    let app = field("sample web app");
+    let alice = field("alice@demo.passage.dev");
+    let password = printed
+        .lines()
+        .find(|line| line.trim_start().starts_with("alice@demo.passage.dev"))
+        .and_then(|line| line.split_whitespace().nth(2))
+        .expect("alice's demo password is printed")
+        .to_owned();
+    assert_eq!(alice, "password");
+
+    let mut browser = FormBrowser::default();
+    let home = browser.get(&format!("{app}/")).await;
+    assert!(home.body.contains("id=\"signin\""), "{}", home.body);
+    let to_passage = browser.get(&format!("{app}/login")).await;
+    let authorize = to_passage.location().expect("sent to Passage").to_owned();
+    let page = browser.get(&authorize).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let mut fields = page.hidden_inputs();
+    fields.push(("username".into(), "alice@demo.passage.dev".into()));
+    fields.push(("password".into(), password.clone()));
+    let action = authorize.split('?').next().unwrap().to_owned();
+    let answer = browser.post_form(&action, &fields).await;
+    let back = answer.location().expect("sent back to the app").to_owned();
+    assert!(back.starts_with(&format!("{app}/callback")), "{back}");
+    assert!(query(&back).contains_key("code") && !back.contains(&password));
+    let signed_in = browser.get(&back).await;
+    assert!(
+        signed_in.body.contains("id=\"signed-in\"")
+            && signed_in.body.contains("alice@demo.passage.dev"),
+        "{}",
+        signed_in.body
+    );
+    demo.assert_no_panic();
+    assert!(
+        demo.terminate(Duration::from_secs(10)),
+        "the demo stops on SIGTERM"
+    );
+
+    let (ok, stdout, stderr) =
+        passage_tests::bins::run_to_end("passage", &["demo", "--signin", "alice"]);
+    assert!(ok, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("ID token verified against") && stdout.contains("access_token:"),
+        "{stdout}"
+    );
+}

@@ -307,6 +307,53 @@ impl Slapd {
             .collect()
     }
 
+    /// Applies `ldif` (`changetype` records) as the administrator with `ldapmodify`, with the
+    /// Relax control so operational attributes the ppolicy overlay keeps
+    /// (`pwdAccountLockedTime`, `pwdChangedTime`, `pwdReset`) can be set as a test needs them.
+    pub fn modify(&self, ldif: &str) {
+        use std::io::Write as _;
+        let mut child = Command::new("/usr/bin/ldapmodify")
+            .args([
+                "-x",
+                "-e",
+                "relax",
+                "-H",
+                &self.url(),
+                "-D",
+                ADMIN_DN,
+                "-w",
+                ADMIN_PASSWORD,
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("running ldapmodify (Debian package ldap-utils)");
+        child
+            .stdin
+            .take()
+            .expect("ldapmodify's stdin")
+            .write_all(ldif.as_bytes())
+            .expect("writing to ldapmodify");
+        let output = child.wait_with_output().expect("ldapmodify's answer");
+        assert!(
+            output.status.success(),
+            "ldapmodify failed: {}{}\n{ldif}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// Locks `user` in the directory as the ppolicy overlay does after too many failures
+    /// (`pwdAccountLockedTime` set to the permanent-lock value): every bind as them fails,
+    /// whatever the password.
+    pub fn lock(&self, user: &TestUser) {
+        self.modify(&format!(
+            "dn: {}\nchangetype: modify\nreplace: pwdAccountLockedTime\npwdAccountLockedTime: 000001010000Z\n",
+            user.dn()
+        ));
+    }
+
     /// How many BIND requests named `dn` (the stats level logs each request once with its
     /// `method=`, and again with its result).
     pub fn binds_as(&self, dn: &str) -> usize {

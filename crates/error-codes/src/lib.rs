@@ -76,6 +76,9 @@ error_codes! {
     /// The refresh token is unknown, expired, revoked, of another application, or was used
     /// already (then every token of its sign-in is revoked): sign in again.
     RefreshTokenInvalid = "PSG70008", Unauthenticated;
+    /// The application could not be authenticated: an unknown `client_id`, or a confidential
+    /// application's client secret missing or wrong.
+    ClientAuthenticationFailed = "PSG70002", Unauthenticated;
     /// The password has expired; it must be changed on-premises.
     PasswordExpired = "PSG50055", FailedPrecondition;
     /// The password must be changed before first use.
@@ -141,6 +144,7 @@ impl ErrorCode {
             ErrorCode::MfaChallengeEnded => "too many wrong codes; sign in again",
             ErrorCode::MfaLocked => "too many wrong codes lately; wait a few minutes and try again",
             ErrorCode::RefreshTokenInvalid => "the refresh token is not valid; sign in again",
+            ErrorCode::ClientAuthenticationFailed => "the application could not be authenticated",
             ErrorCode::PasswordExpired => {
                 "the password has expired; your organisation does not allow changing it here — change it on the corporate network"
             }

@@ -12,13 +12,16 @@
 //! * redirect URIs (and post-logout ones) are absolute, without a fragment (RFC 6749 §3.1.2),
 //!   of printable ASCII, and either `https://host…`, `http://` to a loopback host
 //!   (`localhost`, `127.0.0.1`, `[::1]`: development, and native apps' loopback redirects,
-//!   RFC 8252 §7.3; the port is matched exactly like the rest), or a native app's private
+//!   RFC 8252 §7.3), or a native app's private
 //!   scheme named as a reverse domain (`com.example.app:/callback`, RFC 8252 §7.1), which
 //!   also keeps `javascript:`, `data:` and their kind out;
 //! * a `secret_hash` is an Argon2id PHC string with valid parameters.
 //!
 //! At request time redirect URIs are compared exactly, byte for byte (RFC 9700 §2.1): no
-//! prefix, no wildcard, no normalisation of case, ports or trailing slashes.
+//! prefix, no wildcard, no normalisation of case, ports or trailing slashes. One exception, for
+//! public clients only (native apps, which listen on whatever port the system gives them): a
+//! loopback IP literal redirect URI (`http://127.0.0.1/…`, `http://[::1]/…`) matches on any
+//! port (RFC 8252 §7.3). A confidential client's ports are matched exactly like the rest.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -62,11 +65,13 @@ impl Client {
         self.secret_hash.is_none()
     }
 
-    /// Whether `uri` is one of the client's redirect URIs, compared exactly (RFC 9700 §2.1).
+    /// Whether `uri` is one of the client's redirect URIs, compared exactly (RFC 9700 §2.1);
+    /// a public client's loopback IP redirect URIs match on any port (RFC 8252 §7.3).
     pub fn redirect_uri_registered(&self, uri: &str) -> bool {
         self.redirect_uris.iter().any(|registered| {
             registered == uri
-                || (loopback_without_port(registered).is_some()
+                || (self.is_public()
+                    && loopback_without_port(registered).is_some()
                     && loopback_without_port(registered) == loopback_without_port(uri))
         })
     }
@@ -592,5 +597,13 @@ mod tests {
         // localhost is a name, not a loopback literal: exact matching.
         assert!(!client.redirect_uri_registered("http://localhost:9001/cb"));
         assert!(client.redirect_uri_registered("http://localhost:9000/cb"));
+        // A confidential client is a server with a port of its own: exact matching.
+        let confidential = Client {
+            secret_hash: Some(hash_secret("s3cret-value").unwrap()),
+            ..client
+        };
+        assert!(!confidential.redirect_uri_registered("http://127.0.0.1:53712/callback"));
+        assert!(confidential.redirect_uri_registered("http://[::1]:8000/cb"));
+        assert!(!confidential.redirect_uri_registered("http://[::1]:8001/cb"));
     }
 }

@@ -95,13 +95,14 @@ pub fn document(issuer: &str, acr_values: &[&str]) -> serde_json::Value {
 /// The discovery document of a gateway without the OpenID provider (it has no store for
 /// codes and refresh tokens): only what verifying the tokens of its gRPC API needs, the
 /// issuer and the keys, and no endpoint that would not answer. `response_types_supported`,
-/// which the specification requires, says `id_token`: the API hands out ID tokens directly.
+/// which the specification requires, is empty: there is no browser flow to start (ID tokens
+/// come from `Gateway.SignIn`, not from an authorization endpoint).
 pub fn verification_only(issuer: &str, acr_values: &[&str]) -> serde_json::Value {
     let base = issuer.trim_end_matches('/');
     json!({
         "issuer": issuer,
         "jwks_uri": format!("{base}{JWKS}"),
-        "response_types_supported": ["id_token"],
+        "response_types_supported": [],
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": ["ES256"],
         "claims_supported": CLAIMS,
@@ -201,6 +202,11 @@ mod tests {
         assert!(
             fields.keys().all(|key| !key.ends_with("_endpoint")),
             "{doc}"
+        );
+        assert_eq!(
+            doc["response_types_supported"],
+            json!([]),
+            "no browser flow"
         );
     }
 }

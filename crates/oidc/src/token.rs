@@ -120,6 +120,12 @@ impl TokenError {
         Self::new(400, "invalid_scope", description)
     }
 
+    /// `unsupported_token_type` (400, RFC 7009 §2.2.1): the server cannot revoke this kind
+    /// of token (Passage's access tokens are self-contained and stay valid until they expire).
+    pub fn unsupported_token_type(description: impl Into<String>) -> Self {
+        Self::new(400, "unsupported_token_type", description)
+    }
+
     /// `server_error` (500): Passage failed (the store, signing). Not one of RFC 6749 §5.2's
     /// codes, but the usual answer for a fault of the server; say nothing internal in
     /// `description`.

@@ -204,8 +204,9 @@ pub struct TokenRequest<'a> {
     pub auth_time: Option<u64>,
 }
 
-/// A freshly issued token pair.
-#[derive(Debug, Clone)]
+/// A freshly issued token pair. Its `Debug` leaves both tokens out: they are bearer
+/// credentials.
+#[derive(Clone)]
 pub struct IssuedTokens {
     /// JWT access token (`typ: at+jwt`, RFC 9068).
     pub access_token: String,
@@ -213,6 +214,16 @@ pub struct IssuedTokens {
     pub id_token: String,
     /// Lifetime of both.
     pub expires_in: Duration,
+}
+
+impl std::fmt::Debug for IssuedTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedTokens")
+            .field("access_token", &"[redacted]")
+            .field("id_token", &"[redacted]")
+            .field("expires_in", &self.expires_in)
+            .finish()
+    }
 }
 
 /// The keys an issuer signs with and publishes: one signs, the others (retired keys whose
@@ -602,6 +613,15 @@ mod tests {
             assert_eq!(claims.sub, "3f2a");
             assert_eq!(claims.exp - claims.iat, 3600);
         }
+    }
+
+    #[test]
+    fn issued_tokens_print_without_the_tokens() {
+        let tokens = issuer().issue(&alice(), "app-1").unwrap();
+        let printed = format!("{tokens:?}");
+        assert!(!printed.contains(&tokens.access_token), "{printed}");
+        assert!(!printed.contains(&tokens.id_token), "{printed}");
+        assert!(printed.contains("3600"), "{printed}");
     }
 
     #[test]

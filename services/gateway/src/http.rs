@@ -24,8 +24,12 @@ use tower_http::{limit::RequestBodyLimitLayer, timeout::TimeoutLayer};
 /// The HTTP routes: `/.well-known/openid-configuration`, `/.well-known/jwks.json`, `/healthz`
 /// (liveness: the process answers), `/readyz` (readiness: a dispatcher and the store answer;
 /// 503 with the reason otherwise), and with a `provider` the OpenID provider's.
+///
+/// With `key_sync` (signing keys in the store) the JWKS is served from a read of the store made
+/// for the request, so every replica publishes a new key before any can sign with it.
 pub fn router(
     issuer: Arc<TokenIssuer>,
+    key_sync: Option<crate::signing_keys::KeySync>,
     readiness: Arc<crate::readiness::Readiness>,
     provider: Option<crate::oidc::Provider>,
 ) -> Router {
@@ -36,7 +40,10 @@ pub fn router(
             "/.well-known/openid-configuration",
             get(move |state| discovery(state, full_discovery)),
         )
-        .route("/.well-known/jwks.json", get(jwks))
+        .route(
+            "/.well-known/jwks.json",
+            get(move |state| jwks(state, key_sync.clone())),
+        )
         .with_state(Arc::clone(&issuer));
     let issuer_routes = match provider {
         Some(provider) => issuer_routes.merge(provider.routes()),
@@ -81,25 +88,33 @@ async fn discovery(State(issuer): State<Arc<TokenIssuer>>, full: bool) -> impl I
     } else {
         passage_oidc::discovery::verification_only(issuer.issuer(), &crate::oidc::ACR_VALUES)
     };
-    public_json(document)
+    public_json(document, 300)
 }
 
-async fn jwks(State(issuer): State<Arc<TokenIssuer>>) -> impl IntoResponse {
-    public_json(serde_json::to_value(issuer.jwks()).unwrap_or_default())
+async fn jwks(
+    State(issuer): State<Arc<TokenIssuer>>,
+    key_sync: Option<crate::signing_keys::KeySync>,
+) -> impl IntoResponse {
+    let jwks = match key_sync {
+        Some(sync) => sync.fresh_jwks().await,
+        None => issuer.jwks(),
+    };
+    // Relying parties may keep it a minute; they fetch it again sooner when a token names a
+    // key they do not have (docs/connecting-an-application.md, key rotation).
+    public_json(serde_json::to_value(jwks).unwrap_or_default(), 60)
 }
 
-/// A public document any web page may read (CORS), cached for five minutes.
-fn public_json(value: serde_json::Value) -> axum::response::Response {
+/// A public document any web page may read (CORS), cached for `max_age_s`.
+fn public_json(value: serde_json::Value, max_age_s: u32) -> axum::response::Response {
     let mut response = Json(value).into_response();
     let headers = response.headers_mut();
     headers.insert(
         header::ACCESS_CONTROL_ALLOW_ORIGIN,
         HeaderValue::from_static("*"),
     );
-    headers.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("public, max-age=300"),
-    );
+    if let Ok(value) = HeaderValue::from_str(&format!("public, max-age={max_age_s}")) {
+        headers.insert(header::CACHE_CONTROL, value);
+    }
     response
 }
 
@@ -181,7 +196,7 @@ mod tests {
             passage_tokens::SigningKey::generate().unwrap(),
             Duration::from_secs(60),
         ));
-        let router = router(issuer, crate::readiness::Readiness::new(), None);
+        let router = router(issuer, None, crate::readiness::Readiness::new(), None);
         for path in [
             "/corp/.well-known/openid-configuration",
             "/corp/.well-known/jwks.json",

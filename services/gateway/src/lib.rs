@@ -624,6 +624,7 @@ impl BoundGateway {
             second_factor,
         ));
         // The OpenID provider needs the store's sealing (codes, refresh tokens, keys).
+        let mut key_sync = None;
         let provider = match &self.sealing {
             Some(sealing) => {
                 let clients = passage_oidc::client::Clients::new(
@@ -646,13 +647,16 @@ impl BoundGateway {
                             })
                     })
                     .collect::<Result<Vec<_>, _>>()?;
-                signing_keys::watch(
+                let sync = signing_keys::KeySync::new(
                     sealing.clone(),
                     config.tenant.clone(),
                     Arc::clone(&self.issuer),
-                    Duration::from_secs(config.oidc.signing_keys_reload_s.max(1)),
                     config.signing_key_keep_s(),
                 );
+                sync.watch(Duration::from_secs(
+                    config.oidc.signing_keys_reload_s.max(1),
+                ));
+                key_sync = Some(sync);
                 Some(oidc::Provider::new(
                     Arc::clone(&signin),
                     Arc::clone(&self.issuer),
@@ -716,7 +720,7 @@ impl BoundGateway {
             Duration::from_millis(config.readiness_interval_ms.max(100)),
             stop_rx.clone(),
         );
-        let router = http::router(Arc::clone(&self.issuer), readiness, provider);
+        let router = http::router(Arc::clone(&self.issuer), key_sync, readiness, provider);
         let http_stopped = stopped(stop_rx);
         let limits = http::HttpLimits {
             header_read_timeout: Duration::from_millis(config.http_header_read_timeout_ms),

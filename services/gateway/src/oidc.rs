@@ -537,15 +537,19 @@ impl Provider {
 }
 
 /// What the sign-in page says about a refusal, and with which status.
+///
+/// The page never tells whether a username exists. A directory's lockout does: AD (`775`) and
+/// ppolicy answer "locked" whatever the password typed, so it reads as a wrong password here
+/// (the sign-in log keeps the real code). Smart lockout counts unknown usernames too, so
+/// saying it is safe.
 fn page_message(err: &SignInError) -> (StatusCode, Message) {
     let message = match err.code() {
         ErrorCode::InvalidCredentials
+        | ErrorCode::AccountLocked
         | ErrorCode::UnknownDomain
         | ErrorCode::InvalidRequest
         | ErrorCode::UnknownClient => Message::InvalidCredentials,
-        ErrorCode::SmartLockout | ErrorCode::AccountLocked | ErrorCode::MfaLocked => {
-            Message::LockedOut
-        }
+        ErrorCode::SmartLockout | ErrorCode::MfaLocked => Message::LockedOut,
         ErrorCode::Throttled => return (StatusCode::TOO_MANY_REQUESTS, Message::Throttled),
         ErrorCode::BlockedByPolicy => Message::Blocked,
         ErrorCode::PasswordExpired => Message::PasswordExpired,
@@ -758,22 +762,27 @@ impl Provider {
     ) -> Result<(IssuedTokens, GrantRecord, String), TokenError> {
         let old = digest(presented);
         // The token must be this client's, and the scope asked for within its grant, before
-        // it is spent.
+        // it is spent. A token no longer active goes straight to the rotation, whatever the
+        // scope asked for: that is where a reused one revokes its family.
         let info = self
             .0
             .store
             .refresh_token(&old, now)
             .await
             .map_err(|err| self.store_failed(err))?;
-        let mut record: GrantRecord = match info {
-            Some(info) if info.client_id == client.id => {
+        let (mut record, active): (GrantRecord, bool) = match info {
+            Some(info) if info.client_id == client.id => (
                 serde_json::from_slice(info.payload.expose()).map_err(|_| {
                     TokenError::invalid_grant("the refresh token does not hold a grant")
-                })?
-            }
+                })?,
+                info.active,
+            ),
             _ => return Err(TokenError::invalid_grant("unknown refresh token")),
         };
-        let narrowed = token::narrow_scope(&record.scope, scope)?;
+        let narrowed = match active {
+            true => Some(token::narrow_scope(&record.scope, scope)?),
+            false => None,
+        };
         let next = opaque_token();
         let rotation = self
             .0
@@ -783,7 +792,11 @@ impl Provider {
             .map_err(|err| self.store_failed(err))?;
         match rotation {
             RefreshRotation::Rotated { .. } => {
-                record.scope = narrowed;
+                // Only an active token rotates, and its scope was checked above.
+                record.scope = match narrowed {
+                    Some(narrowed) => narrowed,
+                    None => token::narrow_scope(&record.scope, scope)?,
+                };
                 let tokens = self.tokens(client, &record, None)?;
                 Ok((tokens, record, next))
             }
@@ -1007,8 +1020,10 @@ async fn revoke_answer(provider: &Provider, headers: &HeaderMap, body: &[u8]) ->
     };
     let now = passage_pki::unix_now();
     let store = &provider.0.store;
-    // A refresh token of this client ends its family; anything else (an access token, which
-    // stays valid until it expires, or an unknown token) is answered the same (RFC 7009 §2.2).
+    // A refresh token of this client ends its family. A valid access token cannot be revoked
+    // (self-contained, it stays valid until it expires): the client is told so rather than
+    // led to believe it was (RFC 7009 §2.2.1). Anything else — unknown, expired, another
+    // client's — is answered as a success (RFC 7009 §2.2).
     match store.refresh_token(&digest(presented), now).await {
         Ok(Some(info)) if info.client_id == client.id => {
             if let Err(err) = store.revoke_refresh_family(&info.family_id, now).await {
@@ -1016,6 +1031,11 @@ async fn revoke_answer(provider: &Provider, headers: &HeaderMap, body: &[u8]) ->
                 return token_error(TokenError::server_error("the store failed"));
             }
             tracing::info!(client_id = %client.id, "refresh token family revoked");
+        }
+        Ok(None) if provider.0.issuer.verify_own_access_token(presented).is_ok() => {
+            return token_error(TokenError::unsupported_token_type(
+                "access tokens cannot be revoked: they stay valid until they expire; revoke the refresh token",
+            ));
         }
         Ok(_) => {}
         Err(err) => {

@@ -242,7 +242,7 @@ impl SignInError {
             SignInError::Store(_) => ErrorCode::Internal,
             SignInError::Refresh(err) => match err.error {
                 "invalid_grant" => ErrorCode::RefreshTokenInvalid,
-                "invalid_client" => ErrorCode::UnknownClient,
+                "invalid_client" => ErrorCode::ClientAuthenticationFailed,
                 "server_error" => ErrorCode::Internal,
                 _ => ErrorCode::InvalidRequest,
             },

@@ -3,15 +3,20 @@
 //! whichever replica published the JWKS it fetched.
 //!
 //! One key signs; `passage keys rotate` adds a new one, which every replica signs with as soon
-//! as it reads the keys again (`[oidc] signing_keys_reload_s`), and retires the old one: it
+//! as it reads the keys again (`[oidc] signing_keys_reload_s`) and publishes at once (the JWKS
+//! is served from a read of the store made for the request), and retires the old one: it
 //! stays in the JWKS until every token it signed has expired — `keep_s` (the token lifetime
 //! plus the reload interval) after its retirement, or its `drop_after` if later — then leaves
 //! it. A gateway starting against a store without keys adopts its `signing_key_file` (so
 //! tokens a single gateway signed before keep verifying), or creates a key.
 
-use std::{path::Path, sync::Arc, time::Duration};
+use std::{
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
-use jsonwebtoken::jwk::Jwk;
+use jsonwebtoken::jwk::{Jwk, JwkSet};
 use passage_store::Store;
 use passage_tokens::{SigningKey, TokenIssuer};
 
@@ -76,41 +81,96 @@ async fn load(
     Ok(signing.map(|key| (key, retired)))
 }
 
-/// Reads the key set again every `interval` and hands it to `issuer` when it changed.
-pub fn watch(
+/// Keeps an issuer's keys in step with the store: read again every `interval` by a task
+/// ([`KeySync::watch`]), and whenever the JWKS is served ([`KeySync::fresh_jwks`]) — so a key
+/// that any replica signs with (it read it from the store) is in every replica's JWKS,
+/// whatever their reload intervals.
+#[derive(Clone)]
+pub struct KeySync {
     store: Store,
     tenant: String,
     issuer: Arc<TokenIssuer>,
-    interval: Duration,
     keep_s: i64,
-) {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
-        loop {
-            tick.tick().await;
-            match load(&store, &tenant, passage_pki::unix_now(), keep_s).await {
-                Ok(Some((signing, retired))) => {
-                    let published = |jwks: &[Jwk]| -> Vec<Option<String>> {
-                        jwks.iter().map(|k| k.common.key_id.clone()).collect()
-                    };
-                    let mut next = vec![signing.public_jwk().clone()];
-                    next.extend(retired.iter().cloned());
-                    if published(&issuer.jwks().keys) != published(&next) {
-                        tracing::info!(
-                            kid = signing.kid(),
-                            retired = retired.len(),
-                            "signing keys changed"
-                        );
-                        issuer.set_keys(signing, retired);
-                    }
-                }
-                Ok(None) => {
-                    tracing::warn!("the store holds no signing key; signing with the last one read")
-                }
-                Err(err) => tracing::warn!(error = %err, "reading the signing keys failed"),
-            }
+    /// When the last completed read of the store began.
+    last_read: Arc<tokio::sync::Mutex<Option<Instant>>>,
+}
+
+impl KeySync {
+    /// Syncs `issuer` with the tenant's keys in `store`.
+    pub fn new(store: Store, tenant: String, issuer: Arc<TokenIssuer>, keep_s: i64) -> Self {
+        Self {
+            store,
+            tenant,
+            issuer,
+            keep_s,
+            last_read: Arc::new(tokio::sync::Mutex::new(None)),
         }
-    });
+    }
+
+    /// Reads the keys again every `interval`.
+    pub fn watch(&self, interval: Duration) {
+        let sync = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                sync.read().await;
+            }
+        });
+    }
+
+    /// The JWKS as the store holds it now: from a read that began after this call. Calls
+    /// arriving together share one read (a burst of requests costs the store one query).
+    pub async fn fresh_jwks(&self) -> JwkSet {
+        let arrived = Instant::now();
+        let mut last = self.last_read.lock().await;
+        if last.is_none_or(|began| began < arrived) {
+            let began = Instant::now();
+            self.apply().await;
+            *last = Some(began);
+        }
+        self.issuer.jwks()
+    }
+
+    async fn read(&self) {
+        let mut last = self.last_read.lock().await;
+        let began = Instant::now();
+        self.apply().await;
+        *last = Some(began);
+    }
+
+    /// Reads the key set and hands it to the issuer when it changed; on a failure the issuer
+    /// keeps signing with the last set read.
+    async fn apply(&self) {
+        match load(
+            &self.store,
+            &self.tenant,
+            passage_pki::unix_now(),
+            self.keep_s,
+        )
+        .await
+        {
+            Ok(Some((signing, retired))) => {
+                let published = |jwks: &[Jwk]| -> Vec<Option<String>> {
+                    jwks.iter().map(|k| k.common.key_id.clone()).collect()
+                };
+                let mut next = vec![signing.public_jwk().clone()];
+                next.extend(retired.iter().cloned());
+                if published(&self.issuer.jwks().keys) != published(&next) {
+                    tracing::info!(
+                        kid = signing.kid(),
+                        retired = retired.len(),
+                        "signing keys changed"
+                    );
+                    self.issuer.set_keys(signing, retired);
+                }
+            }
+            Ok(None) => {
+                tracing::warn!("the store holds no signing key; signing with the last one read")
+            }
+            Err(err) => tracing::warn!(error = %err, "reading the signing keys failed"),
+        }
+    }
 }
