@@ -19,7 +19,9 @@ use serde::Deserialize;
 use tokio::sync::Semaphore;
 
 use crate::{
-    Directory, DirectoryError, PolicyFuture, UserInfo, Verdict, VerdictFuture, lockout_policy,
+    Directory, DirectoryError, PolicyFuture, UserInfo, Verdict, VerdictFuture,
+    groups::{self, GroupClaim, NestedGroups, Walk},
+    lockout_policy,
 };
 
 /// OID of the password-policy request/response control (draft-behera-ldap-password-policy).
@@ -81,13 +83,28 @@ pub struct LdapConfig {
     /// Attribute with a stable unique id (`entryUUID` on OpenLDAP, `objectGUID` on AD).
     #[serde(default = "default_id_attribute")]
     pub id_attribute: String,
-    /// Attribute on the user listing group DNs (`memberOf`); group names are their first RDN.
+    /// Attribute on the user listing group DNs (`memberOf`): direct memberships.
     #[serde(default)]
     pub group_attribute: Option<String>,
     /// Search for groups whose member attribute holds the user's DN (for servers without
-    /// `memberOf`).
+    /// `memberOf`, and for nested groups).
     #[serde(default)]
     pub group_search: Option<GroupSearch>,
+    /// How groups appear in the token: `name` (default: the `cn`, or `group_search`'s
+    /// `name_attribute`; names of groups in different OUs can collide), `dn` (unique), or
+    /// `sam_account_name` (AD, unique within the domain).
+    #[serde(default)]
+    pub group_claim: GroupClaim,
+    /// Nested groups: `off` (default, direct memberships), `matching_rule_in_chain` (Active
+    /// Directory follows the nesting itself), or `recursive` (any server: Passage walks up
+    /// the member attribute, `max_group_depth` levels, each group once). Both need
+    /// `group_search`.
+    #[serde(default)]
+    pub nested_groups: NestedGroups,
+    /// How many levels of nesting `recursive` follows (default 8); deeper groups are left out
+    /// with a warning.
+    #[serde(default = "default_max_group_depth")]
+    pub max_group_depth: u32,
     /// Connect and per-operation timeout, in milliseconds.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
@@ -148,6 +165,9 @@ fn default_member_attribute() -> String {
 fn default_group_name_attribute() -> String {
     "cn".into()
 }
+fn default_max_group_depth() -> u32 {
+    8
+}
 fn default_timeout_ms() -> u64 {
     5_000
 }
@@ -178,6 +198,9 @@ impl LdapConfig {
             id_attribute: default_id_attribute(),
             group_attribute: None,
             group_search: None,
+            group_claim: GroupClaim::default(),
+            nested_groups: NestedGroups::default(),
+            max_group_depth: default_max_group_depth(),
             timeout_ms: default_timeout_ms(),
             bind_pool_size: default_bind_pool_size(),
             search_connections: default_search_connections(),
@@ -225,6 +248,17 @@ impl LdapDirectory {
                 )));
             }
             tracing::warn!(url = %config.url, "plaintext LDAP without StartTLS: passwords cross the network in clear (allow_plaintext = true)");
+        }
+        if config.nested_groups != NestedGroups::Off && config.group_search.is_none() {
+            return Err(DirectoryError::Misconfigured(
+                "nested_groups needs group_search (the groups' base DN, filter and member attribute)"
+                    .into(),
+            ));
+        }
+        if config.nested_groups == NestedGroups::Recursive && config.max_group_depth == 0 {
+            return Err(DirectoryError::Misconfigured(
+                "max_group_depth must be at least 1".into(),
+            ));
         }
         if config.bind_pool_size == 0 || config.search_connections == 0 {
             return Err(DirectoryError::Misconfigured(
@@ -516,45 +550,133 @@ impl LdapDirectory {
         }
     }
 
+    /// The user's groups as the token names them: `memberOf` values (direct), and groups
+    /// found by search (direct, in chain, or walked level by level).
     async fn groups_of(&self, entry: &SearchEntry) -> Result<Vec<String>, DirectoryError> {
-        let mut groups: Vec<String> = self
+        let claim = self.config.group_claim;
+        let mut groups = Vec::new();
+        if let Some(dns) = self
             .config
             .group_attribute
             .as_ref()
             .and_then(|attr| entry.attrs.get(attr))
-            .map(|dns| dns.iter().filter_map(|dn| first_rdn_value(dn)).collect())
-            .unwrap_or_default();
-        if let Some(search) = &self.config.group_search {
-            let filter = format!(
-                "(&{}({}={}))",
-                search.filter,
-                search.member_attribute,
-                ldap_escape(entry.dn.as_str())
-            );
-            let (entries, status) = self
-                .search(
-                    &search.base_dn,
-                    Scope::Subtree,
-                    &filter,
-                    std::slice::from_ref(&search.name_attribute),
-                )
-                .await?;
-            if status.rc != 0 {
-                return Err(DirectoryError::Unavailable(format!(
-                    "group search answered rc={}: {}",
-                    status.rc, status.text
-                )));
+        {
+            for group_dn in dns {
+                match claim.from_dn(group_dn) {
+                    Some(value) => groups.push(value),
+                    None => groups.extend(self.claim_of_group(group_dn).await?),
+                }
             }
-            groups.extend(entries.into_iter().filter_map(|e| {
-                SearchEntry::construct(e)
-                    .attrs
-                    .remove(&search.name_attribute)
-                    .and_then(|mut v| v.drain(..).next())
-            }));
+        }
+        if let Some(search) = &self.config.group_search {
+            let mut attributes: Vec<String> = claim
+                .attribute(&search.name_attribute)
+                .map(|a| vec![a.to_owned()])
+                .unwrap_or_default();
+            if attributes.is_empty() {
+                attributes.push("1.1".into()); // no attributes: the DN is the answer
+            }
+            match self.config.nested_groups {
+                NestedGroups::Off | NestedGroups::MatchingRuleInChain => {
+                    let in_chain = self.config.nested_groups == NestedGroups::MatchingRuleInChain;
+                    let filter = groups::member_filter(
+                        &search.filter,
+                        &search.member_attribute,
+                        &entry.dn,
+                        in_chain,
+                    );
+                    for group in self.group_entries(&search.base_dn, &filter, &attributes).await? {
+                        groups.extend(self.claim_of_entry(&group));
+                    }
+                }
+                NestedGroups::Recursive => {
+                    let mut walk = Walk::new(&entry.dn, self.config.max_group_depth);
+                    loop {
+                        let level = walk.next_level();
+                        if level.is_empty() {
+                            break;
+                        }
+                        for members in level.chunks(groups::MEMBERS_PER_SEARCH) {
+                            let filter = groups::any_member_filter(
+                                &search.filter,
+                                &search.member_attribute,
+                                members,
+                            );
+                            for group in
+                                self.group_entries(&search.base_dn, &filter, &attributes).await?
+                            {
+                                if walk.found(&group.dn) {
+                                    groups.extend(self.claim_of_entry(&group));
+                                }
+                            }
+                        }
+                    }
+                    if walk.truncated() {
+                        tracing::warn!(
+                            max_group_depth = self.config.max_group_depth,
+                            "groups nest deeper than max_group_depth: the deeper ones are left out of the token"
+                        );
+                    }
+                }
+            }
         }
         groups.sort();
         groups.dedup();
         Ok(groups)
+    }
+
+    /// The group entries `filter` finds under `base`, with `attributes`.
+    async fn group_entries(
+        &self,
+        base: &str,
+        filter: &str,
+        attributes: &[String],
+    ) -> Result<Vec<SearchEntry>, DirectoryError> {
+        let (entries, status) = self
+            .search(base, Scope::Subtree, filter, attributes)
+            .await?;
+        if status.rc != 0 {
+            return Err(DirectoryError::Unavailable(format!(
+                "group search answered rc={}: {}",
+                status.rc, status.text
+            )));
+        }
+        Ok(entries.into_iter().map(SearchEntry::construct).collect())
+    }
+
+    /// A group entry's claim value: its DN, or the claim's attribute.
+    fn claim_of_entry(&self, group: &SearchEntry) -> Option<String> {
+        let name_attribute = self
+            .config
+            .group_search
+            .as_ref()
+            .map_or("cn", |search| search.name_attribute.as_str());
+        match self.config.group_claim.attribute(name_attribute) {
+            None => Some(group.dn.clone()),
+            Some(attribute) => group
+                .attrs
+                .iter()
+                .find(|(key, _)| key.eq_ignore_ascii_case(attribute))
+                .and_then(|(_, values)| values.first().cloned()),
+        }
+    }
+
+    /// The claim value of the group at `group_dn`, read from its entry.
+    async fn claim_of_group(&self, group_dn: &str) -> Result<Option<String>, DirectoryError> {
+        let attribute = self
+            .config
+            .group_claim
+            .attribute("cn")
+            .unwrap_or("cn")
+            .to_owned();
+        let (entries, _) = self
+            .search(group_dn, Scope::Base, "(objectClass=*)", &[attribute])
+            .await?;
+        Ok(entries
+            .into_iter()
+            .next()
+            .map(SearchEntry::construct)
+            .and_then(|group| self.claim_of_entry(&group)))
     }
 }
 
@@ -805,12 +927,6 @@ impl FailedBindTimes {
     }
 }
 
-fn first_rdn_value(dn: &str) -> Option<String> {
-    let rdn = dn.split(',').next()?;
-    rdn.split_once('=')
-        .map(|(_, value)| value.trim().to_owned())
-}
-
 fn is_connection_error(err: &LdapError) -> bool {
     matches!(
         err,
@@ -949,14 +1065,6 @@ mod tests {
             times.record_handoff(Duration::from_micros(160));
         }
         assert!(times.handoff() > Duration::from_micros(150));
-    }
-
-    #[test]
-    fn group_names_come_from_the_first_rdn() {
-        assert_eq!(
-            first_rdn_value("CN=Staff,OU=Groups,DC=corp,DC=example,DC=com").as_deref(),
-            Some("Staff")
-        );
     }
 
     proptest! {
