@@ -577,7 +577,14 @@ async fn session(
             _ = heartbeat.tick() => {
                 let in_flight = config.capacity.saturating_sub(capacity.available_permits() as u32);
                 let (directory_lockout_threshold, directory_lockout_window_s) = validator.directory_lockout_report();
-                let beat = ConnectRequest { message: Some(connect_request::Message::Heartbeat(Heartbeat { in_flight, directory_lockout_threshold, directory_lockout_window_s })) };
+                let health = validator.directory_health();
+                let beat = ConnectRequest { message: Some(connect_request::Message::Heartbeat(Heartbeat {
+                    in_flight,
+                    directory_lockout_threshold,
+                    directory_lockout_window_s,
+                    directory_servers_up: health.servers_up,
+                    directory_servers_total: health.servers_total,
+                })) };
                 if outbound.send(beat).await.is_err() {
                     break Err("stream closed".into());
                 }

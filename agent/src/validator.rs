@@ -61,6 +61,11 @@ impl Validator {
         }
     }
 
+    /// How many of the directory's servers answer, as every heartbeat reports it.
+    pub fn directory_health(&self) -> passage_directory::DirectoryHealth {
+        self.directory.health()
+    }
+
     /// The directory's lockout policy as last read, as the hello and every heartbeat report
     /// it: (threshold, window in seconds); (0, 0) when the directory locks no one or it could
     /// not be read yet, a window of 0 when failures are remembered until a success.
@@ -201,7 +206,9 @@ impl Validator {
         match verdict {
             Err(_) => unavailable("the directory did not answer in time"),
             Ok(Err(
-                DirectoryError::Unavailable(detail) | DirectoryError::Misconfigured(detail),
+                DirectoryError::Unavailable(detail)
+                | DirectoryError::Unreachable(detail)
+                | DirectoryError::Misconfigured(detail),
             )) => {
                 tracing::warn!(%detail, "directory could not answer");
                 unavailable(&detail)

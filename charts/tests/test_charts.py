@@ -55,6 +55,7 @@ VALID_SETS = [
     ("passage", "passage-dev-plaintext.yaml", KUBE_VERSION),
     ("passage", "passage-grpc-tls-probes.yaml", "1.37.0"),
     ("passage-agent", "agent-ldap.yaml", KUBE_VERSION),
+    ("passage-agent", "agent-ldap-failover.yaml", KUBE_VERSION),
     ("passage-agent", "agent-static-secret-state.yaml", KUBE_VERSION),
 ]
 
@@ -431,9 +432,35 @@ def test_agent_statefulset_with_volumes_and_enrolment():
     assert conf["tls"] == {"ca_file": "/run/passage/dispatcher-ca/ca.crt"}
     assert conf["directory"]["bind_password_file"] == "/run/passage/ldap-bind-password/password"
     assert conf["directory"]["user_filter"] == "(&(objectClass=user)(!(objectClass=computer)))"
+    # The directory's CA Secret becomes its ca_file (the agent trusts exactly those CAs).
+    assert conf["directory"]["ca_file"] == "/run/passage/ldap-ca/ca.crt"
     env = {e["name"]: e for e in agent["env"]}
-    assert env["SSL_CERT_FILE"]["value"] == "/run/passage/ldap-ca/ca.crt"
+    assert "SSL_CERT_FILE" not in env
     assert one(m, "PodDisruptionBudget", "passage-passage-agent")["spec"]["maxUnavailable"] == 1
+
+
+def test_agent_with_several_domain_controllers():
+    m = rendered_set("passage-agent", "agent-ldap-failover.yaml")
+    directory = config_file(m, "passage-passage-agent", "agent.toml")["directory"]
+    assert directory["urls"] == ["ldaps://dc1.corp.example.com", "ldaps://dc2.corp.example.com"]
+    assert "url" not in directory
+    assert directory["probe_interval_ms"] == 2000
+    assert len(directory["pinned_certificates_sha256"]) == 2
+    # No CA Secret: no ca_file (the pins alone, or the system roots).
+    assert "ca_file" not in directory
+    assert (directory["group_claim"], directory["nested_groups"], directory["max_group_depth"]) == ("dn", "recursive", 4)
+
+
+def test_agent_url_and_urls_together_fail_clearly():
+    values = load_values(VALUES / "agent-ldap-failover.yaml")
+    values["config"]["directory"]["url"] = "ldaps://dc1.corp.example.com"
+    with pytest.raises(helm.HelmError) as failure:
+        render("passage-agent", values)
+    assert "set url (one server) or urls (several, tried in order), not both" in str(failure.value)
+    # An empty url beside urls is no url at all.
+    values["config"]["directory"]["url"] = ""
+    directory = config_file(render("passage-agent", values), "passage-passage-agent", "agent.toml")["directory"]
+    assert "url" not in directory and len(directory["urls"]) == 2
 
 
 def test_agent_network_policy_is_egress_only():
@@ -482,7 +509,7 @@ GATEWAY_MANAGED = {
 DISPATCHER_MANAGED = {"agent_listen", "api_listen", "agent_tls", "api_tls", "insecure_plaintext", "store_url", "store_encryption_key_file"}
 DISPATCHER_LEFT_OUT = {"dispatcher_id"}  # the host name, i.e. the pod name: one value for all replicas would be wrong
 AGENT_MANAGED = {"state_dir", "tls", "insecure_plaintext"}
-LDAP_MANAGED = {"bind_password_file"}
+LDAP_MANAGED = {"bind_password_file", "ca_file"}  # from secrets.ldapBindPassword and secrets.ldapCa
 LDAP_LEFT_OUT = {"bind_password"}  # passwords stay out of values: secrets.ldapBindPassword
 
 

@@ -48,8 +48,7 @@ async fn groups_are_named_by_a_real_dn_parser_and_nesting_is_followed_once() {
     // A groupOfNames entry `cn=<cn>,<parent>` (the cn as stored; the DN escapes it).
     let group = |dn: &str, members: &[&str]| {
         let cn = passage_directory::dn::first_rdn_value(dn).unwrap();
-        let mut ldif =
-            format!("dn: {dn}\nchangetype: add\nobjectClass: groupOfNames\ncn: {cn}\n");
+        let mut ldif = format!("dn: {dn}\nchangetype: add\nobjectClass: groupOfNames\ncn: {cn}\n");
         for member in members {
             ldif.push_str(&format!("member: {member}\n"));
         }
@@ -127,4 +126,328 @@ async fn groups_are_named_by_a_real_dn_parser_and_nesting_is_followed_once() {
     })
     .unwrap_err();
     assert!(err.to_string().contains("group_search"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_server_is_failed_over_under_load_and_probed_back() {
+    let users: Vec<TestUser> = (0..20)
+        .map(|i| TestUser::new(&format!("user{i}"), &format!("Pass-{i}-word!"), &["staff"]))
+        .collect();
+    // Two replicas holding the same data.
+    let mut first = Slapd::start(&users);
+    let mut second = Slapd::start(&users);
+    let directory = std::sync::Arc::new(
+        LdapDirectory::new(LdapConfig {
+            url: String::new(),
+            urls: vec![first.url(), second.url()],
+            probe_interval_ms: 100,
+            timeout_ms: 10_000,
+            ..config("")
+        })
+        .unwrap(),
+    );
+    assert_eq!(directory.health().servers_up, 2);
+    // Warm up: the first server serves while it is up.
+    sign_in(&directory, &users[0]).await;
+    let binds_before = second.binds_as(&users[0].dn());
+    assert_eq!(
+        binds_before, 0,
+        "the second server is not used while the first answers"
+    );
+
+    // The first server hangs, 200 sign-ins start against it, then it dies.
+    first.pause();
+    let started = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let sign_ins: Vec<_> = (0..200)
+        .map(|i| {
+            let directory = std::sync::Arc::clone(&directory);
+            let user = users[i % users.len()].clone();
+            let started = std::sync::Arc::clone(&started);
+            tokio::spawn(async move {
+                started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let password = Password::new(user.password.clone()).unwrap();
+                directory.authenticate(&user.upn, &password).await
+            })
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while started.load(std::sync::atomic::Ordering::SeqCst) < 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sign-ins did not start"
+        );
+        tokio::task::yield_now().await;
+    }
+    first.stop();
+    let mut failed = Vec::new();
+    for sign_in in sign_ins {
+        match sign_in.await.unwrap() {
+            Ok(Verdict::Success(_)) => {}
+            other => failed.push(format!("{other:?}")),
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+    let health = directory.health();
+    assert_eq!((health.servers_up, health.servers_total), (1, 2));
+
+    // It comes back: the probe marks it up, and it serves first again.
+    first.start_again();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while directory.health().servers_up < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the probe did not see it return"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let on_second = second.binds_as(&users[1].dn());
+    sign_in(&directory, &users[1]).await;
+    assert_eq!(
+        second.binds_as(&users[1].dn()),
+        on_second,
+        "the first server serves again"
+    );
+
+    // Both down: the directory is unreachable, and says so.
+    first.stop();
+    second.stop();
+    let password = Password::new(users[2].password.clone()).unwrap();
+    let err = directory
+        .authenticate(&users[2].upn, &password)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, passage_directory::DirectoryError::Unreachable(_)),
+        "{err:?}"
+    );
+    assert_eq!(directory.health().servers_up, 0);
+}
+
+/// An agent whose directory cannot be reached says so in its heartbeat; the gateway and the
+/// dispatcher then send the sign-ins to the agent whose directory answers.
+#[tokio::test(flavor = "multi_thread")]
+async fn agents_whose_directory_is_down_are_passed_over() {
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("ldap://{}", listener.local_addr().unwrap())
+    };
+    let cluster = passage_tests::Cluster::start(passage_tests::ClusterOptions {
+        agents: 2,
+        agent_overrides: vec![passage_tests::cluster::AgentOverride {
+            ldap_urls: vec![dead],
+            ..Default::default()
+        }],
+        ..passage_tests::ClusterOptions::default()
+    })
+    .await;
+    let lonely = cluster.agents[0].agent_id.clone();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let keys = cluster.offered_keys().await;
+        let down: Vec<_> = keys
+            .iter()
+            .filter(|k| k.directory_unreachable)
+            .map(|k| k.agent_id.clone())
+            .collect();
+        if down == [lonely.clone()] && keys.len() == 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the dispatcher never learnt that {lonely}'s directory is down: {down:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let alice = &passage_tests::slapd::default_users()[0];
+    for _ in 0..40 {
+        cluster
+            .sign_in(&alice.upn, &alice.password)
+            .await
+            .expect("the agent whose directory answers serves");
+    }
+    let log = cluster.agents[0].process.output();
+    assert!(
+        !log.contains("directory could not answer"),
+        "no sign-in was sent to the agent whose directory is down:\n{log}"
+    );
+}
+
+/// LDAPS and StartTLS against a slapd with a certificate of a private CA: trusted through
+/// `ca_file` or a pinned fingerprint; a server outside them is refused before any password is
+/// sent.
+#[tokio::test(flavor = "multi_thread")]
+async fn ldaps_and_starttls_trust_the_configured_ca_or_pin() {
+    let ca = passage_pki::ServicesCa::generate().unwrap();
+    let server = ca
+        .issue_server(
+            "slapd",
+            &["127.0.0.1".to_owned()],
+            std::time::Duration::from_secs(3600),
+        )
+        .unwrap();
+    let key = String::from_utf8(server.key_pem.expose().to_vec()).unwrap();
+    let alice = passage_tests::slapd::default_users()[0].clone();
+    let slapd = Slapd::start_tls(std::slice::from_ref(&alice), &server.cert_pem, &key);
+    let files = tempfile::tempdir().unwrap();
+    let ca_file = files.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+    let other_ca_file = files.path().join("other-ca.pem");
+    std::fs::write(
+        &other_ca_file,
+        passage_pki::ServicesCa::generate().unwrap().cert_pem(),
+    )
+    .unwrap();
+    let der = passage_pki::pem_to_der(&server.cert_pem).unwrap();
+    let pin: String = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &der)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":");
+
+    let tls = |url: String, starttls: bool| LdapConfig {
+        starttls,
+        allow_plaintext: false,
+        ..config(&url)
+    };
+    let works = |config: LdapConfig| {
+        let alice = alice.clone();
+        async move { sign_in(&LdapDirectory::new(config).unwrap(), &alice).await }
+    };
+    let refused = |config: LdapConfig| {
+        let alice = alice.clone();
+        let binds = slapd.binds_as(&alice.dn());
+        let slapd = &slapd;
+        async move {
+            let password = Password::new(alice.password.clone()).unwrap();
+            let answer = LdapDirectory::new(config)
+                .unwrap()
+                .authenticate(&alice.upn, &password)
+                .await;
+            assert!(
+                matches!(&answer, Err(passage_directory::DirectoryError::Unreachable(why)) if why.to_lowercase().contains("certificate")),
+                "{answer:?}"
+            );
+            assert_eq!(slapd.binds_as(&alice.dn()), binds, "no password was sent");
+        }
+    };
+
+    // The private CA: LDAPS and StartTLS.
+    works(LdapConfig {
+        ca_file: Some(ca_file.clone()),
+        ..tls(slapd.ldaps_url(), false)
+    })
+    .await;
+    works(LdapConfig {
+        ca_file: Some(ca_file.clone()),
+        ..tls(slapd.url(), true)
+    })
+    .await;
+    // The pin alone (a self-signed certificate's way), and the pin with the CA.
+    works(LdapConfig {
+        pinned_certificates_sha256: vec![pin.clone()],
+        ..tls(slapd.ldaps_url(), false)
+    })
+    .await;
+    works(LdapConfig {
+        ca_file: Some(ca_file.clone()),
+        pinned_certificates_sha256: vec![pin.to_lowercase().replace(':', "")],
+        ..tls(slapd.url(), true)
+    })
+    .await;
+    // Another CA, the system's roots, a wrong pin (even with the right CA): refused.
+    refused(LdapConfig {
+        ca_file: Some(other_ca_file),
+        ..tls(slapd.ldaps_url(), false)
+    })
+    .await;
+    refused(tls(slapd.ldaps_url(), false)).await;
+    refused(LdapConfig {
+        ca_file: Some(ca_file),
+        pinned_certificates_sha256: vec!["00".repeat(32)],
+        ..tls(slapd.ldaps_url(), false)
+    })
+    .await;
+}
+
+/// Two forests (two slapd with their own suffixes), an agent in each connector group: users
+/// of each sign in by UPN (a wildcard for a subdomain), by `DOMAIN\user` and — for the default
+/// group — by bare name; no request of one forest reaches the other's directory, and a domain
+/// no group serves is refused before any agent is asked.
+#[tokio::test(flavor = "multi_thread")]
+async fn each_forest_signs_in_through_its_own_agents_only() {
+    use passage_tests::{
+        Cluster, ClusterOptions,
+        cluster::AgentOverride,
+        slapd::{Forest, default_users},
+    };
+    let fabrikam = Forest::for_domain("fabrikam.example");
+    let frank = TestUser::in_forest(&fabrikam, "frank", "Frank-Pass-5!", &["sales"]);
+    let mut fiona = TestUser::in_forest(&fabrikam, "fiona", "Fiona-Pass-6!", &["sales"]);
+    fiona.upn = "fiona@paris.fabrikam.example".into();
+    let fabrikam_slapd = Slapd::start_forest(&fabrikam, &[frank.clone(), fiona.clone()]);
+    let cluster = Cluster::start(ClusterOptions {
+        agents: 2,
+        agent_overrides: vec![
+            AgentOverride::default(),
+            AgentOverride {
+                ldap_urls: vec![fabrikam_slapd.url()],
+                forest: Some(fabrikam.clone()),
+                connector_group: Some("fabrikam".into()),
+            },
+        ],
+        gateway_config: "connector_groups = [\
+            { name = \"corp.example.com\", domains = [\"corp.example.com\"], netbios_names = [\"CORP\"] }, \
+            { name = \"fabrikam\", domains = [\"fabrikam.example\", \"*.fabrikam.example\"], netbios_names = [\"FABRIKAM\"] }]\n\
+            default_connector_group = \"corp.example.com\"\n"
+            .into(),
+        ..ClusterOptions::default()
+    })
+    .await;
+    let alice = &default_users()[0];
+    let claims = |token: &str| {
+        jsonwebtoken::dangerous::insecure_decode_claims::<serde_json::Value>(token).unwrap()
+    };
+    for (typed, user) in [
+        (alice.upn.clone(), alice),
+        ("corp\\alice".to_owned(), alice),
+        ("alice".to_owned(), alice),
+        (frank.upn.clone(), &frank),
+        ("FABRIKAM\\frank".to_owned(), &frank),
+        (fiona.upn.clone(), &fiona),
+    ] {
+        let tokens = cluster
+            .sign_in(&typed, &user.password)
+            .await
+            .unwrap_or_else(|status| panic!("{typed} should sign in: {status:?}"));
+        let claims = claims(&tokens.id_token);
+        assert_eq!(claims["upn"], user.upn, "the directory's UPN for {typed}");
+        assert_eq!(
+            claims["preferred_username"], typed,
+            "and the name signed in with"
+        );
+    }
+    // Nothing of one forest reached the other's directory.
+    assert!(!cluster.slapd.log().contains("frank") && !cluster.slapd.log().contains("fiona"));
+    assert!(!fabrikam_slapd.log().contains("alice"));
+
+    // Nobody serves these: refused before any agent is asked.
+    for typed in [
+        "carol@contoso.example",
+        "LAB\\carol",
+        "carol@fabrikam.example.org",
+    ] {
+        let status = cluster.sign_in(typed, "Whatever-1!").await.unwrap_err();
+        assert_eq!(
+            passage_error_codes::ErrorCode::of(&status),
+            Some(passage_error_codes::ErrorCode::UnknownDomain),
+            "{typed}: {status:?}"
+        );
+    }
+    assert!(!cluster.slapd.log().contains("carol") && !fabrikam_slapd.log().contains("carol"));
 }

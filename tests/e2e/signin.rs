@@ -154,7 +154,11 @@ async fn malformed_fields_are_invalid_argument() {
             ..base.clone()
         },
         SignInRequest {
-            username: "alice".into(),
+            username: "alice@".into(),
+            ..base.clone()
+        },
+        SignInRequest {
+            username: "CORP\\".into(),
             ..base.clone()
         },
         SignInRequest {
@@ -174,6 +178,19 @@ async fn malformed_fields_are_invalid_argument() {
         let status = client.sign_in(request).await.unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     }
+    // A bare name is well formed; with no default connector group, nobody serves it.
+    let bare = client
+        .sign_in(SignInRequest {
+            username: "alice".into(),
+            ..base.clone()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        ErrorCode::of(&bare),
+        Some(ErrorCode::UnknownDomain),
+        "{bare:?}"
+    );
     let unknown_client = client
         .sign_in(SignInRequest {
             client_id: "unregistered".into(),

@@ -20,7 +20,7 @@ use crate::{
     bins::{Process, run_to_end},
     otlp::Collector,
     postgres::Postgres,
-    slapd::{self, ADMIN_DN, ADMIN_PASSWORD, DOMAIN, GROUPS_DN, PEOPLE_DN, Slapd, TestUser},
+    slapd::{self, ADMIN_PASSWORD, DOMAIN, PEOPLE_DN, Slapd, TestUser},
 };
 
 /// The client id tests sign in as.
@@ -76,6 +76,20 @@ pub struct ClusterOptions {
     pub development_store: bool,
     /// Extra `[[clients]]` tables at the end of the gateway's configuration file.
     pub gateway_clients: String,
+    /// Per agent (by index), what differs from the default agent: another directory, forest
+    /// or connector group.
+    pub agent_overrides: Vec<AgentOverride>,
+}
+
+/// How one agent differs from the cluster's default agent.
+#[derive(Debug, Clone, Default)]
+pub struct AgentOverride {
+    /// Directory servers instead of the test slapd.
+    pub ldap_urls: Vec<String>,
+    /// Another forest (search base, groups, service account) than the test slapd's.
+    pub forest: Option<crate::slapd::Forest>,
+    /// Another connector group than the test domain.
+    pub connector_group: Option<String>,
 }
 
 impl Default for ClusterOptions {
@@ -99,6 +113,7 @@ impl Default for ClusterOptions {
             gateway_store_key: false,
             development_store: false,
             gateway_clients: String::new(),
+            agent_overrides: Vec::new(),
         }
     }
 }
@@ -348,16 +363,26 @@ impl Cluster {
     /// returns its path.
     pub fn agent_config(&self, index: usize) -> PathBuf {
         let path = self.dir.path().join(format!("agent-{index}.toml"));
+        let over = self
+            .options
+            .agent_overrides
+            .get(index)
+            .cloned()
+            .unwrap_or_default();
+        let forest = over
+            .forest
+            .clone()
+            .unwrap_or_else(crate::slapd::Forest::corp);
         std::fs::write(
             &path,
             format!(
-                "dispatchers = [\"{dispatcher}\"]\nconnector_group = \"{DOMAIN}\"\n\
+                "dispatchers = [\"{dispatcher}\"]\nconnector_group = \"{group}\"\n\
                  state_dir = \"{state}\"\ncapacity = {capacity}\nheartbeat_interval_ms = 1000\n\
                  insecure_plaintext = true\n{renew}{proxy}{tls}\n\
-                 [directory]\nkind = \"ldap\"\nurl = \"{url}\"\nallow_plaintext = true\n\
+                 [directory]\nkind = \"ldap\"\n{servers}\nallow_plaintext = true\n\
                  base_dn = \"{base_dn}\"\n\
-                 bind_dn = \"{ADMIN_DN}\"\nbind_password = \"{ADMIN_PASSWORD}\"\n\
-                 login_attribute = \"{login}\"\ntimeout_ms = 2000\n{groups}",
+                 bind_dn = \"{admin}\"\nbind_password = \"{ADMIN_PASSWORD}\"\n\
+                 login_attribute = \"{login}\"\nshort_name_attribute = \"uid\"\ntimeout_ms = 2000\n{groups}",
                 dispatcher = self.dispatcher.agent_url,
                 state = self.dir.path().join(format!("agent-{index}")).display(),
                 capacity = self.options.agent_capacity,
@@ -379,11 +404,25 @@ impl Cluster {
                 } else {
                     String::new()
                 },
-                url = self.slapd.url(),
-                base_dn = self.options.base_dn.as_deref().unwrap_or(PEOPLE_DN),
+                servers = match &over.ldap_urls {
+                    urls if !urls.is_empty() => format!(
+                        "urls = [{}]\nprobe_interval_ms = 200",
+                        urls.iter()
+                            .map(|u| format!("\"{u}\""))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    _ => format!("url = \"{}\"", self.slapd.url()),
+                },
+                base_dn = match &over.forest {
+                    Some(forest) => forest.people_dn(),
+                    None => self.options.base_dn.clone().unwrap_or(PEOPLE_DN.to_owned()),
+                },
+                admin = forest.admin_dn(),
+                group = over.connector_group.as_deref().unwrap_or(DOMAIN),
                 login = self.options.login_attribute,
                 groups = if self.options.group_search {
-                    format!("group_search = {{ base_dn = \"{GROUPS_DN}\" }}\n")
+                    format!("group_search = {{ base_dn = \"{}\" }}\n", forest.groups_dn())
                 } else {
                     String::new()
                 },
@@ -653,8 +692,26 @@ impl Cluster {
             &log_filter(&self.options),
         );
         let agent_id = process.ready_value("agent_id");
+        let group = self
+            .options
+            .agent_overrides
+            .get(index)
+            .and_then(|over| over.connector_group.clone())
+            .unwrap_or_else(|| DOMAIN.to_owned());
         if wait {
-            self.wait_for_agents(|ids| ids.contains(&agent_id)).await;
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while !self
+                .offered_keys_of(&group)
+                .await
+                .iter()
+                .any(|key| key.agent_id == agent_id)
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "agent {agent_id} not listed in {group}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
         self.agents.push(AgentProcess { process, agent_id });
         self.agents.last().expect("just pushed")
@@ -694,6 +751,11 @@ impl Cluster {
 
     /// The agent keys the dispatcher currently offers the default tenant's group.
     pub async fn offered_keys(&self) -> Vec<AgentKey> {
+        self.offered_keys_of(DOMAIN).await
+    }
+
+    /// The agent keys the dispatcher currently offers the default tenant's `group`.
+    pub async fn offered_keys_of(&self, group: &str) -> Vec<AgentKey> {
         let tls = self
             .options
             .enrolment
@@ -703,7 +765,7 @@ impl Cluster {
         client
             .list_agent_keys(ListAgentKeysRequest {
                 tenant: "default".into(),
-                connector_group: DOMAIN.into(),
+                connector_group: group.into(),
             })
             .await
             .expect("ListAgentKeys")

@@ -24,6 +24,53 @@ pub const ADMIN_PASSWORD: &str = "admin-secret";
 /// The users' domain (and connector group).
 pub const DOMAIN: &str = "corp.example.com";
 
+/// A directory tree: its suffix and the users' UPN domain. [`Forest::CORP`] is the default
+/// one; a second forest has its own suffix, domain and administrator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forest {
+    /// `dc=...` suffix.
+    pub base_dn: String,
+    /// UPN suffix of its users.
+    pub domain: String,
+}
+
+impl Forest {
+    /// The default test forest (`dc=corp,dc=example,dc=com`, `corp.example.com`).
+    pub fn corp() -> Self {
+        Self {
+            base_dn: BASE_DN.into(),
+            domain: DOMAIN.into(),
+        }
+    }
+
+    /// A forest for `domain` (`fabrikam.example` → `dc=fabrikam,dc=example`).
+    pub fn for_domain(domain: &str) -> Self {
+        Self {
+            base_dn: domain
+                .split('.')
+                .map(|label| format!("dc={label}"))
+                .collect::<Vec<_>>()
+                .join(","),
+            domain: domain.into(),
+        }
+    }
+
+    /// Where its users live.
+    pub fn people_dn(&self) -> String {
+        format!("ou=people,{}", self.base_dn)
+    }
+
+    /// Where its groups live.
+    pub fn groups_dn(&self) -> String {
+        format!("ou=groups,{}", self.base_dn)
+    }
+
+    /// Its administrator (the agents' service account).
+    pub fn admin_dn(&self) -> String {
+        format!("cn=admin,{}", self.base_dn)
+    }
+}
+
 /// OpenLDAP has no `userPrincipalName`; this adds AD's attribute (same OID) and an auxiliary
 /// class carrying it, so the agent's default login attribute works against slapd.
 const UPN_SCHEMA: &str = "\
@@ -49,15 +96,24 @@ pub struct TestUser {
     pub display_name: String,
     /// Groups it is a member of.
     pub groups: Vec<String>,
+    /// Its forest.
+    pub forest: Forest,
 }
 
 impl TestUser {
     /// A user `uid` with `password` in `groups`.
     pub fn new(uid: &str, password: &str, groups: &[&str]) -> Self {
+        Self::in_forest(&Forest::corp(), uid, password, groups)
+    }
+
+    /// A user `uid` of `forest`.
+    pub fn in_forest(forest: &Forest, uid: &str, password: &str, groups: &[&str]) -> Self {
+        let domain = &forest.domain;
         Self {
+            forest: forest.clone(),
             uid: uid.into(),
-            upn: format!("{uid}@{DOMAIN}"),
-            mail: format!("{uid}.mail@{DOMAIN}"),
+            upn: format!("{uid}@{domain}"),
+            mail: format!("{uid}.mail@{domain}"),
             password: password.into(),
             display_name: format!("{uid} Example"),
             groups: groups.iter().map(|g| (*g).to_owned()).collect(),
@@ -66,7 +122,7 @@ impl TestUser {
 
     /// The entry's DN.
     pub fn dn(&self) -> String {
-        format!("uid={},{PEOPLE_DN}", self.uid)
+        format!("uid={},{}", self.uid, self.forest.people_dn())
     }
 }
 
@@ -82,6 +138,9 @@ pub fn default_users() -> Vec<TestUser> {
 pub struct Slapd {
     dir: tempfile::TempDir,
     port: u16,
+    /// With TLS: the `ldaps://` port (StartTLS works on `port` too).
+    tls_port: Option<u16>,
+    forest: Forest,
     child: Option<Child>,
     log_stats: bool,
 }
@@ -100,13 +159,21 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn seed_ldif(users: &[TestUser]) -> String {
+fn seed_ldif(forest: &Forest, users: &[TestUser]) -> String {
+    let base = &forest.base_dn;
+    let dc = base
+        .split(',')
+        .next()
+        .and_then(|rdn| rdn.strip_prefix("dc="))
+        .expect("a dc= suffix");
+    let people = forest.people_dn();
+    let groups_dn = forest.groups_dn();
     let mut ldif = format!(
-        "dn: {BASE_DN}\nobjectClass: dcObject\nobjectClass: organization\ndc: corp\no: Corp\n\n\
-         dn: {PEOPLE_DN}\nobjectClass: organizationalUnit\nou: people\n\n\
-         dn: {GROUPS_DN}\nobjectClass: organizationalUnit\nou: groups\n\n\
-         dn: ou=policies,{BASE_DN}\nobjectClass: organizationalUnit\nou: policies\n\n\
-         dn: cn=default,ou=policies,{BASE_DN}\nobjectClass: pwdPolicy\nobjectClass: person\ncn: default\nsn: default\n\
+        "dn: {base}\nobjectClass: dcObject\nobjectClass: organization\ndc: {dc}\no: {dc}\n\n\
+         dn: {people}\nobjectClass: organizationalUnit\nou: people\n\n\
+         dn: {groups_dn}\nobjectClass: organizationalUnit\nou: groups\n\n\
+         dn: ou=policies,{base}\nobjectClass: organizationalUnit\nou: policies\n\n\
+         dn: cn=default,ou=policies,{base}\nobjectClass: pwdPolicy\nobjectClass: person\ncn: default\nsn: default\n\
          pwdAttribute: userPassword\npwdMaxFailure: 5\npwdLockout: TRUE\npwdLockoutDuration: 300\n\n"
     );
     let mut groups: Vec<&str> = users
@@ -132,7 +199,7 @@ fn seed_ldif(users: &[TestUser]) -> String {
     for group in groups {
         let _ = write!(
             ldif,
-            "dn: cn={group},{GROUPS_DN}\nobjectClass: groupOfNames\ncn: {group}\n"
+            "dn: cn={group},{groups_dn}\nobjectClass: groupOfNames\ncn: {group}\n"
         );
         for user in users.iter().filter(|u| u.groups.iter().any(|g| g == group)) {
             let _ = writeln!(ldif, "member: {}", user.dn());
@@ -151,12 +218,44 @@ impl Slapd {
     /// Starts a slapd seeded with `users`; `log_stats` logs every operation (tests need it,
     /// benchmarks measure without its cost).
     pub fn start_with(users: &[TestUser], log_stats: bool) -> Self {
+        Self::start_full(&Forest::corp(), users, log_stats, None)
+    }
+
+    /// Starts a slapd holding `forest`, seeded with `users` (of that forest); its
+    /// administrator is [`Forest::admin_dn`] with [`ADMIN_PASSWORD`].
+    pub fn start_forest(forest: &Forest, users: &[TestUser]) -> Self {
+        Self::start_full(forest, users, true, None)
+    }
+
+    /// Starts a slapd seeded with `users` that also speaks TLS with `cert_pem` and `key_pem`:
+    /// `ldaps://` on [`Slapd::ldaps_url`], and StartTLS on [`Slapd::url`].
+    pub fn start_tls(users: &[TestUser], cert_pem: &str, key_pem: &str) -> Self {
+        Self::start_full(&Forest::corp(), users, true, Some((cert_pem, key_pem)))
+    }
+
+    fn start_full(
+        forest: &Forest,
+        users: &[TestUser],
+        log_stats: bool,
+        tls: Option<(&str, &str)>,
+    ) -> Self {
         require("/usr/sbin/slapd");
         require("/usr/sbin/slapadd");
         let dir = tempfile::tempdir().expect("temp dir for slapd");
         let root = dir.path();
         std::fs::create_dir_all(root.join("db")).expect("slapd db dir");
         std::fs::write(root.join("upn.schema"), UPN_SCHEMA).expect("schema");
+        let tls_conf = match tls {
+            Some((cert, key)) => {
+                std::fs::write(root.join("server.pem"), cert).expect("server certificate");
+                std::fs::write(root.join("server-key.pem"), key).expect("server key");
+                format!(
+                    "TLSCertificateFile {root}/server.pem\nTLSCertificateKeyFile {root}/server-key.pem\n",
+                    root = root.display()
+                )
+            }
+            None => String::new(),
+        };
         let conf = format!(
             "include /etc/ldap/schema/core.schema\n\
              include /etc/ldap/schema/cosine.schema\n\
@@ -167,21 +266,24 @@ impl Slapd {
              moduleload back_mdb\n\
              moduleload ppolicy\n\
              pidfile {root}/slapd.pid\n\
+             {tls_conf}\
              threads 8\n\
              database mdb\n\
              maxsize 1073741824\n\
-             suffix \"{BASE_DN}\"\n\
-             rootdn \"{ADMIN_DN}\"\n\
+             suffix \"{base}\"\n\
+             rootdn \"{admin}\"\n\
              rootpw {ADMIN_PASSWORD}\n\
              directory {root}/db\n\
              index uid,mail,userPrincipalName,member eq\n\
              overlay ppolicy\n\
-             ppolicy_default \"cn=default,ou=policies,{BASE_DN}\"\n\
+             ppolicy_default \"cn=default,ou=policies,{base}\"\n\
              ppolicy_use_lockout\n",
-            root = root.display()
+            root = root.display(),
+            base = forest.base_dn,
+            admin = forest.admin_dn(),
         );
         std::fs::write(root.join("slapd.conf"), conf).expect("slapd.conf");
-        std::fs::write(root.join("seed.ldif"), seed_ldif(users)).expect("seed.ldif");
+        std::fs::write(root.join("seed.ldif"), seed_ldif(forest, users)).expect("seed.ldif");
         let output = Command::new("/usr/sbin/slapadd")
             .arg("-f")
             .arg(root.join("slapd.conf"))
@@ -197,6 +299,8 @@ impl Slapd {
         let mut slapd = Self {
             dir,
             port: free_port(),
+            tls_port: tls.map(|_| free_port()),
+            forest: forest.clone(),
             child: None,
             log_stats,
         };
@@ -217,7 +321,10 @@ impl Slapd {
             .arg("-f")
             .arg(root.join("slapd.conf"))
             .arg("-h")
-            .arg(self.url() + "/")
+            .arg(match self.tls_port {
+                Some(_) => format!("{}/ {}/", self.url(), self.ldaps_url()),
+                None => self.url() + "/",
+            })
             // -d keeps slapd in the foreground; level 256 (stats) logs every operation.
             .args(["-d", if self.log_stats { "256" } else { "0" }])
             .stdin(Stdio::null())
@@ -280,6 +387,14 @@ impl Slapd {
         assert!(status.success(), "kill {signal} slapd failed");
     }
 
+    /// `ldaps://127.0.0.1:<port>` (a slapd started with [`Slapd::start_tls`]).
+    pub fn ldaps_url(&self) -> String {
+        format!(
+            "ldaps://127.0.0.1:{}",
+            self.tls_port.expect("slapd started with TLS")
+        )
+    }
+
     /// `ldap://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("ldap://127.0.0.1:{}", self.port)
@@ -320,7 +435,7 @@ impl Slapd {
                 "-H",
                 &self.url(),
                 "-D",
-                ADMIN_DN,
+                &self.forest.admin_dn(),
                 "-w",
                 ADMIN_PASSWORD,
             ])

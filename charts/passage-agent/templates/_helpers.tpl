@@ -144,8 +144,19 @@ app.kubernetes.io/part-of: passage
 {{- end -}}
 {{- end -}}
 {{- if eq $v.config.directory.kind "ldap" -}}
-{{- $_ := required "config.directory.url is required for kind ldap: ldaps://dc1.corp.example.com" $v.config.directory.url -}}
+{{- if and $v.config.directory.url $v.config.directory.urls -}}
+{{- fail "config.directory: set url (one server) or urls (several, tried in order), not both" -}}
+{{- end -}}
+{{- if not (or $v.config.directory.url $v.config.directory.urls) -}}
+{{- fail "config.directory.url or config.directory.urls is required for kind ldap: url: ldaps://dc1.corp.example.com, or urls: [ldaps://dc1.corp.example.com, ldaps://dc2.corp.example.com]" -}}
+{{- end -}}
+{{- if and $v.config.directory.insecure_skip_tls_verify (or $v.secrets.ldapCa.name $v.config.directory.pinned_certificates_sha256) -}}
+{{- fail "config.directory.insecure_skip_tls_verify cannot go with secrets.ldapCa (the agent's ca_file) or pinned_certificates_sha256: verify the directory's certificate, or (testing only) skip verification" -}}
+{{- end -}}
 {{- $_ := required "config.directory.base_dn is required for kind ldap: where user searches start" $v.config.directory.base_dn -}}
+{{- if and $v.config.directory.nested_groups (ne $v.config.directory.nested_groups "off") (not $v.config.directory.group_search) -}}
+{{- fail (printf "config.directory.nested_groups %s needs config.directory.group_search: the groups' base_dn (and filter, member_attribute)" $v.config.directory.nested_groups) -}}
+{{- end -}}
 {{- if and $v.config.directory.bind_dn (not $v.secrets.ldapBindPassword.name) -}}
 {{- fail "secrets.ldapBindPassword.name is required with config.directory.bind_dn: the Secret holding the service account's password (kubectl create secret generic passage-ldap-bind --from-literal=password=...)" -}}
 {{- end -}}
@@ -175,6 +186,12 @@ app.kubernetes.io/part-of: passage
 {{- $d := $c.directory -}}
 {{- if and (eq $d.kind "ldap") $v.secrets.ldapBindPassword.name -}}
 {{- $_ := set $d "bind_password_file" "/run/passage/ldap-bind-password/password" -}}
+{{- end -}}
+{{- if and (eq $d.kind "ldap") $v.secrets.ldapCa.name -}}
+{{- $_ := set $d "ca_file" "/run/passage/ldap-ca/ca.crt" -}}
+{{- end -}}
+{{- if and (eq $d.kind "ldap") (not $d.url) -}}
+{{- $_ := unset $d "url" -}}
 {{- end -}}
 {{- if eq $d.kind "static" -}}
 {{- $_ := set $d "path" "/run/passage/static-users/users.toml" -}}
@@ -286,11 +303,6 @@ exec passage-agent register --config "$config"
 {{- if .Values.telemetry.otlpEndpoint }}
 - name: OTEL_EXPORTER_OTLP_ENDPOINT
   value: {{ .Values.telemetry.otlpEndpoint | quote }}
-{{- end }}
-{{- if .Values.secrets.ldapCa.name }}
-# The LDAP client trusts these CA certificates (and only these) for LDAPS and StartTLS.
-- name: SSL_CERT_FILE
-  value: /run/passage/ldap-ca/ca.crt
 {{- end }}
 {{- end -}}
 

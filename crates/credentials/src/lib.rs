@@ -60,8 +60,9 @@ pub enum CredentialError {
         /// Which field.
         field: &'static str,
     },
-    /// The username has no `@domain` part, or an empty local part or domain.
-    #[error("username must have the form user@domain")]
+    /// The username is not `user@domain`, `DOMAIN\\user` or a bare `user`: an empty part
+    /// around the `@` or the backslash, or two backslashes.
+    #[error("username must have the form user@domain, DOMAIN\\user or user")]
     NoDomain,
 }
 
@@ -91,16 +92,37 @@ pub fn check_field(field: &'static str, value: &str, max: usize) -> Result<(), C
     Ok(())
 }
 
-/// A validated sign-in name of the form `user@domain`, held in Unicode NFC.
+/// A validated sign-in name, held in Unicode NFC, in one of the three forms Windows knows:
+/// `user@domain` (a UPN, or an alternate login ID such as a mail address), `DOMAIN\user` (a
+/// down-level logon name: NetBIOS domain and `sAMAccountName`), or a bare `user`.
 ///
-/// The domain (case-insensitive) selects the connector group; the whole name is what the agent
-/// looks up in the directory (after RFC 4515 escaping).
+/// The form and its domain select the connector group (see [`NameForm`]); the agent looks the
+/// name up by the matching attribute (after RFC 4515 escaping).
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Username {
     /// NFC-normalised.
     value: String,
-    /// Byte index of the last `@` in `value`.
-    at: usize,
+    /// Byte index of the separator (the last `@`, or the backslash) in `value`, if any.
+    separator: Option<usize>,
+}
+
+/// The form of a [`Username`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NameForm<'a> {
+    /// `user@domain`; the domain lower-cased (full Unicode).
+    Upn {
+        /// The part after the last `@`, lower-cased.
+        domain: String,
+    },
+    /// `DOMAIN\user`.
+    DownLevel {
+        /// The NetBIOS domain, upper-cased.
+        netbios: String,
+        /// The account name after the backslash.
+        account: &'a str,
+    },
+    /// A name alone.
+    Bare,
 }
 
 impl Username {
@@ -133,11 +155,35 @@ impl Username {
         if value.starts_with(char::is_whitespace) || value.ends_with(char::is_whitespace) {
             return Err(CredentialError::SurroundingWhitespace { field: FIELD });
         }
-        let at = value.rfind('@').ok_or(CredentialError::NoDomain)?;
-        if at == 0 || at + 1 == value.len() {
+        // An `@` makes a UPN, whatever its local part holds (a backslash included); only a
+        // name without one can be down-level.
+        let separator = match (value.rfind('@'), value.find('\\')) {
+            (Some(at), _) => Some(at),
+            (None, Some(slash)) if value[slash + 1..].contains('\\') => {
+                return Err(CredentialError::NoDomain);
+            }
+            (None, slash) => slash,
+        };
+        if let Some(at) = separator
+            && (at == 0 || at + 1 == value.len())
+        {
             return Err(CredentialError::NoDomain);
         }
-        Ok(Self { value, at })
+        Ok(Self { value, separator })
+    }
+
+    /// Which form the name has, and its domain.
+    pub fn form(&self) -> NameForm<'_> {
+        match self.separator {
+            Some(at) if self.value.as_bytes()[at] == b'@' => NameForm::Upn {
+                domain: self.value[at + 1..].to_lowercase(),
+            },
+            Some(slash) => NameForm::DownLevel {
+                netbios: self.value[..slash].to_uppercase(),
+                account: &self.value[slash + 1..],
+            },
+            None => NameForm::Bare,
+        }
     }
 
     /// The whole name, NFC-normalised but otherwise as typed (the local part keeps its case).
@@ -145,10 +191,13 @@ impl Username {
         &self.value
     }
 
-    /// The part after the last `@`, lower-cased (full Unicode, not only ASCII): the
-    /// case-insensitive routing key for connector groups.
-    pub fn domain(&self) -> String {
-        self.value[self.at + 1..].to_lowercase()
+    /// For `user@domain`, the part after the last `@`, lower-cased (full Unicode, not only
+    /// ASCII): the case-insensitive routing key for connector groups.
+    pub fn domain(&self) -> Option<String> {
+        match self.form() {
+            NameForm::Upn { domain } => Some(domain),
+            _ => None,
+        }
     }
 }
 
@@ -279,13 +328,39 @@ mod tests {
     }
 
     #[test]
-    fn username_needs_a_domain() {
-        for bad in ["alice", "@corp.example.com", "alice@", ""] {
+    fn usernames_have_one_of_three_forms() {
+        for bad in [
+            "@corp.example.com",
+            "alice@",
+            "",
+            "CORP\\",
+            "\\alice",
+            "CORP\\al\\ice",
+        ] {
             assert!(Username::parse(bad).is_err(), "{bad:?}");
         }
         let user = Username::parse("Alice@Corp.Example.COM").unwrap();
-        assert_eq!(user.domain(), "corp.example.com");
+        assert_eq!(user.domain().as_deref(), Some("corp.example.com"));
         assert_eq!(user.as_str(), "Alice@Corp.Example.COM");
+        let down_level = Username::parse("corp\\Alice").unwrap();
+        assert_eq!(
+            down_level.form(),
+            NameForm::DownLevel {
+                netbios: "CORP".into(),
+                account: "Alice"
+            }
+        );
+        assert_eq!(down_level.domain(), None);
+        assert_eq!(down_level.as_str(), "corp\\Alice");
+        let escaped = Username::parse("CORP\\alice@corp.example.com").unwrap();
+        assert_eq!(
+            escaped.domain().as_deref(),
+            Some("corp.example.com"),
+            "an @ makes a UPN, backslash or not"
+        );
+        let bare = Username::parse("alice").unwrap();
+        assert_eq!(bare.form(), NameForm::Bare);
+        assert_eq!(bare.domain(), None);
     }
 
     #[test]
@@ -345,17 +420,17 @@ mod tests {
             user,
             Username::parse("\u{e9}mile@corp.example.com").unwrap()
         );
-        assert_eq!(user.domain(), "corp.example.com");
+        assert_eq!(user.domain().as_deref(), Some("corp.example.com"));
     }
 
     #[test]
     fn domain_is_lower_cased_in_full_unicode() {
         let user = Username::parse("Alice@CORP.Example.Com").unwrap();
-        assert_eq!(user.domain(), "corp.example.com");
+        assert_eq!(user.domain().as_deref(), Some("corp.example.com"));
         assert_eq!(user.as_str(), "Alice@CORP.Example.Com");
         // "a@ÉXAMPLE.COM"
         let user = Username::parse("a@\u{c9}XAMPLE.COM").unwrap();
-        assert_eq!(user.domain(), "\u{e9}xample.com");
+        assert_eq!(user.domain().as_deref(), Some("\u{e9}xample.com"));
     }
 
     proptest! {
@@ -364,7 +439,7 @@ mod tests {
             if let Ok(user) = Username::parse(&s) {
                 prop_assert!(!user.as_str().chars().any(char::is_control));
                 prop_assert!(user.as_str().len() <= MAX_USERNAME_BYTES);
-                prop_assert!(!user.domain().is_empty());
+                prop_assert!(user.domain().is_none_or(|d| !d.is_empty()));
             }
         }
 
@@ -386,7 +461,7 @@ mod tests {
                 prop_assert!(name.len() <= MAX_USERNAME_BYTES, "{name:?}");
                 let nfc: String = s.nfc().collect();
                 prop_assert_eq!(name, nfc.as_str());
-                prop_assert!(!user.domain().is_empty());
+                prop_assert!(user.domain().is_none_or(|d| !d.is_empty()));
             }
         }
     }

@@ -39,7 +39,7 @@ pub enum GroupClaim {
 
 impl GroupClaim {
     /// The attribute to read from group entries for this claim, if any.
-    pub fn attribute<'a>(self, name_attribute: &'a str) -> Option<&'a str> {
+    pub fn attribute(self, name_attribute: &str) -> Option<&str> {
         match self {
             GroupClaim::Name => Some(name_attribute),
             GroupClaim::Dn => None,
@@ -75,7 +75,12 @@ pub enum NestedGroups {
 }
 
 /// `(&<filter>(<member>=<dn>))`, or with the in-chain rule, `(&<filter>(<member>:1.2.840.113556.1.4.1941:=<dn>))`.
-pub fn member_filter(filter: &str, member_attribute: &str, member_dn: &str, in_chain: bool) -> String {
+pub fn member_filter(
+    filter: &str,
+    member_attribute: &str,
+    member_dn: &str,
+    in_chain: bool,
+) -> String {
     let rule = if in_chain {
         format!(":{MATCHING_RULE_IN_CHAIN}:")
     } else {
@@ -158,11 +163,20 @@ mod tests {
             "(&(objectClass=group)(member:1.2.840.113556.1.4.1941:=CN=A\\5c, B,DC=corp))"
         );
         assert_eq!(
-            member_filter("(objectClass=groupOfNames)", "member", "uid=x(y),dc=corp", false),
+            member_filter(
+                "(objectClass=groupOfNames)",
+                "member",
+                "uid=x(y),dc=corp",
+                false
+            ),
             "(&(objectClass=groupOfNames)(member=uid=x\\28y\\29,dc=corp))"
         );
         assert_eq!(
-            any_member_filter("(cn=*)", "member", &["cn=a,dc=x".into(), "cn=b*,dc=x".into()]),
+            any_member_filter(
+                "(cn=*)",
+                "member",
+                &["cn=a,dc=x".into(), "cn=b*,dc=x".into()]
+            ),
             "(&(cn=*)(|(member=cn=a,dc=x)(member=cn=b\\2a,dc=x)))"
         );
     }
@@ -190,7 +204,10 @@ mod tests {
         assert_eq!(walk.next_level(), vec!["cn=a,dc=corp".to_owned()]);
         assert!(walk.found("CN=B, DC=corp"));
         assert_eq!(walk.next_level(), vec!["CN=B, DC=corp".to_owned()]);
-        assert!(!walk.found("CN=A,DC=CORP"), "a is seen: the cycle ends here");
+        assert!(
+            !walk.found("CN=A,DC=CORP"),
+            "a is seen: the cycle ends here"
+        );
         assert!(walk.found("cn=c,dc=corp"));
         assert_eq!(walk.next_level(), vec!["cn=c,dc=corp".to_owned()]);
         assert!(walk.next_level().is_empty(), "nothing new: over");

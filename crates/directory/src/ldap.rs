@@ -3,25 +3,21 @@
 use std::{
     collections::HashSet,
     path::PathBuf,
-    sync::{
-        Mutex,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::{Arc, Mutex, atomic::Ordering},
     time::Duration,
 };
 
-use ldap3::{
-    Ldap, LdapConnAsync, LdapConnSettings, LdapError, Scope, SearchEntry, controls::RawControl,
-    ldap_escape,
-};
+use ldap3::{Ldap, Scope, SearchEntry, controls::RawControl, ldap_escape};
 use passage_credentials::{Password, Secret};
 use serde::Deserialize;
 use tokio::sync::Semaphore;
 
 use crate::{
-    Directory, DirectoryError, PolicyFuture, UserInfo, Verdict, VerdictFuture,
+    Directory, DirectoryError, DirectoryHealth, LockoutPolicy, PolicyFuture, UserInfo, Verdict,
+    VerdictFuture,
     groups::{self, GroupClaim, NestedGroups, Walk},
     lockout_policy,
+    servers::{Connector, Server, Servers, failure, is_connection_error},
 };
 
 /// OID of the password-policy request/response control (draft-behera-ldap-password-policy).
@@ -40,14 +36,32 @@ const PPOLICY_OID: &str = "1.3.6.1.4.1.42.2.27.8.5.1";
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LdapConfig {
-    /// Server URL: `ldap://host:389` or `ldaps://host:636`.
+    /// Server URL: `ldap://host:389` or `ldaps://host:636`. Set `url` or `urls`.
+    #[serde(default)]
     pub url: String,
+    /// Several servers holding the same data (domain controllers, replicas), tried in this
+    /// order: the first one up serves; an unreachable one is skipped until a background probe
+    /// finds it answering again.
+    #[serde(default)]
+    pub urls: Vec<String>,
+    /// How often a server marked down is probed, in milliseconds.
+    #[serde(default = "default_probe_interval_ms")]
+    pub probe_interval_ms: u64,
     /// Upgrade `ldap://` with StartTLS before any bind.
     #[serde(default)]
     pub starttls: bool,
     /// Accept any server certificate. Testing only: it lets anyone in the middle read passwords.
     #[serde(default)]
     pub insecure_skip_tls_verify: bool,
+    /// CA certificates (PEM) that server certificates must lead to (LDAPS and StartTLS);
+    /// default: the system's roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// SHA-256 fingerprints of the accepted server certificates (64 hex digits, colons
+    /// allowed). With `ca_file`, a server needs both; without it, the pin alone (a domain
+    /// controller's self-signed certificate).
+    #[serde(default)]
+    pub pinned_certificates_sha256: Vec<String>,
     /// Allow `ldap://` without StartTLS: every user's password then crosses the corporate
     /// network in clear. Refused unless set (and warned about at start when set).
     #[serde(default)]
@@ -67,6 +81,11 @@ pub struct LdapConfig {
     /// such as `mail` or `uid`.
     #[serde(default = "default_login_attribute")]
     pub login_attribute: String,
+    /// Attribute searched for down-level names (`CORP\alice`: the part after the backslash)
+    /// and bare names (`alice`): `sAMAccountName` (default, Active Directory), `uid` on
+    /// OpenLDAP. The gateway routes such names by NetBIOS domain or to its default group.
+    #[serde(default = "default_short_name_attribute")]
+    pub short_name_attribute: String,
     /// Extra filter every user must match, ANDed with the login attribute.
     #[serde(default = "default_user_filter")]
     pub user_filter: String,
@@ -141,6 +160,9 @@ pub struct GroupSearch {
 fn default_login_attribute() -> String {
     "userPrincipalName".into()
 }
+fn default_short_name_attribute() -> String {
+    "sAMAccountName".into()
+}
 fn default_user_filter() -> String {
     "(objectClass=person)".into()
 }
@@ -165,6 +187,9 @@ fn default_member_attribute() -> String {
 fn default_group_name_attribute() -> String {
     "cn".into()
 }
+fn default_probe_interval_ms() -> u64 {
+    5_000
+}
 fn default_max_group_depth() -> u32 {
     8
 }
@@ -183,14 +208,19 @@ impl LdapConfig {
     pub fn new(url: impl Into<String>, base_dn: impl Into<String>) -> Self {
         Self {
             url: url.into(),
+            urls: Vec::new(),
+            probe_interval_ms: default_probe_interval_ms(),
             starttls: false,
             insecure_skip_tls_verify: false,
+            ca_file: None,
+            pinned_certificates_sha256: Vec::new(),
             allow_plaintext: false,
             base_dn: base_dn.into(),
             bind_dn: None,
             bind_password: None,
             bind_password_file: None,
             login_attribute: default_login_attribute(),
+            short_name_attribute: default_short_name_attribute(),
             user_filter: default_user_filter(),
             upn_attribute: default_upn_attribute(),
             display_name_attribute: default_display_name_attribute(),
@@ -209,6 +239,35 @@ impl LdapConfig {
     }
 }
 
+impl LdapConfig {
+    /// The attribute and value a login name is looked up by: `user@domain` by
+    /// `login_attribute`; `DOMAIN\user` (the part after the backslash) and a bare `user` by
+    /// `short_name_attribute`.
+    pub fn lookup<'a>(&'a self, login: &'a str) -> (&'a str, &'a str) {
+        if login.contains('@') {
+            return (&self.login_attribute, login);
+        }
+        match login.split_once('\\') {
+            Some((_, account)) => (&self.short_name_attribute, account),
+            None => (&self.short_name_attribute, login),
+        }
+    }
+
+    /// The servers to use: `urls`, or `url` alone; exactly one of the two must be set.
+    pub fn server_urls(&self) -> Result<Vec<String>, DirectoryError> {
+        match (self.url.is_empty(), self.urls.is_empty()) {
+            (false, true) => Ok(vec![self.url.clone()]),
+            (true, false) => Ok(self.urls.clone()),
+            (true, true) => Err(DirectoryError::Misconfigured(
+                "set url (one server) or urls (several)".into(),
+            )),
+            (false, false) => Err(DirectoryError::Misconfigured(
+                "set url or urls, not both".into(),
+            )),
+        }
+    }
+}
+
 /// The search filter for `login`: `(&<user_filter>(<attribute>=<login, RFC 4515-escaped>))`.
 pub fn user_search_filter(user_filter: &str, attribute: &str, login: &str) -> String {
     format!("(&{user_filter}({attribute}={}))", ldap_escape(login))
@@ -217,12 +276,9 @@ pub fn user_search_filter(user_filter: &str, attribute: &str, login: &str) -> St
 /// An LDAP directory with pooled connections.
 pub struct LdapDirectory {
     config: LdapConfig,
-    bind_password: Option<Secret>,
     timeout: Duration,
-    search_slots: Vec<tokio::sync::Mutex<Option<Ldap>>>,
-    next_search: AtomicUsize,
+    servers: Servers,
     bind_permits: Semaphore,
-    idle_binds: Mutex<Vec<Ldap>>,
     /// How long recent binds with a wrong password took: an unknown user waits a duration
     /// drawn from these, so "no such user" takes as long as "wrong password" — the same
     /// distribution, not a typical bind's average (user enumeration by timing).
@@ -233,21 +289,22 @@ pub struct LdapDirectory {
 impl LdapDirectory {
     /// Validates `config` and reads the bind password file; connects lazily.
     pub fn new(config: LdapConfig) -> Result<Self, DirectoryError> {
-        if !(config.url.starts_with("ldap://") || config.url.starts_with("ldaps://")) {
-            return Err(DirectoryError::Misconfigured(format!(
-                "url must start with ldap:// or ldaps://, got {:?}",
-                config.url
-            )));
-        }
-        if config.url.starts_with("ldap://") && !config.starttls {
-            if !config.allow_plaintext {
+        let urls = config.server_urls()?;
+        for url in &urls {
+            if !(url.starts_with("ldap://") || url.starts_with("ldaps://")) {
                 return Err(DirectoryError::Misconfigured(format!(
-                    "{} is plaintext LDAP: every password would cross the network in clear. Use \
-                     ldaps://, or starttls = true, or set allow_plaintext = true to accept that",
-                    config.url
+                    "url must start with ldap:// or ldaps://, got {url:?}"
                 )));
             }
-            tracing::warn!(url = %config.url, "plaintext LDAP without StartTLS: passwords cross the network in clear (allow_plaintext = true)");
+            if url.starts_with("ldap://") && !config.starttls {
+                if !config.allow_plaintext {
+                    return Err(DirectoryError::Misconfigured(format!(
+                        "{url} is plaintext LDAP: every password would cross the network in clear. Use \
+                         ldaps://, or starttls = true, or set allow_plaintext = true to accept that"
+                    )));
+                }
+                tracing::warn!(url = %url, "plaintext LDAP without StartTLS: passwords cross the network in clear (allow_plaintext = true)");
+            }
         }
         if config.nested_groups != NestedGroups::Off && config.group_search.is_none() {
             return Err(DirectoryError::Misconfigured(
@@ -298,46 +355,89 @@ impl LdapDirectory {
         .collect::<HashSet<_>>()
         .into_iter()
         .collect();
-        Ok(Self {
-            timeout: Duration::from_millis(config.timeout_ms),
-            search_slots: (0..config.search_connections)
-                .map(|_| tokio::sync::Mutex::new(None))
-                .collect(),
-            next_search: AtomicUsize::new(0),
-            bind_permits: Semaphore::new(config.bind_pool_size),
-            idle_binds: Mutex::new(Vec::new()),
-            failed_binds: FailedBindTimes::default(),
+        let timeout = Duration::from_millis(config.timeout_ms);
+        let pins = config
+            .pinned_certificates_sha256
+            .iter()
+            .map(|pin| passage_transport::client_tls::parse_pin(pin))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| DirectoryError::Misconfigured(e.to_string()))?;
+        let tls = match (
+            config.insecure_skip_tls_verify,
+            &config.ca_file,
+            pins.is_empty(),
+        ) {
+            (true, None, true) => None,
+            (true, _, _) => {
+                return Err(DirectoryError::Misconfigured(
+                    "insecure_skip_tls_verify cannot go with ca_file or pinned certificates".into(),
+                ));
+            }
+            (false, ca_file, _) => Some(
+                passage_transport::client_tls::client_config(ca_file.as_deref(), &pins)
+                    .map_err(|e| DirectoryError::Misconfigured(e.to_string()))?,
+            ),
+        };
+        let connector = Connector {
+            timeout,
+            starttls: config.starttls,
+            no_tls_verify: config.insecure_skip_tls_verify,
+            tls,
+            bind_dn: config.bind_dn.clone(),
             bind_password,
+        };
+        Ok(Self {
+            timeout,
+            servers: Servers::new(
+                &urls,
+                config.search_connections,
+                connector,
+                Duration::from_millis(config.probe_interval_ms.max(10)),
+            ),
+            bind_permits: Semaphore::new(config.bind_pool_size),
+            failed_binds: FailedBindTimes::default(),
             attributes,
             config,
         })
     }
 
-    async fn connect(&self) -> Result<Ldap, DirectoryError> {
-        let settings = LdapConnSettings::new()
-            .set_conn_timeout(self.timeout)
-            .set_starttls(self.config.starttls)
-            .set_no_tls_verify(self.config.insecure_skip_tls_verify);
-        let (conn, ldap) = LdapConnAsync::with_settings(settings, &self.config.url)
-            .await
-            .map_err(|err| unavailable("connect", &err))?;
-        tokio::spawn(async move {
-            if let Err(err) = conn.drive().await {
-                tracing::debug!(error = %err, "LDAP connection closed");
+    /// Runs `op` on the first server up, and on the next ones while they turn out
+    /// unreachable (each is then marked down and probed in the background).
+    async fn on_any_server<T, F, Fut>(&self, op: F) -> Result<T, DirectoryError>
+    where
+        F: Fn(Arc<Server>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, DirectoryError>>,
+    {
+        let mut last = String::new();
+        for server in self.servers.in_order() {
+            match op(Arc::clone(&server)).await {
+                Err(DirectoryError::Unreachable(why)) => {
+                    self.servers.failed(&server, &why);
+                    last = why;
+                }
+                answer => return answer,
             }
-        });
-        Ok(ldap)
+        }
+        Err(DirectoryError::Unreachable(format!(
+            "no directory server could be reached (last: {last})"
+        )))
     }
 
     /// A search connection bound as the service account: the slot's cached one, or (when
     /// `fresh`, or none is cached) a new one that replaces it.
-    async fn search_connection(&self, slot: usize, fresh: bool) -> Result<Ldap, DirectoryError> {
-        let mut cached = self.search_slots[slot].lock().await;
+    async fn search_connection(
+        &self,
+        server: &Server,
+        slot: usize,
+        fresh: bool,
+    ) -> Result<Ldap, DirectoryError> {
+        let mut cached = server.search_slots[slot].lock().await;
         if !fresh && let Some(ldap) = cached.as_ref() {
             return Ok(ldap.clone());
         }
-        let mut ldap = self.connect().await?;
-        self.service_bind(&mut ldap).await?;
+        let connector = &self.servers.connector;
+        let mut ldap = connector.connect(&server.url).await?;
+        connector.service_bind(&mut ldap).await?;
         *cached = Some(ldap.clone());
         Ok(ldap)
     }
@@ -346,29 +446,28 @@ impl LdapDirectory {
     /// pooled one turns out dead (a server restart since its last use says nothing about now).
     async fn search(
         &self,
+        server: &Server,
         base: &str,
         scope: Scope,
         filter: &str,
         attributes: &[String],
     ) -> Result<(Vec<ldap3::ResultEntry>, ldap3::LdapResult), DirectoryError> {
-        let slot = self.next_search.fetch_add(1, Ordering::Relaxed) % self.search_slots.len();
+        let slot = server.next_search.fetch_add(1, Ordering::Relaxed) % server.search_slots.len();
         let mut fresh = false;
         loop {
-            let mut ldap = self.search_connection(slot, fresh).await?;
+            let mut ldap = self.search_connection(server, slot, fresh).await?;
             match ldap
                 .with_timeout(self.timeout)
                 .search(base, scope, filter, attributes)
                 .await
             {
                 Ok(result) => {
-                    return result
-                        .non_error()
-                        .map_err(|err| unavailable("search", &err));
+                    return result.non_error().map_err(|err| failure("search", &err));
                 }
                 Err(err) if !fresh && is_connection_error(&err) => fresh = true,
                 Err(err) => {
-                    *self.search_slots[slot].lock().await = None;
-                    return Err(unavailable("search", &err));
+                    *server.search_slots[slot].lock().await = None;
+                    return Err(failure("search", &err));
                 }
             }
         }
@@ -376,13 +475,13 @@ impl LdapDirectory {
 
     /// Where lockout policies live: AD's `defaultNamingContext`, else the naming context that
     /// holds `base_dn` (policies often sit beside the users, not under them), else `base_dn`.
-    async fn policy_base(&self) -> Result<String, DirectoryError> {
+    async fn policy_base(&self, server: &Server) -> Result<String, DirectoryError> {
         let attributes = [
             "defaultNamingContext".to_owned(),
             "namingContexts".to_owned(),
         ];
         let (entries, _) = self
-            .search("", Scope::Base, "(objectClass=*)", &attributes)
+            .search(server, "", Scope::Base, "(objectClass=*)", &attributes)
             .await?;
         let Some(root) = entries.into_iter().next().map(SearchEntry::construct) else {
             return Ok(self.config.base_dn.clone());
@@ -406,14 +505,16 @@ impl LdapDirectory {
     }
 
     /// Finds the one entry whose login attribute equals `login`.
-    async fn search_user(&self, login: &str) -> Result<Option<SearchEntry>, DirectoryError> {
-        let filter = user_search_filter(
-            &self.config.user_filter,
-            &self.config.login_attribute,
-            login,
-        );
+    async fn search_user(
+        &self,
+        server: &Server,
+        login: &str,
+    ) -> Result<Option<SearchEntry>, DirectoryError> {
+        let (attribute, value) = self.config.lookup(login);
+        let filter = user_search_filter(&self.config.user_filter, attribute, value);
         let (entries, status) = self
             .search(
+                server,
                 &self.config.base_dn,
                 Scope::Subtree,
                 &filter,
@@ -449,39 +550,13 @@ impl LdapDirectory {
         }
     }
 
-    async fn service_bind(&self, ldap: &mut Ldap) -> Result<(), DirectoryError> {
-        let Some(dn) = &self.config.bind_dn else {
-            return Ok(());
-        };
-        let password = self
-            .bind_password
-            .as_ref()
-            .map(|s| String::from_utf8_lossy(s.expose()).into_owned())
-            .unwrap_or_default();
-        if password.is_empty() {
-            return Err(DirectoryError::Misconfigured(
-                "bind_dn is set but no bind password is configured".into(),
-            ));
-        }
-        let result = ldap
-            .with_timeout(self.timeout)
-            .simple_bind(dn, &password)
-            .await
-            .map_err(|err| unavailable("service bind", &err))?;
-        match result.rc {
-            0 => Ok(()),
-            49 => Err(DirectoryError::Misconfigured(
-                "the service account's credentials were refused".into(),
-            )),
-            rc => Err(DirectoryError::Unavailable(format!(
-                "service bind answered rc={rc}: {}",
-                result.text
-            ))),
-        }
-    }
-
     /// Binds as `dn` on a pooled connection and maps the answer.
-    async fn user_bind(&self, dn: &str, password: &Password) -> Result<BindAnswer, DirectoryError> {
+    async fn user_bind(
+        &self,
+        server: &Server,
+        dn: &str,
+        password: &Password,
+    ) -> Result<BindAnswer, DirectoryError> {
         let _permit = self
             .bind_permits
             .acquire()
@@ -489,7 +564,8 @@ impl LdapDirectory {
             .map_err(|_| DirectoryError::Unavailable("directory is shutting down".into()))?;
         for attempt in 0..2 {
             let pooled = if attempt == 0 {
-                self.idle_binds
+                server
+                    .idle_binds
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .pop()
@@ -498,7 +574,7 @@ impl LdapDirectory {
             };
             let mut ldap = match pooled {
                 Some(ldap) => ldap,
-                None => self.connect().await?,
+                None => self.servers.connector.connect(&server.url).await?,
             };
             let result = ldap
                 .with_timeout(self.timeout)
@@ -513,7 +589,8 @@ impl LdapDirectory {
                 Ok(result) => {
                     let answer = BindAnswer::from_result(&result);
                     if !matches!(answer, BindAnswer::ServerError(_)) {
-                        self.idle_binds
+                        server
+                            .idle_binds
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
                             .push(ldap);
@@ -521,7 +598,7 @@ impl LdapDirectory {
                     return Ok(answer);
                 }
                 Err(err) if attempt == 0 && is_connection_error(&err) => continue,
-                Err(err) => return Err(unavailable("bind", &err)),
+                Err(err) => return Err(failure("bind", &err)),
             }
         }
         unreachable!("the loop returns on its second attempt")
@@ -530,7 +607,7 @@ impl LdapDirectory {
     /// What an unknown user costs: as long as a wrong password's bind, drawn from the recent
     /// ones. Before any was seen, a real bind that must fail (a DN that does not exist) does
     /// the same kind of work.
-    async fn wait_like_a_failed_bind(&self, password: &Password) {
+    async fn wait_like_a_failed_bind(&self, server: &Server, password: &Password) {
         match self.failed_binds.sample() {
             Some(wait) => {
                 // tokio's timer rounds up to whole milliseconds, a bias as large as the
@@ -545,14 +622,18 @@ impl LdapDirectory {
             }
             None => {
                 let decoy = format!("cn=passage-no-such-user,{}", self.config.base_dn);
-                let _ = self.user_bind(&decoy, password).await;
+                let _ = self.user_bind(server, &decoy, password).await;
             }
         }
     }
 
     /// The user's groups as the token names them: `memberOf` values (direct), and groups
     /// found by search (direct, in chain, or walked level by level).
-    async fn groups_of(&self, entry: &SearchEntry) -> Result<Vec<String>, DirectoryError> {
+    async fn groups_of(
+        &self,
+        server: &Server,
+        entry: &SearchEntry,
+    ) -> Result<Vec<String>, DirectoryError> {
         let claim = self.config.group_claim;
         let mut groups = Vec::new();
         if let Some(dns) = self
@@ -564,7 +645,7 @@ impl LdapDirectory {
             for group_dn in dns {
                 match claim.from_dn(group_dn) {
                     Some(value) => groups.push(value),
-                    None => groups.extend(self.claim_of_group(group_dn).await?),
+                    None => groups.extend(self.claim_of_group(server, group_dn).await?),
                 }
             }
         }
@@ -585,7 +666,10 @@ impl LdapDirectory {
                         &entry.dn,
                         in_chain,
                     );
-                    for group in self.group_entries(&search.base_dn, &filter, &attributes).await? {
+                    for group in self
+                        .group_entries(server, &search.base_dn, &filter, &attributes)
+                        .await?
+                    {
                         groups.extend(self.claim_of_entry(&group));
                     }
                 }
@@ -602,8 +686,9 @@ impl LdapDirectory {
                                 &search.member_attribute,
                                 members,
                             );
-                            for group in
-                                self.group_entries(&search.base_dn, &filter, &attributes).await?
+                            for group in self
+                                .group_entries(server, &search.base_dn, &filter, &attributes)
+                                .await?
                             {
                                 if walk.found(&group.dn) {
                                     groups.extend(self.claim_of_entry(&group));
@@ -628,12 +713,13 @@ impl LdapDirectory {
     /// The group entries `filter` finds under `base`, with `attributes`.
     async fn group_entries(
         &self,
+        server: &Server,
         base: &str,
         filter: &str,
         attributes: &[String],
     ) -> Result<Vec<SearchEntry>, DirectoryError> {
         let (entries, status) = self
-            .search(base, Scope::Subtree, filter, attributes)
+            .search(server, base, Scope::Subtree, filter, attributes)
             .await?;
         if status.rc != 0 {
             return Err(DirectoryError::Unavailable(format!(
@@ -662,7 +748,11 @@ impl LdapDirectory {
     }
 
     /// The claim value of the group at `group_dn`, read from its entry.
-    async fn claim_of_group(&self, group_dn: &str) -> Result<Option<String>, DirectoryError> {
+    async fn claim_of_group(
+        &self,
+        server: &Server,
+        group_dn: &str,
+    ) -> Result<Option<String>, DirectoryError> {
         let attribute = self
             .config
             .group_claim
@@ -670,13 +760,101 @@ impl LdapDirectory {
             .unwrap_or("cn")
             .to_owned();
         let (entries, _) = self
-            .search(group_dn, Scope::Base, "(objectClass=*)", &[attribute])
+            .search(
+                server,
+                group_dn,
+                Scope::Base,
+                "(objectClass=*)",
+                &[attribute],
+            )
             .await?;
         Ok(entries
             .into_iter()
             .next()
             .map(SearchEntry::construct)
             .and_then(|group| self.claim_of_entry(&group)))
+    }
+
+    /// Search, bind and groups for `login` on `server`.
+    async fn authenticate_on(
+        &self,
+        server: &Server,
+        login: &str,
+        password: &Password,
+    ) -> Result<Verdict, DirectoryError> {
+        let Some(entry) = self.search_user(server, login).await? else {
+            self.wait_like_a_failed_bind(server, password).await;
+            return Ok(Verdict::InvalidCredentials);
+        };
+        let started = std::time::Instant::now();
+        let answer = self.user_bind(server, &entry.dn, password).await?;
+        if answer == BindAnswer::Refused(Verdict::InvalidCredentials) {
+            self.failed_binds.record(started.elapsed());
+        }
+        match answer {
+            BindAnswer::Success => {}
+            BindAnswer::Refused(verdict) => return Ok(verdict),
+            BindAnswer::ServerError(text) => return Err(DirectoryError::Unavailable(text)),
+        }
+        let groups = self.groups_of(server, &entry).await?;
+        let first = |attr: &str| {
+            entry
+                .attrs
+                .get(attr)
+                .and_then(|values| values.first().cloned())
+                .or_else(|| {
+                    entry
+                        .bin_attrs
+                        .get(attr)
+                        .and_then(|values| values.first())
+                        .map(|bytes| bytes.iter().map(|b| format!("{b:02x}")).collect())
+                })
+        };
+        Ok(Verdict::Success(UserInfo {
+            // The directory's spelling, never the casing the user typed: the UPN
+            // attribute, else the login attribute's stored value.
+            upn: first(&self.config.upn_attribute)
+                .or_else(|| first(&self.config.login_attribute))
+                .unwrap_or_else(|| login.to_owned()),
+            display_name: first(&self.config.display_name_attribute)
+                .or_else(|| first("cn"))
+                .unwrap_or_default(),
+            mail: first(&self.config.mail_attribute).unwrap_or_default(),
+            object_id: first(&self.config.id_attribute).unwrap_or_default(),
+            dn: entry.dn.clone(),
+            groups,
+        }))
+    }
+
+    /// The lockout policies readable on `server`.
+    async fn lockout_policy_on(
+        &self,
+        server: &Server,
+    ) -> Result<Option<LockoutPolicy>, DirectoryError> {
+        let base = match &self.config.lockout_policy_base_dn {
+            Some(base) => base.clone(),
+            None => self.policy_base(server).await?,
+        };
+        let attributes: Vec<String> = lockout_policy::POLICY_ATTRIBUTES
+            .iter()
+            .map(|a| (*a).to_owned())
+            .collect();
+        let (entries, status) = self
+            .search(
+                server,
+                &base,
+                Scope::Subtree,
+                lockout_policy::POLICY_FILTER,
+                &attributes,
+            )
+            .await?;
+        // `search` has turned every other result code into an error: a policy that cannot
+        // be read keeps the last value read (see the agent).
+        debug_assert!(matches!(status.rc, 0 | 10), "rc {}", status.rc);
+        let entries: Vec<SearchEntry> = entries.into_iter().map(SearchEntry::construct).collect();
+        Ok(lockout_policy::from_entries(
+            entries.iter().map(|e| &e.attrs),
+        ))
     }
 }
 
@@ -688,48 +866,10 @@ impl Directory for LdapDirectory {
             if password.expose().is_empty() {
                 return Ok(Verdict::InvalidCredentials);
             }
-            let Some(entry) = self.search_user(login).await? else {
-                self.wait_like_a_failed_bind(password).await;
-                return Ok(Verdict::InvalidCredentials);
-            };
-            let started = std::time::Instant::now();
-            let answer = self.user_bind(&entry.dn, password).await?;
-            if answer == BindAnswer::Refused(Verdict::InvalidCredentials) {
-                self.failed_binds.record(started.elapsed());
-            }
-            match answer {
-                BindAnswer::Success => {}
-                BindAnswer::Refused(verdict) => return Ok(verdict),
-                BindAnswer::ServerError(text) => return Err(DirectoryError::Unavailable(text)),
-            }
-            let groups = self.groups_of(&entry).await?;
-            let first = |attr: &str| {
-                entry
-                    .attrs
-                    .get(attr)
-                    .and_then(|values| values.first().cloned())
-                    .or_else(|| {
-                        entry
-                            .bin_attrs
-                            .get(attr)
-                            .and_then(|values| values.first())
-                            .map(|bytes| bytes.iter().map(|b| format!("{b:02x}")).collect())
-                    })
-            };
-            Ok(Verdict::Success(UserInfo {
-                // The directory's spelling, never the casing the user typed: the UPN
-                // attribute, else the login attribute's stored value.
-                upn: first(&self.config.upn_attribute)
-                    .or_else(|| first(&self.config.login_attribute))
-                    .unwrap_or_else(|| login.to_owned()),
-                display_name: first(&self.config.display_name_attribute)
-                    .or_else(|| first("cn"))
-                    .unwrap_or_default(),
-                mail: first(&self.config.mail_attribute).unwrap_or_default(),
-                object_id: first(&self.config.id_attribute).unwrap_or_default(),
-                dn: entry.dn.clone(),
-                groups,
-            }))
+            self.on_any_server(|server| async move {
+                self.authenticate_on(&server, login, password).await
+            })
+            .await
         })
     }
 
@@ -739,37 +879,25 @@ impl Directory for LdapDirectory {
 
     fn lockout_policy(&self) -> PolicyFuture<'_> {
         Box::pin(async move {
-            let base = match &self.config.lockout_policy_base_dn {
-                Some(base) => base.clone(),
-                None => self.policy_base().await?,
-            };
-            let attributes: Vec<String> = lockout_policy::POLICY_ATTRIBUTES
-                .iter()
-                .map(|a| (*a).to_owned())
-                .collect();
-            let (entries, status) = self
-                .search(
-                    &base,
-                    Scope::Subtree,
-                    lockout_policy::POLICY_FILTER,
-                    &attributes,
-                )
-                .await?;
-            // `search` has turned every other result code into an error: a policy that cannot
-            // be read keeps the last value read (see the agent).
-            debug_assert!(matches!(status.rc, 0 | 10), "rc {}", status.rc);
-            let entries: Vec<SearchEntry> =
-                entries.into_iter().map(SearchEntry::construct).collect();
-            Ok(lockout_policy::from_entries(
-                entries.iter().map(|e| &e.attrs),
-            ))
+            self.on_any_server(|server| async move { self.lockout_policy_on(&server).await })
+                .await
         })
+    }
+
+    fn health(&self) -> DirectoryHealth {
+        let (up, total) = self.servers.health();
+        DirectoryHealth {
+            servers_up: up,
+            servers_total: total,
+        }
     }
 
     fn describe(&self) -> String {
         format!(
             "ldap {} base={} login_attribute={}",
-            self.config.url, self.config.base_dn, self.config.login_attribute
+            self.servers.urls().join(" "),
+            self.config.base_dn,
+            self.config.login_attribute
         )
     }
 }
@@ -927,25 +1055,10 @@ impl FailedBindTimes {
     }
 }
 
-fn is_connection_error(err: &LdapError) -> bool {
-    matches!(
-        err,
-        LdapError::Io { .. }
-            | LdapError::OpSend { .. }
-            | LdapError::ResultRecv { .. }
-            | LdapError::IdScrubSend { .. }
-            | LdapError::EndOfStream
-    )
-}
-
-fn unavailable(what: &str, err: &LdapError) -> DirectoryError {
-    DirectoryError::Unavailable(format!("{what}: {err}"))
-}
-
 impl std::fmt::Debug for LdapDirectory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LdapDirectory")
-            .field("url", &self.config.url)
+            .field("urls", &self.servers.urls())
             .field("bind_password", &"[redacted]")
             .finish()
     }
@@ -992,8 +1105,34 @@ mod tests {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         let directory = LdapDirectory::new(config).unwrap();
         assert_eq!(
-            directory.bind_password.as_ref().unwrap().expose(),
+            directory
+                .servers
+                .connector
+                .bind_password
+                .as_ref()
+                .unwrap()
+                .expose(),
             b"service-secret"
+        );
+    }
+
+    #[test]
+    fn name_forms_are_looked_up_by_their_attribute() {
+        let config = LdapConfig {
+            login_attribute: "mail".into(),
+            short_name_attribute: "uid".into(),
+            ..LdapConfig::new("ldaps://dc1", "dc=corp")
+        };
+        assert_eq!(
+            config.lookup("a@corp.example.com"),
+            ("mail", "a@corp.example.com")
+        );
+        assert_eq!(config.lookup("CORP\\alice"), ("uid", "alice"));
+        assert_eq!(config.lookup("alice"), ("uid", "alice"));
+        assert_eq!(
+            config.lookup("a\\b@corp.example.com"),
+            ("mail", "a\\b@corp.example.com"),
+            "an @ makes a UPN, as the gateway reads it"
         );
     }
 

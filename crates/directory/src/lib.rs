@@ -13,6 +13,7 @@ pub mod dn;
 pub mod groups;
 pub mod ldap;
 pub mod lockout_policy;
+mod servers;
 pub mod static_file;
 
 use std::{future::Future, pin::Pin};
@@ -81,9 +82,22 @@ pub enum DirectoryError {
     /// The server is unreachable, timed out, or answered with a server-side error.
     #[error("directory unavailable: {0}")]
     Unavailable(String),
+    /// No server could be reached: connections refused, closed or timed out (with several
+    /// servers, after trying each).
+    #[error("directory unreachable: {0}")]
+    Unreachable(String),
     /// The configuration does not work (bad service-account credentials, bad base DN, ...).
     #[error("directory misconfigured: {0}")]
     Misconfigured(String),
+}
+
+/// How many of a directory's servers are reachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DirectoryHealth {
+    /// Servers believed up.
+    pub servers_up: u32,
+    /// Servers configured.
+    pub servers_total: u32,
 }
 
 /// The future a [`Directory`] returns.
@@ -109,6 +123,15 @@ pub trait Directory: Send + Sync + 'static {
     /// the gateway can stay below it; `None` when accounts are never locked.
     fn lockout_policy(&self) -> PolicyFuture<'_> {
         Box::pin(async { Ok(None) })
+    }
+
+    /// How many of the directory's servers are reachable, as last seen (for the heartbeat:
+    /// the dispatcher prefers agents whose directory answers).
+    fn health(&self) -> DirectoryHealth {
+        DirectoryHealth {
+            servers_up: 1,
+            servers_total: 1,
+        }
     }
 
     /// A one-line description for logs (never contains secrets).

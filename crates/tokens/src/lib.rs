@@ -111,8 +111,13 @@ pub struct Claims {
     pub scope: Option<String>,
     /// Tenant.
     pub tid: String,
-    /// userPrincipalName.
+    /// userPrincipalName, as the directory spells it.
     pub upn: String,
+    /// The name the user signed in with (OpenID Connect's `preferred_username`): the cloud
+    /// username, which may differ from the on-premises `upn` (an alternate login ID, a
+    /// `DOMAIN\user` name).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub preferred_username: String,
     /// Display name.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub name: String,
@@ -185,6 +190,8 @@ pub struct Subject {
     pub tenant: String,
     /// userPrincipalName.
     pub upn: String,
+    /// The name typed at sign-in (may differ from `upn`).
+    pub preferred_username: String,
     /// Display name.
     pub name: String,
     /// E-mail address.
@@ -342,10 +349,10 @@ impl TokenIssuer {
         // Profile and e-mail claims only for the scopes that ask for them (OpenID Connect
         // Core §5.4); the gRPC API's default scope has both.
         let granted = |wanted: &str| scope.split(' ').any(|s| s == wanted);
-        let name = if granted("profile") {
-            subject.name.clone()
+        let (name, preferred_username) = if granted("profile") {
+            (subject.name.clone(), subject.preferred_username.clone())
         } else {
-            String::new()
+            (String::new(), String::new())
         };
         let email = if granted("email") {
             subject.email.clone()
@@ -369,6 +376,7 @@ impl TokenIssuer {
             scope: None,
             tid: subject.tenant.clone(),
             upn: subject.upn.clone(),
+            preferred_username,
             name,
             email,
             groups: subject.groups.clone(),
@@ -585,6 +593,7 @@ mod tests {
             sub: "3f2a".into(),
             tenant: "default".into(),
             upn: "alice@corp.example.com".into(),
+            preferred_username: "alice@mail.example.com".into(),
             name: "Alice".into(),
             email: "alice@corp.example.com".into(),
             groups: vec!["staff".into()],
@@ -609,6 +618,10 @@ mod tests {
             let claims =
                 verify_token(token, typ, &jwks, "https://login.example.com", "app-1").unwrap();
             assert_eq!(claims.upn, "alice@corp.example.com");
+            assert_eq!(
+                claims.preferred_username, "alice@mail.example.com",
+                "both the on-premises UPN and the name signed in with"
+            );
             assert_eq!(claims.aud, "app-1");
             assert_eq!(claims.sub, "3f2a");
             assert_eq!(claims.exp - claims.iat, 3600);

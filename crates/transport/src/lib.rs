@@ -5,6 +5,7 @@
 //! start. Every gRPC server also serves `grpc.health.v1` and server reflection, so `grpcurl`
 //! and Kubernetes probes work out of the box.
 
+pub mod client_tls;
 pub mod proxy;
 pub mod tls;
 

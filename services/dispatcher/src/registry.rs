@@ -64,6 +64,9 @@ pub struct AgentConnection {
     /// The directory lockout policy last reported: threshold in the high half, window in the
     /// low half, so the two are always read together.
     directory_lockout: AtomicU64,
+    /// Directory servers answering (high half) of those configured (low half), as last
+    /// reported; 0 of 0 until a heartbeat says.
+    directory_health: AtomicU64,
     draining: AtomicBool,
     closed: AtomicBool,
     last_seen: Mutex<Instant>,
@@ -116,6 +119,7 @@ impl AgentConnection {
             next_request_id: AtomicU64::new(1),
             in_flight: AtomicU32::new(0),
             directory_lockout: AtomicU64::new(u64::from(threshold) << 32 | u64::from(window)),
+            directory_health: AtomicU64::new(0),
             draining: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             last_seen: Mutex::new(Instant::now()),
@@ -134,6 +138,22 @@ impl AgentConnection {
             u64::from(threshold) << 32 | u64::from(window_s),
             Ordering::Relaxed,
         );
+    }
+
+    /// Records the directory health a heartbeat reported.
+    pub fn set_directory_health(&self, servers_up: u32, servers_total: u32) {
+        self.directory_health.store(
+            u64::from(servers_up) << 32 | u64::from(servers_total),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Whether the agent's directory answers, as last reported (assumed until a heartbeat
+    /// says none of its servers does).
+    pub fn directory_reachable(&self) -> bool {
+        let packed = self.directory_health.load(Ordering::Relaxed);
+        let (up, total) = ((packed >> 32) as u32, packed as u32);
+        total == 0 || up > 0
     }
 
     /// Validations sent and not yet answered.

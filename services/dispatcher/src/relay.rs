@@ -131,8 +131,9 @@ impl RelayService {
         started: tokio::time::Instant,
         deadline: tokio::time::Instant,
     ) -> Result<Response<ValidateResponse>, Status> {
-        // Live candidates of the right tenant and group, least loaded first (power of two
-        // choices: the gateway picked two at random, we take the less busy one).
+        // Live candidates of the right tenant and group: those whose directory answers first,
+        // then least loaded (power of two choices: the gateway picked two at random, we take
+        // the less busy one).
         let mut candidates: Vec<(Arc<AgentConnection>, Vec<u8>)> = request
             .candidates
             .into_iter()
@@ -148,7 +149,7 @@ impl RelayService {
             tracing::warn!(connector_group = %request.connector_group, "no candidate agent is connected here");
             return Err(ErrorCode::NoAgentAvailable.public_status());
         }
-        candidates.sort_by_key(|(c, _)| (c.is_full(), c.in_flight()));
+        candidates.sort_by_key(|(c, _)| (!c.directory_reachable(), c.is_full(), c.in_flight()));
 
         let single_bind = request.single_bind;
         let mut lost = 0u32;
@@ -335,6 +336,7 @@ impl Dispatcher for RelayService {
                     hybrid_public_key: c.identity.hybrid_public_key.clone(),
                     directory_lockout_threshold: threshold,
                     directory_lockout_window_s: window_s,
+                    directory_unreachable: !c.directory_reachable(),
                 }
             })
             .collect();

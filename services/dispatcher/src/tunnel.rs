@@ -460,6 +460,10 @@ impl AgentTunnel for TunnelService {
                                     beat.directory_lockout_threshold,
                                     beat.directory_lockout_window_s,
                                 );
+                                connection.set_directory_health(
+                                    beat.directory_servers_up,
+                                    beat.directory_servers_total,
+                                );
                             }
                             Some(connect_request::Message::Renew(request)) => {
                                 let trust = trust.clone();

@@ -187,6 +187,7 @@ impl PendingSignIn {
             sub: self.sub.clone(),
             tenant: tenant.to_owned(),
             upn: self.upn.clone(),
+            preferred_username: self.username.clone(),
             name: self.name.clone(),
             email: self.email.clone(),
             groups: self.groups.clone(),

@@ -21,6 +21,8 @@ pub struct AgentSealingKey {
     pub key: SealingKey,
     /// The directory lockout policy it read (none: the directory locks no one, or unknown).
     pub directory_lockout: Option<DirectoryPolicy>,
+    /// Whether its directory answers, as its last heartbeat said.
+    pub directory_reachable: bool,
 }
 
 /// What makes a key trustworthy: a certificate from the tenant CA that the store says still
@@ -235,6 +237,7 @@ impl KeySetCache {
                             },
                         },
                     ),
+                    directory_reachable: !k.directory_unreachable,
                 })),
                 Err(err) => {
                     tracing::warn!(agent_id = %k.agent_id, error = %err, "ignoring unusable agent key");
@@ -256,6 +259,17 @@ impl KeySetCache {
         *lock(&entry.cached) = Some((Instant::now(), Arc::clone(&keys)));
         Ok(keys)
     }
+}
+
+/// Up to two distinct random entries of `keys`, taken from those `preferred` says first: two
+/// preferred ones when there are, else every preferred one and random others.
+pub fn pick_two_preferring<T: Clone>(keys: &[T], preferred: impl Fn(&T) -> bool) -> Vec<T> {
+    let (first, rest): (Vec<T>, Vec<T>) = keys.iter().cloned().partition(|k| preferred(k));
+    let mut picked = pick_two(&first);
+    if picked.len() < 2 {
+        picked.extend(pick_two(&rest).into_iter().take(2 - picked.len()));
+    }
+    picked
 }
 
 /// Up to two distinct random entries of `keys`.
@@ -332,6 +346,7 @@ mod tests {
             hybrid_public_key: hybrid_public,
             directory_lockout_threshold: 0,
             directory_lockout_window_s: 0,
+            directory_unreachable: false,
         };
         (offered, record)
     }
@@ -453,5 +468,24 @@ mod tests {
             seen.extend(picked);
         }
         assert_eq!(seen.len(), 4, "every agent is picked sometimes");
+    }
+
+    #[test]
+    fn agents_whose_directory_answers_are_picked_first() {
+        let even = |n: &u8| n.is_multiple_of(2);
+        for _ in 0..200 {
+            let picked = pick_two_preferring(&[1, 2, 3, 4, 5], even);
+            assert!(picked.iter().all(even), "{picked:?}");
+            assert_eq!(picked.len(), 2);
+            let one = pick_two_preferring(&[1, 2, 3], even);
+            assert_eq!(one.len(), 2);
+            assert_eq!(one[0], 2, "the one preferred, then another");
+            assert_ne!(one[1], 2);
+        }
+        assert_eq!(
+            pick_two_preferring(&[1, 3], even).len(),
+            2,
+            "none preferred: any two"
+        );
     }
 }

@@ -16,6 +16,7 @@ pub mod http;
 pub mod keyset;
 pub mod oidc;
 pub mod readiness;
+pub mod routing;
 pub mod signin;
 pub mod signin_log;
 pub mod signing_keys;
@@ -62,10 +63,14 @@ pub struct GatewayConfig {
     /// Tenant of every sign-in at this gateway.
     #[serde(default = "default_tenant")]
     pub tenant: String,
-    /// Which connector group serves which username domains. Without any, the domain itself
-    /// (lower-cased) names the group.
+    /// Which connector group serves which username domains (exact, or `*.suffix`) and NetBIOS
+    /// domains (`CORP\user`). Without any, the domain itself (lower-cased) names the group.
     #[serde(default)]
     pub connector_groups: Vec<ConnectorGroupRoute>,
+    /// The connector group where bare usernames (no `@domain`, no `DOMAIN\`) are looked up;
+    /// without it they are refused (`PSG50034`).
+    #[serde(default)]
+    pub default_connector_group: Option<String>,
     /// Applications allowed to sign users in; tokens are issued with the client id as audience.
     #[serde(default)]
     pub clients: Vec<ClientRegistration>,
@@ -209,8 +214,13 @@ fn default_readiness_interval_ms() -> u64 {
 pub struct ConnectorGroupRoute {
     /// The group's name, as agents announce it.
     pub name: String,
-    /// Username suffixes (after `@`), matched case-insensitively.
+    /// Username suffixes (after `@`), matched case-insensitively: a domain, or `*.domain` for
+    /// every subdomain of it.
+    #[serde(default)]
     pub domains: Vec<String>,
+    /// NetBIOS domain names (`CORP` for `CORP\alice`), matched case-insensitively.
+    #[serde(default)]
+    pub netbios_names: Vec<String>,
 }
 
 /// An application allowed to sign users in.
@@ -305,6 +315,7 @@ impl GatewayConfig {
             tls: None,
             tenant: default_tenant(),
             connector_groups: Vec::new(),
+            default_connector_group: None,
             clients: Vec::new(),
             signing_key_file,
             token_lifetime_s: default_token_lifetime_s(),
@@ -389,6 +400,11 @@ pub async fn bind(config: GatewayConfig) -> Result<BoundGateway, GatewayError> {
     if config.tenant.is_empty() {
         return Err(GatewayError::Config("tenant must not be empty".into()));
     }
+    routing::Routes::new(
+        &config.connector_groups,
+        config.default_connector_group.as_deref(),
+    )
+    .map_err(|e| GatewayError::Config(format!("connector_groups: {e}")))?;
     if config.envelope_lifetime_s == 0 || config.envelope_lifetime_s > 300 {
         return Err(GatewayError::Config(
             "envelope_lifetime_s must be 1 to 300".into(),

@@ -66,6 +66,9 @@ const FORM_LIFETIME_S: u64 = 3600;
 struct GrantRecord {
     sub: String,
     upn: String,
+    /// The name typed at sign-in (grants stored before it was kept have none).
+    #[serde(default)]
+    preferred_username: String,
     name: String,
     email: String,
     groups: Vec<String>,
@@ -92,6 +95,7 @@ impl GrantRecord {
         Self {
             sub: granted.subject.sub,
             upn: granted.subject.upn,
+            preferred_username: granted.subject.preferred_username,
             name: granted.subject.name,
             email: granted.subject.email,
             groups: granted.subject.groups,
@@ -113,6 +117,7 @@ impl GrantRecord {
             sub: self.sub.clone(),
             tenant: tenant.to_owned(),
             upn: self.upn.clone(),
+            preferred_username: self.preferred_username.clone(),
             name: self.name.clone(),
             email: self.email.clone(),
             groups: self.groups.clone(),
@@ -331,7 +336,7 @@ async fn authorize_submit(
         )
         .await;
     match signed {
-        Ok(Signed::Granted(granted)) => provider.redirect_with_code(&request, granted).await,
+        Ok(Signed::Granted(granted)) => provider.redirect_with_code(&request, *granted).await,
         Ok(Signed::Challenge { handle, .. }) => {
             provider.mfa_page(&request, strings, &csrf_token, &handle, None)
         }

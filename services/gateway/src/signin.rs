@@ -31,9 +31,10 @@ use tonic::{Request, Response, Status, transport::Channel};
 use tracing::Instrument;
 
 use crate::{
-    ClientRegistration, ConnectorGroupRoute, GatewayConfig,
+    ClientRegistration, GatewayConfig,
     access::{Enrolled, MfaFailure, PendingSignIn, Policies, SecondFactor},
-    keyset::{KeySetCache, pick_two},
+    keyset::{KeySetCache, pick_two_preferring},
+    routing::Routes,
 };
 
 /// The `Gateway` service.
@@ -45,7 +46,7 @@ pub struct SignInService {
     keys: Arc<KeySetCache>,
     issuer: Arc<TokenIssuer>,
     tenant: String,
-    routes: Vec<ConnectorGroupRoute>,
+    routes: Routes,
     clients: Vec<ClientRegistration>,
     envelope_lifetime: Duration,
     validation_timeout: Duration,
@@ -66,7 +67,7 @@ struct CheckedRequest {
 /// once; the browser flow (see [`crate::oidc`]) into an authorization code first.
 pub enum Signed {
     /// Tokens may be issued.
-    Granted(Granted),
+    Granted(Box<Granted>),
     /// A second factor stands before the tokens: the opaque challenge handle.
     Challenge {
         /// What the client answers with its code.
@@ -299,7 +300,12 @@ impl SignInService {
             keys,
             issuer,
             tenant: config.tenant.clone(),
-            routes: config.connector_groups.clone(),
+            // Checked when the configuration was loaded.
+            routes: Routes::new(
+                &config.connector_groups,
+                config.default_connector_group.as_deref(),
+            )
+            .unwrap_or_default(),
             clients: config.clients.clone(),
             envelope_lifetime: Duration::from_secs(config.envelope_lifetime_s),
             validation_timeout: Duration::from_millis(config.validation_timeout_ms),
@@ -377,22 +383,11 @@ impl SignInService {
         }
     }
 
-    /// The connector group serving `username`'s domain.
+    /// The connector group serving `username` ([`Routes`]).
     fn route(&self, username: &Username) -> Result<String, SignInError> {
-        let domain = username.domain();
-        if self.routes.is_empty() {
-            return Ok(domain);
-        }
         self.routes
-            .iter()
-            .find(|route| {
-                route
-                    .domains
-                    .iter()
-                    .any(|d| d.eq_ignore_ascii_case(&domain))
-            })
-            .map(|route| route.name.clone())
-            .ok_or(SignInError::UnknownDomain(domain))
+            .group_for(username)
+            .map_err(|unrouted| SignInError::UnknownDomain(unrouted.0))
     }
 
     /// Seals to two random agents and asks the dispatcher; on a failure that a fresh key set
@@ -480,7 +475,7 @@ impl SignInService {
         // Each candidate's answer key stays here: only the agent that opens its envelope can
         // answer in a way that opens with it.
         let mut sealed_for = Vec::with_capacity(2);
-        let candidates = pick_two(keys)
+        let candidates = pick_two_preferring(keys, |agent| agent.directory_reachable)
             .into_iter()
             .map(|agent| {
                 let sealed = agent
@@ -953,6 +948,7 @@ impl SignInService {
             } else {
                 user.upn
             },
+            preferred_username: request.username.to_string(),
             name: user.display_name,
             email: user.mail,
             groups: user.groups,
@@ -1069,7 +1065,7 @@ impl SignInService {
             Grant::Block => Err(SignInError::BlockedByPolicy(
                 evaluation.deciding_policies.join(", "),
             )),
-            Grant::Allow => Ok(Signed::Granted(Granted {
+            Grant::Allow => Ok(Signed::Granted(Box::new(Granted {
                 subject,
                 how: Authentication {
                     lifetime,
@@ -1077,7 +1073,7 @@ impl SignInService {
                 },
                 auth_time: now,
                 client_id: request.client_id.clone(),
-            })),
+            }))),
             Grant::RequireMfa => {
                 let Some(mfa) = &self.second_factor else {
                     // Refused at start: policies that can require MFA need the store.
@@ -1127,7 +1123,7 @@ impl SignInService {
                                 .is_some_and(|ip| policies.is_trusted_network(ip)) =>
                     {
                         entry.mfa = "not_enrolled_trusted_network".into();
-                        Ok(Signed::Granted(Granted {
+                        Ok(Signed::Granted(Box::new(Granted {
                             subject,
                             how: Authentication {
                                 lifetime,
@@ -1135,7 +1131,7 @@ impl SignInService {
                             },
                             auth_time: now,
                             client_id: request.client_id.clone(),
-                        }))
+                        })))
                     }
                     Enrolled::No => {
                         entry.mfa = "not_enrolled".into();

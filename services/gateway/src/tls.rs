@@ -6,11 +6,7 @@ use std::{net::SocketAddr, path::Path, sync::Arc};
 use tokio::net::TcpListener;
 use tokio_rustls::{
     TlsConnector,
-    rustls::{
-        ClientConfig, RootCertStore, ServerConfig,
-        crypto::aws_lc_rs::default_provider,
-        pki_types::{CertificateDer, ServerName, pem::PemObject},
-    },
+    rustls::{ServerConfig, pki_types::ServerName},
     server::TlsStream,
 };
 
@@ -49,29 +45,9 @@ impl axum::serve::Listener for TlsListener {
 
 /// A TLS connector trusting `ca_file` (PEM) if given, else the system's roots.
 pub fn connector(ca_file: Option<&Path>) -> Result<TlsConnector, String> {
-    let mut roots = RootCertStore::empty();
-    match ca_file {
-        Some(path) => {
-            for cert in CertificateDer::pem_file_iter(path)
-                .map_err(|e| format!("{}: {e}", path.display()))?
-            {
-                roots
-                    .add(cert.map_err(|e| format!("{}: {e}", path.display()))?)
-                    .map_err(|e| e.to_string())?;
-            }
-        }
-        None => {
-            for cert in rustls_native_certs::load_native_certs().certs {
-                let _ = roots.add(cert);
-            }
-        }
-    }
-    let config = ClientConfig::builder_with_provider(Arc::new(default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(TlsConnector::from(Arc::new(config)))
+    passage_transport::client_tls::client_config(ca_file, &[])
+        .map(TlsConnector::from)
+        .map_err(|e| e.to_string())
 }
 
 /// The name to check the server certificate against.

@@ -1,0 +1,246 @@
+//! Several directory servers behind one connector (domain controllers, or OpenLDAP replicas
+//! holding the same data), and failing over between them.
+//!
+//! Operations go to the first server in the configured order that is up. A server that cannot
+//! be reached — the connection refused, closed or timed out — is marked down, its pooled
+//! connections are dropped, and the operation is tried again on the next server; a background
+//! probe connects to it every `probe_interval_ms` and marks it up once it answers a service
+//! bind. Meanwhile it is skipped — unless every server is down, when all are tried in order
+//! (the probe may not have noticed a recovery yet). A server that *answers* (a wrong password,
+//! a search error) is not failed over: its answer stands.
+//!
+//! A bind interrupted by a server failure is retried on the next server, so a wrong password
+//! may reach two servers. AD counts failures per domain controller and forwards them to the
+//! PDC emulator, ppolicy counts per replica: either way one wrong attempt can count at most
+//! twice, and smart lockout keeps two failures of room below the directory's threshold.
+
+use std::{
+    sync::{
+        Arc, Mutex, Weak,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, LdapError};
+use passage_credentials::Secret;
+
+use crate::DirectoryError;
+
+/// How connections are opened and bound as the service account: shared by every server and by
+/// the background probes.
+pub(crate) struct Connector {
+    pub timeout: Duration,
+    pub starttls: bool,
+    pub no_tls_verify: bool,
+    pub tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
+    pub bind_dn: Option<String>,
+    pub bind_password: Option<Secret>,
+}
+
+impl Connector {
+    /// A new connection to `url`; any failure is [`DirectoryError::Unreachable`].
+    pub async fn connect(&self, url: &str) -> Result<Ldap, DirectoryError> {
+        let mut settings = LdapConnSettings::new()
+            .set_conn_timeout(self.timeout)
+            .set_starttls(self.starttls)
+            .set_no_tls_verify(self.no_tls_verify);
+        if let Some(tls) = &self.tls {
+            settings = settings.set_config(Arc::clone(tls));
+        }
+        let (conn, ldap) = LdapConnAsync::with_settings(settings, url)
+            .await
+            .map_err(|err| DirectoryError::Unreachable(format!("connect to {url}: {err}")))?;
+        tokio::spawn(async move {
+            if let Err(err) = conn.drive().await {
+                tracing::debug!(error = %err, "LDAP connection closed");
+            }
+        });
+        Ok(ldap)
+    }
+
+    /// Binds `ldap` as the service account (nothing to do for anonymous searches).
+    pub async fn service_bind(&self, ldap: &mut Ldap) -> Result<(), DirectoryError> {
+        let Some(dn) = &self.bind_dn else {
+            return Ok(());
+        };
+        let password = self
+            .bind_password
+            .as_ref()
+            .map(|s| String::from_utf8_lossy(s.expose()).into_owned())
+            .unwrap_or_default();
+        if password.is_empty() {
+            return Err(DirectoryError::Misconfigured(
+                "bind_dn is set but no bind password is configured".into(),
+            ));
+        }
+        let result = ldap
+            .with_timeout(self.timeout)
+            .simple_bind(dn, &password)
+            .await
+            .map_err(|err| failure("service bind", &err))?;
+        match result.rc {
+            0 => Ok(()),
+            49 => Err(DirectoryError::Misconfigured(
+                "the service account's credentials were refused".into(),
+            )),
+            rc => Err(DirectoryError::Unavailable(format!(
+                "service bind answered rc={rc}: {}",
+                result.text
+            ))),
+        }
+    }
+}
+
+/// One server: its pooled connections and whether it is up.
+pub(crate) struct Server {
+    pub url: String,
+    /// Connections bound as the service account, each multiplexing searches.
+    pub search_slots: Vec<tokio::sync::Mutex<Option<Ldap>>>,
+    pub next_search: AtomicUsize,
+    /// Connections for user binds, each carrying one bind at a time.
+    pub idle_binds: Mutex<Vec<Ldap>>,
+    down: AtomicBool,
+    probing: AtomicBool,
+}
+
+impl Server {
+    fn new(url: String, search_connections: usize) -> Self {
+        Self {
+            url,
+            search_slots: (0..search_connections)
+                .map(|_| tokio::sync::Mutex::new(None))
+                .collect(),
+            next_search: AtomicUsize::new(0),
+            idle_binds: Mutex::new(Vec::new()),
+            down: AtomicBool::new(false),
+            probing: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether the server is believed reachable.
+    pub fn is_up(&self) -> bool {
+        !self.down.load(Ordering::Relaxed)
+    }
+}
+
+/// The servers of one connector, in the configured order.
+pub(crate) struct Servers {
+    list: Vec<Arc<Server>>,
+    pub connector: Arc<Connector>,
+    probe_interval: Duration,
+}
+
+impl Servers {
+    pub fn new(
+        urls: &[String],
+        search_connections: usize,
+        connector: Connector,
+        probe_interval: Duration,
+    ) -> Self {
+        Self {
+            list: urls
+                .iter()
+                .map(|url| Arc::new(Server::new(url.clone(), search_connections)))
+                .collect(),
+            connector: Arc::new(connector),
+            probe_interval,
+        }
+    }
+
+    /// The servers to try, in order: those up first (configured order), then those down.
+    pub fn in_order(&self) -> Vec<Arc<Server>> {
+        let (up, down): (Vec<_>, Vec<_>) = self.list.iter().cloned().partition(|s| s.is_up());
+        up.into_iter().chain(down).collect()
+    }
+
+    /// How many servers are up, of how many.
+    pub fn health(&self) -> (u32, u32) {
+        let up = self.list.iter().filter(|s| s.is_up()).count();
+        (up as u32, self.list.len() as u32)
+    }
+
+    /// The URLs, for logs.
+    pub fn urls(&self) -> Vec<&str> {
+        self.list.iter().map(|s| s.url.as_str()).collect()
+    }
+
+    /// `server` could not be reached: mark it down, drop its pooled connections, and have a
+    /// background task probe it until it answers again.
+    pub fn failed(&self, server: &Arc<Server>, why: &str) {
+        if !server.down.swap(true, Ordering::Relaxed) {
+            tracing::warn!(url = %server.url, error = %why, "directory server unreachable: marked down, failing over");
+        }
+        server
+            .idle_binds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        for slot in &server.search_slots {
+            if let Ok(mut cached) = slot.try_lock() {
+                *cached = None;
+            }
+        }
+        if !server.probing.swap(true, Ordering::Relaxed) {
+            tokio::spawn(probe(
+                Arc::downgrade(server),
+                Arc::clone(&self.connector),
+                self.probe_interval,
+            ));
+        }
+    }
+}
+
+/// Connects to the server every `interval` until a service bind succeeds, then marks it up.
+/// Ends when the directory is dropped.
+async fn probe(server: Weak<Server>, connector: Arc<Connector>, interval: Duration) {
+    loop {
+        tokio::time::sleep(interval).await;
+        let Some(server) = server.upgrade() else {
+            return;
+        };
+        let answer = match connector.connect(&server.url).await {
+            Ok(mut ldap) => {
+                let bound = connector.service_bind(&mut ldap).await;
+                let _ = ldap.unbind().await;
+                bound
+            }
+            Err(err) => Err(err),
+        };
+        match answer {
+            // A refused service bind is an answer: the server is up (and misconfigured, which
+            // the next operation will report).
+            Ok(()) | Err(DirectoryError::Misconfigured(_)) => {
+                server.down.store(false, Ordering::Relaxed);
+                server.probing.store(false, Ordering::Relaxed);
+                tracing::info!(url = %server.url, "directory server answers again: marked up");
+                return;
+            }
+            Err(err) => {
+                tracing::debug!(url = %server.url, error = %err, "directory server still down")
+            }
+        }
+    }
+}
+
+/// An operation's failure: [`DirectoryError::Unreachable`] when the connection failed (closed,
+/// reset, timed out: another server may answer), else [`DirectoryError::Unavailable`].
+pub(crate) fn failure(what: &str, err: &LdapError) -> DirectoryError {
+    match is_connection_error(err) || matches!(err, LdapError::Timeout { .. }) {
+        true => DirectoryError::Unreachable(format!("{what}: {err}")),
+        false => DirectoryError::Unavailable(format!("{what}: {err}")),
+    }
+}
+
+/// Whether the connection itself failed (closed, reset, not sent): a pooled connection that
+/// died, or a server that went away.
+pub(crate) fn is_connection_error(err: &LdapError) -> bool {
+    matches!(
+        err,
+        LdapError::Io { .. }
+            | LdapError::OpSend { .. }
+            | LdapError::ResultRecv { .. }
+            | LdapError::IdScrubSend { .. }
+            | LdapError::EndOfStream
+    )
+}
