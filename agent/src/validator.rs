@@ -287,6 +287,7 @@ fn verdict_message(verdict: Verdict) -> SealedVerdict {
                 display_name: info.display_name,
                 mail: info.mail,
                 groups: info.groups,
+                password_expires_in_s: info.password_expires_in_s.unwrap_or(0),
             }),
         ),
         Verdict::InvalidCredentials => (ValidationOutcome::InvalidCredentials, None),

@@ -451,3 +451,164 @@ async fn each_forest_signs_in_through_its_own_agents_only() {
     }
     assert!(!cluster.slapd.log().contains("carol") && !fabrikam_slapd.log().contains("carol"));
 }
+
+/// Adds a password policy `cn=<name>,ou=policies` with `attributes` (LDIF lines) and puts
+/// `users` under it.
+fn policy(slapd: &Slapd, name: &str, attributes: &str, users: &[&TestUser]) {
+    let dn = format!("cn={name},ou=policies,{}", passage_tests::slapd::BASE_DN);
+    let mut ldif = format!(
+        "dn: {dn}\nchangetype: add\nobjectClass: pwdPolicy\nobjectClass: person\ncn: {name}\nsn: {name}\n\
+         pwdAttribute: userPassword\n{attributes}\n"
+    );
+    for user in users {
+        ldif.push_str(&format!(
+            "dn: {}\nchangetype: modify\nreplace: pwdPolicySubentry\npwdPolicySubentry: {dn}\n\n",
+            user.dn()
+        ));
+    }
+    slapd.modify(&ldif);
+}
+
+/// Every account state the ppolicy overlay can produce, produced for real and told apart —
+/// and none of them told to someone with a wrong password, except a lockout (the directory
+/// says "locked" whatever the password).
+#[tokio::test(flavor = "multi_thread")]
+async fn every_ppolicy_state_is_produced_for_real_and_told_apart() {
+    let user = |uid: &str| TestUser::new(uid, &format!("{uid}-Pass-7!"), &["staff"]);
+    let (ann, ben, cat, dan, eve, fay) = (
+        user("ann"),
+        user("ben"),
+        user("cat"),
+        user("dan"),
+        user("eve"),
+        user("fay"),
+    );
+    let slapd = Slapd::start(&[
+        ann.clone(),
+        ben.clone(),
+        cat.clone(),
+        dan.clone(),
+        eve.clone(),
+        fay.clone(),
+    ]);
+    // ben's password is long expired; cat's was reset by an administrator and must change;
+    // dan's expires in 30 days and the policy warns 30 days ahead.
+    policy(
+        &slapd,
+        "short",
+        "pwdMaxAge: 60\npwdGraceAuthNLimit: 0\n",
+        &[&ben],
+    );
+    slapd.modify(&format!(
+        "dn: {}\nchangetype: modify\nreplace: pwdChangedTime\npwdChangedTime: 20000101000000Z\n",
+        ben.dn()
+    ));
+    policy(&slapd, "reset", "pwdMustChange: TRUE\n", &[&cat]);
+    slapd.modify(&format!(
+        "dn: {}\nchangetype: modify\nreplace: pwdReset\npwdReset: TRUE\n",
+        cat.dn()
+    ));
+    policy(
+        &slapd,
+        "warned",
+        "pwdMaxAge: 2592000\npwdExpireWarning: 2592001\n",
+        &[&dan],
+    );
+    // An administrator sets dan's password again: the overlay records when.
+    slapd.modify(&format!(
+        "dn: {}\nchangetype: modify\nreplace: userPassword\nuserPassword: {}\n",
+        dan.dn(),
+        dan.password
+    ));
+    // eve is disabled by the organisation's attribute.
+    slapd.modify(&format!(
+        "dn: {}\nchangetype: modify\nreplace: employeeType\nemployeeType: disabled\n",
+        eve.dn()
+    ));
+    let directory = LdapDirectory::new(LdapConfig {
+        account_disabled_filter: Some("(employeeType=disabled)".into()),
+        ..config(&slapd.url())
+    })
+    .unwrap();
+    let try_as = |user: &TestUser, password: &str| {
+        let password = Password::new(password.to_owned()).unwrap();
+        let login = user.upn.clone();
+        let directory = &directory;
+        async move { directory.authenticate(&login, &password).await.unwrap() }
+    };
+
+    // ann fails five times (the default policy's pwdMaxFailure): locked, even with the
+    // right password.
+    for _ in 0..5 {
+        assert_eq!(
+            try_as(&ann, "wrong-Pass-1!").await,
+            Verdict::InvalidCredentials
+        );
+    }
+    assert_eq!(try_as(&ann, &ann.password).await, Verdict::AccountLocked);
+    assert_eq!(try_as(&ben, &ben.password).await, Verdict::PasswordExpired);
+    assert_eq!(
+        try_as(&cat, &cat.password).await,
+        Verdict::PasswordMustChange
+    );
+    assert_eq!(try_as(&eve, &eve.password).await, Verdict::AccountDisabled);
+    match try_as(&dan, &dan.password).await {
+        Verdict::Success(info) => {
+            let left = info.password_expires_in_s.expect("the warning");
+            assert!(
+                (2_591_000..=2_592_000).contains(&left),
+                "about 30 days: {left}"
+            );
+        }
+        other => panic!("dan signs in, warned: {other:?}"),
+    }
+    match try_as(&fay, &fay.password).await {
+        Verdict::Success(info) => assert_eq!(info.password_expires_in_s, None),
+        other => panic!("fay signs in: {other:?}"),
+    }
+    // With a wrong password, no state is told.
+    for user in [&ben, &cat, &dan, &eve, &fay] {
+        assert_eq!(
+            try_as(user, "wrong-Pass-1!").await,
+            Verdict::InvalidCredentials,
+            "{}",
+            user.uid
+        );
+    }
+    let nobody = TestUser::new("nobody", "whatever-Pass-1!", &[]);
+    assert_eq!(
+        try_as(&nobody, &nobody.password).await,
+        Verdict::InvalidCredentials
+    );
+}
+
+/// The directory's "expires soon" reaches the application: `pwd_exp` in the ID token.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_password_about_to_expire_is_told_in_the_id_token() {
+    let cluster = passage_tests::Cluster::start(passage_tests::ClusterOptions::default()).await;
+    let [alice, bob] = &passage_tests::slapd::default_users()[..] else {
+        unreachable!("two default users")
+    };
+    policy(
+        &cluster.slapd,
+        "warned",
+        "pwdMaxAge: 2592000\npwdExpireWarning: 2592001\n",
+        &[bob],
+    );
+    cluster.slapd.modify(&format!(
+        "dn: {}\nchangetype: modify\nreplace: userPassword\nuserPassword: {}\n",
+        bob.dn(),
+        bob.password
+    ));
+    let claims = |token: &str| {
+        jsonwebtoken::dangerous::insecure_decode_claims::<serde_json::Value>(token).unwrap()
+    };
+    let warned = cluster.sign_in(&bob.upn, &bob.password).await.unwrap();
+    let pwd_exp = claims(&warned.id_token)["pwd_exp"]
+        .as_u64()
+        .expect("pwd_exp");
+    assert!((2_591_000..=2_592_000).contains(&pwd_exp), "{pwd_exp}");
+    assert!(claims(&warned.access_token).get("pwd_exp").is_none());
+    let plain = cluster.sign_in(&alice.upn, &alice.password).await.unwrap();
+    assert!(claims(&plain.id_token).get("pwd_exp").is_none());
+}

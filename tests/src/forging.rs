@@ -70,6 +70,7 @@ impl Dispatcher for Liar {
                     display_name: "Forged".into(),
                     mail: "forged@corp.example.com".into(),
                     groups: vec!["admins".into()],
+                    password_expires_in_s: 0,
                 }),
                 agent_id: first_candidate,
                 sealed_answer: vec![0x5a; 96],

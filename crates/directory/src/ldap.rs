@@ -86,6 +86,12 @@ pub struct LdapConfig {
     /// OpenLDAP. The gateway routes such names by NetBIOS domain or to its default group.
     #[serde(default = "default_short_name_attribute")]
     pub short_name_attribute: String,
+    /// A filter that marks an account disabled (OpenLDAP has no such state of its own), e.g.
+    /// `(employeeType=disabled)` or `(nsAccountLock=TRUE)`: checked on the user's entry after
+    /// the password proved right, so a disabled account is never revealed to someone who
+    /// does not know its password. Active Directory reports disabled accounts itself.
+    #[serde(default)]
+    pub account_disabled_filter: Option<String>,
     /// Extra filter every user must match, ANDed with the login attribute.
     #[serde(default = "default_user_filter")]
     pub user_filter: String,
@@ -221,6 +227,7 @@ impl LdapConfig {
             bind_password_file: None,
             login_attribute: default_login_attribute(),
             short_name_attribute: default_short_name_attribute(),
+            account_disabled_filter: None,
             user_filter: default_user_filter(),
             upn_attribute: default_upn_attribute(),
             display_name_attribute: default_display_name_attribute(),
@@ -542,7 +549,7 @@ impl LdapDirectory {
             (None, _) => Ok(None),
             (Some(_), Some(_)) => {
                 tracing::warn!(
-                    attribute = %self.config.login_attribute,
+                    %attribute,
                     "login matches more than one directory entry; refusing"
                 );
                 Ok(None)
@@ -791,10 +798,20 @@ impl LdapDirectory {
         if answer == BindAnswer::Refused(Verdict::InvalidCredentials) {
             self.failed_binds.record(started.elapsed());
         }
-        match answer {
-            BindAnswer::Success => {}
+        let password_expires_in_s = match answer {
+            BindAnswer::Success(expires) => expires,
             BindAnswer::Refused(verdict) => return Ok(verdict),
             BindAnswer::ServerError(text) => return Err(DirectoryError::Unavailable(text)),
+        };
+        // Disabled by the attribute of the organisation's choice: told only now that the
+        // password is known to be right, so the answer does not reveal the account.
+        if let Some(filter) = &self.config.account_disabled_filter {
+            let (disabled, _) = self
+                .search(server, &entry.dn, Scope::Base, filter, &["1.1".to_owned()])
+                .await?;
+            if !disabled.is_empty() {
+                return Ok(Verdict::AccountDisabled);
+            }
         }
         let groups = self.groups_of(server, &entry).await?;
         let first = |attr: &str| {
@@ -823,6 +840,7 @@ impl LdapDirectory {
             object_id: first(&self.config.id_attribute).unwrap_or_default(),
             dn: entry.dn.clone(),
             groups,
+            password_expires_in_s,
         }))
     }
 
@@ -905,24 +923,25 @@ impl Directory for LdapDirectory {
 /// What a user bind said.
 #[derive(Debug, PartialEq, Eq)]
 enum BindAnswer {
-    Success,
+    /// The password is right; with the seconds until it expires when the server warned.
+    Success(Option<u64>),
     Refused(Verdict),
     ServerError(String),
 }
 
 impl BindAnswer {
     fn from_result(result: &ldap3::LdapResult) -> Self {
-        let ppolicy = result
+        let control = result
             .ctrls
             .iter()
             .find(|c| c.1.ctype == PPOLICY_OID)
-            .and_then(|c| c.1.val.as_deref())
-            .and_then(ppolicy_error);
+            .and_then(|c| c.1.val.as_deref());
+        let ppolicy = control.and_then(ppolicy_error);
         match result.rc {
             0 => match ppolicy {
                 // OpenLDAP with pwdMustChange lets the bind succeed but flags it.
                 Some(2) => BindAnswer::Refused(Verdict::PasswordMustChange),
-                _ => BindAnswer::Success,
+                _ => BindAnswer::Success(control.and_then(ppolicy_time_before_expiration)),
             },
             49 => BindAnswer::Refused(
                 ad_sub_code(&result.text)
@@ -972,6 +991,33 @@ pub fn ppolicy_error(value: &[u8]) -> Option<u8> {
         let (tag, content, next) = der_element(rest)?;
         if tag == 0x81 {
             return content.last().copied();
+        }
+        rest = next;
+    }
+    None
+}
+
+/// The `warning` field's `timeBeforeExpiration` of a ppolicy response control value:
+/// `SEQUENCE { warning [0] CHOICE { timeBeforeExpiration [0] INTEGER, graceAuthNsRemaining
+/// [1] INTEGER } OPTIONAL, ... }`, in seconds.
+pub fn ppolicy_time_before_expiration(value: &[u8]) -> Option<u64> {
+    let (tag, body, _) = der_element(value)?;
+    if tag != 0x30 {
+        return None;
+    }
+    let mut rest = body;
+    while !rest.is_empty() {
+        let (tag, content, next) = der_element(rest)?;
+        if tag == 0xa0 {
+            let (choice, seconds, _) = der_element(content)?;
+            if choice != 0x80 || seconds.is_empty() || seconds.len() > 8 {
+                return None;
+            }
+            return Some(
+                seconds
+                    .iter()
+                    .fold(0u64, |acc, b| (acc << 8) | u64::from(*b)),
+            );
         }
         rest = next;
     }
@@ -1172,6 +1218,24 @@ mod tests {
         // SEQUENCE { warning only }
         assert_eq!(
             ppolicy_error(&[0x30, 0x05, 0xa0, 0x03, 0x80, 0x01, 0x05]),
+            None
+        );
+        // SEQUENCE { warning [0] { timeBeforeExpiration [0] 86400 } }
+        assert_eq!(
+            ppolicy_time_before_expiration(&[0x30, 0x07, 0xa0, 0x05, 0x80, 0x03, 0x01, 0x51, 0x80]),
+            Some(86_400)
+        );
+        // A grace-login warning is not an expiry time; an error alone has none.
+        assert_eq!(
+            ppolicy_time_before_expiration(&[0x30, 0x05, 0xa0, 0x03, 0x81, 0x01, 0x02]),
+            None
+        );
+        assert_eq!(
+            ppolicy_time_before_expiration(&[0x30, 0x03, 0x81, 0x01, 0x01]),
+            None
+        );
+        assert_eq!(
+            ppolicy_time_before_expiration(&[0x30, 0x04, 0xa0, 0x02, 0x80]),
             None
         );
         assert_eq!(ppolicy_error(&[0x30, 0x05, 0x81]), None);

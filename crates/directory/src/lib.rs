@@ -40,6 +40,9 @@ pub struct UserInfo {
     pub mail: String,
     /// Group names.
     pub groups: Vec<String>,
+    /// Seconds until the password expires, when the directory warned at this sign-in
+    /// (ppolicy `timeBeforeExpiration`).
+    pub password_expires_in_s: Option<u64>,
 }
 
 /// The directory's answer about a username and password.

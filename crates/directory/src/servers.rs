@@ -11,8 +11,10 @@
 //!
 //! A bind interrupted by a server failure is retried on the next server, so a wrong password
 //! may reach two servers. AD counts failures per domain controller and forwards them to the
-//! PDC emulator, ppolicy counts per replica: either way one wrong attempt can count at most
-//! twice, and smart lockout keeps two failures of room below the directory's threshold.
+//! PDC emulator, ppolicy counts per replica: either way one wrong attempt can count twice in
+//! the directory while smart lockout counts it once — a limit written down in
+//! `docs/lockout.md`: when the user's own failures have used all the room below the
+//! directory's threshold, that one double count can reach it.
 
 use std::{
     sync::{

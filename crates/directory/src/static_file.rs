@@ -154,6 +154,7 @@ impl Directory for StaticDirectory {
                         display_name: user.display_name.clone(),
                         mail: user.mail.clone(),
                         groups: user.groups.clone(),
+                        password_expires_in_s: None,
                     }),
                     UserState::Locked => Verdict::AccountLocked,
                     UserState::Disabled => Verdict::AccountDisabled,

@@ -99,6 +99,27 @@ impl Limits {
         }
     }
 
+    /// The limits of one name form when `forms` name forms reach the same directory accounts
+    /// (`alice@corp.example.com`, `CORP\\alice` and a bare `alice` are counted apart: the
+    /// gateway cannot tell they are one account before the directory answers). The room below
+    /// the directory's threshold is shared among them, so that all together still stay below
+    /// it. Without a known directory policy there is no such room to share.
+    pub fn shared_by(self, forms: u32) -> Limits {
+        let Some(together) = self.together else {
+            return self;
+        };
+        if forms <= 1 {
+            return self;
+        }
+        let share = together / forms;
+        Limits {
+            familiar: self.familiar.min(share),
+            unfamiliar: self.unfamiliar.min(share / 2),
+            together: Some(share),
+            ..self
+        }
+    }
+
     /// Whether the directory's threshold is so low that these limits cannot stay below it.
     pub fn cannot_stay_below(directory: &DirectoryPolicy) -> bool {
         directory.threshold < 3
@@ -305,6 +326,28 @@ mod tests {
                 "{configured} {directory:?}"
             );
         }
+    }
+
+    #[test]
+    fn name_forms_of_one_account_share_the_room_below_the_directory() {
+        // Threshold 10: 9 failures bearable; three forms get 3 each (1 from elsewhere).
+        let limits = Limits::of(&config(10), policy(10, Remembered::UntilSuccess));
+        let shared = limits.shared_by(3);
+        assert_eq!(
+            (shared.familiar, shared.unfamiliar, shared.together),
+            (3, 1, Some(3))
+        );
+        assert!(3 * shared.together.unwrap() < 10);
+        assert_eq!(limits.shared_by(1), limits);
+        // Threshold 5 and three forms: one failure each, none from unfamiliar networks.
+        let tight = Limits::of(&config(10), policy(5, Remembered::UntilSuccess)).shared_by(3);
+        assert_eq!(
+            (tight.familiar, tight.unfamiliar, tight.together),
+            (1, 0, Some(1))
+        );
+        // No directory policy known: nothing to share.
+        let cloud = Limits::of(&config(10), None);
+        assert_eq!(cloud.shared_by(3), cloud);
     }
 
     #[test]

@@ -142,6 +142,11 @@ pub struct Claims {
     /// and of refreshes, where it stays the original sign-in's time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth_time: Option<u64>,
+    /// ID tokens only, when the directory warned at sign-in that the password expires soon:
+    /// seconds after `iat` at which it expires (as Entra's `pwd_exp`), so the application can
+    /// tell the user to change it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pwd_exp: Option<u64>,
 }
 
 /// `acr` of a sign-in with a password alone.
@@ -198,6 +203,8 @@ pub struct Subject {
     pub email: String,
     /// Groups.
     pub groups: Vec<String>,
+    /// Seconds until the password expires, when the directory warned at sign-in.
+    pub password_expires_in_s: Option<u64>,
 }
 
 /// What a token request adds to the claims beyond who signed in and how.
@@ -388,6 +395,7 @@ impl TokenIssuer {
             },
             nonce: request.nonce.map(str::to_owned),
             auth_time: request.auth_time,
+            pwd_exp: subject.password_expires_in_s,
         };
         // RFC 9068 §2.2 requires client_id in access tokens; the ID token keeps OIDC's claims.
         let access_claims = Claims {
@@ -395,6 +403,7 @@ impl TokenIssuer {
             client_id: Some(client_id.to_owned()),
             scope: Some(scope),
             nonce: None,
+            pwd_exp: None,
             ..id_claims.clone()
         };
         let ring = self.ring();
@@ -597,6 +606,7 @@ mod tests {
             name: "Alice".into(),
             email: "alice@corp.example.com".into(),
             groups: vec!["staff".into()],
+            password_expires_in_s: Some(86_400),
         }
     }
 
@@ -624,6 +634,14 @@ mod tests {
             );
             assert_eq!(claims.aud, "app-1");
             assert_eq!(claims.sub, "3f2a");
+            let pwd_exp = match typ {
+                TokenType::Id => Some(86_400),
+                TokenType::Access => None,
+            };
+            assert_eq!(
+                claims.pwd_exp, pwd_exp,
+                "the password warning, in ID tokens only"
+            );
             assert_eq!(claims.exp - claims.iat, 3600);
         }
     }

@@ -172,6 +172,9 @@ pub struct PendingSignIn {
     pub email: String,
     /// Groups.
     pub groups: Vec<String>,
+    /// Seconds until the password expires, when the directory warned.
+    #[serde(default)]
+    pub password_expires_in_s: Option<u64>,
     /// Whether the sign-in came from a familiar network.
     pub familiar_location: bool,
     /// The token lifetime the policies set, in seconds.
@@ -191,6 +194,7 @@ impl PendingSignIn {
             name: self.name.clone(),
             email: self.email.clone(),
             groups: self.groups.clone(),
+            password_expires_in_s: self.password_expires_in_s,
         }
     }
 }

@@ -69,6 +69,9 @@ struct GrantRecord {
     /// The name typed at sign-in (grants stored before it was kept have none).
     #[serde(default)]
     preferred_username: String,
+    /// Seconds until the password expires, as the directory warned at sign-in.
+    #[serde(default)]
+    password_expires_in_s: Option<u64>,
     name: String,
     email: String,
     groups: Vec<String>,
@@ -96,6 +99,7 @@ impl GrantRecord {
             sub: granted.subject.sub,
             upn: granted.subject.upn,
             preferred_username: granted.subject.preferred_username,
+            password_expires_in_s: granted.subject.password_expires_in_s,
             name: granted.subject.name,
             email: granted.subject.email,
             groups: granted.subject.groups,
@@ -121,6 +125,7 @@ impl GrantRecord {
             name: self.name.clone(),
             email: self.email.clone(),
             groups: self.groups.clone(),
+            password_expires_in_s: self.password_expires_in_s,
         }
     }
 

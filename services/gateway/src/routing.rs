@@ -134,6 +134,14 @@ impl Routes {
         Ok(table)
     }
 
+    /// How many name forms reach `group`: a UPN, and also `DOMAIN\\user` when it has NetBIOS
+    /// names, and a bare `user` when it is the default group. Smart lockout counts each form
+    /// apart and shares the directory's room among them ([`passage_lockout::Limits::shared_by`]).
+    pub fn name_forms(&self, group: &str) -> u32 {
+        1 + u32::from(self.netbios.values().any(|g| g == group))
+            + u32::from(self.default.as_deref() == Some(group))
+    }
+
     /// The group serving `username`.
     pub fn group_for(&self, username: &Username) -> Result<String, Unrouted> {
         match username.form() {
@@ -226,6 +234,9 @@ mod tests {
         assert_eq!(group(&routes, "Emea\\bob").unwrap(), "emea");
         assert_eq!(group(&routes, "LAB\\bob"), Err(Unrouted("LAB\\".into())));
         assert_eq!(group(&routes, "alice").unwrap(), "hq", "bare: the default");
+        assert_eq!(routes.name_forms("hq"), 3);
+        assert_eq!(routes.name_forms("emea"), 2);
+        assert_eq!(routes.name_forms("rest"), 1);
     }
 
     #[test]

@@ -842,7 +842,9 @@ impl SignInService {
                 // The directory's policy comes with the group's key set (cached; a failure to
                 // fetch it shows when the sign-in asks for it below).
                 let _ = self.keys.keys(&group, false).await;
-                let limits = lockout.limits_for(&group, self.keys.directory_lockout(&group));
+                let limits = lockout
+                    .limits_for(&group, self.keys.directory_lockout(&group))
+                    .shared_by(self.routes.name_forms(&group));
                 match lockout
                     .admit(
                         &self.tenant,
@@ -952,6 +954,8 @@ impl SignInService {
             name: user.display_name,
             email: user.mail,
             groups: user.groups,
+            password_expires_in_s: (user.password_expires_in_s > 0)
+                .then_some(user.password_expires_in_s),
         }
     }
 
@@ -1095,6 +1099,7 @@ impl SignInService {
                             name: subject.name.clone(),
                             email: subject.email.clone(),
                             groups: subject.groups.clone(),
+                            password_expires_in_s: subject.password_expires_in_s,
                             familiar_location: scope == Some(Scope::Familiar),
                             token_lifetime_s: lifetime.map(|l| l.as_secs()),
                             policies: entry.policies.clone(),
