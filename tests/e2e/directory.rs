@@ -302,11 +302,12 @@ async fn ldaps_and_starttls_trust_the_configured_ca_or_pin() {
         passage_pki::ServicesCa::generate().unwrap().cert_pem(),
     )
     .unwrap();
-    let der = passage_pki::pem_to_der(&server.cert_pem).unwrap();
-    let pin: String = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &der)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02X}"))
+    // Upper case with colons, as `openssl x509 -fingerprint -sha256` prints it.
+    let pin = passage_tests::slapd::certificate_pin(&server.cert_pem)
+        .to_uppercase()
+        .as_bytes()
+        .chunks(2)
+        .map(|pair| String::from_utf8_lossy(pair).into_owned())
         .collect::<Vec<_>>()
         .join(":");
 

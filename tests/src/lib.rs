@@ -10,6 +10,7 @@ pub mod forging;
 pub mod otlp;
 pub mod postgres;
 pub mod proxy;
+pub mod samba;
 pub mod signin_log;
 pub mod slapd;
 pub mod timing;

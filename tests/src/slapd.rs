@@ -426,36 +426,12 @@ impl Slapd {
     /// Relax control so operational attributes the ppolicy overlay keeps
     /// (`pwdAccountLockedTime`, `pwdChangedTime`, `pwdReset`) can be set as a test needs them.
     pub fn modify(&self, ldif: &str) {
-        use std::io::Write as _;
-        let mut child = Command::new("/usr/bin/ldapmodify")
-            .args([
-                "-x",
-                "-e",
-                "relax",
-                "-H",
-                &self.url(),
-                "-D",
-                &self.forest.admin_dn(),
-                "-w",
-                ADMIN_PASSWORD,
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("running ldapmodify (Debian package ldap-utils)");
-        child
-            .stdin
-            .take()
-            .expect("ldapmodify's stdin")
-            .write_all(ldif.as_bytes())
-            .expect("writing to ldapmodify");
-        let output = child.wait_with_output().expect("ldapmodify's answer");
-        assert!(
-            output.status.success(),
-            "ldapmodify failed: {}{}\n{ldif}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
+        ldapmodify(
+            &["-e", "relax", "-H", &self.url()],
+            &self.forest.admin_dn(),
+            ADMIN_PASSWORD,
+            &[],
+            ldif,
         );
     }
 
@@ -481,4 +457,43 @@ impl Drop for Slapd {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Runs `ldapmodify -x <args> -D <bind_dn> -w <password>` with `ldif` on its stdin (and `env`);
+/// panics with its output when it fails.
+pub fn ldapmodify(args: &[&str], bind_dn: &str, password: &str, env: &[(&str, &str)], ldif: &str) {
+    use std::io::Write as _;
+    let mut child = Command::new("/usr/bin/ldapmodify")
+        .arg("-x")
+        .args(args)
+        .args(["-D", bind_dn, "-w", password])
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running ldapmodify (Debian package ldap-utils)");
+    child
+        .stdin
+        .take()
+        .expect("ldapmodify's stdin")
+        .write_all(ldif.as_bytes())
+        .expect("writing to ldapmodify");
+    let output = child.wait_with_output().expect("ldapmodify's answer");
+    assert!(
+        output.status.success(),
+        "ldapmodify failed: {}{}\n{ldif}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The SHA-256 fingerprint of a PEM certificate, as `pinned_certificates_sha256` takes it.
+pub fn certificate_pin(pem: &str) -> String {
+    let der = passage_pki::pem_to_der(pem).expect("a PEM certificate");
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &der)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
