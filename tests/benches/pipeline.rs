@@ -10,7 +10,8 @@
 //!
 //! `PASSAGE_BENCH_SECONDS` (default 10) and `PASSAGE_BENCH_CONCURRENCY` (default 64) tune it;
 //! `PASSAGE_BENCH_STORE_ONLY=1` runs only the phases with and without smart lockout and the
-//! sign-in log.
+//! sign-in log; `PASSAGE_BENCH_DIRECTORY_ONLY=1` only the directory phases (one of two servers
+//! down, groups by search, nested groups walked) against a reference with one server.
 //! On a CPU with AVX-512, `OPENSSL_ia32cap=~0x0:~0x00005842DC230000` makes aws-lc (in the
 //! benchmark and in every service it starts) take the code paths of a CPU without it, such
 //! as the AMD EPYC machines without AVX-512 the envelope targets were set on.
@@ -28,7 +29,7 @@ use passage_proto::v1::{SignInRequest, gateway_client::GatewayClient};
 use passage_tests::{
     Cluster, ClusterOptions, TestUser,
     cluster::CLIENT_ID,
-    slapd::{ADMIN_DN, ADMIN_PASSWORD, PEOPLE_DN},
+    slapd::{ADMIN_DN, ADMIN_PASSWORD, GROUPS_DN, PEOPLE_DN},
 };
 use tonic::transport::Channel;
 
@@ -311,6 +312,11 @@ async fn main() {
         group_search: false,
         ..ClusterOptions::default()
     };
+    if std::env::var_os("PASSAGE_BENCH_DIRECTORY_ONLY").is_some() {
+        let phases = directory_phases(&options, &users, concurrency, warmup, duration).await;
+        print_directory_comparison(&phases);
+        return;
+    }
     // The store phases alone (lockout and the sign-in log on and off), for work on their cost.
     if std::env::var_os("PASSAGE_BENCH_STORE_ONLY").is_some() {
         let phases = store_phases(&options, &users, concurrency, warmup, duration).await;
@@ -458,6 +464,7 @@ async fn main() {
     // each deployment has the machine to itself.
     drop(cluster);
     let secure_phases = store_phases(&options, &users, concurrency, warmup, duration).await;
+    let directory = directory_phases(&options, &users, concurrency, warmup, duration).await;
     println!();
     baseline.print();
     print_cpu(&cpu_before_baseline, &cpu_after_baseline, &baseline);
@@ -500,6 +507,7 @@ async fn main() {
             / agent_cpu(&cpu_before_v1, &cpu_after_v1, &v1).max(1e-12)
     );
     print_store_comparison(&secure_phases);
+    print_directory_comparison(&directory);
     println!("user enumeration by timing: {}", enumeration.summary());
     assert_eq!(baseline.errors, 0, "direct LDAP errors");
     assert_eq!(v1.errors, 0, "v1 pipeline errors");
@@ -601,5 +609,100 @@ fn print_store_comparison(phases: &[Phase]) {
             with.per_second() / without.per_second(),
             (1.0 - with.per_second() / without.per_second()) * 100.0
         );
+    }
+}
+
+/// The directory phases, each with a fresh v2 agent on one cluster: the reference (one
+/// server, no groups), the first of two servers down (killed before the phase: the agent
+/// finds it refusing, marks it down and fails over), groups by search, and nested groups
+/// walked three levels up (`staff` ∈ `department` ∈ `company`).
+async fn directory_phases(
+    options: &ClusterOptions,
+    users: &Arc<Vec<TestUser>>,
+    concurrency: usize,
+    warmup: Duration,
+    duration: Duration,
+) -> Vec<Phase> {
+    let mut cluster = Cluster::start(options.clone()).await;
+    let group = |name: &str, member: &str| {
+        format!(
+            "dn: cn={name},{GROUPS_DN}\nchangetype: add\nobjectClass: groupOfNames\ncn: {name}\nmember: {member}\n\n"
+        )
+    };
+    cluster.slapd.modify(&format!(
+        "{}{}",
+        group("department", &format!("cn=staff,{GROUPS_DN}")),
+        group("company", &format!("cn=department,{GROUPS_DN}"))
+    ));
+    let mut replica = passage_tests::slapd::Slapd::start_with(users, false);
+    let down = replica.url();
+    replica.stop();
+    let up = cluster.slapd.url();
+    let groups = format!("group_search = {{ base_dn = \"{GROUPS_DN}\" }}\n");
+    let mut phases = Vec::new();
+    for (index, (name, directory_lines)) in [
+        ("directory: one server (reference)", String::new()),
+        ("directory: first of two servers down", String::new()),
+        ("directory: groups by search", groups.clone()),
+        (
+            "directory: nested groups walked",
+            format!("{groups}nested_groups = \"recursive\"\n"),
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let config = cluster.agent_config(index);
+        let mut text = std::fs::read_to_string(&config).unwrap();
+        if index == 1 {
+            text = text.replace(
+                &format!("url = \"{up}\""),
+                &format!("urls = [\"{down}\", \"{up}\"]"),
+            );
+        }
+        // [directory] is the file's last table.
+        text.push_str(&directory_lines);
+        std::fs::write(&config, text).unwrap();
+        if index > 0 {
+            cluster.agents[index - 1].process.kill();
+            let gone = cluster.agents[index - 1].agent_id.clone();
+            cluster.wait_for_agents(|ids| !ids.contains(&gone)).await;
+        }
+        cluster.start_agent(index, true).await;
+        let before = cpu_snapshot(&cluster, index);
+        let report = sign_ins(
+            name,
+            cluster.gateway_client(),
+            Arc::clone(users),
+            concurrency,
+            warmup,
+            duration,
+        )
+        .await;
+        let after = cpu_snapshot(&cluster, index);
+        phases.push((report, before, after));
+    }
+    phases
+}
+
+/// Each directory phase's throughput against the reference (one server, no groups).
+fn print_directory_comparison(phases: &[Phase]) {
+    let Some((reference, _, _)) = phases.first() else {
+        return;
+    };
+    for (report, before, after) in phases {
+        report.print();
+        print_cpu(before, after, report);
+    }
+    for (report, _, _) in &phases[1..] {
+        println!(
+            "{} against {}: throughput {:.2}x",
+            report.name,
+            reference.name,
+            report.per_second() / reference.per_second()
+        );
+    }
+    for (report, _, _) in phases {
+        assert_eq!(report.errors, 0, "{} errors", report.name);
     }
 }

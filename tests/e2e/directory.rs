@@ -613,3 +613,77 @@ async fn a_password_about_to_expire_is_told_in_the_id_token() {
     let plain = cluster.sign_in(&alice.upn, &alice.password).await.unwrap();
     assert!(claims(&plain.id_token).get("pwd_exp").is_none());
 }
+
+/// The whole pipeline: an agent with two replicas (same data); the first hangs, 200 sign-ins
+/// start through the gateway, then it dies — every valid user still signs in.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_dies_under_200_concurrent_sign_ins_and_none_fails() {
+    use passage_tests::{Cluster, ClusterOptions, cluster::AgentOverride};
+    let users: Vec<TestUser> = (0..20)
+        .map(|i| TestUser::new(&format!("user{i}"), &format!("Pass-{i}-word!"), &["staff"]))
+        .collect();
+    let mut first = Slapd::start(&users);
+    let second = Slapd::start(&users);
+    let cluster = Cluster::start(ClusterOptions {
+        users: users.clone(),
+        agent_overrides: vec![AgentOverride {
+            ldap_urls: vec![first.url(), second.url()],
+            ..AgentOverride::default()
+        }],
+        // Room for all 200 at once: beyond its capacity an agent sheds load (PSG80001) by
+        // design, whatever its directory does; this test is about the directory.
+        agent_capacity: 256,
+        ..ClusterOptions::default()
+    })
+    .await;
+    cluster
+        .sign_in(&users[0].upn, &users[0].password)
+        .await
+        .expect("warm-up");
+    first.pause();
+    let started = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let sign_ins: Vec<_> = (0..200)
+        .map(|i| {
+            let mut client = cluster.gateway_client();
+            let user = users[i % users.len()].clone();
+            let started = std::sync::Arc::clone(&started);
+            tokio::spawn(async move {
+                started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                client
+                    .sign_in(passage_proto::v1::SignInRequest {
+                        username: user.upn.clone(),
+                        password: user.password.clone(),
+                        client_id: passage_tests::cluster::CLIENT_ID.into(),
+                        client_ip: String::new(),
+                        offline_access: false,
+                    })
+                    .await
+            })
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while started.load(std::sync::atomic::Ordering::SeqCst) < 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sign-ins did not start"
+        );
+        tokio::task::yield_now().await;
+    }
+    first.stop();
+    let mut failed = Vec::new();
+    for sign_in in sign_ins {
+        if let Err(status) = sign_in.await.unwrap() {
+            failed.push(status);
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of 200 failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+    assert!(
+        second.binds_as(&users[1].dn()) > 0,
+        "the second replica served"
+    );
+}

@@ -146,10 +146,10 @@ impl ErrorCode {
             ErrorCode::RefreshTokenInvalid => "the refresh token is not valid; sign in again",
             ErrorCode::ClientAuthenticationFailed => "the application could not be authenticated",
             ErrorCode::PasswordExpired => {
-                "the password has expired; your organisation does not allow changing it here — change it on the corporate network"
+                "the password has expired. Your organization doesn't allow you to update your password on this site. Update it according to the method recommended by your organization, or ask your admin if you need help."
             }
             ErrorCode::PasswordMustChange => {
-                "the password must be changed before first use; your organisation does not allow changing it here"
+                "the password must be changed before it can be used. Your organization doesn't allow you to update your password on this site. Update it according to the method recommended by your organization, or ask your admin if you need help."
             }
             ErrorCode::NoAgentAvailable => {
                 "no agent is available to check the password; try again shortly"

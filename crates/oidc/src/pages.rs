@@ -343,8 +343,13 @@ pub static EN: Strings = Strings {
     mfa_wrong: "That code is not valid. Try again.",
     mfa_ended: "The verification has expired. Sign in again.",
     unavailable: "Sign-in is temporarily unavailable. Try again in a few minutes.",
-    password_expired: "Your password has expired. Change it, then sign in again.",
-    must_change_password: "You must change your password before you can sign in.",
+    password_expired: "Your password has expired. Your organization doesn't allow you to \
+                       update your password on this site. Update it according to the method \
+                       recommended by your organization, or ask your admin if you need help.",
+    must_change_password: "You must change your password before you can sign in. Your \
+                           organization doesn't allow you to update your password on this \
+                           site. Update it according to the method recommended by your \
+                           organization, or ask your admin if you need help.",
     account_disabled: "Your account is disabled. Contact your administrator.",
     mfa_not_enrolled: "This sign-in requires a second verification method, but none is set up \
                        for your account. Contact your administrator.",
@@ -378,9 +383,13 @@ pub static FR: Strings = Strings {
     mfa_ended: "La vérification a expiré. Reconnectez-vous.",
     unavailable: "La connexion est temporairement indisponible. Réessayez dans quelques \
                   minutes.",
-    password_expired: "Votre mot de passe a expiré. Changez-le, puis reconnectez-vous.",
+    password_expired: "Votre mot de passe a expiré. Votre organisation ne vous permet pas de \
+                       le modifier sur ce site. Modifiez-le selon la méthode qu'elle \
+                       recommande, ou demandez de l'aide à votre administrateur.",
     must_change_password: "Vous devez changer votre mot de passe avant de pouvoir vous \
-                           connecter.",
+                           connecter. Votre organisation ne vous permet pas de le modifier \
+                           sur ce site. Modifiez-le selon la méthode qu'elle recommande, ou \
+                           demandez de l'aide à votre administrateur.",
     account_disabled: "Votre compte est désactivé. Contactez votre administrateur.",
     mfa_not_enrolled: "Cette connexion exige une seconde méthode de vérification, mais aucune \
                        n’est configurée pour votre compte. Contactez votre administrateur.",
@@ -414,9 +423,14 @@ pub static DE: Strings = Strings {
     mfa_ended: "Die Bestätigung ist abgelaufen. Melden Sie sich erneut an.",
     unavailable: "Die Anmeldung ist vorübergehend nicht verfügbar. Versuchen Sie es in einigen \
                   Minuten erneut.",
-    password_expired: "Ihr Passwort ist abgelaufen. Ändern Sie es und melden Sie sich dann \
-                       erneut an.",
-    must_change_password: "Sie müssen Ihr Passwort ändern, bevor Sie sich anmelden können.",
+    password_expired: "Ihr Passwort ist abgelaufen. Ihre Organisation erlaubt nicht, es auf \
+                       dieser Website zu ändern. Ändern Sie es auf dem von Ihrer \
+                       Organisation empfohlenen Weg, oder bitten Sie Ihren Administrator um \
+                       Hilfe.",
+    must_change_password: "Sie müssen Ihr Passwort ändern, bevor Sie sich anmelden können. \
+                           Ihre Organisation erlaubt nicht, es auf dieser Website zu ändern. \
+                           Ändern Sie es auf dem von Ihrer Organisation empfohlenen Weg, oder \
+                           bitten Sie Ihren Administrator um Hilfe.",
     account_disabled: "Ihr Konto ist deaktiviert. Wenden Sie sich an Ihren Administrator.",
     mfa_not_enrolled: "Diese Anmeldung erfordert eine zweite Bestätigungsmethode, für Ihr \
                        Konto ist jedoch keine eingerichtet. Wenden Sie sich an Ihren \
