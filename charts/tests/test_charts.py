@@ -30,6 +30,7 @@ import subprocess
 import sys
 import time
 import tomllib
+import urllib.request
 from pathlib import Path
 
 import helm_python as helm
@@ -422,9 +423,17 @@ def test_agent_statefulset_with_volumes_and_enrolment():
     assert [c["name"] for c in spec["initContainers"]] == ["prepare", "enrol"]
     agent = container(spec, "agent")
     assert agent["args"] == ["run", "--config", "/etc/passage-agent/agent.toml"]
-    # No probes: the agent listens on nothing (no health endpoint yet).
-    assert not {"readinessProbe", "livenessProbe", "startupProbe"} & set(agent)
-    assert "ports" not in agent
+    # The health endpoint: the kubelet's only way in. Readiness is the dispatcher stream
+    # (/healthz); liveness only a TCP check, so that a dispatcher outage restarts no agent.
+    assert agent["ports"] == [{"name": "health", "containerPort": 8081, "protocol": "TCP"}]
+    assert agent["readinessProbe"] == {
+        "httpGet": {"path": "/healthz", "port": "health"}, "periodSeconds": 10, "timeoutSeconds": 2, "failureThreshold": 3,
+    }
+    assert agent["livenessProbe"] == {
+        "tcpSocket": {"port": "health"}, "initialDelaySeconds": 10, "periodSeconds": 20, "timeoutSeconds": 2,
+        "failureThreshold": 6,
+    }
+    assert "startupProbe" not in agent
     tokens = next(v for v in spec["volumes"] if v["name"] == "enrolment")
     assert tokens["secret"] == {"secretName": "passage-enrolment-tokens", "defaultMode": 0o440, "optional": True}
     conf = config_file(m, "passage-passage-agent", "agent.toml")
@@ -436,7 +445,29 @@ def test_agent_statefulset_with_volumes_and_enrolment():
     assert conf["directory"]["ca_file"] == "/run/passage/ldap-ca/ca.crt"
     env = {e["name"]: e for e in agent["env"]}
     assert "SSL_CERT_FILE" not in env
-    assert one(m, "PodDisruptionBudget", "passage-passage-agent")["spec"]["maxUnavailable"] == 1
+    assert conf["health_listen"] == "0.0.0.0:8081"
+    pdb = one(m, "PodDisruptionBudget", "passage-passage-agent")["spec"]
+    assert pdb["maxUnavailable"] == 1
+    # An agent left unready by a dispatcher outage must not block node drains.
+    assert pdb["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+
+
+def test_agent_health_port_and_disabled():
+    values = load_values(VALUES / "agent-ldap.yaml")
+    values["health"] = {"enabled": True, "port": 9100}
+    m = render("passage-agent", values)
+    agent = container(pod_spec(one(m, "StatefulSet", "passage-passage-agent")), "agent")
+    assert agent["ports"][0]["containerPort"] == 9100
+    assert config_file(m, "passage-passage-agent", "agent.toml")["health_listen"] == "0.0.0.0:9100"
+    values["health"] = {"enabled": False, "port": 9100}
+    m = render("passage-agent", values)
+    agent = container(pod_spec(one(m, "StatefulSet", "passage-passage-agent")), "agent")
+    # No endpoint: no probes, no port, no health_listen.
+    assert not {"readinessProbe", "livenessProbe", "startupProbe"} & set(agent)
+    assert "ports" not in agent
+    assert "health_listen" not in config_file(m, "passage-passage-agent", "agent.toml")
+    for manifest in m:
+        kubernetes_validate.validate(strip(manifest), KUBE_VERSION, strict=True)
 
 
 def test_agent_with_several_domain_controllers():
@@ -508,7 +539,7 @@ GATEWAY_MANAGED = {
 }
 DISPATCHER_MANAGED = {"agent_listen", "api_listen", "agent_tls", "api_tls", "insecure_plaintext", "store_url", "store_encryption_key_file"}
 DISPATCHER_LEFT_OUT = {"dispatcher_id"}  # the host name, i.e. the pod name: one value for all replicas would be wrong
-AGENT_MANAGED = {"state_dir", "tls", "insecure_plaintext"}
+AGENT_MANAGED = {"state_dir", "tls", "insecure_plaintext", "health_listen"}  # health_listen: health.*
 LDAP_MANAGED = {"bind_password_file", "ca_file"}  # from secrets.ldapBindPassword and secrets.ldapCa
 LDAP_LEFT_OUT = {"bind_password"}  # passwords stay out of values: secrets.ldapBindPassword
 
@@ -920,7 +951,9 @@ def test_rendered_deployment_signs_in_end_to_end(tmp_path, processes):
     state = str(pod.path("/var/lib/passage-agent/state"))
     pod.run("prepare", prepare_env(pod, "/etc/passage-agent") | {"STATE_DIR": state})
     agent_config = tmp_path / "agent.toml"
-    agent_config.write_text(localise(pod.path("/etc/passage-agent/agent.toml").read_text(), pod, {}))
+    health_port = free_port()
+    agent_config.write_text(localise(pod.path("/etc/passage-agent/agent.toml").read_text(), pod,
+                                     {'"0.0.0.0:8081"': f'"127.0.0.1:{health_port}"'}))
     enrol_env = env | {"STATE_DIR": state, "ENROLMENT_DIR": str(pod.path("/run/passage-input/enrolment")),
                        "AGENT_CONFIG": str(agent_config), "POD_NAME": "passage-passage-agent-0"}
     enrolled = pod.run("enrol", enrol_env)
@@ -945,6 +978,13 @@ def test_rendered_deployment_signs_in_end_to_end(tmp_path, processes):
         time.sleep(1)
     assert result.returncode == 0, f"helm test sign-in failed: {result.stderr}\n" + (tmp_path / "gateway.log").read_text()[-3000:]
     assert "signed in as alice@demo.passage.dev" in result.stdout
+
+    # The agent's readiness probe, as the kubelet would make it: 200 with a stream connected.
+    probe = agent["readinessProbe"]["httpGet"]
+    assert probe["port"] == "health" and agent["ports"][0]["name"] == "health"
+    with urllib.request.urlopen(f"http://127.0.0.1:{health_port}{probe['path']}", timeout=10) as answer:
+        assert answer.status == 200
+        assert json.load(answer)["streams_connected"] >= 1
 
     # A wrong password is refused, and the administrator token from the Secret works.
     (test_pod.path("/run/passage-test/user/password")).chmod(0o600)

@@ -180,6 +180,9 @@ app.kubernetes.io/part-of: passage
 {{- $c := deepCopy $v.config -}}
 {{- $_ := set $c "state_dir" (include "passage-agent.stateDir" .) -}}
 {{- $_ := set $c "insecure_plaintext" $v.insecurePlaintext -}}
+{{- if $v.health.enabled -}}
+{{- $_ := set $c "health_listen" (printf "0.0.0.0:%d" (int $v.health.port)) -}}
+{{- end -}}
 {{- if not $v.insecurePlaintext -}}
 {{- $_ := set $c "tls" (dict "ca_file" "/run/passage/dispatcher-ca/ca.crt") -}}
 {{- end -}}

@@ -374,7 +374,13 @@ impl LdapDirectory {
             &config.ca_file,
             pins.is_empty(),
         ) {
-            (true, None, true) => None,
+            (true, None, true) => {
+                tracing::warn!(
+                    ?urls,
+                    "insecure_skip_tls_verify: any server certificate is accepted, so anyone in the middle can read every password (testing only)"
+                );
+                None
+            }
             (true, _, _) => {
                 return Err(DirectoryError::Misconfigured(
                     "insecure_skip_tls_verify cannot go with ca_file or pinned certificates".into(),
