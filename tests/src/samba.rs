@@ -107,7 +107,7 @@ impl SambaDc {
             String::from_utf8_lossy(&output.stderr)
         );
         let log = std::fs::File::create(dir.path().join("samba.log")).expect("samba log");
-        let mut child = Command::new(SAMBA)
+        let child = Command::new(SAMBA)
             .args(["-i", "-s"])
             .arg(dir.path().join("etc/smb.conf"))
             .stdin(Stdio::null())
@@ -117,12 +117,18 @@ impl SambaDc {
             .process_group(0)
             .spawn()
             .expect("starting samba");
+        // From here on, dropping the value (a panic below included) ends the whole group.
+        let mut dc = Self {
+            dir,
+            address,
+            child,
+        };
         let deadline = Instant::now() + Duration::from_secs(60);
         while TcpStream::connect(SocketAddr::from((address, 636))).is_err() {
-            if let Ok(Some(status)) = child.try_wait() {
+            if let Ok(Some(status)) = dc.child.try_wait() {
                 panic!(
                     "samba exited with {status}: {}",
-                    std::fs::read_to_string(dir.path().join("samba.log")).unwrap_or_default()
+                    std::fs::read_to_string(dc.dir.path().join("samba.log")).unwrap_or_default()
                 );
             }
             assert!(
@@ -131,11 +137,7 @@ impl SambaDc {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        Self {
-            dir,
-            address,
-            child,
-        }
+        dc
     }
 
     /// `ldaps://<address>`.

@@ -313,6 +313,27 @@ impl LdapDirectory {
                 tracing::warn!(url = %url, "plaintext LDAP without StartTLS: passwords cross the network in clear (allow_plaintext = true)");
             }
         }
+        // A typo in a filter shows at start, not as a failed sign-in later.
+        let filters = [
+            ("user_filter", Some(&config.user_filter)),
+            (
+                "account_disabled_filter",
+                config.account_disabled_filter.as_ref(),
+            ),
+            (
+                "group_search.filter",
+                config.group_search.as_ref().map(|g| &g.filter),
+            ),
+        ];
+        for (name, filter) in filters {
+            if let Some(filter) = filter
+                && ldap3::parse_filter(filter).is_err()
+            {
+                return Err(DirectoryError::Misconfigured(format!(
+                    "{name} {filter:?} is not an LDAP filter (RFC 4515)"
+                )));
+            }
+        }
         if config.nested_groups != NestedGroups::Off && config.group_search.is_none() {
             return Err(DirectoryError::Misconfigured(
                 "nested_groups needs group_search (the groups' base DN, filter and member attribute)"
@@ -712,7 +733,7 @@ impl LdapDirectory {
                     if walk.truncated() {
                         tracing::warn!(
                             max_group_depth = self.config.max_group_depth,
-                            "groups nest deeper than max_group_depth: the deeper ones are left out of the token"
+                            "groups nest max_group_depth deep: any deeper ones are left out of the token"
                         );
                     }
                 }
@@ -772,7 +793,9 @@ impl LdapDirectory {
             .attribute("cn")
             .unwrap_or("cn")
             .to_owned();
-        let (entries, _) = self
+        // A group the service account may not read (or one deleted since) is left out of the
+        // token rather than failing the sign-in.
+        let entries = match self
             .search(
                 server,
                 group_dn,
@@ -780,7 +803,15 @@ impl LdapDirectory {
                 "(objectClass=*)",
                 &[attribute],
             )
-            .await?;
+            .await
+        {
+            Ok((entries, _)) => entries,
+            Err(DirectoryError::Unavailable(why)) => {
+                tracing::warn!(%why, "a group of the user cannot be read; left out of the token");
+                return Ok(None);
+            }
+            Err(err) => return Err(err),
+        };
         Ok(entries
             .into_iter()
             .next()
@@ -836,8 +867,11 @@ impl LdapDirectory {
         Ok(Verdict::Success(UserInfo {
             // The directory's spelling, never the casing the user typed: the UPN
             // attribute, else the login attribute's stored value.
+            // Never a short name as typed (`CORP\\bob`, `bob`): one account would become as
+            // many identities as it has spellings.
             upn: first(&self.config.upn_attribute)
                 .or_else(|| first(&self.config.login_attribute))
+                .or_else(|| first(&self.config.short_name_attribute))
                 .unwrap_or_else(|| login.to_owned()),
             display_name: first(&self.config.display_name_attribute)
                 .or_else(|| first("cn"))

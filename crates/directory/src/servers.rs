@@ -213,8 +213,10 @@ async fn probe(server: Weak<Server>, connector: Arc<Connector>, interval: Durati
             // A refused service bind is an answer: the server is up (and misconfigured, which
             // the next operation will report).
             Ok(()) | Err(DirectoryError::Misconfigured(_)) => {
-                server.down.store(false, Ordering::Relaxed);
+                // Probing ends first: a failure marked in between starts a new probe, which
+                // finds the server up and ends in turn.
                 server.probing.store(false, Ordering::Relaxed);
+                server.down.store(false, Ordering::Relaxed);
                 tracing::info!(url = %server.url, "directory server answers again: marked up");
                 return;
             }

@@ -412,11 +412,17 @@ impl SmartLockout {
     }
 
     /// The limits in force for `connector_group`, whose agents read `discovered` from the
-    /// directory (the lowest threshold, the longest memory). Warns once per group and value
-    /// when they are below the configured threshold.
-    pub fn limits_for(&self, connector_group: &str, discovered: Option<DirectoryPolicy>) -> Limits {
+    /// directory (the lowest threshold, the longest memory), for one of the `name_forms` that
+    /// reach its accounts ([`Limits::shared_by`]). Warns once per group and value when they
+    /// are below the configured threshold.
+    pub fn limits_for(
+        &self,
+        connector_group: &str,
+        discovered: Option<DirectoryPolicy>,
+        name_forms: u32,
+    ) -> Limits {
         let directory = self.config.directory_policy(discovered);
-        let limits = Limits::of(&self.config, directory);
+        let limits = Limits::of(&self.config, directory).shared_by(name_forms);
         let Some(directory) = directory else {
             return limits;
         };
@@ -430,7 +436,7 @@ impl SmartLockout {
                 warned.clear();
             }
             warned.insert(connector_group.to_owned(), limits);
-            if Limits::cannot_stay_below(&directory) {
+            if Limits::cannot_stay_below(&directory) || limits.unfamiliar == 0 {
                 tracing::error!(
                     connector_group,
                     directory_threshold = directory.threshold,
@@ -857,7 +863,7 @@ mod tests {
             ..LockoutConfig::default()
         })
         .await;
-        let limits = lockout.limits_for("corp", None);
+        let limits = lockout.limits_for("corp", None, 1);
         assert_eq!((limits.familiar, limits.unfamiliar), (3, 2));
         let (home, away) = (ip("203.0.113.7"), ip("198.51.100.9"));
         let now = 1_000_000;
@@ -958,6 +964,7 @@ mod tests {
                 threshold: 5,
                 remembered: Remembered::UntilSuccess,
             }),
+            1,
         );
         let now = 1_000_000;
         // Forty wrong passwords at once: each attempt that gets out fails (after a moment, as
@@ -1049,7 +1056,7 @@ mod tests {
             ..LockoutConfig::default()
         })
         .await;
-        let limits = lockout.limits_for("corp", None);
+        let limits = lockout.limits_for("corp", None, 1);
         let now = 1_000_000;
         let away = ip("198.51.100.9");
         let counters = |lockout: SmartLockout| async move {
@@ -1130,7 +1137,7 @@ mod tests {
             ..LockoutConfig::default()
         })
         .await;
-        let limits = lockout.limits_for("corp", None);
+        let limits = lockout.limits_for("corp", None, 1);
         let now = 1_000_000;
         let away = ip("198.51.100.9");
         let wrong = Outcome::Failures(1);

@@ -100,10 +100,11 @@ impl Limits {
     }
 
     /// The limits of one name form when `forms` name forms reach the same directory accounts
-    /// (`alice@corp.example.com`, `CORP\\alice` and a bare `alice` are counted apart: the
-    /// gateway cannot tell they are one account before the directory answers). The room below
-    /// the directory's threshold is shared among them, so that all together still stay below
-    /// it. Without a known directory policy there is no such room to share.
+    /// (`alice@corp.example.com` and the short name `CORP\\alice` or `alice` are counted apart:
+    /// the gateway cannot tell they are one account before the directory answers). The room
+    /// below the directory's threshold is shared among them, so that all together still stay
+    /// below it — but each form keeps at least one attempt where the user works, as
+    /// [`Limits::of`] does. Without a known directory policy there is no such room to share.
     pub fn shared_by(self, forms: u32) -> Limits {
         let Some(together) = self.together else {
             return self;
@@ -113,9 +114,9 @@ impl Limits {
         }
         let share = together / forms;
         Limits {
-            familiar: self.familiar.min(share),
+            familiar: self.familiar.min(share).max(1),
             unfamiliar: self.unfamiliar.min(share / 2),
-            together: Some(share),
+            together: Some(share.max(1)),
             ..self
         }
     }
@@ -330,17 +331,24 @@ mod tests {
 
     #[test]
     fn name_forms_of_one_account_share_the_room_below_the_directory() {
-        // Threshold 10: 9 failures bearable; three forms get 3 each (1 from elsewhere).
+        // Threshold 10: 9 failures bearable; two forms (UPN, short name) get 4 each, 2 of them
+        // from elsewhere.
         let limits = Limits::of(&config(10), policy(10, Remembered::UntilSuccess));
-        let shared = limits.shared_by(3);
+        let shared = limits.shared_by(2);
         assert_eq!(
             (shared.familiar, shared.unfamiliar, shared.together),
-            (3, 1, Some(3))
+            (4, 2, Some(4))
         );
-        assert!(3 * shared.together.unwrap() < 10);
+        assert!(2 * shared.together.unwrap() < 10);
         assert_eq!(limits.shared_by(1), limits);
-        // Threshold 5 and three forms: one failure each, none from unfamiliar networks.
-        let tight = Limits::of(&config(10), policy(5, Remembered::UntilSuccess)).shared_by(3);
+        // Threshold 5 (CIS): 4 bearable, 2 each, 1 from elsewhere: still below it together.
+        let cis = Limits::of(&config(10), policy(5, Remembered::UntilSuccess)).shared_by(2);
+        assert_eq!(
+            (cis.familiar, cis.unfamiliar, cis.together),
+            (2, 1, Some(2))
+        );
+        // Threshold 3: one attempt each where the user works, none from elsewhere.
+        let tight = Limits::of(&config(10), policy(3, Remembered::UntilSuccess)).shared_by(2);
         assert_eq!(
             (tight.familiar, tight.unfamiliar, tight.together),
             (1, 0, Some(1))

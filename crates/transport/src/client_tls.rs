@@ -34,7 +34,7 @@ pub fn parse_pin(text: &str) -> Result<Pin, TransportError> {
             "certificate pin {text:?}: expected the SHA-256 fingerprint as 64 hex digits"
         ))
     };
-    if hex.len() != 64 || !hex.is_ascii() {
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(bad());
     }
     let mut pin = [0u8; 32];

@@ -69,9 +69,10 @@ struct GrantRecord {
     /// The name typed at sign-in (grants stored before it was kept have none).
     #[serde(default)]
     preferred_username: String,
-    /// Seconds until the password expires, as the directory warned at sign-in.
+    /// When the password expires (Unix seconds), as the directory warned at sign-in: each
+    /// token issued from the grant (a refresh days later included) tells the time left then.
     #[serde(default)]
-    password_expires_in_s: Option<u64>,
+    password_expires_at: Option<i64>,
     name: String,
     email: String,
     groups: Vec<String>,
@@ -99,7 +100,11 @@ impl GrantRecord {
             sub: granted.subject.sub,
             upn: granted.subject.upn,
             preferred_username: granted.subject.preferred_username,
-            password_expires_in_s: granted.subject.password_expires_in_s,
+            password_expires_at: granted.subject.password_expires_in_s.map(|s| {
+                granted
+                    .auth_time
+                    .saturating_add(i64::try_from(s).unwrap_or(i64::MAX))
+            }),
             name: granted.subject.name,
             email: granted.subject.email,
             groups: granted.subject.groups,
@@ -125,7 +130,9 @@ impl GrantRecord {
             name: self.name.clone(),
             email: self.email.clone(),
             groups: self.groups.clone(),
-            password_expires_in_s: self.password_expires_in_s,
+            password_expires_in_s: self
+                .password_expires_at
+                .map(|at| u64::try_from(at.saturating_sub(passage_pki::unix_now())).unwrap_or(0)),
         }
     }
 
@@ -1030,10 +1037,10 @@ async fn revoke_answer(provider: &Provider, headers: &HeaderMap, body: &[u8]) ->
     };
     let now = passage_pki::unix_now();
     let store = &provider.0.store;
-    // A refresh token of this client ends its family. A valid access token cannot be revoked
-    // (self-contained, it stays valid until it expires): the client is told so rather than
-    // led to believe it was (RFC 7009 §2.2.1). Anything else — unknown, expired, another
-    // client's — is answered as a success (RFC 7009 §2.2).
+    // A refresh token of this client ends its family. A valid access token — any client's:
+    // it is self-contained and stays valid until it expires — cannot be revoked, and the
+    // client is told so rather than led to believe it was (RFC 7009 §2.2.1). Anything else
+    // (unknown, expired, another client's refresh token) is answered as a success (§2.2).
     match store.refresh_token(&digest(presented), now).await {
         Ok(Some(info)) if info.client_id == client.id => {
             if let Err(err) = store.revoke_refresh_family(&info.family_id, now).await {

@@ -134,12 +134,14 @@ impl Routes {
         Ok(table)
     }
 
-    /// How many name forms reach `group`: a UPN, and also `DOMAIN\\user` when it has NetBIOS
-    /// names, and a bare `user` when it is the default group. Smart lockout counts each form
-    /// apart and shares the directory's room among them ([`passage_lockout::Limits::shared_by`]).
+    /// How many name forms reach one account of `group`, as smart lockout counts them
+    /// ([`lockout_name`]): its UPN, and its short name when `DOMAIN\\user` or a bare `user`
+    /// reaches the group. Smart lockout shares the directory's room among them
+    /// ([`passage_lockout::Limits::shared_by`]).
     pub fn name_forms(&self, group: &str) -> u32 {
-        1 + u32::from(self.netbios.values().any(|g| g == group))
-            + u32::from(self.default.as_deref() == Some(group))
+        let short_names =
+            self.netbios.values().any(|g| g == group) || self.default.as_deref() == Some(group);
+        1 + u32::from(short_names)
     }
 
     /// The group serving `username`.
@@ -169,6 +171,18 @@ impl Routes {
                 .clone()
                 .ok_or(Unrouted("(a name without a domain)".into())),
         }
+    }
+}
+
+/// The name smart lockout counts `username` under once routed to `group`: a UPN as typed; a
+/// `DOMAIN\\user` or bare `user` as `<group>\\<user>` — the agent looks both up by the same
+/// short-name attribute in the group's directory, whatever NetBIOS name was typed, so they are
+/// one account and one count.
+pub fn lockout_name(username: &Username, group: &str) -> String {
+    match username.form() {
+        NameForm::Upn { .. } => username.as_str().to_owned(),
+        NameForm::DownLevel { account, .. } => format!("{group}\\{account}"),
+        NameForm::Bare => format!("{group}\\{}", username.as_str()),
     }
 }
 
@@ -234,9 +248,14 @@ mod tests {
         assert_eq!(group(&routes, "Emea\\bob").unwrap(), "emea");
         assert_eq!(group(&routes, "LAB\\bob"), Err(Unrouted("LAB\\".into())));
         assert_eq!(group(&routes, "alice").unwrap(), "hq", "bare: the default");
-        assert_eq!(routes.name_forms("hq"), 3);
+        assert_eq!(routes.name_forms("hq"), 2);
         assert_eq!(routes.name_forms("emea"), 2);
         assert_eq!(routes.name_forms("rest"), 1);
+        // Every short form of one account counts as one name, whatever NetBIOS name was typed.
+        let key = |name: &str| lockout_name(&Username::parse(name).unwrap(), "hq");
+        assert_eq!(key("CORP\\alice"), key("corpeu\\alice"));
+        assert_eq!(key("CORP\\alice"), key("alice"));
+        assert_ne!(key("CORP\\alice"), key("alice@corp.example.com"));
     }
 
     #[test]

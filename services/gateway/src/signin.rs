@@ -34,7 +34,7 @@ use crate::{
     ClientRegistration, GatewayConfig,
     access::{Enrolled, MfaFailure, PendingSignIn, Policies, SecondFactor},
     keyset::{KeySetCache, pick_two_preferring},
-    routing::Routes,
+    routing::{self, Routes},
 };
 
 /// The `Gateway` service.
@@ -842,13 +842,15 @@ impl SignInService {
                 // The directory's policy comes with the group's key set (cached; a failure to
                 // fetch it shows when the sign-in asks for it below).
                 let _ = self.keys.keys(&group, false).await;
-                let limits = lockout
-                    .limits_for(&group, self.keys.directory_lockout(&group))
-                    .shared_by(self.routes.name_forms(&group));
+                let limits = lockout.limits_for(
+                    &group,
+                    self.keys.directory_lockout(&group),
+                    self.routes.name_forms(&group),
+                );
                 match lockout
                     .admit(
                         &self.tenant,
-                        request.username.as_str(),
+                        &routing::lockout_name(&request.username, &group),
                         request.client_ip,
                         &limits,
                         now,

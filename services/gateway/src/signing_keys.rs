@@ -121,15 +121,25 @@ impl KeySync {
         });
     }
 
+    /// How long the JWKS waits for the store before it serves the keys read last.
+    const STORE_WAIT: Duration = Duration::from_secs(2);
+
     /// The JWKS as the store holds it now: from a read that began after this call. Calls
-    /// arriving together share one read (a burst of requests costs the store one query).
+    /// arriving together share one read (a burst of requests costs the store one query). A
+    /// store slower than [`KeySync::STORE_WAIT`] gets the keys read last instead of a stalled
+    /// answer.
     pub async fn fresh_jwks(&self) -> JwkSet {
         let arrived = Instant::now();
-        let mut last = self.last_read.lock().await;
-        if last.is_none_or(|began| began < arrived) {
-            let began = Instant::now();
-            self.apply().await;
-            *last = Some(began);
+        let read = async {
+            let mut last = self.last_read.lock().await;
+            if last.is_none_or(|began| began < arrived) {
+                let began = Instant::now();
+                self.apply().await;
+                *last = Some(began);
+            }
+        };
+        if tokio::time::timeout(Self::STORE_WAIT, read).await.is_err() {
+            tracing::warn!("the store did not answer in time: serving the JWKS read last");
         }
         self.issuer.jwks()
     }
