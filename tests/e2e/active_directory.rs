@@ -204,4 +204,47 @@ async fn active_directory_states_names_and_groups() {
         sorted(&["Ops, EU", "eng"]),
         "memberOf values, parsed as DNs (the escaped comma kept)"
     );
+
+    // Password writeback: dave must change his password (773); AD checks the old one itself
+    // and its own policy for the new one (0000052D: too short for the domain's minimum).
+    let writeback = LdapDirectory::new(LdapConfig {
+        password_change: passage_directory::password_change::PasswordChange::ActiveDirectory,
+        ..config(&dc)
+    })
+    .unwrap();
+    let change = |old: &str, new: &str| {
+        let (old, new) = (
+            Password::new(old.to_owned()).unwrap(),
+            Password::new(new.to_owned()).unwrap(),
+        );
+        let writeback = &writeback;
+        async move {
+            writeback
+                .change_password(&upn("dave"), &old, &new)
+                .await
+                .unwrap()
+        }
+    };
+    use passage_directory::password_change::{ChangeOutcome, Rejection};
+    assert_eq!(
+        change(&password("dave"), "a1!").await,
+        ChangeOutcome::Rejected(Rejection::Policy)
+    );
+    assert_eq!(
+        change("Wrong-Pass-1!", "Daves-New-Pass-2!").await,
+        ChangeOutcome::Refused(Verdict::InvalidCredentials)
+    );
+    match change(&password("dave"), "Daves-New-Pass-2!").await {
+        ChangeOutcome::Changed(info) => assert_eq!(info.upn, upn("dave")),
+        other => panic!("dave's change: {other:?}"),
+    }
+    assert!(matches!(
+        answer(&directory, &upn("dave"), "Daves-New-Pass-2!").await,
+        Verdict::Success(_)
+    ));
+    assert_eq!(
+        answer(&directory, &upn("dave"), &password("dave")).await,
+        Verdict::InvalidCredentials,
+        "the old password no longer works"
+    );
 }

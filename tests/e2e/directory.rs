@@ -687,3 +687,93 @@ async fn a_replica_dies_under_200_concurrent_sign_ins_and_none_fails() {
         "the second replica served"
     );
 }
+
+/// Password writeback on OpenLDAP: a must-change account and an expired one (with grace
+/// logins) change their password by Password Modify, bound as themselves, under the
+/// directory's own rules; a too-short or reused password is refused with its reason; the old
+/// password stops working.
+#[tokio::test(flavor = "multi_thread")]
+async fn passwords_change_under_the_directorys_own_rules() {
+    use passage_directory::password_change::{ChangeOutcome, Rejection};
+    let gina = TestUser::new("gina", "Gina-Pass-8!", &["staff"]);
+    let hank = TestUser::new("hank", "Hank-Pass-9!", &["staff"]);
+    let slapd = Slapd::start(&[gina.clone(), hank.clone()]);
+    policy(
+        &slapd,
+        "quality",
+        "pwdMustChange: TRUE\npwdCheckQuality: 2\npwdMinLength: 12\npwdInHistory: 3\n",
+        &[&gina],
+    );
+    slapd.modify(&format!(
+        "dn: {}\nchangetype: modify\nreplace: pwdReset\npwdReset: TRUE\n",
+        gina.dn()
+    ));
+    policy(
+        &slapd,
+        "graced",
+        "pwdMaxAge: 60\npwdGraceAuthNLimit: 3\npwdCheckQuality: 2\npwdMinLength: 12\n",
+        &[&hank],
+    );
+    slapd.modify(&format!(
+        "dn: {}\nchangetype: modify\nreplace: pwdChangedTime\npwdChangedTime: 20000101000000Z\n",
+        hank.dn()
+    ));
+    let directory = LdapDirectory::new(config(&slapd.url())).unwrap();
+    let password = |text: &str| Password::new(text.to_owned()).unwrap();
+    let sign_in_as = |user: &TestUser, text: &str| {
+        let (login, secret) = (user.upn.clone(), password(text));
+        let directory = &directory;
+        async move { directory.authenticate(&login, &secret).await.unwrap() }
+    };
+    let change = |user: &TestUser, old: &str, new: &str| {
+        let (login, old, new) = (user.upn.clone(), password(old), password(new));
+        let directory = &directory;
+        async move { directory.change_password(&login, &old, &new).await.unwrap() }
+    };
+
+    assert_eq!(
+        sign_in_as(&gina, &gina.password).await,
+        Verdict::PasswordMustChange
+    );
+    assert_eq!(
+        change(&gina, &gina.password, "Short-1!").await,
+        ChangeOutcome::Rejected(Rejection::TooShort)
+    );
+    assert_eq!(
+        change(&gina, "Not-Her-Password-1!", "A-Long-New-Pass-1!").await,
+        ChangeOutcome::Refused(Verdict::InvalidCredentials)
+    );
+    match change(&gina, &gina.password, "A-Long-New-Pass-1!").await {
+        ChangeOutcome::Changed(info) => assert_eq!(info.upn, gina.upn),
+        other => panic!("gina's change: {other:?}"),
+    }
+    assert!(matches!(
+        sign_in_as(&gina, "A-Long-New-Pass-1!").await,
+        Verdict::Success(_)
+    ));
+    assert_eq!(
+        sign_in_as(&gina, &gina.password).await,
+        Verdict::InvalidCredentials,
+        "the old password no longer works"
+    );
+    assert_eq!(
+        change(&gina, "A-Long-New-Pass-1!", &gina.password).await,
+        ChangeOutcome::Rejected(Rejection::InHistory),
+        "nor can it come back"
+    );
+
+    // Expired, with grace logins: the sign-in says expired (it spends one), the change uses
+    // another, and the new password signs in.
+    assert_eq!(
+        sign_in_as(&hank, &hank.password).await,
+        Verdict::PasswordExpired
+    );
+    match change(&hank, &hank.password, "Hanks-New-Pass-2!").await {
+        ChangeOutcome::Changed(_) => {}
+        other => panic!("hank's change: {other:?}"),
+    }
+    assert!(matches!(
+        sign_in_as(&hank, "Hanks-New-Pass-2!").await,
+        Verdict::Success(_)
+    ));
+}

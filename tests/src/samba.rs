@@ -106,6 +106,20 @@ impl SambaDc {
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
         );
+        // Samba (like AD for NTLM) keeps accepting an old password for an hour after a change
+        // by default; the tests check that a change really replaces it. (Provisioning keeps
+        // only some --option values, so this one goes into [global] here.)
+        let conf = dir.path().join("etc/smb.conf");
+        let text = std::fs::read_to_string(&conf).expect("smb.conf");
+        std::fs::write(
+            &conf,
+            text.replacen(
+                "[global]\n",
+                "[global]\n\told password allowed period = 0\n",
+                1,
+            ),
+        )
+        .expect("smb.conf");
         let log = std::fs::File::create(dir.path().join("samba.log")).expect("samba log");
         let child = Command::new(SAMBA)
             .args(["-i", "-s"])

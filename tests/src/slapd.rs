@@ -275,6 +275,8 @@ impl Slapd {
              rootpw {ADMIN_PASSWORD}\n\
              directory {root}/db\n\
              index uid,mail,userPrincipalName,member eq\n\
+             access to attrs=userPassword by self write by anonymous auth by * none\n\
+             access to * by * read\n\
              overlay ppolicy\n\
              ppolicy_default \"cn=default,ou=policies,{base}\"\n\
              ppolicy_use_lockout\n",

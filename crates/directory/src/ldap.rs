@@ -13,10 +13,11 @@ use serde::Deserialize;
 use tokio::sync::Semaphore;
 
 use crate::{
-    Directory, DirectoryError, DirectoryHealth, LockoutPolicy, PolicyFuture, UserInfo, Verdict,
-    VerdictFuture,
+    ChangeFuture, Directory, DirectoryError, DirectoryHealth, LockoutPolicy, PolicyFuture,
+    UserInfo, Verdict, VerdictFuture,
     groups::{self, GroupClaim, NestedGroups, Walk},
     lockout_policy,
+    password_change::{self, ChangeOutcome, PasswordChange},
     servers::{Connector, Server, Servers, failure, is_connection_error},
 };
 
@@ -86,6 +87,11 @@ pub struct LdapConfig {
     /// OpenLDAP. The gateway routes such names by NetBIOS domain or to its default group.
     #[serde(default = "default_short_name_attribute")]
     pub short_name_attribute: String,
+    /// How passwords are changed (writeback): `password_modify` (default: RFC 3062, bound as
+    /// the user, so the directory's own password policy applies) or `active_directory`
+    /// (`unicodePwd`, over LDAPS).
+    #[serde(default)]
+    pub password_change: PasswordChange,
     /// A filter that marks an account disabled (OpenLDAP has no such state of its own), e.g.
     /// `(employeeType=disabled)` or `(nsAccountLock=TRUE)`: checked on the user's entry after
     /// the password proved right, so a disabled account is never revealed to someone who
@@ -228,6 +234,7 @@ impl LdapConfig {
             login_attribute: default_login_attribute(),
             short_name_attribute: default_short_name_attribute(),
             account_disabled_filter: None,
+            password_change: PasswordChange::default(),
             user_filter: default_user_filter(),
             upn_attribute: default_upn_attribute(),
             display_name_attribute: default_display_name_attribute(),
@@ -884,6 +891,120 @@ impl LdapDirectory {
         }))
     }
 
+    /// Changes `login`'s password on `server` from `old` to `new`, then signs in with `new`.
+    async fn change_on(
+        &self,
+        server: &Server,
+        login: &str,
+        old: &Password,
+        new: &Password,
+    ) -> Result<ChangeOutcome, DirectoryError> {
+        let Some(entry) = self.search_user(server, login).await? else {
+            self.wait_like_a_failed_bind(server, old).await;
+            return Ok(ChangeOutcome::Refused(Verdict::InvalidCredentials));
+        };
+        let ppolicy = || RawControl {
+            ctype: PPOLICY_OID.into(),
+            crit: false,
+            val: None,
+        };
+        let connector = &self.servers.connector;
+        let answer = match self.config.password_change {
+            PasswordChange::PasswordModify => {
+                // Bound as the user: a must-change session or a grace login may change it.
+                let mut ldap = connector.connect(&server.url).await?;
+                let bound = ldap
+                    .with_timeout(self.timeout)
+                    .with_controls(ppolicy())
+                    .simple_bind(&entry.dn, old.expose())
+                    .await
+                    .map_err(|err| failure("bind", &err))?;
+                if bound.rc != 0 {
+                    let _ = ldap.unbind().await;
+                    return match BindAnswer::from_result(&bound) {
+                        BindAnswer::Refused(verdict) => Ok(ChangeOutcome::Refused(verdict)),
+                        BindAnswer::ServerError(text) => Err(DirectoryError::Unavailable(text)),
+                        BindAnswer::Success(_) => unreachable!("rc is not 0"),
+                    };
+                }
+                let changed = ldap
+                    .with_timeout(self.timeout)
+                    .with_controls(ppolicy())
+                    .extended(ldap3::exop::PasswordModify {
+                        user_id: None,
+                        old_pass: Some(old.expose()),
+                        new_pass: Some(new.expose()),
+                    })
+                    .await
+                    .map_err(|err| failure("password modify", &err))?
+                    .1;
+                let _ = ldap.unbind().await;
+                changed
+            }
+            PasswordChange::ActiveDirectory => {
+                use std::collections::HashSet;
+                let mut ldap = self.search_connection(server, 0, false).await?;
+                ldap.with_timeout(self.timeout)
+                    .modify(
+                        &entry.dn,
+                        vec![
+                            ldap3::Mod::Delete(
+                                b"unicodePwd".to_vec(),
+                                HashSet::from([password_change::unicode_pwd(old.expose())]),
+                            ),
+                            ldap3::Mod::Add(
+                                b"unicodePwd".to_vec(),
+                                HashSet::from([password_change::unicode_pwd(new.expose())]),
+                            ),
+                        ],
+                    )
+                    .await
+                    .map_err(|err| failure("password change", &err))?
+            }
+        };
+        let rejection = answer
+            .ctrls
+            .iter()
+            .find(|c| c.1.ctype == PPOLICY_OID)
+            .and_then(|c| c.1.val.as_deref())
+            .and_then(ppolicy_error)
+            .and_then(password_change::ppolicy_rejection);
+        match (answer.rc, rejection) {
+            (0, _) => {}
+            (_, Some(rejection)) => return Ok(ChangeOutcome::Rejected(rejection)),
+            // constraintViolation: AD says which (its error number leads the text): 0000052D,
+            // the new password breaks the policy; 00000056, the old one is wrong.
+            (19, None) => {
+                return Ok(match password_change::ad_change_error(&answer.text) {
+                    Some(outcome) => outcome,
+                    None => ChangeOutcome::Rejected(password_change::Rejection::Policy),
+                });
+            }
+            (49, None) => {
+                return Ok(ChangeOutcome::Refused(
+                    ad_sub_code(&answer.text).unwrap_or(Verdict::InvalidCredentials),
+                ));
+            }
+            (53, None) if self.config.password_change == PasswordChange::ActiveDirectory => {
+                return Err(DirectoryError::Misconfigured(format!(
+                    "Active Directory refused the password change ({}): it needs LDAPS",
+                    answer.text
+                )));
+            }
+            (rc, None) => {
+                return Err(DirectoryError::Unavailable(format!(
+                    "password change answered rc={rc}: {}",
+                    answer.text
+                )));
+            }
+        }
+        tracing::info!("password changed in the directory");
+        Ok(match self.authenticate_on(server, login, new).await? {
+            Verdict::Success(info) => ChangeOutcome::Changed(info),
+            verdict => ChangeOutcome::Refused(verdict),
+        })
+    }
+
     /// The lockout policies readable on `server`.
     async fn lockout_policy_on(
         &self,
@@ -927,6 +1048,20 @@ impl Directory for LdapDirectory {
             self.on_any_server(|server| async move {
                 self.authenticate_on(&server, login, password).await
             })
+            .await
+        })
+    }
+
+    fn change_password<'a>(
+        &'a self,
+        login: &'a str,
+        old: &'a Password,
+        new: &'a Password,
+    ) -> ChangeFuture<'a> {
+        Box::pin(async move {
+            self.on_any_server(
+                |server| async move { self.change_on(&server, login, old, new).await },
+            )
             .await
         })
     }
@@ -981,6 +1116,11 @@ impl BindAnswer {
             0 => match ppolicy {
                 // OpenLDAP with pwdMustChange lets the bind succeed but flags it.
                 Some(2) => BindAnswer::Refused(Verdict::PasswordMustChange),
+                // A grace login of an expired password: expired, to be changed (the change
+                // itself binds with one of the grace logins left).
+                _ if control.and_then(ppolicy_grace_logins_left).is_some() => {
+                    BindAnswer::Refused(Verdict::PasswordExpired)
+                }
                 _ => BindAnswer::Success(control.and_then(ppolicy_time_before_expiration)),
             },
             49 => BindAnswer::Refused(
@@ -1041,6 +1181,17 @@ pub fn ppolicy_error(value: &[u8]) -> Option<u8> {
 /// `SEQUENCE { warning [0] CHOICE { timeBeforeExpiration [0] INTEGER, graceAuthNsRemaining
 /// [1] INTEGER } OPTIONAL, ... }`, in seconds.
 pub fn ppolicy_time_before_expiration(value: &[u8]) -> Option<u64> {
+    ppolicy_warning(value, 0x80)
+}
+
+/// The `warning` field's `graceAuthNsRemaining` of a ppolicy response control value: the bind
+/// succeeded only by a grace login of an expired password.
+pub fn ppolicy_grace_logins_left(value: &[u8]) -> Option<u64> {
+    ppolicy_warning(value, 0x81)
+}
+
+/// The `warning` CHOICE `wanted` (0x80 timeBeforeExpiration, 0x81 graceAuthNsRemaining).
+fn ppolicy_warning(value: &[u8], wanted: u8) -> Option<u64> {
     let (tag, body, _) = der_element(value)?;
     if tag != 0x30 {
         return None;
@@ -1050,7 +1201,7 @@ pub fn ppolicy_time_before_expiration(value: &[u8]) -> Option<u64> {
         let (tag, content, next) = der_element(rest)?;
         if tag == 0xa0 {
             let (choice, seconds, _) = der_element(content)?;
-            if choice != 0x80 || seconds.is_empty() || seconds.len() > 8 {
+            if choice != wanted || seconds.is_empty() || seconds.len() > 8 {
                 return None;
             }
             return Some(

@@ -13,6 +13,7 @@ pub mod dn;
 pub mod groups;
 pub mod ldap;
 pub mod lockout_policy;
+pub mod password_change;
 mod servers;
 pub mod static_file;
 
@@ -107,6 +108,11 @@ pub struct DirectoryHealth {
 pub type VerdictFuture<'a> =
     Pin<Box<dyn Future<Output = Result<Verdict, DirectoryError>> + Send + 'a>>;
 
+/// The future [`Directory::change_password`] returns.
+pub type ChangeFuture<'a> = Pin<
+    Box<dyn Future<Output = Result<password_change::ChangeOutcome, DirectoryError>> + Send + 'a>,
+>;
+
 /// The future [`Directory::lockout_policy`] returns.
 pub type PolicyFuture<'a> =
     Pin<Box<dyn Future<Output = Result<Option<LockoutPolicy>, DirectoryError>> + Send + 'a>>;
@@ -115,6 +121,22 @@ pub type PolicyFuture<'a> =
 pub trait Directory: Send + Sync + 'static {
     /// Checks `password` for the user whose login attribute equals `login`.
     fn authenticate<'a>(&'a self, login: &'a str, password: &'a Password) -> VerdictFuture<'a>;
+
+    /// Changes the password of the user whose login is `login` from `old` to `new` (password
+    /// writeback), then reads the user as a sign-in with `new` would.
+    fn change_password<'a>(
+        &'a self,
+        login: &'a str,
+        old: &'a Password,
+        new: &'a Password,
+    ) -> ChangeFuture<'a> {
+        let _ = (login, old, new);
+        Box::pin(async {
+            Err(DirectoryError::Misconfigured(
+                "this directory cannot change passwords".into(),
+            ))
+        })
+    }
 
     /// Whether the directory has a lockout policy of its own to read (LDAP and AD do; the
     /// static file does not).
