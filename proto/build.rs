@@ -38,6 +38,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "passage.v1.RefreshRequest",
             "passage.v1.RefreshResponse",
             "passage.v1.EnrolRequest",
+            "passage.v1.ChangePasswordRequest",
+            "passage.v1.ChangePasswordResponse",
         ])
         .compile_fds(descriptors)?;
     Ok(())

@@ -5,10 +5,14 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use passage_directory::{Directory, DirectoryError, Verdict};
+use passage_directory::{
+    Directory, DirectoryError, Verdict,
+    password_change::{ChangeOutcome, Rejection},
+};
 use passage_envelope::{AgentKey, AnswerBinding, EnvelopeError, Opened, ReplayGuard};
 use passage_proto::v1::{
-    AgentError, DirectoryUser, SealedVerdict, ValidationAnswer, ValidationOutcome, ValidationTask,
+    AgentError, DirectoryUser, PasswordRejection, SealedVerdict, ValidationAnswer,
+    ValidationOutcome, ValidationTask,
 };
 use passage_telemetry::{TraceParent, join_trace};
 use prost::Message;
@@ -196,6 +200,44 @@ impl Validator {
             tracing::info!("a repeated wrong password: answered without asking the directory");
             return self.seal(&opened, Verdict::InvalidCredentials, true);
         }
+        // A password change: the directory checks the old password and its own policy for the
+        // new one, then the user signs in with it.
+        if let Some(new_password) = &opened.new_password {
+            let changed = tokio::time::timeout(
+                timeout,
+                self.directory
+                    .change_password(&opened.username, &opened.password, new_password)
+                    .instrument(tracing::info_span!("change_password")),
+            )
+            .await;
+            return match changed {
+                Err(_) => unavailable("the directory did not answer in time"),
+                Ok(Err(err)) => {
+                    tracing::warn!(detail = %err, "directory could not change the password");
+                    unavailable(&err.to_string())
+                }
+                Ok(Ok(ChangeOutcome::Changed(info))) => {
+                    self.seal(&opened, Verdict::Success(info), false)
+                }
+                Ok(Ok(ChangeOutcome::Refused(verdict))) => {
+                    tracing::info!(
+                        outcome = verdict.name(),
+                        "the directory refused the old password"
+                    );
+                    self.seal(&opened, verdict, false)
+                }
+                Ok(Ok(ChangeOutcome::Rejected(rejection))) => {
+                    tracing::info!(
+                        rejection = rejection.name(),
+                        "the directory refused the new password"
+                    );
+                    let mut message = verdict_message(Verdict::InvalidCredentials);
+                    message.outcome = ValidationOutcome::PasswordRejected as i32;
+                    message.rejection = rejection_message(rejection) as i32;
+                    self.seal_message(&opened, message)
+                }
+            };
+        }
         let verdict = tokio::time::timeout(
             timeout,
             self.directory
@@ -235,7 +277,27 @@ impl Validator {
         };
         let mut message = verdict_message(verdict);
         message.repeated_wrong_password = repeated;
-        match opened.answer_key.seal(&binding, &message.encode_to_vec()) {
+        self.seal_message_bound(opened, &binding, message)
+    }
+
+    /// Seals `message` as [`Validator::seal`] does.
+    fn seal_message(&self, opened: &Opened, message: SealedVerdict) -> ValidationAnswer {
+        let binding = AnswerBinding {
+            nonce: &opened.nonce,
+            agent_id: &self.agent_id,
+            tenant: &self.tenant,
+            username: &opened.username,
+        };
+        self.seal_message_bound(opened, &binding, message)
+    }
+
+    fn seal_message_bound(
+        &self,
+        opened: &Opened,
+        binding: &AnswerBinding<'_>,
+        message: SealedVerdict,
+    ) -> ValidationAnswer {
+        match opened.answer_key.seal(binding, &message.encode_to_vec()) {
             Ok(sealed_answer) => ValidationAnswer {
                 sealed_answer,
                 ..Default::default()
@@ -301,6 +363,17 @@ fn verdict_message(verdict: Verdict) -> SealedVerdict {
         outcome: outcome as i32,
         user,
         repeated_wrong_password: false,
+        rejection: PasswordRejection::Unspecified as i32,
+    }
+}
+
+fn rejection_message(rejection: Rejection) -> PasswordRejection {
+    match rejection {
+        Rejection::TooShort => PasswordRejection::TooShort,
+        Rejection::InHistory => PasswordRejection::InHistory,
+        Rejection::TooYoung => PasswordRejection::TooYoung,
+        Rejection::Quality => PasswordRejection::Quality,
+        Rejection::Policy => PasswordRejection::Policy,
     }
 }
 
@@ -350,6 +423,7 @@ mod tests {
             .seal(&PayloadFields {
                 username: sealed_user,
                 password: &password,
+                new_password: None,
                 tenant: "default",
                 not_after: SystemTime::now() + Duration::from_secs(30),
             })

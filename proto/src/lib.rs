@@ -24,6 +24,14 @@ impl std::fmt::Debug for v1::PasswordPayload {
         f.debug_struct("PasswordPayload")
             .field("username", &self.username)
             .field("password", &"[redacted]")
+            .field(
+                "new_password",
+                &if self.new_password.is_empty() {
+                    ""
+                } else {
+                    "[redacted]"
+                },
+            )
             .field("tenant", &self.tenant)
             .field("not_after", &self.not_after)
             .finish_non_exhaustive()
@@ -67,6 +75,14 @@ redacting_debug!(RefreshRequest {
 redacting_debug!(RefreshResponse {
     shown: [token_type, expires_in],
     hidden: [access_token, id_token, refresh_token]
+});
+redacting_debug!(ChangePasswordRequest {
+    shown: [username, client_id, client_ip, offline_access],
+    hidden: [old_password, new_password]
+});
+redacting_debug!(ChangePasswordResponse {
+    shown: [token_type, expires_in, mfa_challenge_expires_in],
+    hidden: [access_token, id_token, refresh_token, mfa_challenge]
 });
 redacting_debug!(EnrolRequest {
     shown: [tenant, hostname, version, connector_group],

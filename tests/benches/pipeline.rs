@@ -261,6 +261,7 @@ fn sealing_primitives() {
     let fields = PayloadFields {
         username: "user000@corp.example.com",
         password: &password,
+        new_password: None,
         tenant: "default",
         not_after: std::time::SystemTime::now() + Duration::from_secs(300),
     };

@@ -777,3 +777,114 @@ async fn passwords_change_under_the_directorys_own_rules() {
         Verdict::Success(_)
     ));
 }
+
+/// `Gateway.ChangePassword` end to end on OpenLDAP: a must-change user is told so at sign-in,
+/// changes the password through the gateway (both passwords sealed to the agent), gets tokens,
+/// and signs in with the new one; a too-short password is refused with its reason; neither
+/// password appears in any log at debug level. Without writeback the change is refused with
+/// Entra's sentence.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_user_changes_an_expired_password_through_the_gateway() {
+    use passage_error_codes::ErrorCode;
+    use passage_proto::v1::ChangePasswordRequest;
+    use passage_tests::{Cluster, ClusterOptions, cluster::CLIENT_ID, slapd::default_users};
+    let cluster = Cluster::start(ClusterOptions {
+        gateway_config: "password_writeback = true\n".into(),
+        debug_logs: true,
+        ..ClusterOptions::default()
+    })
+    .await;
+    let [alice, bob] = &default_users()[..] else {
+        unreachable!("two default users")
+    };
+    policy(
+        &cluster.slapd,
+        "reset",
+        "pwdMustChange: TRUE\npwdCheckQuality: 2\npwdMinLength: 12\n",
+        &[bob],
+    );
+    cluster.slapd.modify(&format!(
+        "dn: {}\nchangetype: modify\nreplace: pwdReset\npwdReset: TRUE\n",
+        bob.dn()
+    ));
+    let must_change = cluster.sign_in(&bob.upn, &bob.password).await.unwrap_err();
+    assert_eq!(
+        ErrorCode::of(&must_change),
+        Some(ErrorCode::PasswordMustChange)
+    );
+    assert!(
+        must_change.message().contains("Gateway.ChangePassword"),
+        "with writeback on, the answer tells the client to change it: {must_change:?}"
+    );
+
+    let change = |old: &str, new: &str| {
+        let mut client = cluster.gateway_client();
+        let request = ChangePasswordRequest {
+            username: bob.upn.clone(),
+            old_password: old.into(),
+            new_password: new.into(),
+            client_id: CLIENT_ID.into(),
+            client_ip: String::new(),
+            offline_access: false,
+        };
+        async move {
+            client
+                .change_password(request)
+                .await
+                .map(|r| r.into_inner())
+        }
+    };
+    let short = change(&bob.password, "Short-1!").await.unwrap_err();
+    assert_eq!(ErrorCode::of(&short), Some(ErrorCode::PasswordRejected));
+    assert!(short.message().contains("shorter"), "{short:?}");
+    let wrong = change("Not-Bobs-Pass-1!", "Bobs-New-Password-1!")
+        .await
+        .unwrap_err();
+    assert_eq!(ErrorCode::of(&wrong), Some(ErrorCode::InvalidCredentials));
+    let changed = change(&bob.password, "Bobs-New-Password-1!").await.unwrap();
+    let claims =
+        jsonwebtoken::dangerous::insecure_decode_claims::<serde_json::Value>(&changed.id_token)
+            .unwrap();
+    assert_eq!(claims["upn"], bob.upn);
+    cluster
+        .sign_in(&bob.upn, "Bobs-New-Password-1!")
+        .await
+        .expect("the new password signs in");
+    let old = cluster.sign_in(&bob.upn, &bob.password).await.unwrap_err();
+    assert_eq!(ErrorCode::of(&old), Some(ErrorCode::InvalidCredentials));
+    for process in [&cluster.gateway.process, &cluster.dispatcher.process] {
+        let output = process.output();
+        assert!(!output.contains("Bobs-New-Password-1!") && !output.contains(&bob.password));
+    }
+    for agent in &cluster.agents {
+        let output = agent.process.output();
+        assert!(!output.contains("Bobs-New-Password-1!") && !output.contains(&bob.password));
+    }
+
+    // A gateway without writeback refuses, before anything reaches an agent.
+    let off = Cluster::start(ClusterOptions::default()).await;
+    let mut client = off.gateway_client();
+    let refused = client
+        .change_password(ChangePasswordRequest {
+            username: alice.upn.clone(),
+            old_password: alice.password.clone(),
+            new_password: "Alices-New-Password-1!".into(),
+            client_id: CLIENT_ID.into(),
+            client_ip: String::new(),
+            offline_access: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(ErrorCode::of(&refused), Some(ErrorCode::WritebackDisabled));
+    assert!(
+        refused
+            .message()
+            .contains("Your organization doesn't allow you to update your password on this site"),
+        "{refused:?}"
+    );
+    assert_eq!(
+        off.slapd.binds_as(&alice.dn()),
+        0,
+        "nothing reached the directory"
+    );
+}

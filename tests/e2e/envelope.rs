@@ -57,6 +57,7 @@ impl Attacker {
             .seal(&PayloadFields {
                 username,
                 password: &password,
+                new_password: None,
                 tenant,
                 not_after,
             })

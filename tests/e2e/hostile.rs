@@ -247,6 +247,7 @@ async fn a_thousand_hostile_inputs_sign_nobody_in_and_crash_nothing() {
             .seal(&PayloadFields {
                 username: &alice.upn,
                 password: &password,
+                new_password: None,
                 tenant: "default",
                 not_after: SystemTime::now() + std::time::Duration::from_secs(30),
             })

@@ -107,6 +107,8 @@ pub struct PayloadFields<'a> {
     pub username: &'a str,
     /// The password.
     pub password: &'a Password,
+    /// A password change: the new password, sealed with the old one.
+    pub new_password: Option<&'a Password>,
     /// The tenant.
     pub tenant: &'a str,
     /// When the agent must stop accepting the envelope.
@@ -183,6 +185,10 @@ impl SealingKey {
             tenant: fields.tenant.to_owned(),
             not_after,
             nonce: nonce.to_vec(),
+            new_password: fields
+                .new_password
+                .map(|p| p.expose().as_bytes().to_vec())
+                .unwrap_or_default(),
         }
         .encode_to_vec();
 
@@ -380,6 +386,10 @@ impl AgentKey {
         let mut payload = result?;
         let password = Password::from_utf8(std::mem::take(&mut payload.password))
             .map_err(|_| EnvelopeError::BadPayload)?;
+        let new_password = match std::mem::take(&mut payload.new_password) {
+            bytes if bytes.is_empty() => None,
+            bytes => Some(Password::from_utf8(bytes).map_err(|_| EnvelopeError::BadPayload)?),
+        };
         let nonce: [u8; NONCE_LEN] = payload
             .nonce
             .as_slice()
@@ -388,6 +398,7 @@ impl AgentKey {
         Ok(Opened {
             username: payload.username,
             password,
+            new_password,
             tenant: payload.tenant,
             not_after: UNIX_EPOCH + Duration::from_secs(payload.not_after.max(0) as u64),
             nonce,
@@ -439,6 +450,8 @@ pub struct Opened {
     pub username: String,
     /// The password.
     pub password: Password,
+    /// A password change: the new password.
+    pub new_password: Option<Password>,
     /// The tenant sealed with the password.
     pub tenant: String,
     /// Expiry.

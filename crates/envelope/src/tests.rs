@@ -16,6 +16,7 @@ fn seal_for(key: &AgentKey, username: &str, password: &str, not_after: SystemTim
         .seal(&PayloadFields {
             username,
             password: &password,
+            new_password: None,
             tenant: "default",
             not_after,
         })
@@ -201,6 +202,7 @@ fn fields<'a>(username: &'a str, password: &'a Password) -> PayloadFields<'a> {
     PayloadFields {
         username,
         password,
+        new_password: None,
         tenant: "default",
         not_after: soon(),
     }
@@ -348,4 +350,35 @@ proptest! {
         };
         prop_assert!(sealed.answer_key.open(&binding, &bytes).is_err());
     }
+}
+
+#[test]
+fn a_new_password_travels_sealed_with_the_old_one() {
+    let key = key();
+    let old = Password::new("Old-Pass-1!".into()).unwrap();
+    let new = Password::new("New-Pass-2!".into()).unwrap();
+    let sealed = SealingKey::from_der(key.public_key_der())
+        .unwrap()
+        .seal(&PayloadFields {
+            new_password: Some(&new),
+            ..fields("alice@corp.example.com", &old)
+        })
+        .unwrap();
+    assert!(
+        !sealed.ciphertext.windows(11).any(|w| w == b"New-Pass-2!"),
+        "not in the clear"
+    );
+    let opened = key.open(&sealed.ciphertext).unwrap();
+    assert_eq!(opened.password.expose(), "Old-Pass-1!");
+    assert_eq!(opened.new_password.unwrap().expose(), "New-Pass-2!");
+    let plain = key
+        .open(
+            &SealingKey::from_der(key.public_key_der())
+                .unwrap()
+                .seal(&fields("alice@corp.example.com", &old))
+                .unwrap()
+                .ciphertext,
+        )
+        .unwrap();
+    assert!(plain.new_password.is_none(), "a sign-in carries none");
 }

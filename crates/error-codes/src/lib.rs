@@ -83,6 +83,11 @@ error_codes! {
     PasswordExpired = "PSG50055", FailedPrecondition;
     /// The password must be changed before first use.
     PasswordMustChange = "PSG50056", FailedPrecondition;
+    /// A password change: the directory refused the new password (too short, used before,
+    /// too soon, or its policy's other rules); the message says which.
+    PasswordRejected = "PSG50140", InvalidArgument;
+    /// A password change where this tenant does not allow password writeback.
+    WritebackDisabled = "PSG50141", FailedPrecondition;
     /// No healthy agent of the connector group is connected.
     NoAgentAvailable = "PSG80001", Unavailable;
     /// The agent did not answer before the deadline.
@@ -150,6 +155,12 @@ impl ErrorCode {
             }
             ErrorCode::PasswordMustChange => {
                 "the password must be changed before it can be used. Your organization doesn't allow you to update your password on this site. Update it according to the method recommended by your organization, or ask your admin if you need help."
+            }
+            ErrorCode::PasswordRejected => {
+                "the new password does not meet the organisation's password policy"
+            }
+            ErrorCode::WritebackDisabled => {
+                "Your organization doesn't allow you to update your password on this site. Update it according to the method recommended by your organization, or ask your admin if you need help."
             }
             ErrorCode::NoAgentAvailable => {
                 "no agent is available to check the password; try again shortly"

@@ -67,6 +67,11 @@ pub struct GatewayConfig {
     /// domains (`CORP\user`). Without any, the domain itself (lower-cased) names the group.
     #[serde(default)]
     pub connector_groups: Vec<ConnectorGroupRoute>,
+    /// Whether users may change their password through `Gateway.ChangePassword` (password
+    /// writeback to the directory, by the agent). Off: the change is refused (`PSG50141`) and
+    /// expired or must-change passwords are changed the organisation's way.
+    #[serde(default)]
+    pub password_writeback: bool,
     /// The connector group where bare usernames (no `@domain`, no `DOMAIN\`) are looked up;
     /// without it they are refused (`PSG50034`).
     #[serde(default)]
@@ -316,6 +321,7 @@ impl GatewayConfig {
             tenant: default_tenant(),
             connector_groups: Vec::new(),
             default_connector_group: None,
+            password_writeback: false,
             clients: Vec::new(),
             signing_key_file,
             token_lifetime_s: default_token_lifetime_s(),

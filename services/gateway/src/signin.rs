@@ -15,10 +15,10 @@ use passage_lockout::{
     throttle::{Throttle, Throttled},
 };
 use passage_proto::v1::{
-    CompleteMfaRequest, CompleteMfaResponse, DirectoryUser, RefreshRequest, RefreshResponse,
-    SealedPassword, SealedVerdict, SignInRequest, SignInResponse, ValidateRequest,
-    ValidateResponse, ValidationOutcome, dispatcher_client::DispatcherClient,
-    gateway_server::Gateway,
+    ChangePasswordRequest, ChangePasswordResponse, CompleteMfaRequest, CompleteMfaResponse,
+    DirectoryUser, PasswordRejection, RefreshRequest, RefreshResponse, SealedPassword,
+    SealedVerdict, SignInRequest, SignInResponse, ValidateRequest, ValidateResponse,
+    ValidationOutcome, dispatcher_client::DispatcherClient, gateway_server::Gateway,
 };
 use passage_store::{SigninEntry, Store};
 
@@ -50,6 +50,8 @@ pub struct SignInService {
     clients: Vec<ClientRegistration>,
     envelope_lifetime: Duration,
     validation_timeout: Duration,
+    /// Whether users may change their password here (`password_writeback`).
+    password_writeback: bool,
     policies: Arc<Policies>,
     second_factor: Option<SecondFactor>,
 }
@@ -58,6 +60,8 @@ pub struct SignInService {
 struct CheckedRequest {
     username: Username,
     password: Password,
+    /// A password change: the new password.
+    new_password: Option<Password>,
     client_id: String,
     client_ip: Option<IpAddr>,
     client_type: ClientType,
@@ -118,6 +122,12 @@ pub enum SignInError {
     /// The client id is not registered.
     #[error("client_id {0:?} is not registered")]
     UnknownClient(String),
+    /// The directory refused the new password of a password change.
+    #[error("the directory refused the new password ({})", rejection_reason(*.0))]
+    PasswordRejected(PasswordRejection),
+    /// Password changes are off for this tenant (`password_writeback`).
+    #[error("password writeback is off")]
+    WritebackDisabled,
     /// No connector group serves the domain.
     #[error("no connector group serves the domain {0}")]
     UnknownDomain(String),
@@ -210,12 +220,15 @@ impl SignInError {
             SignInError::Invalid(_) | SignInError::BadClientIp => ErrorCode::InvalidRequest,
             SignInError::UnknownClient(_) => ErrorCode::UnknownClient,
             SignInError::UnknownDomain(_) => ErrorCode::UnknownDomain,
+            SignInError::PasswordRejected(_) => ErrorCode::PasswordRejected,
+            SignInError::WritebackDisabled => ErrorCode::WritebackDisabled,
             SignInError::Refused(outcome) => match outcome {
                 ValidationOutcome::AccountLocked => ErrorCode::AccountLocked,
                 ValidationOutcome::AccountDisabled => ErrorCode::AccountDisabled,
                 ValidationOutcome::AccountExpired => ErrorCode::AccountExpired,
                 ValidationOutcome::PasswordExpired => ErrorCode::PasswordExpired,
                 ValidationOutcome::PasswordMustChange => ErrorCode::PasswordMustChange,
+                ValidationOutcome::PasswordRejected => ErrorCode::PasswordRejected,
                 ValidationOutcome::DirectoryUnavailable => ErrorCode::DirectoryUnavailable,
                 ValidationOutcome::InvalidCredentials
                 | ValidationOutcome::Success
@@ -269,6 +282,7 @@ impl SignInError {
             | SignInError::BadClientIp
             | SignInError::UnknownClient(_)
             | SignInError::UnknownDomain(_)
+            | SignInError::PasswordRejected(_)
             | SignInError::NoRefreshTokens => code.status(self),
             // "client authentication failed": which field is wrong, never more.
             SignInError::Refresh(ref err) if err.error == "invalid_client" => code.status(self),
@@ -278,6 +292,27 @@ impl SignInError {
 }
 
 impl SignInService {
+    /// The caller's view of `err`, as [`SignInError::into_status`] — but an expired or
+    /// must-change password, where this gateway allows writeback, tells the client to change
+    /// it here rather than the organisation's way.
+    pub fn status_of(&self, err: SignInError) -> Status {
+        match &err {
+            SignInError::Refused(
+                outcome @ (ValidationOutcome::PasswordExpired
+                | ValidationOutcome::PasswordMustChange),
+            ) if self.password_writeback => {
+                let what = match outcome {
+                    ValidationOutcome::PasswordExpired => "the password has expired",
+                    _ => "the password must be changed before it can be used",
+                };
+                err.code().status(format!(
+                    "{what}: change it with Gateway.ChangePassword (old and new password), which signs in with the new one"
+                ))
+            }
+            _ => err.into_status(),
+        }
+    }
+
     /// A service calling `dispatcher` with keys from `keys`, issuing with `issuer`; with
     /// `store`, every attempt goes to the sign-in log, with `lockout`, smart lockout applies,
     /// `policies` decide what a right password leads to, and `second_factor` runs MFA.
@@ -308,6 +343,7 @@ impl SignInService {
             .unwrap_or_default(),
             clients: config.clients.clone(),
             envelope_lifetime: Duration::from_secs(config.envelope_lifetime_s),
+            password_writeback: config.password_writeback,
             validation_timeout: Duration::from_millis(config.validation_timeout_ms),
             policies,
             second_factor,
@@ -350,6 +386,7 @@ impl SignInService {
         Ok(CheckedRequest {
             username,
             password,
+            new_password: None,
             client_id,
             client_ip,
             client_type,
@@ -469,6 +506,7 @@ impl SignInService {
         let fields = PayloadFields {
             username: request.username.as_str(),
             password: &request.password,
+            new_password: request.new_password.as_ref(),
             tenant: &self.tenant,
             not_after,
         };
@@ -561,6 +599,7 @@ impl SignInService {
             outcome: ValidationOutcome::try_from(verdict.outcome).unwrap_or_default(),
             user: verdict.user,
             repeated_wrong_password: verdict.repeated_wrong_password,
+            rejection: PasswordRejection::try_from(verdict.rejection).unwrap_or_default(),
         })
     }
 }
@@ -574,6 +613,23 @@ struct Answer {
     user: Option<DirectoryUser>,
     /// A wrong password the user tried recently (the agent recognised it): counted once.
     repeated_wrong_password: bool,
+    /// A password change the directory refused: why.
+    rejection: PasswordRejection,
+}
+
+/// Why a new password was refused, in words for the caller.
+pub fn rejection_reason(rejection: PasswordRejection) -> &'static str {
+    match rejection {
+        PasswordRejection::TooShort => {
+            "it is shorter than the organisation's password policy allows"
+        }
+        PasswordRejection::InHistory => "it was used before",
+        PasswordRejection::TooYoung => "the password was changed too recently to change again",
+        PasswordRejection::Quality => "it does not meet the password policy's quality rules",
+        PasswordRejection::Policy | PasswordRejection::Unspecified => {
+            "it does not meet the organisation's password policy (length, complexity or history)"
+        }
+    }
 }
 
 /// A dispatcher failure as a sign-in error, keeping its Passage code when it has one.
@@ -657,6 +713,46 @@ impl Gateway for GatewayService {
                         mfa_challenge: handle,
                         mfa_challenge_expires_in: expires_in,
                         ..SignInResponse::default()
+                    },
+                })
+            };
+            answer
+                .await
+                .map(Response::new)
+                .map_err(|err| service.status_of(err))
+        })
+        .await
+    }
+
+    async fn change_password(
+        &self,
+        request: Request<ChangePasswordRequest>,
+    ) -> Result<Response<ChangePasswordResponse>, Status> {
+        let (service, refresh) = (Arc::clone(&self.service), self.refresh.clone());
+        to_the_end(async move {
+            let offline = request.get_ref().offline_access;
+            let answer = async {
+                Ok(match service.change_password(request).await? {
+                    Signed::Granted(granted) => {
+                        let tokens = service.tokens(&granted)?;
+                        let refresh_token = if offline {
+                            refresh_token_for(refresh.as_ref(), &granted).await?
+                        } else {
+                            String::new()
+                        };
+                        ChangePasswordResponse {
+                            access_token: tokens.access_token,
+                            id_token: tokens.id_token,
+                            token_type: tokens.token_type,
+                            expires_in: tokens.expires_in,
+                            refresh_token,
+                            ..ChangePasswordResponse::default()
+                        }
+                    }
+                    Signed::Challenge { handle, expires_in } => ChangePasswordResponse {
+                        mfa_challenge: handle,
+                        mfa_challenge_expires_in: expires_in,
+                        ..ChangePasswordResponse::default()
                     },
                 })
             };
@@ -770,6 +866,64 @@ impl SignInService {
     ) -> Result<Signed, SignInError> {
         let started = Instant::now();
         let request = self.check(request, client_type)?;
+        self.sign_in_traced(request, caller_trace, started).await
+    }
+
+    /// A password change (writeback) and the sign-in with the new password: refused unless
+    /// the tenant allows writeback; otherwise every step of a sign-in, the old password
+    /// standing for the password.
+    pub async fn change_password(
+        &self,
+        request: Request<ChangePasswordRequest>,
+    ) -> Result<Signed, SignInError> {
+        let started = Instant::now();
+        let caller_trace = request
+            .metadata()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .and_then(TraceParent::parse);
+        let ChangePasswordRequest {
+            username,
+            old_password,
+            new_password,
+            client_id,
+            client_ip,
+            offline_access,
+        } = request.into_inner();
+        // Both passwords become Password (wiped on every path) before anything else.
+        let new_password = Password::new(new_password).map_err(|err| match err {
+            CredentialError::Empty { .. } => CredentialError::Empty {
+                field: "new_password",
+            },
+            other => other,
+        })?;
+        let mut checked = self.check(
+            SignInRequest {
+                username,
+                password: old_password,
+                client_id,
+                client_ip,
+                offline_access,
+            },
+            ClientType::Grpc,
+        )?;
+        if !self.password_writeback {
+            return Err(SignInError::WritebackDisabled);
+        }
+        if new_password.expose() == checked.password.expose() {
+            return Err(SignInError::PasswordRejected(PasswordRejection::InHistory));
+        }
+        checked.new_password = Some(new_password);
+        self.sign_in_traced(checked, caller_trace, started).await
+    }
+
+    /// Every step of a checked sign-in but the tokens, in its span.
+    async fn sign_in_traced(
+        &self,
+        request: CheckedRequest,
+        caller_trace: Option<TraceParent>,
+        started: Instant,
+    ) -> Result<Signed, SignInError> {
         let client_ip = request.client_ip.map(|ip| ip.to_string());
         if let Err(throttled) =
             self.throttle
@@ -786,7 +940,8 @@ impl SignInService {
             trace_id = tracing::field::Empty,
             username = %request.username,
             client_id = %request.client_id,
-            client_type = client_type.as_str(),
+            client_type = request.client_type.as_str(),
+            password_change = request.new_password.is_some(),
             connector_group = %group,
             error_code = tracing::field::Empty,
         );
@@ -899,6 +1054,9 @@ impl SignInService {
                 let subject = self.subject(&request, user);
                 let evaluation = self.evaluate(&request, &subject, scope);
                 Ok((subject, answer.agent_id, evaluation))
+            }
+            (ValidationOutcome::PasswordRejected, _) => {
+                Err(SignInError::PasswordRejected(answer.rejection))
             }
             (outcome, _) => Err(SignInError::Refused(outcome)),
         });
