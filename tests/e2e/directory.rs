@@ -888,3 +888,97 @@ async fn a_user_changes_an_expired_password_through_the_gateway() {
         "nothing reached the directory"
     );
 }
+
+/// The browser sign-in page offers the change form when the password must change and
+/// writeback is on: the new password twice (a mismatch is said), then back to the
+/// application with a code — the password never in a URL.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sign_in_page_changes_a_password_that_must_change() {
+    use passage_tests::{
+        Cluster, ClusterOptions,
+        slapd::default_users,
+        web::{FormBrowser, query},
+    };
+    let redirect = "http://localhost:9/callback";
+    let cluster = Cluster::start(ClusterOptions {
+        development_store: true,
+        gateway_config: "password_writeback = true\n".into(),
+        gateway_clients: format!(
+            "\n[[clients]]\nid = \"web-app\"\nname = \"Web app\"\nredirect_uris = [\"{redirect}\"]\n"
+        ),
+        ..ClusterOptions::default()
+    })
+    .await;
+    let bob = &default_users()[1];
+    policy(&cluster.slapd, "reset", "pwdMustChange: TRUE\n", &[bob]);
+    cluster.slapd.modify(&format!(
+        "dn: {}\nchangetype: modify\nreplace: pwdReset\npwdReset: TRUE\n",
+        bob.dn()
+    ));
+    let issuer = cluster.gateway.issuer.clone();
+    // RFC 7636's example verifier and its S256 challenge.
+    let authorize = format!(
+        "{issuer}/authorize?response_type=code&client_id=web-app&redirect_uri={redirect}\
+         &scope=openid&state=s1&code_challenge=E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM\
+         &code_challenge_method=S256"
+    );
+    let mut browser = FormBrowser::default();
+    let page = browser.get(&authorize).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let mut fields = page.hidden_inputs();
+    fields.push(("username".into(), bob.upn.clone()));
+    fields.push(("password".into(), bob.password.clone()));
+    let change = browser
+        .post_form(&format!("{issuer}/authorize"), &fields)
+        .await;
+    assert!(
+        change.body.contains("id=\"new_password\""),
+        "{}",
+        change.body
+    );
+
+    let post = |old: &str, new: &str, confirm: &str, page: &passage_tests::web::Page| {
+        let mut fields = page.hidden_inputs();
+        fields.push(("old_password".into(), old.into()));
+        fields.push(("new_password".into(), new.into()));
+        fields.push(("confirm_password".into(), confirm.into()));
+        fields
+    };
+    let differ = browser
+        .post_form(
+            &format!("{issuer}/password"),
+            &post(
+                &bob.password,
+                "Bobs-New-Pass-3!",
+                "Bobs-New-Pass-4!",
+                &change,
+            ),
+        )
+        .await;
+    assert!(
+        differ.body.contains("do not match") && differ.body.contains("id=\"new_password\""),
+        "{}",
+        differ.body
+    );
+    let done = browser
+        .post_form(
+            &format!("{issuer}/password"),
+            &post(
+                &bob.password,
+                "Bobs-New-Pass-3!",
+                "Bobs-New-Pass-3!",
+                &differ,
+            ),
+        )
+        .await;
+    let location = done.location().expect("back to the application").to_owned();
+    assert!(location.starts_with(redirect), "{location}");
+    let answer = query(&location);
+    assert_eq!(answer.get("state").map(String::as_str), Some("s1"));
+    assert!(answer.contains_key("code"));
+    assert!(!location.contains("Bobs-New-Pass-3!") && !location.contains(&bob.password));
+    cluster
+        .sign_in(&bob.upn, "Bobs-New-Pass-3!")
+        .await
+        .expect("the new password signs in");
+}

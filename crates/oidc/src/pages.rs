@@ -263,6 +263,22 @@ pub struct Strings {
     pub logout_refused: &'static str,
     /// [`Message::Generic`].
     pub generic: &'static str,
+    /// The password-change page's title and heading.
+    pub change_title: &'static str,
+    /// The current password's label.
+    pub old_password_label: &'static str,
+    /// The new password's label.
+    pub new_password_label: &'static str,
+    /// The new password again.
+    pub confirm_password_label: &'static str,
+    /// The password-change button.
+    pub change_submit: &'static str,
+    /// [`Message::ChangeNeeded`].
+    pub change_needed: &'static str,
+    /// [`Message::NewPasswordRejected`].
+    pub new_password_rejected: &'static str,
+    /// [`Message::PasswordsDiffer`].
+    pub passwords_differ: &'static str,
 }
 
 /// What a page tells the user about a refusal or a failure.
@@ -297,6 +313,12 @@ pub enum Message {
     LogoutRefused,
     /// Anything else.
     Generic,
+    /// The password has expired or must be changed: choose a new one (password writeback).
+    ChangeNeeded,
+    /// The directory refused the new password.
+    NewPasswordRejected,
+    /// The new password and its confirmation differ.
+    PasswordsDiffer,
 }
 
 impl Strings {
@@ -317,6 +339,9 @@ impl Strings {
             Message::FormExpired => self.form_expired,
             Message::LogoutRefused => self.logout_refused,
             Message::Generic => self.generic,
+            Message::ChangeNeeded => self.change_needed,
+            Message::NewPasswordRejected => self.new_password_rejected,
+            Message::PasswordsDiffer => self.passwords_differ,
         }
     }
 }
@@ -356,6 +381,15 @@ pub static EN: Strings = Strings {
     form_expired: "This page has expired. Go back to the application and sign in again.",
     logout_refused: "This sign-out request is not valid.",
     generic: "Something went wrong. Try again later.",
+    change_title: "Change your password",
+    old_password_label: "Current password",
+    new_password_label: "New password",
+    confirm_password_label: "Confirm the new password",
+    change_submit: "Change password",
+    change_needed: "Your password has expired or must be changed. Choose a new one.",
+    new_password_rejected: "The new password does not meet your organization's password \
+                            policy. Choose another one.",
+    passwords_differ: "The new passwords do not match.",
 };
 
 /// French.
@@ -396,6 +430,15 @@ pub static FR: Strings = Strings {
     form_expired: "Cette page a expiré. Revenez à l’application et reconnectez-vous.",
     logout_refused: "Cette demande de déconnexion n’est pas valide.",
     generic: "Une erreur s’est produite. Réessayez plus tard.",
+    change_title: "Changez votre mot de passe",
+    old_password_label: "Mot de passe actuel",
+    new_password_label: "Nouveau mot de passe",
+    confirm_password_label: "Confirmez le nouveau mot de passe",
+    change_submit: "Changer le mot de passe",
+    change_needed: "Votre mot de passe a expiré ou doit être changé. Choisissez-en un nouveau.",
+    new_password_rejected: "Le nouveau mot de passe ne respecte pas la politique de votre \
+                            organisation. Choisissez-en un autre.",
+    passwords_differ: "Les nouveaux mots de passe ne correspondent pas.",
 };
 
 /// German.
@@ -439,6 +482,16 @@ pub static DE: Strings = Strings {
                    sich erneut an.",
     logout_refused: "Diese Abmeldeanfrage ist ungültig.",
     generic: "Etwas ist schiefgelaufen. Versuchen Sie es später erneut.",
+    change_title: "Passwort ändern",
+    old_password_label: "Aktuelles Passwort",
+    new_password_label: "Neues Passwort",
+    confirm_password_label: "Neues Passwort bestätigen",
+    change_submit: "Passwort ändern",
+    change_needed: "Ihr Passwort ist abgelaufen oder muss geändert werden. Wählen Sie ein \
+                    neues.",
+    new_password_rejected: "Das neue Passwort entspricht nicht der Richtlinie Ihrer \
+                            Organisation. Wählen Sie ein anderes.",
+    passwords_differ: "Die neuen Passwörter stimmen nicht überein.",
 };
 
 /// The built-in languages, English first.
@@ -562,6 +615,23 @@ pub struct MfaPage<'a> {
     pub error: Option<Message>,
 }
 
+/// The password-change page (password writeback), after a sign-in said the password expired
+/// or must change.
+pub struct ChangePasswordPage<'a> {
+    /// The language.
+    pub strings: &'static Strings,
+    /// Where the form posts to.
+    pub action: &'a str,
+    /// The application's name ("Continue to …"); nothing is said when empty.
+    pub client_name: &'a str,
+    /// Hidden fields: the authorization request and the username.
+    pub hidden: &'a [(&'a str, String)],
+    /// The CSRF token, for the hidden field `csrf`.
+    pub csrf: &'a str,
+    /// Why the page is shown, or what went wrong with the previous attempt.
+    pub message: Message,
+}
+
 /// The attributes a field gets when the page shows an error.
 const INVALID: &str = r#" aria-invalid="true" aria-describedby="error""#;
 
@@ -620,6 +690,31 @@ pub fn mfa(page: &MfaPage<'_>) -> String {
         verify = escape(strings.verify),
     ));
     document(strings, strings.mfa_title, &body)
+}
+
+/// The password-change page: the current password again (it is never carried in the page),
+/// the new one twice.
+pub fn change_password(page: &ChangePasswordPage<'_>) -> String {
+    let strings = page.strings;
+    let mut body = heading(strings.change_title, strings, page.client_name);
+    body.push_str(&error_paragraph(strings, Some(page.message)));
+    body.push_str(&form_start(page.action, page.csrf, page.hidden));
+    body.push_str(&format!(
+        r#"<label for="old_password">{old}</label>
+<input id="old_password" name="old_password" type="password" autocomplete="current-password" required autofocus aria-describedby="error">
+<label for="new_password">{new}</label>
+<input id="new_password" name="new_password" type="password" autocomplete="new-password" required>
+<label for="confirm_password">{confirm}</label>
+<input id="confirm_password" name="confirm_password" type="password" autocomplete="new-password" required>
+<button id="submit" type="submit">{submit}</button>
+</form>
+"#,
+        old = escape(strings.old_password_label),
+        new = escape(strings.new_password_label),
+        confirm = escape(strings.confirm_password_label),
+        submit = escape(strings.change_submit),
+    ));
+    document(strings, strings.change_title, &body)
 }
 
 /// A page saying the sign-in cannot go on, with `message` (an
@@ -717,7 +812,10 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const ALL_MESSAGES: [Message; 14] = [
+    const ALL_MESSAGES: [Message; 17] = [
+        Message::ChangeNeeded,
+        Message::NewPasswordRejected,
+        Message::PasswordsDiffer,
         Message::InvalidCredentials,
         Message::LockedOut,
         Message::Throttled,
@@ -754,6 +852,31 @@ mod tests {
             username,
             error,
         })
+    }
+
+    #[test]
+    fn the_change_page_asks_the_old_password_again_and_the_new_one_twice() {
+        let hidden = hidden();
+        let html = change_password(&ChangePasswordPage {
+            strings: &EN,
+            action: "password",
+            client_name: "Grafana",
+            hidden: &hidden,
+            csrf: "csrf-token",
+            message: Message::ChangeNeeded,
+        });
+        for field in ["old_password", "new_password", "confirm_password"] {
+            assert!(
+                html.contains(&format!("<label for=\"{field}\">"))
+                    && html.contains(&format!(
+                        "id=\"{field}\" name=\"{field}\" type=\"password\""
+                    )),
+                "{field}: {html}"
+            );
+        }
+        assert!(html.contains("autocomplete=\"new-password\""));
+        assert!(html.contains("role=\"alert\""), "the reason is announced");
+        assert!(!html.contains("<script>"), "hidden values escaped");
     }
 
     #[test]

@@ -37,7 +37,9 @@ use passage_oidc::{
     tokens::{digest, opaque_token},
 };
 use passage_policy::{Cidr, ClientType};
-use passage_proto::v1::{CompleteMfaRequest, SignInRequest};
+use passage_proto::v1::{
+    ChangePasswordRequest, CompleteMfaRequest, SignInRequest, ValidationOutcome,
+};
 use passage_store::{CodeRedemption, NewCode, NewRefreshToken, RefreshRotation, Store};
 use passage_tokens::{
     ACR_MFA, ACR_PASSWORD, Authentication, IssuedTokens, Subject, TokenIssuer, TokenRequest,
@@ -52,6 +54,8 @@ pub struct Peer(pub SocketAddr);
 
 /// Where the second-factor page posts (beside `/authorize`, so that relative links work).
 const MFA: &str = "/mfa";
+/// The password-change form posts here (beside `/authorize`), when writeback is on.
+const PASSWORD: &str = "/password";
 
 /// A route as pages link it: relative to the page, so that it holds under an issuer's path.
 fn relative(route: &'static str) -> &'static str {
@@ -203,6 +207,7 @@ impl Provider {
                 get(authorize_page).post(authorize_submit),
             )
             .route(MFA, axum::routing::post(mfa_submit))
+            .route(PASSWORD, axum::routing::post(password_submit))
             .route(
                 discovery::TOKEN,
                 axum::routing::post(token_endpoint).options(preflight),
@@ -352,6 +357,98 @@ async fn authorize_submit(
         Ok(Signed::Challenge { handle, .. }) => {
             provider.mfa_page(&request, strings, &csrf_token, &handle, None)
         }
+        // The password is right but must change, and the tenant lets users change it here.
+        Err(SignInError::Refused(
+            ValidationOutcome::PasswordExpired | ValidationOutcome::PasswordMustChange,
+        )) if provider.0.service.password_writeback() => provider.change_password_page(
+            &request,
+            strings,
+            &csrf_token,
+            &username,
+            Message::ChangeNeeded,
+        ),
+        Err(err) => {
+            let (status, message) = page_message(&err);
+            provider.sign_in_page(
+                &request,
+                strings,
+                &csrf_token,
+                &username,
+                Some(message),
+                status,
+            )
+        }
+    }
+}
+
+/// The password-change form: the current password again and the new one twice; on success
+/// the sign-in goes on with the new password (a second factor, then the code).
+async fn password_submit(
+    State(provider): State<Provider>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let PostedForm {
+        mut fields,
+        request,
+        strings,
+        csrf_token,
+    } = match provider.posted_form(
+        &headers,
+        &body,
+        &[
+            "username",
+            "old_password",
+            "new_password",
+            "confirm_password",
+        ],
+    ) {
+        Ok(posted) => posted,
+        Err(refused) => return *refused,
+    };
+    let confirm = fields[3].take().unwrap_or_default();
+    let new_password = fields[2].take().unwrap_or_default();
+    let old_password = fields[1].take().unwrap_or_default();
+    let username = fields[0].take().unwrap_or_default();
+    if new_password != confirm {
+        return provider.change_password_page(
+            &request,
+            strings,
+            &csrf_token,
+            &username,
+            Message::PasswordsDiffer,
+        );
+    }
+    let client_ip = provider.client_ip(peer, &headers);
+    let changed = provider
+        .0
+        .service
+        .change_password_as(
+            ChangePasswordRequest {
+                username: username.clone(),
+                old_password,
+                new_password,
+                client_id: request.client_id.clone(),
+                client_ip: client_ip.to_string(),
+                offline_access: false,
+            },
+            ClientType::Browser,
+            None,
+        )
+        .await;
+    match changed {
+        Ok(Signed::Granted(granted)) => provider.redirect_with_code(&request, *granted).await,
+        Ok(Signed::Challenge { handle, .. }) => {
+            provider.mfa_page(&request, strings, &csrf_token, &handle, None)
+        }
+        Err(SignInError::PasswordRejected(_)) => provider.change_password_page(
+            &request,
+            strings,
+            &csrf_token,
+            &username,
+            Message::NewPasswordRejected,
+        ),
         Err(err) => {
             let (status, message) = page_message(&err);
             provider.sign_in_page(
@@ -479,6 +576,28 @@ impl Provider {
         page_with_csrf(StatusCode::OK, html, &request.redirect_uri, csrf_token)
     }
 
+    fn change_password_page(
+        &self,
+        request: &AuthorizationRequest,
+        strings: &'static Strings,
+        csrf_token: &str,
+        username: &str,
+        message: Message,
+    ) -> Response {
+        let mut hidden = request.to_params();
+        hidden.push(("username", username.to_owned()));
+        let client = self.client(&request.client_id);
+        let html = pages::change_password(&pages::ChangePasswordPage {
+            strings,
+            action: relative(PASSWORD),
+            client_name: client_name(client),
+            hidden: &hidden,
+            csrf: csrf_token,
+            message,
+        });
+        page_with_csrf(StatusCode::OK, html, &request.redirect_uri, csrf_token)
+    }
+
     fn client(&self, id: &str) -> Option<&Client> {
         self.0.clients.get(id)
     }
@@ -572,6 +691,8 @@ fn page_message(err: &SignInError) -> (StatusCode, Message) {
         ErrorCode::PasswordExpired => Message::PasswordExpired,
         ErrorCode::PasswordMustChange => Message::MustChangePassword,
         ErrorCode::AccountDisabled | ErrorCode::AccountExpired => Message::AccountDisabled,
+        ErrorCode::PasswordRejected => Message::NewPasswordRejected,
+        ErrorCode::WritebackDisabled => Message::PasswordExpired,
         ErrorCode::MfaNotEnrolled => Message::MfaNotEnrolled,
         ErrorCode::MfaCodeInvalid => Message::MfaWrongCode,
         ErrorCode::MfaChallengeEnded | ErrorCode::MfaChallengeInvalid => Message::MfaEnded,

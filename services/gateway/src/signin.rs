@@ -876,12 +876,28 @@ impl SignInService {
         &self,
         request: Request<ChangePasswordRequest>,
     ) -> Result<Signed, SignInError> {
-        let started = Instant::now();
         let caller_trace = request
             .metadata()
             .get("traceparent")
             .and_then(|v| v.to_str().ok())
             .and_then(TraceParent::parse);
+        self.change_password_as(request.into_inner(), ClientType::Grpc, caller_trace)
+            .await
+    }
+
+    /// Whether users may change their password here.
+    pub fn password_writeback(&self) -> bool {
+        self.password_writeback
+    }
+
+    /// A password change from a `client_type` client (see [`SignInService::change_password`]).
+    pub async fn change_password_as(
+        &self,
+        request: ChangePasswordRequest,
+        client_type: ClientType,
+        caller_trace: Option<TraceParent>,
+    ) -> Result<Signed, SignInError> {
+        let started = Instant::now();
         let ChangePasswordRequest {
             username,
             old_password,
@@ -889,7 +905,7 @@ impl SignInService {
             client_id,
             client_ip,
             offline_access,
-        } = request.into_inner();
+        } = request;
         // Both passwords become Password (wiped on every path) before anything else.
         let new_password = Password::new(new_password).map_err(|err| match err {
             CredentialError::Empty { .. } => CredentialError::Empty {
@@ -905,7 +921,7 @@ impl SignInService {
                 client_ip,
                 offline_access,
             },
-            ClientType::Grpc,
+            client_type,
         )?;
         if !self.password_writeback {
             return Err(SignInError::WritebackDisabled);
