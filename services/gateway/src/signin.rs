@@ -1058,7 +1058,10 @@ impl SignInService {
         };
         // Near the limits, a lost agent's password is not sent to another (smart lockout
         // counted room for one failure of this attempt).
-        let single_bind = ticket.as_ref().is_some_and(|t| !t.room_for_second_bind);
+        // A password change goes to one agent only: a second agent after a lost one would
+        // find the password already changed and answer "wrong old password".
+        let single_bind = request.new_password.is_some()
+            || ticket.as_ref().is_some_and(|t| !t.room_for_second_bind);
         let (answer, lost) = self.validate(&request, &group, &trace, single_bind).await;
         let repeated = answer
             .as_ref()
