@@ -269,18 +269,12 @@ impl Validator {
     /// Seals `verdict` so that only the gateway that sealed the password can read it, and only
     /// for this sign-in: the dispatcher relays it blind.
     fn seal(&self, opened: &Opened, verdict: Verdict, repeated: bool) -> ValidationAnswer {
-        let binding = AnswerBinding {
-            nonce: &opened.nonce,
-            agent_id: &self.agent_id,
-            tenant: &self.tenant,
-            username: &opened.username,
-        };
         let mut message = verdict_message(verdict);
         message.repeated_wrong_password = repeated;
-        self.seal_message_bound(opened, &binding, message)
+        self.seal_message(opened, message)
     }
 
-    /// Seals `message` as [`Validator::seal`] does.
+    /// Seals `message` under the envelope's answer key, bound to this sign-in.
     fn seal_message(&self, opened: &Opened, message: SealedVerdict) -> ValidationAnswer {
         let binding = AnswerBinding {
             nonce: &opened.nonce,
@@ -288,16 +282,7 @@ impl Validator {
             tenant: &self.tenant,
             username: &opened.username,
         };
-        self.seal_message_bound(opened, &binding, message)
-    }
-
-    fn seal_message_bound(
-        &self,
-        opened: &Opened,
-        binding: &AnswerBinding<'_>,
-        message: SealedVerdict,
-    ) -> ValidationAnswer {
-        match opened.answer_key.seal(binding, &message.encode_to_vec()) {
+        match opened.answer_key.seal(&binding, &message.encode_to_vec()) {
             Ok(sealed_answer) => ValidationAnswer {
                 sealed_answer,
                 ..Default::default()
