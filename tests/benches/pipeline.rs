@@ -551,6 +551,30 @@ type Phase = (
     Vec<(&'static str, Duration)>,
 );
 
+/// Sign-ins through `cluster`'s gateway for one phase, with the CPU snapshots around it
+/// (`agent`: the index of the agent serving it).
+async fn measured_phase(
+    cluster: &Cluster,
+    agent: usize,
+    name: &'static str,
+    users: &Arc<Vec<TestUser>>,
+    concurrency: usize,
+    warmup: Duration,
+    duration: Duration,
+) -> Phase {
+    let before = cpu_snapshot(cluster, agent);
+    let report = sign_ins(
+        name,
+        cluster.gateway_client(),
+        Arc::clone(users),
+        concurrency,
+        warmup,
+        duration,
+    )
+    .await;
+    (report, before, cpu_snapshot(cluster, agent))
+}
+
 /// The production-trust phases: smart lockout and the sign-in log on and off, on SQLite and
 /// on PostgreSQL, each a fresh deployment.
 async fn store_phases(
@@ -582,18 +606,8 @@ async fn store_phases(
         })
         .await;
         secure.enrol_agent().await;
-        let before = cpu_snapshot(&secure, 0);
-        let report = sign_ins(
-            name,
-            secure.gateway_client(),
-            Arc::clone(users),
-            concurrency,
-            warmup,
-            duration,
-        )
-        .await;
-        let after = cpu_snapshot(&secure, 0);
-        secure_phases.push((report, before, after));
+        secure_phases
+            .push(measured_phase(&secure, 0, name, users, concurrency, warmup, duration).await);
     }
 
     secure_phases
@@ -670,18 +684,9 @@ async fn directory_phases(
             cluster.wait_for_agents(|ids| !ids.contains(&gone)).await;
         }
         cluster.start_agent(index, true).await;
-        let before = cpu_snapshot(&cluster, index);
-        let report = sign_ins(
-            name,
-            cluster.gateway_client(),
-            Arc::clone(users),
-            concurrency,
-            warmup,
-            duration,
-        )
-        .await;
-        let after = cpu_snapshot(&cluster, index);
-        phases.push((report, before, after));
+        phases.push(
+            measured_phase(&cluster, index, name, users, concurrency, warmup, duration).await,
+        );
     }
     phases
 }

@@ -170,14 +170,7 @@ async fn a_dead_server_is_failed_over_under_load_and_probed_back() {
             })
         })
         .collect();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while started.load(std::sync::atomic::Ordering::SeqCst) < 200 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the sign-ins did not start"
-        );
-        tokio::task::yield_now().await;
-    }
+    all_started(&started, 200).await;
     first.stop();
     let mut failed = Vec::new();
     for sign_in in sign_ins {
@@ -453,6 +446,18 @@ async fn each_forest_signs_in_through_its_own_agents_only() {
     assert!(!cluster.slapd.log().contains("carol") && !fabrikam_slapd.log().contains("carol"));
 }
 
+/// Waits until `count` tasks have counted themselves in `started`.
+async fn all_started(started: &std::sync::atomic::AtomicUsize, count: usize) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while started.load(std::sync::atomic::Ordering::SeqCst) < count {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sign-ins did not start"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
 /// Adds a password policy `cn=<name>,ou=policies` with `attributes` (LDIF lines) and puts
 /// `users` under it.
 fn policy(slapd: &Slapd, name: &str, attributes: &str, users: &[&TestUser]) {
@@ -661,14 +666,7 @@ async fn a_replica_dies_under_200_concurrent_sign_ins_and_none_fails() {
             })
         })
         .collect();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while started.load(std::sync::atomic::Ordering::SeqCst) < 200 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the sign-ins did not start"
-        );
-        tokio::task::yield_now().await;
-    }
+    all_started(&started, 200).await;
     first.stop();
     let mut failed = Vec::new();
     for sign_in in sign_ins {

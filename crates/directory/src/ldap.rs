@@ -619,11 +619,7 @@ impl LdapDirectory {
             };
             let result = ldap
                 .with_timeout(self.timeout)
-                .with_controls(RawControl {
-                    ctype: PPOLICY_OID.into(),
-                    crit: false,
-                    val: None,
-                })
+                .with_controls(ppolicy_request())
                 .simple_bind(dn, password.expose())
                 .await;
             match result {
@@ -903,11 +899,6 @@ impl LdapDirectory {
             self.wait_like_a_failed_bind(server, old).await;
             return Ok(ChangeOutcome::Refused(Verdict::InvalidCredentials));
         };
-        let ppolicy = || RawControl {
-            ctype: PPOLICY_OID.into(),
-            crit: false,
-            val: None,
-        };
         let connector = &self.servers.connector;
         let answer = match self.config.password_change {
             PasswordChange::PasswordModify => {
@@ -915,7 +906,7 @@ impl LdapDirectory {
                 let mut ldap = connector.connect(&server.url).await?;
                 let bound = ldap
                     .with_timeout(self.timeout)
-                    .with_controls(ppolicy())
+                    .with_controls(ppolicy_request())
                     .simple_bind(&entry.dn, old.expose())
                     .await
                     .map_err(|err| failure("bind", &err))?;
@@ -929,7 +920,7 @@ impl LdapDirectory {
                 }
                 let changed = ldap
                     .with_timeout(self.timeout)
-                    .with_controls(ppolicy())
+                    .with_controls(ppolicy_request())
                     .extended(ldap3::exop::PasswordModify {
                         user_id: None,
                         old_pass: Some(old.expose()),
@@ -962,11 +953,7 @@ impl LdapDirectory {
                     .map_err(|err| failure("password change", &err))?
             }
         };
-        let rejection = answer
-            .ctrls
-            .iter()
-            .find(|c| c.1.ctype == PPOLICY_OID)
-            .and_then(|c| c.1.val.as_deref())
+        let rejection = ppolicy_response(&answer)
             .and_then(ppolicy_error)
             .and_then(password_change::ppolicy_rejection);
         match (answer.rc, rejection) {
@@ -1106,11 +1093,7 @@ enum BindAnswer {
 
 impl BindAnswer {
     fn from_result(result: &ldap3::LdapResult) -> Self {
-        let control = result
-            .ctrls
-            .iter()
-            .find(|c| c.1.ctype == PPOLICY_OID)
-            .and_then(|c| c.1.val.as_deref());
+        let control = ppolicy_response(result);
         let ppolicy = control.and_then(ppolicy_error);
         match result.rc {
             0 => match ppolicy {
@@ -1162,6 +1145,11 @@ fn ppolicy_verdict(error: u8) -> Option<Verdict> {
 /// The `error` field of a ppolicy response control value:
 /// `SEQUENCE { warning [0] ... OPTIONAL, error [1] ENUMERATED OPTIONAL }`.
 pub fn ppolicy_error(value: &[u8]) -> Option<u8> {
+    ppolicy_field(value, 0x81)?.last().copied()
+}
+
+/// The content of the field tagged `wanted` in a ppolicy response control value (a SEQUENCE).
+fn ppolicy_field(value: &[u8], wanted: u8) -> Option<&[u8]> {
     let (tag, body, _) = der_element(value)?;
     if tag != 0x30 {
         return None;
@@ -1169,12 +1157,30 @@ pub fn ppolicy_error(value: &[u8]) -> Option<u8> {
     let mut rest = body;
     while !rest.is_empty() {
         let (tag, content, next) = der_element(rest)?;
-        if tag == 0x81 {
-            return content.last().copied();
+        if tag == wanted {
+            return Some(content);
         }
         rest = next;
     }
     None
+}
+
+/// The password-policy request control, sent with binds and password changes.
+fn ppolicy_request() -> RawControl {
+    RawControl {
+        ctype: PPOLICY_OID.into(),
+        crit: false,
+        val: None,
+    }
+}
+
+/// The value of a result's password-policy response control, if it has one.
+fn ppolicy_response(result: &ldap3::LdapResult) -> Option<&[u8]> {
+    result
+        .ctrls
+        .iter()
+        .find(|c| c.1.ctype == PPOLICY_OID)
+        .and_then(|c| c.1.val.as_deref())
 }
 
 /// The `warning` field's `timeBeforeExpiration` of a ppolicy response control value:
@@ -1192,27 +1198,15 @@ pub fn ppolicy_grace_logins_left(value: &[u8]) -> Option<u64> {
 
 /// The `warning` CHOICE `wanted` (0x80 timeBeforeExpiration, 0x81 graceAuthNsRemaining).
 fn ppolicy_warning(value: &[u8], wanted: u8) -> Option<u64> {
-    let (tag, body, _) = der_element(value)?;
-    if tag != 0x30 {
+    let (choice, seconds, _) = der_element(ppolicy_field(value, 0xa0)?)?;
+    if choice != wanted || seconds.is_empty() || seconds.len() > 8 {
         return None;
     }
-    let mut rest = body;
-    while !rest.is_empty() {
-        let (tag, content, next) = der_element(rest)?;
-        if tag == 0xa0 {
-            let (choice, seconds, _) = der_element(content)?;
-            if choice != wanted || seconds.is_empty() || seconds.len() > 8 {
-                return None;
-            }
-            return Some(
-                seconds
-                    .iter()
-                    .fold(0u64, |acc, b| (acc << 8) | u64::from(*b)),
-            );
-        }
-        rest = next;
-    }
-    None
+    Some(
+        seconds
+            .iter()
+            .fold(0u64, |acc, b| (acc << 8) | u64::from(*b)),
+    )
 }
 
 /// Splits one DER element (short or long definite length) into tag, content and the rest.

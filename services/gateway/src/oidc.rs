@@ -353,10 +353,6 @@ async fn authorize_submit(
         )
         .await;
     match signed {
-        Ok(Signed::Granted(granted)) => provider.redirect_with_code(&request, *granted).await,
-        Ok(Signed::Challenge { handle, .. }) => {
-            provider.mfa_page(&request, strings, &csrf_token, &handle, None)
-        }
         // The password is right but must change, and the tenant lets users change it here.
         Err(SignInError::Refused(
             ValidationOutcome::PasswordExpired | ValidationOutcome::PasswordMustChange,
@@ -367,16 +363,10 @@ async fn authorize_submit(
             &username,
             Message::ChangeNeeded,
         ),
-        Err(err) => {
-            let (status, message) = page_message(&err);
-            provider.sign_in_page(
-                &request,
-                strings,
-                &csrf_token,
-                &username,
-                Some(message),
-                status,
-            )
+        signed => {
+            provider
+                .continue_sign_in(&request, strings, &csrf_token, &username, signed)
+                .await
         }
     }
 }
@@ -438,10 +428,6 @@ async fn password_submit(
         )
         .await;
     match changed {
-        Ok(Signed::Granted(granted)) => provider.redirect_with_code(&request, *granted).await,
-        Ok(Signed::Challenge { handle, .. }) => {
-            provider.mfa_page(&request, strings, &csrf_token, &handle, None)
-        }
         Err(SignInError::PasswordRejected(_)) => provider.change_password_page(
             &request,
             strings,
@@ -449,16 +435,10 @@ async fn password_submit(
             &username,
             Message::NewPasswordRejected,
         ),
-        Err(err) => {
-            let (status, message) = page_message(&err);
-            provider.sign_in_page(
-                &request,
-                strings,
-                &csrf_token,
-                &username,
-                Some(message),
-                status,
-            )
+        signed => {
+            provider
+                .continue_sign_in(&request, strings, &csrf_token, &username, signed)
+                .await
         }
     }
 }
@@ -574,6 +554,35 @@ impl Provider {
             error,
         });
         page_with_csrf(StatusCode::OK, html, &request.redirect_uri, csrf_token)
+    }
+
+    /// Where a sign-in's result takes the browser: back to the application with a code, on
+    /// to the second factor, or to the sign-in page again with what went wrong.
+    async fn continue_sign_in(
+        &self,
+        request: &AuthorizationRequest,
+        strings: &'static Strings,
+        csrf_token: &str,
+        username: &str,
+        signed: Result<Signed, SignInError>,
+    ) -> Response {
+        match signed {
+            Ok(Signed::Granted(granted)) => self.redirect_with_code(request, *granted).await,
+            Ok(Signed::Challenge { handle, .. }) => {
+                self.mfa_page(request, strings, csrf_token, &handle, None)
+            }
+            Err(err) => {
+                let (status, message) = page_message(&err);
+                self.sign_in_page(
+                    request,
+                    strings,
+                    csrf_token,
+                    username,
+                    Some(message),
+                    status,
+                )
+            }
+        }
     }
 
     fn change_password_page(

@@ -690,6 +690,30 @@ async fn refresh_token_for(
         .map_err(SignInError::Refresh)
 }
 
+/// The gRPC answer to a sign-in (a password change's included): the tokens, with a refresh
+/// token when `offline`, or the MFA challenge that stands before them.
+async fn signed_response(
+    service: &SignInService,
+    refresh: Option<&crate::oidc::Provider>,
+    signed: Signed,
+    offline: bool,
+) -> Result<SignInResponse, SignInError> {
+    Ok(match signed {
+        Signed::Granted(granted) => {
+            let mut response = service.tokens(&granted)?;
+            if offline {
+                response.refresh_token = refresh_token_for(refresh, &granted).await?;
+            }
+            response
+        }
+        Signed::Challenge { handle, expires_in } => SignInResponse {
+            mfa_challenge: handle,
+            mfa_challenge_expires_in: expires_in,
+            ..SignInResponse::default()
+        },
+    })
+}
+
 #[tonic::async_trait]
 impl Gateway for GatewayService {
     async fn sign_in(
@@ -700,21 +724,8 @@ impl Gateway for GatewayService {
         to_the_end(async move {
             let offline = request.get_ref().offline_access;
             let answer = async {
-                Ok(match service.sign_in(request).await? {
-                    Signed::Granted(granted) => {
-                        let mut response = service.tokens(&granted)?;
-                        if offline {
-                            response.refresh_token =
-                                refresh_token_for(refresh.as_ref(), &granted).await?;
-                        }
-                        response
-                    }
-                    Signed::Challenge { handle, expires_in } => SignInResponse {
-                        mfa_challenge: handle,
-                        mfa_challenge_expires_in: expires_in,
-                        ..SignInResponse::default()
-                    },
-                })
+                let signed = service.sign_in(request).await?;
+                signed_response(&service, refresh.as_ref(), signed, offline).await
             };
             answer
                 .await
@@ -732,28 +743,16 @@ impl Gateway for GatewayService {
         to_the_end(async move {
             let offline = request.get_ref().offline_access;
             let answer = async {
-                Ok(match service.change_password(request).await? {
-                    Signed::Granted(granted) => {
-                        let tokens = service.tokens(&granted)?;
-                        let refresh_token = if offline {
-                            refresh_token_for(refresh.as_ref(), &granted).await?
-                        } else {
-                            String::new()
-                        };
-                        ChangePasswordResponse {
-                            access_token: tokens.access_token,
-                            id_token: tokens.id_token,
-                            token_type: tokens.token_type,
-                            expires_in: tokens.expires_in,
-                            refresh_token,
-                            ..ChangePasswordResponse::default()
-                        }
-                    }
-                    Signed::Challenge { handle, expires_in } => ChangePasswordResponse {
-                        mfa_challenge: handle,
-                        mfa_challenge_expires_in: expires_in,
-                        ..ChangePasswordResponse::default()
-                    },
+                let signed = service.change_password(request).await?;
+                let response = signed_response(&service, refresh.as_ref(), signed, offline).await?;
+                Ok(ChangePasswordResponse {
+                    access_token: response.access_token,
+                    id_token: response.id_token,
+                    token_type: response.token_type,
+                    expires_in: response.expires_in,
+                    mfa_challenge: response.mfa_challenge,
+                    mfa_challenge_expires_in: response.mfa_challenge_expires_in,
+                    refresh_token: response.refresh_token,
                 })
             };
             answer
