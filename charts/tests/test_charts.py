@@ -487,11 +487,31 @@ def test_agent_url_and_urls_together_fail_clearly():
     values["config"]["directory"]["url"] = "ldaps://dc1.corp.example.com"
     with pytest.raises(helm.HelmError) as failure:
         render("passage-agent", values)
-    assert "set url (one server) or urls (several, tried in order), not both" in str(failure.value)
+    assert "set url (one server), urls (several, tried in order) or dns_srv (found in DNS): one of the three" in str(failure.value)
     # An empty url beside urls is no url at all.
     values["config"]["directory"]["url"] = ""
     directory = config_file(render("passage-agent", values), "passage-passage-agent", "agent.toml")["directory"]
     assert "url" not in directory and len(directory["urls"]) == 2
+
+
+def test_agent_finds_domain_controllers_in_dns():
+    values = load_values(VALUES / "agent-ldap-failover.yaml")
+    del values["config"]["directory"]["urls"]
+    values["config"]["directory"]["dns_srv"] = {"domain": "corp.example.com", "site": "Paris", "name_servers": ["10.0.0.10"]}
+    directory = config_file(render("passage-agent", values), "passage-passage-agent", "agent.toml")["directory"]
+    assert directory["dns_srv"] == {"domain": "corp.example.com", "site": "Paris", "name_servers": ["10.0.0.10"]}
+    assert "url" not in directory and "urls" not in directory
+    # With a server list as well: refused, naming the three ways.
+    values["config"]["directory"]["url"] = "ldaps://dc1.corp.example.com"
+    with pytest.raises(helm.HelmError) as failure:
+        render("passage-agent", values)
+    assert "one of the three" in str(failure.value)
+    # A scheme the agent does not know fails the schema.
+    del values["config"]["directory"]["url"]
+    values["config"]["directory"]["dns_srv"]["scheme"] = "ldapi"
+    with pytest.raises(helm.HelmError) as failure:
+        render("passage-agent", values)
+    assert "scheme" in str(failure.value)
 
 
 def test_agent_network_policy_is_egress_only():

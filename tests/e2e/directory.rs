@@ -221,6 +221,114 @@ async fn a_dead_server_is_failed_over_under_load_and_probed_back() {
     assert_eq!(directory.health().servers_up, 0);
 }
 
+/// Servers found in DNS the way Windows finds domain controllers: the site's SRV records
+/// first, then the domain's; a record change is followed without a restart; no record at
+/// all is a clear "unreachable", reported in the health.
+#[tokio::test(flavor = "multi_thread")]
+async fn servers_are_found_in_dns_srv_records_site_first_and_followed() {
+    use passage_directory::discovery::{DnsSrv, Scheme};
+    use passage_tests::dns::{DnsServer, Srv};
+
+    let users: Vec<TestUser> = (0..3)
+        .map(|i| TestUser::new(&format!("user{i}"), &format!("Pass-{i}-word!"), &["staff"]))
+        .collect();
+    // Two replicas holding the same data: one in the agent's site, one elsewhere.
+    let elsewhere = Slapd::start(&users);
+    let mut in_site = Slapd::start(&users);
+    let dns = DnsServer::start().await;
+    let site_record = "_ldap._tcp.paris._sites.corp.test.";
+    let domain_record = "_ldap._tcp.corp.test.";
+    dns.set(site_record, vec![Srv::new("127.0.0.1", in_site.port())]);
+    dns.set(
+        domain_record,
+        vec![
+            Srv::new("127.0.0.1", elsewhere.port()),
+            Srv {
+                priority: 10,
+                ..Srv::new("127.0.0.1", in_site.port())
+            },
+        ],
+    );
+    let config = LdapConfig {
+        url: String::new(),
+        dns_srv: Some(DnsSrv {
+            domain: "corp.test".into(),
+            site: Some("Paris".into()),
+            scheme: Scheme::Ldap,
+            ldaps_port: 636,
+            name_servers: vec![dns.addr().to_string()],
+            refresh_interval_s: 1,
+        }),
+        probe_interval_ms: 100,
+        ..config("")
+    };
+    let directory = LdapDirectory::new(config.clone()).unwrap();
+    let health = directory.health();
+    assert_eq!(
+        (health.servers_up, health.servers_total),
+        (0, 0),
+        "nothing is looked up before the first operation"
+    );
+
+    sign_in(&directory, &users[0]).await;
+    assert_eq!(dns.questions(), [site_record, domain_record]);
+    assert!(
+        directory
+            .describe()
+            .contains(&format!("[{} {}]", in_site.url(), elsewhere.url())),
+        "the site's server first, each once: {}",
+        directory.describe()
+    );
+    assert_eq!(in_site.binds_as(&users[0].dn()), 1);
+    assert_eq!(elsewhere.binds_as(&users[0].dn()), 0);
+    let health = directory.health();
+    assert_eq!((health.servers_up, health.servers_total), (2, 2));
+
+    // The site's server dies: the next one in DNS order serves.
+    in_site.stop();
+    sign_in(&directory, &users[1]).await;
+    assert_eq!(elsewhere.binds_as(&users[1].dn()), 1);
+    let health = directory.health();
+    assert_eq!((health.servers_up, health.servers_total), (1, 2));
+
+    // It is retired from DNS: within the refresh interval the list follows.
+    dns.set(site_record, Vec::new());
+    dns.set(domain_record, vec![Srv::new("127.0.0.1", elsewhere.port())]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while directory.health().servers_total != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the retired server is still listed: {}",
+            directory.describe()
+        );
+        // Lookups are started by operations, in the background.
+        sign_in(&directory, &users[2]).await;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        directory
+            .describe()
+            .contains(&format!("[{}]", elsewhere.url())),
+        "{}",
+        directory.describe()
+    );
+    assert_eq!(directory.health().servers_up, 1);
+
+    // No record at all: a new agent cannot find its directory, and says why.
+    dns.set(domain_record, Vec::new());
+    let lost = LdapDirectory::new(config).unwrap();
+    let password = Password::new(users[0].password.clone()).unwrap();
+    match lost.authenticate(&users[0].upn, &password).await {
+        Err(passage_directory::DirectoryError::Unreachable(why)) => assert!(
+            why.contains("DNS SRV lookup found no directory server") && why.contains(domain_record),
+            "{why}"
+        ),
+        other => panic!("expected unreachable, got {other:?}"),
+    }
+    let health = lost.health();
+    assert_eq!((health.servers_up, health.servers_total), (0, 1));
+}
+
 /// An agent whose directory cannot be reached says so in its heartbeat; the gateway and the
 /// dispatcher then send the sign-ins to the agent whose directory answers.
 #[tokio::test(flavor = "multi_thread")]

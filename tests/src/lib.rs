@@ -6,6 +6,7 @@
 
 pub mod bins;
 pub mod cluster;
+pub mod dns;
 pub mod forging;
 pub mod otlp;
 pub mod postgres;

@@ -402,6 +402,11 @@ impl Slapd {
         format!("ldap://127.0.0.1:{}", self.port)
     }
 
+    /// The LDAP port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// The stats log.
     pub fn log_path(&self) -> PathBuf {
         self.dir.path().join("slapd.log")

@@ -144,11 +144,11 @@ app.kubernetes.io/part-of: passage
 {{- end -}}
 {{- end -}}
 {{- if eq $v.config.directory.kind "ldap" -}}
-{{- if and $v.config.directory.url $v.config.directory.urls -}}
-{{- fail "config.directory: set url (one server) or urls (several, tried in order), not both" -}}
+{{- if gt (len (compact (list $v.config.directory.url $v.config.directory.urls $v.config.directory.dns_srv))) 1 -}}
+{{- fail "config.directory: set url (one server), urls (several, tried in order) or dns_srv (found in DNS): one of the three" -}}
 {{- end -}}
-{{- if not (or $v.config.directory.url $v.config.directory.urls) -}}
-{{- fail "config.directory.url or config.directory.urls is required for kind ldap: url: ldaps://dc1.corp.example.com, or urls: [ldaps://dc1.corp.example.com, ldaps://dc2.corp.example.com]" -}}
+{{- if not (or $v.config.directory.url $v.config.directory.urls $v.config.directory.dns_srv) -}}
+{{- fail "config.directory.url, config.directory.urls or config.directory.dns_srv is required for kind ldap: url: ldaps://dc1.corp.example.com, or urls: [ldaps://dc1.corp.example.com, ldaps://dc2.corp.example.com], or dns_srv: {domain: corp.example.com}" -}}
 {{- end -}}
 {{- if and $v.config.directory.insecure_skip_tls_verify (or $v.secrets.ldapCa.name $v.config.directory.pinned_certificates_sha256) -}}
 {{- fail "config.directory.insecure_skip_tls_verify cannot go with secrets.ldapCa (the agent's ca_file) or pinned_certificates_sha256: verify the directory's certificate, or (testing only) skip verification" -}}

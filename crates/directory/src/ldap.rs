@@ -15,6 +15,7 @@ use tokio::sync::Semaphore;
 use crate::{
     ChangeFuture, Directory, DirectoryError, DirectoryHealth, LockoutPolicy, PolicyFuture,
     UserInfo, Verdict, VerdictFuture,
+    discovery::{Discovery, DnsSrv},
     groups::{self, GroupClaim, NestedGroups, Walk},
     lockout_policy,
     password_change::{self, ChangeOutcome, PasswordChange},
@@ -37,7 +38,8 @@ const PPOLICY_OID: &str = "1.3.6.1.4.1.42.2.27.8.5.1";
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LdapConfig {
-    /// Server URL: `ldap://host:389` or `ldaps://host:636`. Set `url` or `urls`.
+    /// Server URL: `ldap://host:389` or `ldaps://host:636`. Set one of `url`, `urls` and
+    /// `dns_srv`.
     #[serde(default)]
     pub url: String,
     /// Several servers holding the same data (domain controllers, replicas), tried in this
@@ -45,6 +47,10 @@ pub struct LdapConfig {
     /// finds it answering again.
     #[serde(default)]
     pub urls: Vec<String>,
+    /// Find the servers in DNS instead (`_ldap._tcp.<domain>` SRV records, the site's first):
+    /// see [`DnsSrv`].
+    #[serde(default)]
+    pub dns_srv: Option<DnsSrv>,
     /// How often a server marked down is probed, in milliseconds.
     #[serde(default = "default_probe_interval_ms")]
     pub probe_interval_ms: u64,
@@ -221,6 +227,7 @@ impl LdapConfig {
         Self {
             url: url.into(),
             urls: Vec::new(),
+            dns_srv: None,
             probe_interval_ms: default_probe_interval_ms(),
             starttls: false,
             insecure_skip_tls_verify: false,
@@ -267,16 +274,18 @@ impl LdapConfig {
         }
     }
 
-    /// The servers to use: `urls`, or `url` alone; exactly one of the two must be set.
+    /// The servers configured: `urls`, or `url` alone (none when they are found in DNS);
+    /// exactly one of `url`, `urls` and `dns_srv` must be set.
     pub fn server_urls(&self) -> Result<Vec<String>, DirectoryError> {
-        match (self.url.is_empty(), self.urls.is_empty()) {
-            (false, true) => Ok(vec![self.url.clone()]),
-            (true, false) => Ok(self.urls.clone()),
-            (true, true) => Err(DirectoryError::Misconfigured(
-                "set url (one server) or urls (several)".into(),
+        match (self.url.is_empty(), self.urls.is_empty(), &self.dns_srv) {
+            (false, true, None) => Ok(vec![self.url.clone()]),
+            (true, false, None) => Ok(self.urls.clone()),
+            (true, true, Some(_)) => Ok(Vec::new()),
+            (true, true, None) => Err(DirectoryError::Misconfigured(
+                "set url (one server), urls (several) or dns_srv (found in DNS)".into(),
             )),
-            (false, false) => Err(DirectoryError::Misconfigured(
-                "set url or urls, not both".into(),
+            _ => Err(DirectoryError::Misconfigured(
+                "set one of url, urls and dns_srv".into(),
             )),
         }
     }
@@ -291,7 +300,7 @@ pub fn user_search_filter(user_filter: &str, attribute: &str, login: &str) -> St
 pub struct LdapDirectory {
     config: LdapConfig,
     timeout: Duration,
-    servers: Servers,
+    servers: Arc<Servers>,
     bind_permits: Semaphore,
     /// How long recent binds with a wrong password took: an unknown user waits a duration
     /// drawn from these, so "no such user" takes as long as "wrong password" — the same
@@ -319,6 +328,22 @@ impl LdapDirectory {
                 }
                 tracing::warn!(url = %url, "plaintext LDAP without StartTLS: passwords cross the network in clear (allow_plaintext = true)");
             }
+        }
+        let discovery = config
+            .dns_srv
+            .clone()
+            .map(|dns_srv| Discovery::new(dns_srv, config.starttls))
+            .transpose()?;
+        if let Some(discovery) = &discovery
+            && discovery.plaintext()
+            && !config.allow_plaintext
+        {
+            return Err(DirectoryError::Misconfigured(
+                "dns_srv.scheme = \"ldap\" without starttls is plaintext LDAP: every password would \
+                 cross the network in clear. Use scheme = \"ldaps\" (the default), or starttls = \
+                 true, or set allow_plaintext = true to accept that"
+                    .into(),
+            ));
         }
         // A typo in a filter shows at start, not as a failed sign-in later.
         let filters = [
@@ -429,12 +454,13 @@ impl LdapDirectory {
         };
         Ok(Self {
             timeout,
-            servers: Servers::new(
+            servers: Arc::new(Servers::new(
                 &urls,
+                discovery,
                 config.search_connections,
                 connector,
                 Duration::from_millis(config.probe_interval_ms.max(10)),
-            ),
+            )),
             bind_permits: Semaphore::new(config.bind_pool_size),
             failed_binds: FailedBindTimes::default(),
             attributes,
@@ -450,7 +476,7 @@ impl LdapDirectory {
         Fut: std::future::Future<Output = Result<T, DirectoryError>>,
     {
         let mut last = String::new();
-        for server in self.servers.in_order() {
+        for server in self.servers.in_order().await? {
             match op(Arc::clone(&server)).await {
                 Err(DirectoryError::Unreachable(why)) => {
                     self.servers.failed(&server, &why);
@@ -1075,7 +1101,7 @@ impl Directory for LdapDirectory {
     fn describe(&self) -> String {
         format!(
             "ldap {} base={} login_attribute={}",
-            self.servers.urls().join(" "),
+            self.servers.describe(),
             self.config.base_dn,
             self.config.login_attribute
         )
@@ -1289,7 +1315,7 @@ impl FailedBindTimes {
 impl std::fmt::Debug for LdapDirectory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LdapDirectory")
-            .field("urls", &self.servers.urls())
+            .field("servers", &self.servers.describe())
             .field("bind_password", &"[redacted]")
             .finish()
     }
@@ -1316,6 +1342,51 @@ mod tests {
         })
         .unwrap();
         LdapDirectory::new(LdapConfig::new("ldaps://dc1.corp.example.com", "dc=corp")).unwrap();
+    }
+
+    #[test]
+    fn servers_come_from_exactly_one_of_url_urls_and_dns_srv() {
+        let parse = |text: &str| {
+            let config: crate::DirectoryConfig =
+                toml::from_str(&format!("kind = \"ldap\"\nbase_dn = \"dc=corp\"\n{text}")).unwrap();
+            match config {
+                crate::DirectoryConfig::Ldap(config) => LdapDirectory::new(*config),
+                crate::DirectoryConfig::Static(_) => unreachable!(),
+            }
+        };
+        // DNS discovery alone: built without a lookup (and without a runtime).
+        let found = parse("[dns_srv]\ndomain = \"corp.example.com\"\nsite = \"Paris\"").unwrap();
+        assert!(
+            found
+                .describe()
+                .contains("_ldap._tcp.Paris._sites.corp.example.com."),
+            "{}",
+            found.describe()
+        );
+        assert_eq!(
+            found.health(),
+            DirectoryHealth {
+                servers_up: 0,
+                servers_total: 0
+            }
+        );
+        for both in [
+            "url = \"ldaps://dc1\"\n[dns_srv]\ndomain = \"corp.example.com\"",
+            "urls = [\"ldaps://dc1\"]\n[dns_srv]\ndomain = \"corp.example.com\"",
+            "url = \"ldaps://dc1\"\nurls = [\"ldaps://dc2\"]",
+        ] {
+            let err = parse(both).unwrap_err().to_string();
+            assert!(err.contains("set one of url, urls and dns_srv"), "{err}");
+        }
+        let err = parse("").unwrap_err().to_string();
+        assert!(err.contains("dns_srv (found in DNS)"), "{err}");
+        // Records made into ldap:// URLs are plaintext unless StartTLS or allowed.
+        let err = parse("[dns_srv]\ndomain = \"corp.example.com\"\nscheme = \"ldap\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("allow_plaintext"), "{err}");
+        parse("starttls = true\n[dns_srv]\ndomain = \"corp.example.com\"\nscheme = \"ldap\"")
+            .unwrap();
     }
 
     #[cfg(unix)]

@@ -9,6 +9,7 @@
 //! * [`static_file::StaticDirectory`]: users with Argon2id hashes in a TOML file, for the demo
 //!   and tests that do not need a directory server.
 
+pub mod discovery;
 pub mod dn;
 pub mod groups;
 pub mod ldap;

@@ -1,5 +1,6 @@
 //! Several directory servers behind one connector (domain controllers, or OpenLDAP replicas
-//! holding the same data), and failing over between them.
+//! holding the same data), configured or found in DNS ([`crate::discovery`]), and failing
+//! over between them.
 //!
 //! Operations go to the first server in the configured order that is up. A server that cannot
 //! be reached — the connection refused, closed or timed out — is marked down, its pooled
@@ -18,16 +19,16 @@
 
 use std::{
     sync::{
-        Arc, Mutex, Weak,
+        Arc, Mutex, RwLock, Weak,
         atomic::{AtomicBool, AtomicUsize, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, LdapError};
 use passage_credentials::Secret;
 
-use crate::DirectoryError;
+use crate::{DirectoryError, discovery::Discovery};
 
 /// How connections are opened and bound as the service account: shared by every server and by
 /// the background probes.
@@ -126,49 +127,168 @@ impl Server {
     }
 }
 
-/// The servers of one connector, in the configured order.
+/// The servers of one connector: configured, or found in DNS and looked up again now and then.
 pub(crate) struct Servers {
-    list: Vec<Arc<Server>>,
+    list: RwLock<Vec<Arc<Server>>>,
+    search_connections: usize,
     pub connector: Arc<Connector>,
     probe_interval: Duration,
+    discovery: Option<Found>,
+}
+
+/// Servers found in DNS: the lookup, and when it is due again.
+struct Found {
+    discovery: Discovery,
+    /// Held by the one lookup under way.
+    looking: tokio::sync::Mutex<()>,
+    /// When the next background lookup is due.
+    next: Mutex<Instant>,
+    /// The last lookup found nothing (reported in the health as one server, down).
+    failed: AtomicBool,
+}
+
+impl Found {
+    /// Whether a background lookup is due; the caller that sees it due starts it (the next
+    /// one is reckoned from now).
+    fn due(&self) -> bool {
+        let now = Instant::now();
+        let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+        let due = now >= *next;
+        if due {
+            *next = now + self.discovery.refresh_interval();
+        }
+        due
+    }
 }
 
 impl Servers {
+    /// Servers at `urls`, or (with `discovery`) found in DNS before the first operation.
     pub fn new(
         urls: &[String],
+        discovery: Option<Discovery>,
         search_connections: usize,
         connector: Connector,
         probe_interval: Duration,
     ) -> Self {
         Self {
-            list: urls
-                .iter()
-                .map(|url| Arc::new(Server::new(url.clone(), search_connections)))
-                .collect(),
+            list: RwLock::new(
+                urls.iter()
+                    .map(|url| Arc::new(Server::new(url.clone(), search_connections)))
+                    .collect(),
+            ),
+            search_connections,
             connector: Arc::new(connector),
             probe_interval,
+            discovery: discovery.map(|discovery| Found {
+                discovery,
+                looking: tokio::sync::Mutex::new(()),
+                next: Mutex::new(Instant::now()),
+                failed: AtomicBool::new(false),
+            }),
         }
     }
 
-    /// The servers to try, in order: those up first (configured order), then those down.
-    pub fn in_order(&self) -> Vec<Arc<Server>> {
-        let (up, down): (Vec<_>, Vec<_>) = self.list.iter().cloned().partition(|s| s.is_up());
-        up.into_iter().chain(down).collect()
+    fn list(&self) -> Vec<Arc<Server>> {
+        self.list.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// How many servers are up, of how many.
+    /// The servers to try, in order: those up first (configured or DNS order), then those
+    /// down. With DNS discovery, the first call looks the servers up (an error when none is
+    /// found), and a call after the refresh interval starts a lookup in the background.
+    pub async fn in_order(self: &Arc<Self>) -> Result<Vec<Arc<Server>>, DirectoryError> {
+        if let Some(found) = &self.discovery {
+            if self
+                .list
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_empty()
+            {
+                let _looking = found.looking.lock().await;
+                // Another caller may have found them while this one waited.
+                if self
+                    .list
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .is_empty()
+                {
+                    self.look_up(found).await?;
+                }
+            } else if found.due() {
+                let servers = Arc::clone(self);
+                tokio::spawn(async move {
+                    if let Some(found) = &servers.discovery {
+                        let _looking = found.looking.lock().await;
+                        // A failed refresh keeps the servers found before (logged).
+                        let _ = servers.look_up(found).await;
+                    }
+                });
+            }
+        }
+        let (up, down): (Vec<_>, Vec<_>) = self.list().into_iter().partition(|s| s.is_up());
+        Ok(up.into_iter().chain(down).collect())
+    }
+
+    /// Looks the servers up and replaces the list; a server still listed keeps its
+    /// connections and its state.
+    async fn look_up(&self, found: &Found) -> Result<(), DirectoryError> {
+        *found.next.lock().unwrap_or_else(|p| p.into_inner()) =
+            Instant::now() + found.discovery.refresh_interval();
+        let urls = match found.discovery.lookup().await {
+            Ok(urls) => urls,
+            Err(err) => {
+                found.failed.store(true, Ordering::Relaxed);
+                tracing::warn!(lookup = %found.discovery.describe(), error = %err, "directory servers not found in DNS; keeping those found before");
+                return Err(err);
+            }
+        };
+        found.failed.store(false, Ordering::Relaxed);
+        if found.discovery.plaintext() {
+            tracing::warn!(
+                ?urls,
+                "plaintext LDAP without StartTLS: passwords cross the network in clear (allow_plaintext = true)"
+            );
+        }
+        let mut list = self.list.write().unwrap_or_else(|p| p.into_inner());
+        let before: Vec<String> = list.iter().map(|s| s.url.clone()).collect();
+        if before != urls {
+            tracing::info!(?before, now = ?urls, "directory servers found in DNS");
+        }
+        *list = urls
+            .iter()
+            .map(|url| match list.iter().find(|s| &s.url == url) {
+                Some(kept) => Arc::clone(kept),
+                None => Arc::new(Server::new(url.clone(), self.search_connections)),
+            })
+            .collect();
+        Ok(())
+    }
+
+    /// How many servers are up, of how many (a DNS lookup that found nothing counts as one
+    /// server down).
     pub fn health(&self) -> (u32, u32) {
-        let up = self.list.iter().filter(|s| s.is_up()).count();
-        (up as u32, self.list.len() as u32)
+        let list = self.list();
+        let up = list.iter().filter(|s| s.is_up()).count() as u32;
+        let failed = self
+            .discovery
+            .as_ref()
+            .is_some_and(|found| found.failed.load(Ordering::Relaxed));
+        match (list.len() as u32, failed) {
+            (0, true) => (0, 1),
+            (total, _) => (up, total),
+        }
     }
 
-    /// The URLs, for logs.
-    pub fn urls(&self) -> Vec<&str> {
-        self.list.iter().map(|s| s.url.as_str()).collect()
+    /// What is used, for logs: the URLs, and the DNS lookup when there is one.
+    pub fn describe(&self) -> String {
+        let urls: Vec<String> = self.list().iter().map(|s| s.url.clone()).collect();
+        match &self.discovery {
+            Some(found) => format!("{} [{}]", found.discovery.describe(), urls.join(" ")),
+            None => urls.join(" "),
+        }
     }
 
     /// `server` could not be reached: mark it down, drop its pooled connections, and have a
-    /// background task probe it until it answers again.
+    /// background task probe it until it answers again (or leaves the list).
     pub fn failed(&self, server: &Arc<Server>, why: &str) {
         if !server.down.swap(true, Ordering::Relaxed) {
             tracing::warn!(url = %server.url, error = %why, "directory server unreachable: marked down, failing over");
