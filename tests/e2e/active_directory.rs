@@ -38,6 +38,18 @@ async fn answer(directory: &LdapDirectory, login: &str, password: &str) -> Verdi
     directory.authenticate(login, &password).await.unwrap()
 }
 
+/// What the domain controller itself answers a bind (the agent folds some codes together).
+async fn bind_text(dc: &SambaDc, login: &str, password: &str) -> String {
+    let settings = ldap3::LdapConnSettings::new().set_no_tls_verify(true);
+    let (conn, mut ldap) = ldap3::LdapConnAsync::with_settings(settings, &dc.url())
+        .await
+        .unwrap();
+    ldap3::drive!(conn);
+    let result = ldap.simple_bind(login, password).await.unwrap();
+    let _ = ldap.unbind().await;
+    result.text
+}
+
 fn upn(name: &str) -> String {
     format!("{name}@{}", samba::DOMAIN)
 }
@@ -52,7 +64,7 @@ fn sorted(values: &[&str]) -> Vec<String> {
 async fn active_directory_states_names_and_groups() {
     let dc = SambaDc::start();
     let password = |name: &str| format!("{name}-Pass-1!");
-    for name in ["alice", "bob", "carol", "dave", "erin"] {
+    for name in ["alice", "bob", "carol", "dave", "erin", "gina", "hank"] {
         dc.tool(&["user", "create", name, &password(name)]);
     }
     for name in ["frank", "fred"] {
@@ -69,6 +81,17 @@ async fn active_directory_states_names_and_groups() {
     dc.modify(&format!(
         "dn: {}\nchangetype: modify\nreplace: pwdLastSet\npwdLastSet: 0\n",
         SambaDc::user_dn("dave")
+    ));
+    // gina may never log on (logonHours: 21 bytes, every hour of the week off); hank only
+    // from a workstation that is not the domain controller.
+    dc.modify(&format!(
+        "dn: {}\nchangetype: modify\nreplace: logonHours\nlogonHours:: {}\n",
+        SambaDc::user_dn("gina"),
+        "AAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+    ));
+    dc.modify(&format!(
+        "dn: {}\nchangetype: modify\nreplace: userWorkstations\nuserWorkstations: KIOSK7\n",
+        SambaDc::user_dn("hank")
     ));
     dc.tool(&[
         "domain",
@@ -98,6 +121,8 @@ async fn active_directory_states_names_and_groups() {
         ("bob", Verdict::AccountDisabled),
         ("carol", Verdict::AccountExpired),
         ("dave", Verdict::PasswordMustChange),
+        ("gina", Verdict::AccountDisabled),
+        ("hank", Verdict::AccountDisabled),
     ] {
         assert_eq!(
             answer(&directory, &upn(name), &password(name)).await,
@@ -109,6 +134,11 @@ async fn active_directory_states_names_and_groups() {
             Verdict::InvalidCredentials,
             "{name} with a wrong password"
         );
+    }
+    // 530 and 531 are told apart by AD itself, and read as disabled by the agent.
+    for (name, code) in [("gina", "data 530,"), ("hank", "data 531,")] {
+        let text = bind_text(&dc, &upn(name), &password(name)).await;
+        assert!(text.contains(code), "{name}: {text}");
     }
     assert_eq!(
         answer(&directory, &upn("nobody"), "Wrong-Pass-1!").await,
