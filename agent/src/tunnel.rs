@@ -156,11 +156,34 @@ pub async fn run(
     }
     let mut streams = JoinSet::new();
     if let Some(listen) = link.config.health_listen {
+        let mut registry = passage_metrics::registry("agent", env!("CARGO_PKG_VERSION"));
+        let observed = Arc::clone(&link);
+        link.validator.metrics().register(
+            &mut registry,
+            Arc::new(move || {
+                let directory = observed.validator.directory_health();
+                passage_metrics::agent::AgentState {
+                    streams: (
+                        observed.connected.load(Ordering::Relaxed) as u32,
+                        observed.config.dispatchers.len() as u32,
+                    ),
+                    directory_servers: (directory.servers_up, directory.servers_total),
+                    directory_failovers: directory.failovers,
+                    certificate_not_after: observed
+                        .certificate
+                        .read()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .as_ref()
+                        .map(|certified| certified.not_after),
+                }
+            }),
+        );
         streams.spawn(serve_health(
             listen,
             state.agent_id.clone(),
             link.config.dispatchers.len(),
             Arc::clone(&link.connected),
+            Arc::new(registry),
             stop_rx.clone(),
         ));
     }
@@ -237,12 +260,14 @@ impl Drop for ConnectedStream {
     }
 }
 
-/// Serves `GET /healthz` on `listen`: 200 while a stream is connected, 503 otherwise.
+/// Serves `GET /healthz` on `listen` (200 while a stream is connected, 503 otherwise) and
+/// `GET /metrics` (Prometheus).
 async fn serve_health(
     listen: std::net::SocketAddr,
     agent_id: String,
     configured: usize,
     connected: Arc<AtomicUsize>,
+    metrics: Arc<passage_metrics::Registry>,
     mut stop: watch::Receiver<bool>,
 ) {
     let listener = match tokio::net::TcpListener::bind(listen).await {
@@ -252,8 +277,8 @@ async fn serve_health(
             return;
         }
     };
-    tracing::info!(%listen, "health endpoint serving /healthz");
-    let router = axum::Router::new().route(
+    tracing::info!(%listen, "health endpoint serving /healthz and /metrics");
+    let router = passage_metrics::router(metrics).route(
         "/healthz",
         axum::routing::get(move || {
             let (agent_id, connected) = (agent_id.clone(), Arc::clone(&connected));

@@ -10,6 +10,7 @@ use passage_directory::{
     password_change::{ChangeOutcome, Rejection},
 };
 use passage_envelope::{AgentKey, AnswerBinding, EnvelopeError, Opened, ReplayGuard};
+use passage_metrics::agent::AgentMetrics;
 use passage_proto::v1::{
     AgentError, DirectoryUser, PasswordRejection, SealedVerdict, ValidationAnswer,
     ValidationOutcome, ValidationTask,
@@ -32,6 +33,7 @@ pub struct Validator {
     replay: ReplayGuard,
     decrypt_permits: Semaphore,
     wrong_passwords: WrongPasswords,
+    metrics: AgentMetrics,
     /// The directory's own lockout policy as last read (none, or not read yet).
     directory_lockout: std::sync::Mutex<Option<passage_directory::LockoutPolicy>>,
     /// Whether the policy was read (or tried) once.
@@ -59,6 +61,7 @@ impl Validator {
             tenant,
             replay: ReplayGuard::new(replay_window, 1_000_000),
             decrypt_permits: Semaphore::new(decrypt_threads.max(1)),
+            metrics: AgentMetrics::default(),
             wrong_passwords: WrongPasswords::new(repeat_window, 100_000),
             directory_lockout: std::sync::Mutex::new(None),
             lockout_policy_read: std::sync::atomic::AtomicBool::new(false),
@@ -131,6 +134,11 @@ impl Validator {
         keys.1 = Some(previous);
     }
 
+    /// What the validator counts (registered for scraping by the agent's health endpoint).
+    pub fn metrics(&self) -> &AgentMetrics {
+        &self.metrics
+    }
+
     /// Handles one task and returns the answer to send (never fails: errors are answers).
     pub async fn validate(&self, task: ValidationTask) -> ValidationAnswer {
         let span = tracing::info_span!(
@@ -143,7 +151,16 @@ impl Validator {
         join_trace(&span, TraceParent::from_message(task.trace.as_ref()));
         let request_id = task.request_id;
         let started = Instant::now();
-        let answer = self.validate_inner(task).instrument(span.clone()).await;
+        let mut verdict = "";
+        let answer = self
+            .validate_inner(task, &mut verdict)
+            .instrument(span.clone())
+            .await;
+        self.metrics.validation(match () {
+            () if answer.error != AgentError::Unspecified as i32 => "refused",
+            () if answer.retryable => "unavailable",
+            () => verdict,
+        });
         let _guard = span.enter();
         tracing::info!(
             answered = !answer.sealed_answer.is_empty(),
@@ -158,7 +175,13 @@ impl Validator {
         }
     }
 
-    async fn validate_inner(&self, task: ValidationTask) -> ValidationAnswer {
+    /// Answers `task`; `verdict` is set to what the answer says when it is sealed (for the
+    /// metrics: the sealed answer cannot be read back).
+    async fn validate_inner(
+        &self,
+        task: ValidationTask,
+        verdict: &mut &'static str,
+    ) -> ValidationAnswer {
         let timeout = Duration::from_millis(u64::from(task.timeout_ms.max(1)));
         let opened = {
             let Ok(_permit) = self.decrypt_permits.acquire().await else {
@@ -167,9 +190,17 @@ impl Validator {
             let (current, previous) = self.keys.read().unwrap_or_else(|p| p.into_inner()).clone();
             let ciphertext = task.ciphertext;
             // RSA decryption is the pipeline's main CPU cost: keep it off the async workers.
-            let open = move || match (current.open(&ciphertext), previous) {
-                (Err(EnvelopeError::DecryptFailed), Some(previous)) => previous.open(&ciphertext),
-                (result, _) => result,
+            let metrics = self.metrics.clone();
+            let open = move || {
+                let started = Instant::now();
+                let opened = match (current.open(&ciphertext), previous) {
+                    (Err(EnvelopeError::DecryptFailed), Some(previous)) => {
+                        previous.open(&ciphertext)
+                    }
+                    (result, _) => result,
+                };
+                metrics.decrypt(started.elapsed(), current_trace_id());
+                opened
             };
             let span = tracing::info_span!("decrypt");
             match tokio::task::spawn_blocking(move || span.in_scope(open)).await {
@@ -198,11 +229,13 @@ impl Validator {
             .is_known_wrong(&opened.username, &opened.password)
         {
             tracing::info!("a repeated wrong password: answered without asking the directory");
+            *verdict = "repeat";
             return self.seal(&opened, Verdict::InvalidCredentials, true);
         }
         // A password change: the directory checks the old password and its own policy for the
         // new one, then the user signs in with it.
         if let Some(new_password) = &opened.new_password {
+            let asked = Instant::now();
             let changed = tokio::time::timeout(
                 timeout,
                 self.directory
@@ -210,6 +243,18 @@ impl Validator {
                     .instrument(tracing::info_span!("change_password")),
             )
             .await;
+            *verdict = match &changed {
+                Ok(Ok(ChangeOutcome::Changed(_))) => "password_changed",
+                Ok(Ok(ChangeOutcome::Refused(refused))) => refused.name(),
+                Ok(Ok(ChangeOutcome::Rejected(_))) => "password_rejected",
+                _ => "unavailable",
+            };
+            self.metrics.directory(
+                "change_password",
+                verdict,
+                asked.elapsed(),
+                current_trace_id(),
+            );
             return match changed {
                 Err(_) => unavailable("the directory did not answer in time"),
                 Ok(Err(err)) => {
@@ -238,14 +283,21 @@ impl Validator {
                 }
             };
         }
-        let verdict = tokio::time::timeout(
+        let asked = Instant::now();
+        let answered = tokio::time::timeout(
             timeout,
             self.directory
                 .authenticate(&opened.username, &opened.password)
                 .instrument(tracing::info_span!("authenticate")),
         )
         .await;
-        match verdict {
+        *verdict = match &answered {
+            Ok(Ok(answer)) => answer.name(),
+            _ => "unavailable",
+        };
+        self.metrics
+            .directory("authenticate", verdict, asked.elapsed(), current_trace_id());
+        match answered {
             Err(_) => unavailable("the directory did not answer in time"),
             Ok(Err(
                 DirectoryError::Unavailable(detail)
@@ -290,6 +342,11 @@ impl Validator {
             Err(err) => refused(AgentError::DecryptFailed, &err.to_string()),
         }
     }
+}
+
+/// The trace of the current span, when traces are exported (a latency exemplar).
+fn current_trace_id() -> Option<String> {
+    TraceParent::of_span(&tracing::Span::current()).map(|trace| trace.trace_id_hex())
 }
 
 fn envelope_error(err: &EnvelopeError) -> AgentError {

@@ -503,13 +503,8 @@ fn the_readme_configuration_reference_lists_exactly_what_the_services_accept() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_agent_tells_its_host_whether_it_is_connected() {
-    let mut cluster = Cluster::start(ClusterOptions {
-        agents: 0,
-        ..ClusterOptions::default()
-    })
-    .await;
+/// Starts the cluster's first agent with its local health endpoint on a free port (returned).
+async fn start_agent_with_health_endpoint(cluster: &mut Cluster) -> u16 {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .unwrap()
@@ -522,6 +517,17 @@ async fn the_agent_tells_its_host_whether_it_is_connected() {
     )
     .unwrap();
     cluster.start_agent(0, true).await;
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_tells_its_host_whether_it_is_connected() {
+    let mut cluster = Cluster::start(ClusterOptions {
+        agents: 0,
+        ..ClusterOptions::default()
+    })
+    .await;
+    let port = start_agent_with_health_endpoint(&mut cluster).await;
     let health = format!("http://127.0.0.1:{port}");
     let (status, body) = http_get(&health, "/healthz").await;
     assert_eq!(status, 200, "{body}");
@@ -625,4 +631,229 @@ async fn the_demo_serves_a_sample_app_that_signs_in_through_the_browser_flow() {
         stdout.contains("ID token verified against") && stdout.contains("access_token:"),
         "{stdout}"
     );
+}
+
+/// One scrape of `/metrics`, parsed by a real OpenMetrics parser.
+struct Scrape {
+    text: String,
+    parsed: openmetrics_parser::MetricsExposition<
+        openmetrics_parser::OpenMetricsType,
+        openmetrics_parser::OpenMetricsValue,
+    >,
+}
+
+impl Scrape {
+    async fn of(metrics_url: &str) -> Self {
+        let (base, path) = metrics_url
+            .trim_start_matches("http://")
+            .split_once('/')
+            .expect("a metrics URL");
+        let (status, text) = http_get(&format!("http://{base}"), &format!("/{path}")).await;
+        assert_eq!(status, 200, "{metrics_url}: {text}");
+        let parsed = openmetrics_parser::openmetrics::parse_openmetrics(&text)
+            .unwrap_or_else(|err| panic!("{metrics_url} is not OpenMetrics: {err:?}\n{text}"));
+        Self { text, parsed }
+    }
+
+    /// The samples of `family` whose labels include `labels`.
+    fn samples(
+        &self,
+        family: &str,
+        labels: &[(&str, &str)],
+    ) -> Vec<&openmetrics_parser::Sample<openmetrics_parser::OpenMetricsValue>> {
+        let family = self
+            .parsed
+            .families
+            .get(family)
+            .unwrap_or_else(|| panic!("no {family} in\n{}", self.text));
+        family
+            .iter_samples()
+            .filter(|sample| {
+                let set = sample.get_labelset().expect("labels");
+                labels
+                    .iter()
+                    .all(|(name, value)| set.get_label_value(name) == Some(*value))
+            })
+            .collect()
+    }
+
+    /// The value of the one sample of `family` with `labels`: a counter's or a gauge's value,
+    /// a histogram's count.
+    fn value(&self, family: &str, labels: &[(&str, &str)]) -> f64 {
+        use openmetrics_parser::OpenMetricsValue;
+        let samples = self.samples(family, labels);
+        assert_eq!(samples.len(), 1, "{family} {labels:?} in\n{}", self.text);
+        match &samples[0].value {
+            OpenMetricsValue::Counter(counter) => counter.value.as_f64(),
+            OpenMetricsValue::Gauge(gauge) => gauge.as_f64(),
+            OpenMetricsValue::Histogram(histogram) => histogram.count.unwrap_or(0) as f64,
+            other => panic!("{family}: {other:?}"),
+        }
+    }
+
+    /// The trace ids of `family`'s histogram exemplars with `labels`.
+    fn exemplar_traces(&self, family: &str, labels: &[(&str, &str)]) -> Vec<String> {
+        self.samples(family, labels)
+            .into_iter()
+            .filter_map(|sample| match &sample.value {
+                openmetrics_parser::OpenMetricsValue::Histogram(histogram) => Some(histogram),
+                _ => None,
+            })
+            .flat_map(|histogram| &histogram.buckets)
+            .filter_map(|bucket| bucket.exemplar.as_ref())
+            .map(|exemplar| exemplar.labels["trace_id"].clone())
+            .collect()
+    }
+}
+
+/// Each service is scraped after a few sign-ins: the counters moved as the sign-ins did, the
+/// latency histograms link to the sign-in's trace, the agents connected are listed, and no
+/// username ever is a label.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_service_counts_sign_ins_for_prometheus() {
+    let mut cluster = Cluster::start(ClusterOptions {
+        agents: 0,
+        trace_export: true,
+        ..ClusterOptions::default()
+    })
+    .await;
+    // The agent's metrics are on its local health endpoint.
+    let port = start_agent_with_health_endpoint(&mut cluster).await;
+    let agent_id = cluster.agents[0].agent_id.clone();
+
+    let alice = default_users().remove(0);
+    let trace_id = "5ae9b0c3b1e04a2e9a1f3c4d5e6f7a8b";
+    cluster.sign_in(&alice.upn, &alice.password).await.unwrap();
+    let status = cluster
+        .sign_in(&alice.upn, "Wrong-Metrics-Pass-1")
+        .await
+        .unwrap_err();
+    assert_eq!(ErrorCode::of(&status), Some(ErrorCode::InvalidCredentials));
+    // Last, so that its trace is the newest exemplar of each bucket it lands in.
+    sign_in_traced(
+        &cluster,
+        &alice,
+        &format!("00-{trace_id}-00f067aa0ba902b7-01"),
+    )
+    .await;
+
+    let gateway = Scrape::of(&cluster.gateway.metrics_url).await;
+    let wrong = ("code", ErrorCode::InvalidCredentials.as_str());
+    assert_eq!(
+        gateway.value(
+            "passage_gateway_sign_ins",
+            &[("outcome", "success"), ("code", "")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        gateway.value("passage_gateway_sign_ins", &[("outcome", "failure"), wrong]),
+        1.0
+    );
+    assert_eq!(
+        gateway.value(
+            "passage_gateway_sign_in_duration_seconds",
+            &[("outcome", "success")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        gateway.value("passage_gateway_policy_decisions", &[("grant", "allow")]),
+        2.0
+    );
+    assert_eq!(
+        gateway.value(
+            "passage_gateway_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        1.0
+    );
+    // The traced sign-in's own trace id is an exemplar of the success latency.
+    assert!(
+        gateway
+            .exemplar_traces(
+                "passage_gateway_sign_in_duration_seconds",
+                &[("outcome", "success")]
+            )
+            .contains(&trace_id.to_owned()),
+        "{}",
+        gateway.text
+    );
+
+    let dispatcher = Scrape::of(&cluster.dispatcher.metrics_url).await;
+    assert_eq!(
+        dispatcher.value("passage_dispatcher_relays", &[("outcome", "answered")]),
+        3.0
+    );
+    assert_eq!(
+        dispatcher.value(
+            "passage_dispatcher_relay_duration_seconds",
+            &[("outcome", "answered")]
+        ),
+        3.0
+    );
+    let group = [("connector_group", passage_tests::slapd::DOMAIN)];
+    assert_eq!(
+        dispatcher.value("passage_dispatcher_connected_agents", &group),
+        1.0
+    );
+    assert_eq!(
+        dispatcher.value(
+            "passage_dispatcher_agent_in_flight",
+            &[("agent_id", &agent_id)]
+        ),
+        0.0
+    );
+    assert_eq!(
+        dispatcher.value(
+            "passage_dispatcher_agent_info",
+            &[
+                ("agent_id", &agent_id),
+                ("version", env!("CARGO_PKG_VERSION"))
+            ]
+        ),
+        1.0
+    );
+
+    let agent = Scrape::of(&format!("http://127.0.0.1:{port}/metrics")).await;
+    assert_eq!(
+        agent.value("passage_agent_validations", &[("outcome", "success")]),
+        2.0
+    );
+    assert_eq!(
+        agent.value(
+            "passage_agent_validations",
+            &[("outcome", "invalid_credentials")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        agent.value("passage_agent_decrypt_duration_seconds", &[]),
+        3.0
+    );
+    assert_eq!(
+        agent.value(
+            "passage_agent_directory_duration_seconds",
+            &[("operation", "authenticate"), ("outcome", "success")]
+        ),
+        2.0
+    );
+    assert_eq!(agent.value("passage_agent_streams_connected", &[]), 1.0);
+    assert_eq!(agent.value("passage_agent_directory_servers_up", &[]), 1.0);
+    assert!(
+        agent
+            .exemplar_traces("passage_agent_decrypt_duration_seconds", &[])
+            .contains(&trace_id.to_owned()),
+        "{}",
+        agent.text
+    );
+
+    // Who signed in is nobody's label.
+    for scrape in [&gateway, &dispatcher, &agent] {
+        assert!(
+            !scrape.text.contains(&alice.uid) && !scrape.text.contains('@'),
+            "{}",
+            scrape.text
+        );
+    }
 }

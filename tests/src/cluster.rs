@@ -126,6 +126,8 @@ pub struct DispatcherProcess {
     pub agent_url: String,
     /// `http://` URL gateways call.
     pub api_url: String,
+    /// Where its Prometheus metrics are scraped.
+    pub metrics_url: String,
 }
 
 impl DispatcherProcess {
@@ -137,7 +139,14 @@ impl DispatcherProcess {
         log: &std::path::Path,
         filter: &str,
     ) -> Self {
-        let mut args = vec!["--agent-listen", agent_listen, "--api-listen", api_listen];
+        let mut args = vec![
+            "--agent-listen",
+            agent_listen,
+            "--api-listen",
+            api_listen,
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ];
         match config {
             Some(config) => args.extend(["--config", config.to_str().expect("utf-8 path")]),
             None => args.push("--insecure-plaintext"),
@@ -147,6 +156,7 @@ impl DispatcherProcess {
         Self {
             agent_url: format!("{scheme}://{}", process.ready_value("agents")),
             api_url: format!("{scheme}://{}", process.ready_value("api")),
+            metrics_url: format!("http://{}/metrics", process.ready_value("metrics")),
             process,
         }
     }
@@ -160,6 +170,8 @@ pub struct GatewayProcess {
     pub grpc_url: String,
     /// Issuer (and HTTP base) URL.
     pub issuer: String,
+    /// Where its Prometheus metrics are scraped.
+    pub metrics_url: String,
 }
 
 /// One agent process.
@@ -323,7 +335,12 @@ impl Cluster {
         .expect("gateway.toml");
         let gateway = Process::start_with_log(
             "passage-gateway",
-            &["--config", gateway_config.to_str().expect("utf-8 path")],
+            &[
+                "--config",
+                gateway_config.to_str().expect("utf-8 path"),
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ],
             &process_env,
             &dir.path().join("gateway.log"),
             &log_filter(&options),
@@ -332,6 +349,7 @@ impl Cluster {
         let gateway = GatewayProcess {
             grpc_url: format!("{scheme}://{}", gateway.ready_value("grpc")),
             issuer: gateway.ready_value("issuer"),
+            metrics_url: format!("http://{}/metrics", gateway.ready_value("metrics")),
             process: gateway,
         };
         let client_tls = options.enrolment.then(|| service_tls(dir.path(), false));
@@ -526,7 +544,12 @@ impl Cluster {
         std::fs::write(&path, config).expect("gateway config");
         let process = Process::start_with_log(
             "passage-gateway",
-            &["--config", path.to_str().expect("utf-8 path")],
+            &[
+                "--config",
+                path.to_str().expect("utf-8 path"),
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ],
             &self.process_env,
             &self.dir.path().join(format!("{name}.log")),
             &log_filter(&self.options),
@@ -539,6 +562,7 @@ impl Cluster {
         let gateway = GatewayProcess {
             grpc_url: format!("{scheme}://{}", process.ready_value("grpc")),
             issuer: process.ready_value("issuer"),
+            metrics_url: format!("http://{}/metrics", process.ready_value("metrics")),
             process,
         };
         let tls = self

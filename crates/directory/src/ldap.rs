@@ -1095,6 +1095,7 @@ impl Directory for LdapDirectory {
         DirectoryHealth {
             servers_up: up,
             servers_total: total,
+            failovers: self.servers.failovers(),
         }
     }
 
@@ -1367,7 +1368,8 @@ mod tests {
             found.health(),
             DirectoryHealth {
                 servers_up: 0,
-                servers_total: 0
+                servers_total: 0,
+                failovers: 0
             }
         );
         for both in [

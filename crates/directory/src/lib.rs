@@ -103,6 +103,8 @@ pub struct DirectoryHealth {
     pub servers_up: u32,
     /// Servers configured.
     pub servers_total: u32,
+    /// Operations moved to another server because one could not be reached, since start.
+    pub failovers: u64,
 }
 
 /// The future a [`Directory`] returns.
@@ -157,6 +159,7 @@ pub trait Directory: Send + Sync + 'static {
         DirectoryHealth {
             servers_up: 1,
             servers_total: 1,
+            failovers: 0,
         }
     }
 

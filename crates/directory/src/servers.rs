@@ -20,7 +20,7 @@
 use std::{
     sync::{
         Arc, Mutex, RwLock, Weak,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -134,6 +134,8 @@ pub(crate) struct Servers {
     pub connector: Arc<Connector>,
     probe_interval: Duration,
     discovery: Option<Found>,
+    /// Operations moved on from a server that could not be reached.
+    failovers: AtomicU64,
 }
 
 /// Servers found in DNS: the lookup, and when it is due again.
@@ -185,6 +187,7 @@ impl Servers {
                 next: Mutex::new(Instant::now()),
                 failed: AtomicBool::new(false),
             }),
+            failovers: AtomicU64::new(0),
         }
     }
 
@@ -287,9 +290,15 @@ impl Servers {
         }
     }
 
+    /// How many operations moved on from an unreachable server since start.
+    pub fn failovers(&self) -> u64 {
+        self.failovers.load(Ordering::Relaxed)
+    }
+
     /// `server` could not be reached: mark it down, drop its pooled connections, and have a
     /// background task probe it until it answers again (or leaves the list).
     pub fn failed(&self, server: &Arc<Server>, why: &str) {
+        self.failovers.fetch_add(1, Ordering::Relaxed);
         if !server.down.swap(true, Ordering::Relaxed) {
             tracing::warn!(url = %server.url, error = %why, "directory server unreachable: marked down, failing over");
         }

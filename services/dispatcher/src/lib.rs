@@ -45,6 +45,8 @@ pub struct DispatcherConfig {
     pub agent_listen: SocketAddr,
     /// Where gateways call (`Dispatcher`).
     pub api_listen: SocketAddr,
+    /// Where Prometheus scrapes `GET /metrics` (plain HTTP; an admin address). Off when absent.
+    pub metrics_listen: Option<SocketAddr>,
     /// This replica's name in logs and welcomes (default: host name).
     pub dispatcher_id: Option<String>,
     /// How often agents must heartbeat, in milliseconds; three missed heartbeats drop the stream.
@@ -91,6 +93,7 @@ impl Default for DispatcherConfig {
         Self {
             agent_listen: ([0, 0, 0, 0], 8443).into(),
             api_listen: ([0, 0, 0, 0], 8444).into(),
+            metrics_listen: None,
             dispatcher_id: None,
             heartbeat_interval_ms: 5_000,
             validation_timeout_ms: 10_000,
@@ -147,6 +150,7 @@ pub struct BoundDispatcher {
     api_incoming: TcpIncoming,
     agent_addr: SocketAddr,
     api_addr: SocketAddr,
+    metrics_listener: Option<(tokio::net::TcpListener, SocketAddr)>,
 }
 
 /// Dispatcher start-up errors.
@@ -291,7 +295,12 @@ pub async fn bind(config: DispatcherConfig) -> Result<BoundDispatcher, Dispatche
         }
     };
     let (api_incoming, api_addr) = passage_transport::bind(config.api_listen).await?;
+    let metrics_listener = match config.metrics_listen {
+        Some(listen) => Some(passage_transport::bind_tcp(listen).await?),
+        None => None,
+    };
     Ok(BoundDispatcher {
+        metrics_listener,
         gateways_authenticated,
         config,
         store,
@@ -313,6 +322,11 @@ impl BoundDispatcher {
     /// Where gateways call.
     pub fn api_addr(&self) -> SocketAddr {
         self.api_addr
+    }
+
+    /// Where `/metrics` is served, when it is.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().map(|(_, addr)| *addr)
     }
 
     /// The agent registry (for in-process inspection).
@@ -362,11 +376,18 @@ impl BoundDispatcher {
                 heartbeat,
             ));
         }
+        let mut registry = passage_metrics::registry("dispatcher", env!("CARGO_PKG_VERSION"));
+        let agents = Arc::clone(&self.registry);
+        let metrics = passage_metrics::dispatcher::DispatcherMetrics::register(
+            &mut registry,
+            Arc::new(move || agents.all().iter().map(|c| c.sample()).collect()),
+        );
         let relay = RelayService::new(
             Arc::clone(&self.registry),
             Duration::from_millis(config.validation_timeout_ms),
             heartbeat * 3,
             self.gateways_authenticated,
+            metrics,
         );
 
         let (agent_health_reporter, agent_health) = passage_transport::health();
@@ -382,6 +403,13 @@ impl BoundDispatcher {
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };
+        if let Some((listener, _)) = self.metrics_listener {
+            tokio::spawn(passage_metrics::serve(
+                listener,
+                Arc::new(registry),
+                stopped(stop_rx.clone()),
+            ));
+        }
         let agent_router = passage_transport::plaintext_builder()
             .add_service(agent_health)
             .add_service(passage_transport::reflection()?)

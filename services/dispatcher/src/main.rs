@@ -18,6 +18,9 @@ struct Args {
     /// Where gateways call (overrides the file).
     #[arg(long)]
     api_listen: Option<SocketAddr>,
+    /// Where Prometheus scrapes `/metrics` (overrides the file's `metrics_listen`).
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
     /// Serve plaintext gRPC where no TLS is configured. Development only.
     #[arg(long)]
     insecure_plaintext: bool,
@@ -56,6 +59,9 @@ async fn main() -> ExitCode {
     if let Some(addr) = args.api_listen {
         config.api_listen = addr;
     }
+    if let Some(addr) = args.metrics_listen {
+        config.metrics_listen = Some(addr);
+    }
     config.insecure_plaintext |= args.insecure_plaintext;
     if let Some(store) = args.store {
         config.store_url = Some(store);
@@ -70,9 +76,13 @@ async fn main() -> ExitCode {
     };
     // One machine-readable line on stdout: harnesses and operators learn the bound ports.
     println!(
-        "passage-dispatcher listening agents={} api={}",
+        "passage-dispatcher listening agents={} api={}{}",
         bound.agent_addr(),
-        bound.api_addr()
+        bound.api_addr(),
+        bound
+            .metrics_addr()
+            .map(|addr| format!(" metrics={addr}"))
+            .unwrap_or_default()
     );
     match bound.run(passage_transport::shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,

@@ -156,6 +156,26 @@ impl AgentConnection {
         total == 0 || up > 0
     }
 
+    /// What a metrics scrape shows of this agent.
+    pub fn sample(&self) -> passage_metrics::dispatcher::AgentSample {
+        let packed = self.directory_health.load(Ordering::Relaxed);
+        passage_metrics::dispatcher::AgentSample {
+            agent_id: self.identity.agent_id.clone(),
+            tenant: self.identity.tenant.clone(),
+            connector_group: self.identity.connector_group.clone(),
+            version: self.identity.version.clone(),
+            in_flight: self.in_flight(),
+            capacity: self.identity.capacity,
+            certificate_not_after: self
+                .identity
+                .certificate_der
+                .as_deref()
+                .and_then(|der| passage_pki::CertifiedAgent::parse(der).ok())
+                .map(|certified| certified.not_after),
+            directory_servers: ((packed >> 32) as u32, packed as u32),
+        }
+    }
+
     /// Validations sent and not yet answered.
     pub fn in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::Relaxed)

@@ -3,6 +3,7 @@
 use std::{sync::Arc, time::Duration};
 
 use passage_error_codes::ErrorCode;
+use passage_metrics::dispatcher::DispatcherMetrics;
 use passage_pki::GatewayIdentity;
 use passage_proto::v1::{
     AgentError, AgentKey, ListAgentKeysRequest, ListAgentKeysResponse, ValidateRequest,
@@ -25,6 +26,7 @@ pub struct RelayService {
     default_timeout: Duration,
     liveness: Duration,
     gateways_authenticated: bool,
+    metrics: DispatcherMetrics,
 }
 
 impl RelayService {
@@ -37,12 +39,14 @@ impl RelayService {
         default_timeout: Duration,
         liveness: Duration,
         gateways_authenticated: bool,
+        metrics: DispatcherMetrics,
     ) -> Self {
         Self {
             registry,
             default_timeout,
             liveness,
             gateways_authenticated,
+            metrics,
         }
     }
 
@@ -155,7 +159,12 @@ impl RelayService {
         let mut lost = 0u32;
         let mut directory_down = None;
         let mut rejected = None;
+        // Why the previous candidate was left: counted when the next one is tried.
+        let mut left: Option<&'static str> = None;
         for (connection, ciphertext) in candidates {
+            if let Some(reason) = left.take() {
+                self.metrics.failover(reason);
+            }
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
             let agent_id = connection.identity.agent_id.clone();
             // One span per agent tried: a retry after a lost agent shows as a second hop.
@@ -190,14 +199,17 @@ impl RelayService {
                         "agent answered"
                     );
                     if error == AgentError::Overloaded {
+                        left = Some("overloaded");
                         continue;
                     }
                     if error != AgentError::Unspecified {
                         rejected = Some((error, answer.detail));
+                        left = Some("rejected");
                         continue;
                     }
                     if answer.retryable {
                         directory_down = Some(answer.detail);
+                        left = Some("directory_unavailable");
                         // The first agent may have bound before timing out at the directory.
                         if single_bind {
                             break;
@@ -223,8 +235,9 @@ impl RelayService {
                 Attempt::Lost => {
                     tracing::warn!(%agent_id, "agent stream lost mid-request; trying the other candidate");
                     lost += 1;
+                    left = Some("lost");
                 }
-                Attempt::Unusable => {}
+                Attempt::Unusable => left = Some("unusable"),
                 Attempt::TimedOut => {
                     tracing::warn!(%agent_id, ?timeout, "agent did not answer in time");
                     return Err(with_lost_attempts(
@@ -308,9 +321,17 @@ impl Dispatcher for RelayService {
             &span,
             TraceParent::from_message(request.trace.as_ref()).or(caller_trace),
         );
-        self.relay(request, trace, timeout, started, deadline)
+        let exported = TraceParent::of_span(&span).map(|trace| trace.trace_id_hex());
+        let result = self
+            .relay(request, trace, timeout, started, deadline)
             .instrument(span)
-            .await
+            .await;
+        let outcome = match &result {
+            Ok(_) => "answered",
+            Err(status) => ErrorCode::of(status).map_or("unknown", ErrorCode::as_str),
+        };
+        self.metrics.relay(outcome, started.elapsed(), exported);
+        result
     }
 
     async fn list_agent_keys(

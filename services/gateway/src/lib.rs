@@ -48,6 +48,10 @@ pub struct GatewayConfig {
     /// Where OIDC discovery and the JWKS are served over HTTP.
     #[serde(default = "default_http_listen")]
     pub http_listen: SocketAddr,
+    /// Where Prometheus scrapes `GET /metrics` (plain HTTP; an admin address, not the
+    /// Internet). Off when absent.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
     /// The issuer (`iss`) and base URL of discovery; default `http(s)://<http_listen>`, which is
     /// refused when `http_listen` is an unspecified address (`0.0.0.0`, `::`).
     #[serde(default)]
@@ -314,6 +318,7 @@ impl GatewayConfig {
         Self {
             grpc_listen: default_grpc_listen(),
             http_listen: default_http_listen(),
+            metrics_listen: None,
             issuer: None,
             dispatcher_url,
             dispatcher_tls: None,
@@ -382,6 +387,7 @@ pub struct BoundGateway {
     grpc_addr: SocketAddr,
     http_listener: tokio::net::TcpListener,
     http_addr: SocketAddr,
+    metrics_listener: Option<(tokio::net::TcpListener, SocketAddr)>,
 }
 
 /// Loads the signing key and binds both listeners.
@@ -503,6 +509,10 @@ pub async fn bind(config: GatewayConfig) -> Result<BoundGateway, GatewayError> {
     };
     let (grpc_incoming, grpc_addr) = passage_transport::bind(config.grpc_listen).await?;
     let (http_listener, http_addr) = passage_transport::bind_tcp(config.http_listen).await?;
+    let metrics_listener = match config.metrics_listen {
+        Some(listen) => Some(passage_transport::bind_tcp(listen).await?),
+        None => None,
+    };
     let http_tls = config
         .tls
         .as_ref()
@@ -545,6 +555,7 @@ pub async fn bind(config: GatewayConfig) -> Result<BoundGateway, GatewayError> {
         grpc_addr,
         http_listener,
         http_addr,
+        metrics_listener,
     })
 }
 
@@ -557,6 +568,11 @@ impl BoundGateway {
     /// Where discovery and the JWKS are served.
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// Where `/metrics` is served, when it is.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().map(|(_, addr)| *addr)
     }
 
     /// The token issuer URL.
@@ -635,6 +651,8 @@ impl BoundGateway {
             log_store.clone(),
             Arc::clone(&policies),
         );
+        let mut registry = passage_metrics::registry("gateway", env!("CARGO_PKG_VERSION"));
+        let metrics = passage_metrics::gateway::GatewayMetrics::register(&mut registry);
         let signin = Arc::new(SignInService::new(
             &config,
             dispatcher,
@@ -644,6 +662,7 @@ impl BoundGateway {
             lockout,
             policies,
             second_factor,
+            metrics,
         ));
         // The OpenID provider needs the store's sealing (codes, refresh tokens, keys).
         let mut key_sync = None;
@@ -742,6 +761,13 @@ impl BoundGateway {
             Duration::from_millis(config.readiness_interval_ms.max(100)),
             stop_rx.clone(),
         );
+        if let Some((listener, _)) = self.metrics_listener {
+            tokio::spawn(passage_metrics::serve(
+                listener,
+                Arc::new(registry),
+                stopped(stop_rx.clone()),
+            ));
+        }
         let router = http::router(Arc::clone(&self.issuer), key_sync, readiness, provider);
         let http_stopped = stopped(stop_rx);
         let limits = http::HttpLimits {

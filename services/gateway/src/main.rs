@@ -18,6 +18,9 @@ struct Args {
     /// HTTP listen address (overrides the file).
     #[arg(long)]
     http_listen: Option<SocketAddr>,
+    /// Where Prometheus scrapes `/metrics` (overrides the file's `metrics_listen`).
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
     /// Serve plaintext gRPC and dial `http://` dispatchers. Development only.
     #[arg(long)]
     insecure_plaintext: bool,
@@ -50,6 +53,9 @@ async fn main() -> ExitCode {
     if let Some(addr) = args.http_listen {
         config.http_listen = addr;
     }
+    if let Some(addr) = args.metrics_listen {
+        config.metrics_listen = Some(addr);
+    }
     config.insecure_plaintext |= args.insecure_plaintext;
     let bound = match passage_gateway::bind(config).await {
         Ok(bound) => bound,
@@ -59,10 +65,14 @@ async fn main() -> ExitCode {
         }
     };
     println!(
-        "passage-gateway listening grpc={} http={} issuer={}",
+        "passage-gateway listening grpc={} http={} issuer={}{}",
         bound.grpc_addr(),
         bound.http_addr(),
-        bound.issuer_url()
+        bound.issuer_url(),
+        bound
+            .metrics_addr()
+            .map(|addr| format!(" metrics={addr}"))
+            .unwrap_or_default()
     );
     match bound.run(passage_transport::shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,

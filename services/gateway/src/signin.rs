@@ -23,6 +23,7 @@ use passage_proto::v1::{
 use passage_store::{SigninEntry, Store};
 
 use crate::signin_log::SigninLog;
+use passage_metrics::gateway::{Attempt, GatewayMetrics};
 use passage_policy::{ClientType, Grant, SignInFacts};
 use passage_telemetry::{TraceParent, join_trace};
 use passage_tokens::{Authentication, Subject, TokenIssuer};
@@ -54,6 +55,7 @@ pub struct SignInService {
     password_writeback: bool,
     policies: Arc<Policies>,
     second_factor: Option<SecondFactor>,
+    metrics: GatewayMetrics,
 }
 
 /// A sign-in request that passed every input check.
@@ -315,7 +317,8 @@ impl SignInService {
 
     /// A service calling `dispatcher` with keys from `keys`, issuing with `issuer`; with
     /// `store`, every attempt goes to the sign-in log, with `lockout`, smart lockout applies,
-    /// `policies` decide what a right password leads to, and `second_factor` runs MFA.
+    /// `policies` decide what a right password leads to, and `second_factor` runs MFA; every
+    /// attempt is counted in `metrics`.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: &GatewayConfig,
@@ -326,8 +329,10 @@ impl SignInService {
         lockout: Option<SmartLockout>,
         policies: Arc<Policies>,
         second_factor: Option<SecondFactor>,
+        metrics: GatewayMetrics,
     ) -> Self {
         Self {
+            metrics,
             throttle: Throttle::new(&config.throttle),
             lockout,
             signin_log: store.map(SigninLog::start),
@@ -478,10 +483,12 @@ impl SignInService {
                         ) =>
                 {
                     tracing::debug!(error = %err, "retrying with a fresh key set");
+                    self.metrics.retry();
                     refreshed = true;
                 }
                 Err(err) if !refreshed && err.code() == ErrorCode::AgentLost && !single_bind => {
                     tracing::debug!(error = %err, "retrying with a fresh key set, one bind at most");
+                    self.metrics.retry();
                     refreshed = true;
                     single_bind = true;
                 }
@@ -945,7 +952,7 @@ impl SignInService {
                 .admit(&self.tenant, client_ip.as_deref(), Instant::now())
         {
             tracing::info!(target: "passage::signin_log", outcome = "throttled", client_ip = client_ip.as_deref().unwrap_or("-"), %throttled, "sign-in");
-            return Err(SignInError::from(throttled));
+            return Err(self.throttled(throttled, started));
         }
         let group = self.route(&request.username)?;
         let span = tracing::info_span!(
@@ -979,7 +986,7 @@ impl SignInService {
                 .admit(&self.tenant, client_ip_text.as_deref(), Instant::now())
         {
             tracing::info!(target: "passage::signin_log", outcome = "throttled", step = "complete_mfa", client_ip = client_ip_text.as_deref().unwrap_or("-"), %throttled, "sign-in");
-            return Err(SignInError::from(throttled));
+            return Err(self.throttled(throttled, started));
         }
         let span = tracing::info_span!(
             "complete_mfa",
@@ -1017,7 +1024,8 @@ impl SignInService {
                     self.keys.directory_lockout(&group),
                     self.routes.name_forms(&group),
                 );
-                match lockout
+                let asked = Instant::now();
+                let admitted = lockout
                     .admit(
                         &self.tenant,
                         &routing::lockout_name(&request.username, &group),
@@ -1025,8 +1033,9 @@ impl SignInService {
                         &limits,
                         now,
                     )
-                    .await
-                {
+                    .await;
+                self.metrics.store("lockout_admit", asked.elapsed());
+                match admitted {
                     Ok(admission) => Some(admission),
                     Err(err) => {
                         tracing::error!(error = %err, "smart lockout: the store failed");
@@ -1098,10 +1107,12 @@ impl SignInService {
             };
             // The time the answer came (a sign-in can take seconds), for the count's window.
             let settled_at = passage_pki::unix_now();
-            match lockout
+            let asked = Instant::now();
+            let settled = lockout
                 .settle(&self.tenant, ticket, request.client_ip, outcome, settled_at)
-                .await
-            {
+                .await;
+            self.metrics.store("lockout_settle", asked.elapsed());
+            match settled {
                 Ok(Settled::Nothing) if repeated => lockout_state = "repeat",
                 Ok(Settled::Nothing) => {}
                 Ok(Settled::Counted) => lockout_state = "counted",
@@ -1189,23 +1200,23 @@ impl SignInService {
             }
             Err(err) => Err(err),
         };
-        let elapsed_ms = started.elapsed().as_millis() as u64;
-        entry.latency_ms = elapsed_ms as i64;
-        let response = self.answer(outcome, &mut entry, elapsed_ms);
+        let response = self.answer(outcome, &mut entry, started.elapsed());
         if let Some(log) = &self.signin_log {
             log.record(entry).await;
         }
         response
     }
 
-    /// Logs the attempt's end.
+    /// Logs and counts the attempt's end.
     fn answer<T>(
         &self,
         outcome: Result<T, SignInError>,
         entry: &mut SigninEntry,
-        elapsed_ms: u64,
+        elapsed: Duration,
     ) -> Result<T, SignInError> {
-        match outcome {
+        let elapsed_ms = elapsed.as_millis() as u64;
+        entry.latency_ms = elapsed_ms as i64;
+        let response = match outcome {
             Ok(response) => {
                 if entry.outcome.is_empty() {
                     entry.outcome = "success".into();
@@ -1224,7 +1235,30 @@ impl SignInService {
                 entry.error_code = code.into();
                 Err(err)
             }
-        }
+        };
+        self.metrics.attempt(Attempt {
+            outcome: &entry.outcome,
+            code: &entry.error_code,
+            lockout: &entry.lockout,
+            mfa: &entry.mfa,
+            elapsed,
+            trace_id: current_trace_id(),
+        });
+        response
+    }
+
+    /// A throttled attempt, counted (it is not in the sign-in log: nothing was asked).
+    fn throttled(&self, throttled: Throttled, started: Instant) -> SignInError {
+        let err = SignInError::from(throttled);
+        self.metrics.attempt(Attempt {
+            outcome: "throttled",
+            code: err.code().as_str(),
+            lockout: "",
+            mfa: "",
+            elapsed: started.elapsed(),
+            trace_id: None,
+        });
+        err
     }
 
     /// After the directory said the password is right: conditional access decides, then the
@@ -1242,6 +1276,13 @@ impl SignInService {
     ) -> Result<Signed, SignInError> {
         let policies = self.policies.current();
         entry.policies = evaluation.summary();
+        self.metrics.policy(
+            evaluation.grant.as_str(),
+            evaluation
+                .report_only
+                .iter()
+                .map(|(_, grant)| grant.as_str()),
+        );
         let lifetime = evaluation.token_lifetime;
         match evaluation.grant {
             Grant::Block => Err(SignInError::BlockedByPolicy(
@@ -1421,14 +1462,17 @@ impl SignInService {
                 }
             },
         };
-        let elapsed_ms = started.elapsed().as_millis() as u64;
-        entry.latency_ms = elapsed_ms as i64;
-        let response = self.answer(outcome, &mut entry, elapsed_ms);
+        let response = self.answer(outcome, &mut entry, started.elapsed());
         if let Some(log) = &self.signin_log {
             log.record(entry).await;
         }
         response
     }
+}
+
+/// The trace of the current span, when traces are exported (a latency exemplar).
+fn current_trace_id() -> Option<String> {
+    TraceParent::of_span(&tracing::Span::current()).map(|trace| trace.trace_id_hex())
 }
 
 /// How many candidates a dispatcher answering `AgentLost` may have lost after sending them the
