@@ -39,7 +39,7 @@ pub async fn register(
     )
     .map_err(|e| AgentError::Config(e.to_string()))?;
     // Server-authenticated TLS only: the agent has no certificate yet.
-    let channel = crate::dial(config, url, None)
+    let channel = crate::dial(config, url, None, None)
         .await
         .map_err(|e| AgentError::Enrolment(format!("{url}: {e}")))?;
     let response = AgentEnrolmentClient::new(channel)

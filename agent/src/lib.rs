@@ -49,6 +49,16 @@ pub struct AgentConfig {
     /// Threads that may decrypt at once (default: the number of CPUs).
     #[serde(default)]
     pub decrypt_threads: Option<usize>,
+    /// How often each dispatcher URL's host name is resolved again, in seconds: the agent keeps
+    /// one stream to every address it resolves to (each replica behind a Kubernetes headless
+    /// Service), opening streams to new replicas and closing those to vanished ones. Not with
+    /// a proxy (the proxy resolves), nor for an IP address.
+    #[serde(default = "default_dispatcher_resolve_interval_s")]
+    pub dispatcher_resolve_interval_s: u64,
+    /// Name servers for the dispatchers' names (`ip` or `ip:port`); default the system's
+    /// resolver (`/etc/resolv.conf`, `/etc/hosts`).
+    #[serde(default)]
+    pub dispatcher_name_servers: Vec<String>,
     /// Heartbeat interval in milliseconds, until the dispatcher's welcome says otherwise.
     #[serde(default = "default_heartbeat_ms")]
     pub heartbeat_interval_ms: u64,
@@ -104,6 +114,9 @@ fn default_capacity() -> u32 {
 }
 fn default_rsa_bits() -> u32 {
     2048
+}
+fn default_dispatcher_resolve_interval_s() -> u64 {
+    30
 }
 fn default_heartbeat_ms() -> u64 {
     5_000
@@ -181,14 +194,37 @@ impl AgentConfig {
     }
 }
 
-/// Connects to the dispatcher at `url`, presenting `identity`, through the proxy if one applies.
+/// Connects to the dispatcher at `url` — at the replica `addr` when given, the certificate
+/// still checked for the URL's name — presenting `identity`, through the proxy if one applies.
 pub async fn dial(
     config: &AgentConfig,
     url: &str,
+    addr: Option<std::net::IpAddr>,
     identity: Option<&passage_transport::ClientIdentity>,
 ) -> Result<tonic::transport::Channel, String> {
-    let endpoint = passage_transport::endpoint_with_identity(
+    // Configured name servers resolve every dialled name, the enrolment's included.
+    let addr = match addr {
+        None if !config.dispatcher_name_servers.is_empty()
+            && passage_transport::proxy::proxy_for(url, config.proxy.as_deref()).is_none() =>
+        {
+            let resolver = passage_transport::replicas::resolver(
+                &config.dispatcher_name_servers,
+                "dispatcher_name_servers",
+            )
+            .map_err(|e| e.to_string())?;
+            match passage_transport::replicas::host_of(url) {
+                Some(host) => passage_transport::replicas::addresses(&resolver, &host)
+                    .await?
+                    .first()
+                    .copied(),
+                None => None,
+            }
+        }
+        addr => addr,
+    };
+    let endpoint = passage_transport::replicas::endpoint_at(
         url,
+        addr,
         config.tls.as_ref(),
         identity,
         config.insecure_plaintext,

@@ -22,6 +22,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use passage_error_codes::ErrorCode;
 
+use std::collections::HashMap;
 use std::sync::{Mutex, RwLock};
 
 use passage_envelope::{AgentKey, HybridKey};
@@ -189,7 +190,7 @@ pub async fn run(
     }
     streams.spawn(keep_policy_read(Arc::clone(&link), stop_rx.clone()));
     for url in link.config.dispatchers.clone() {
-        streams.spawn(keep_connected(url, Arc::clone(&link), stop_rx.clone()));
+        streams.spawn(follow_replicas(url, Arc::clone(&link), stop_rx.clone()));
     }
     if link
         .certificate
@@ -437,26 +438,105 @@ async fn renew(link: &Link) -> Result<i64, String> {
     Ok(not_after)
 }
 
-async fn keep_connected(url: String, link: Arc<Link>, mut stop: watch::Receiver<bool>) {
+/// Keeps one stream to every replica behind `url`: resolves its host every
+/// `dispatcher_resolve_interval_s`, opens a stream to each new address and closes the streams
+/// of addresses gone. With a proxy, or an IP address, one stream by the URL alone.
+async fn follow_replicas(url: String, link: Arc<Link>, mut stop: watch::Receiver<bool>) {
+    let by_name = passage_transport::proxy::proxy_for(&url, link.config.proxy.as_deref()).is_some()
+        || passage_transport::replicas::host_of(&url)
+            .is_none_or(|host| host.parse::<std::net::IpAddr>().is_ok());
+    let resolver = match by_name {
+        true => None,
+        false => match passage_transport::replicas::resolver(
+            &link.config.dispatcher_name_servers,
+            "dispatcher_name_servers",
+        ) {
+            Ok(resolver) => Some(resolver),
+            Err(err) => {
+                tracing::error!(dispatcher = %url, error = %err, "cannot resolve dispatcher replicas; connecting by name");
+                None
+            }
+        },
+    };
+    let (Some(resolver), Some(host)) = (resolver, passage_transport::replicas::host_of(&url))
+    else {
+        return keep_connected(url, None, link, stop).await;
+    };
+    let interval = Duration::from_secs(link.config.dispatcher_resolve_interval_s.max(1));
+    let mut replicas: HashMap<std::net::IpAddr, watch::Sender<bool>> = HashMap::new();
+    let mut streams = JoinSet::new();
+    loop {
+        match passage_transport::replicas::addresses(&resolver, &host).await {
+            Ok(addresses) => {
+                replicas.retain(|addr, stop_one| {
+                    let kept = addresses.contains(addr);
+                    if !kept {
+                        tracing::info!(dispatcher = %url, replica = %addr, "dispatcher replica gone from DNS: closing its stream");
+                        let _ = stop_one.send(true);
+                    }
+                    kept
+                });
+                for addr in addresses {
+                    if let std::collections::hash_map::Entry::Vacant(entry) = replicas.entry(addr) {
+                        tracing::info!(dispatcher = %url, replica = %addr, "dispatcher replica found: opening a stream");
+                        let (stop_one, stopped_one) = watch::channel(false);
+                        entry.insert(stop_one);
+                        streams.spawn(keep_connected(
+                            url.clone(),
+                            Some(addr),
+                            Arc::clone(&link),
+                            stopped_one,
+                        ));
+                    }
+                }
+            }
+            // Keep the streams there are: a DNS outage must not cut working streams.
+            Err(err) => {
+                tracing::warn!(dispatcher = %url, error = %err, "resolving the dispatcher's replicas failed; keeping the streams there are")
+            }
+        }
+        while streams.try_join_next().is_some() {}
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            () = stopped(&mut stop) => break,
+        }
+    }
+    for stop_one in replicas.values() {
+        let _ = stop_one.send(true);
+    }
+    while streams.join_next().await.is_some() {}
+}
+
+async fn keep_connected(
+    url: String,
+    addr: Option<std::net::IpAddr>,
+    link: Arc<Link>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut backoff = INITIAL_BACKOFF;
+    // The stream's name in logs: the URL, and the replica's address when dialled by address.
+    let label = match addr {
+        Some(addr) => format!("{url} ({addr})"),
+        None => url.clone(),
+    };
     loop {
         let started = Instant::now();
-        let result = session(&url, &link, stop.clone()).await;
+        let result = session(&url, addr, &link, stop.clone()).await;
         match result {
             Ok(StreamEnd::Shutdown) => return,
             Ok(StreamEnd::Drained) => {
-                tracing::info!(dispatcher = %url, "dispatcher drained this stream; reconnecting");
+                tracing::info!(dispatcher = %label, "dispatcher drained this stream; reconnecting");
                 backoff = INITIAL_BACKOFF;
             }
             Ok(StreamEnd::Renewed) => {
-                tracing::info!(dispatcher = %url, "reconnecting with the renewed certificate");
+                tracing::info!(dispatcher = %label, "reconnecting with the renewed certificate");
                 backoff = INITIAL_BACKOFF;
                 continue;
             }
             Err(err) if err.final_refusal => {
                 let retry_in = Duration::from_secs(link.config.refused_retry_interval_s);
                 tracing::error!(
-                    dispatcher = %url,
+                    dispatcher = %label,
                     reason = %err.message,
                     retry_in_s = retry_in.as_secs(),
                     "the dispatcher refuses this agent and retrying will not change that: enrol it \
@@ -474,7 +554,7 @@ async fn keep_connected(url: String, link: Arc<Link>, mut stop: watch::Receiver<
                 if started.elapsed() > STABLE_AFTER {
                     backoff = INITIAL_BACKOFF;
                 }
-                tracing::warn!(dispatcher = %url, error = %err.message, retry_in_ms = backoff.as_millis() as u64, "stream to dispatcher ended");
+                tracing::warn!(dispatcher = %label, error = %err.message, retry_in_ms = backoff.as_millis() as u64, "stream to dispatcher ended");
             }
         }
         let delay = jitter(backoff);
@@ -498,6 +578,7 @@ fn jitter(d: Duration) -> Duration {
 
 async fn session(
     url: &str,
+    addr: Option<std::net::IpAddr>,
     link: &Link,
     mut stop: watch::Receiver<bool>,
 ) -> Result<StreamEnd, StreamError> {
@@ -520,7 +601,7 @@ async fn session(
         .unwrap_or_else(|p| p.into_inner())
         .clone();
     let channel = tokio::select! {
-        result = crate::dial(config, url, identity.as_ref()) => result?,
+        result = crate::dial(config, url, addr, identity.as_ref()) => result?,
         () = stopped(&mut stop) => return Ok(StreamEnd::Shutdown),
     };
     let mut client = AgentTunnelClient::new(channel);

@@ -137,15 +137,29 @@ def rendered_set(chart_name: str, values_file: str) -> list[dict]:
 # --------------------------------------------------------------------------------------------
 
 
-def validate_servicemonitor(doc: dict) -> None:
-    """ServiceMonitor is a Prometheus Operator CRD that kubernetes-validate has no schema for."""
+PROMETHEUS_DURATION = re.compile(r"^([0-9]+(ms|s|m|h|d|w|y))+$")
+
+
+def validate_monitor(doc: dict) -> None:
+    """ServiceMonitor and PodMonitor are Prometheus Operator CRDs that kubernetes-validate has
+    no schema for: checked here against the fields the charts use (monitoring.coreos.com/v1)."""
     assert doc["apiVersion"] == "monitoring.coreos.com/v1"
+    assert set(doc) <= {"apiVersion", "kind", "metadata", "spec", "__template__"}
+    assert set(doc["metadata"]) <= {"name", "namespace", "labels", "annotations"}
     spec = doc["spec"]
-    assert set(spec) <= {"selector", "namespaceSelector", "endpoints", "jobLabel"}
+    endpoints_key = {"ServiceMonitor": "endpoints", "PodMonitor": "podMetricsEndpoints"}[doc["kind"]]
+    assert set(spec) <= {"selector", "namespaceSelector", endpoints_key, "jobLabel"}
     assert spec["selector"]["matchLabels"]
-    for endpoint in spec["endpoints"]:
+    assert spec["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    assert spec[endpoints_key]
+    for endpoint in spec[endpoints_key]:
         assert set(endpoint) <= {"port", "path", "interval", "scrapeTimeout", "scheme"}
         assert endpoint["port"] and endpoint["path"].startswith("/")
+        for key in ("interval", "scrapeTimeout"):
+            assert PROMETHEUS_DURATION.match(endpoint.get(key, "1s")), (key, endpoint)
+
+
+MONITOR_KINDS = {"ServiceMonitor", "PodMonitor"}
 
 
 @pytest.mark.parametrize("chart_name,values_file,kube", VALID_SETS)
@@ -155,8 +169,8 @@ def test_renders_and_validates(chart_name, values_file, kube):
     for doc in manifests:
         where = f"{doc['__template__']}: {doc['kind']}/{doc['metadata']['name']}"
         assert doc["metadata"].get("namespace", NAMESPACE) == NAMESPACE, where
-        if doc["kind"] == "ServiceMonitor":
-            validate_servicemonitor(doc)
+        if doc["kind"] in MONITOR_KINDS:
+            validate_monitor(doc)
             continue
         try:
             kubernetes_validate.validate(strip(doc), kube, strict=True)
@@ -262,7 +276,7 @@ def test_defaults_render_the_cloud_side():
     headless = one(m, "Service", "passage-dispatcher-headless")
     assert headless["spec"]["clusterIP"] == "None"
     assert {p["name"] for p in headless["spec"]["ports"]} == {"agent", "api"}
-    assert one(m, "Deployment", "passage-dispatcher")["spec"]["replicas"] == 1
+    assert one(m, "Deployment", "passage-dispatcher")["spec"]["replicas"] == 2
     assert one(m, "Deployment", "passage-gateway")["spec"]["replicas"] == 2
     for component in ("gateway", "dispatcher"):
         spread = pod_spec(one(m, "Deployment", f"passage-{component}"))["topologySpreadConstraints"]
@@ -294,7 +308,8 @@ def test_plaintext_uses_native_grpc_probes():
     assert dispatcher["readinessProbe"]["grpc"] == {"port": 8443}
     gw = config_file(m, "passage-gateway", "gateway.toml")
     assert gw["insecure_plaintext"] is True and "tls" not in gw and "dispatcher_tls" not in gw
-    assert gw["dispatcher_url"] == "http://passage-dispatcher.passage.svc:8444"
+    # The headless Service: every replica's address, for the gateway to spread its calls.
+    assert gw["dispatcher_url"] == "http://passage-dispatcher-headless.passage.svc:8444"
     # No shared key in development: each replica makes its own, in a writable emptyDir.
     assert gw["signing_key_file"] == "/var/lib/passage/signing-key.der"
 
@@ -403,10 +418,101 @@ def test_external_postgres_password_from_a_secret():
         assert conf["store_url"] == "postgres://passage@postgres.databases.svc:5432/passage?sslmode=verify-full"
 
 
-def test_servicemonitors_only_when_enabled():
-    assert not by_kind(rendered_set("passage", "passage-defaults.yaml"), "ServiceMonitor")
-    service = one(rendered_set("passage", "passage-defaults.yaml"), "Service", "passage-gateway")
-    assert "metrics" not in {p["name"] for p in service["spec"]["ports"]}
+# --------------------------------------------------------------------------------------------
+# Metrics: metrics_listen, the ports, the ServiceMonitors and who may scrape
+# --------------------------------------------------------------------------------------------
+
+
+def port_names(ports: list[dict]) -> set[str]:
+    return {p["name"] for p in ports}
+
+
+def ingress_rule_for(policy: dict, port: int) -> dict:
+    rules = [r for r in policy["spec"]["ingress"] if any(p["port"] == port for p in r.get("ports", []))]
+    assert len(rules) == 1, f"{len(rules)} ingress rules for port {port}"
+    return rules[0]
+
+
+def test_metrics_are_on_by_default():
+    """Both services listen for Prometheus on metrics_listen, with a container port and a
+    Service port named "metrics" (the headless Service, for agents, has none)."""
+    m = rendered_set("passage", "passage-defaults.yaml")
+    for component in ("gateway", "dispatcher"):
+        conf = config_file(m, f"passage-{component}", f"{component}.toml")
+        assert conf["metrics_listen"] == "0.0.0.0:9090", component
+        c = container(pod_spec(one(m, "Deployment", f"passage-{component}")), component)
+        assert {"name": "metrics", "containerPort": 9090, "protocol": "TCP"} in c["ports"], component
+        service = one(m, "Service", f"passage-{component}")
+        metrics = next(p for p in service["spec"]["ports"] if p["name"] == "metrics")
+        assert metrics == {"name": "metrics", "port": 9090, "targetPort": "metrics", "protocol": "TCP"}
+        # Anyone may scrape (networkPolicy.metricsFrom empty).
+        assert "from" not in ingress_rule_for(one(m, "NetworkPolicy", f"passage-{component}"), 9090)
+    assert "metrics" not in port_names(one(m, "Service", "passage-dispatcher-headless")["spec"]["ports"])
+    assert not by_kind(m, "ServiceMonitor"), "the ServiceMonitors are optional"
+    assert "port 9090 of the gateway and dispatcher Services" in notes("passage", load_values(VALUES / "passage-defaults.yaml"))
+
+
+def test_metrics_port_and_listen_host():
+    values = load_values(VALUES / "passage-defaults.yaml")
+    values["metrics"] = {"enabled": True, "port": 9464}
+    values["listenHost"] = "::"
+    m = render("passage", values)
+    for component in ("gateway", "dispatcher"):
+        assert config_file(m, f"passage-{component}", f"{component}.toml")["metrics_listen"] == "[::]:9464"
+        c = container(pod_spec(one(m, "Deployment", f"passage-{component}")), component)
+        assert next(p for p in c["ports"] if p["name"] == "metrics")["containerPort"] == 9464
+        assert next(p for p in one(m, "Service", f"passage-{component}")["spec"]["ports"] if p["name"] == "metrics")["port"] == 9464
+        ingress_rule_for(one(m, "NetworkPolicy", f"passage-{component}"), 9464)
+
+
+def test_metrics_disabled():
+    values = load_values(VALUES / "passage-defaults.yaml")
+    values["metrics"] = {"enabled": False}
+    m = render("passage", values)
+    for component in ("gateway", "dispatcher"):
+        assert "metrics_listen" not in config_file(m, f"passage-{component}", f"{component}.toml")
+        c = container(pod_spec(one(m, "Deployment", f"passage-{component}")), component)
+        assert "metrics" not in port_names(c["ports"])
+        assert "metrics" not in port_names(one(m, "Service", f"passage-{component}")["spec"]["ports"])
+        policy = one(m, "NetworkPolicy", f"passage-{component}")
+        assert not any(p["port"] == 9090 for r in policy["spec"]["ingress"] for p in r["ports"])
+    assert "Metrics (Prometheus" not in notes("passage", values)
+
+
+def test_servicemonitors_scrape_the_metrics_port():
+    m = rendered_set("passage", "passage-ha.yaml")
+    monitors = by_kind(m, "ServiceMonitor")
+    assert sorted(d["metadata"]["name"] for d in monitors) == ["passage-dispatcher", "passage-gateway"]
+    for monitor in monitors:
+        validate_monitor(monitor)
+        component = monitor["metadata"]["labels"]["app.kubernetes.io/component"]
+        assert monitor["metadata"]["labels"]["release"] == "prometheus"
+        assert monitor["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s"}]
+        # The selector picks exactly the component's Service, which has the "metrics" port.
+        selector = monitor["spec"]["selector"]["matchLabels"]
+        services = [s for s in by_kind(m, "Service") if selector.items() <= s["metadata"]["labels"].items()
+                    and "metrics" in port_names(s["spec"]["ports"])]
+        assert [s["metadata"]["name"] for s in services] == [f"passage-{component}"]
+        # Only the monitoring namespace may scrape.
+        rule = ingress_rule_for(one(m, "NetworkPolicy", f"passage-{component}"), 9090)
+        assert rule["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    assert "Scraped by the ServiceMonitors" in notes("passage", load_values(VALUES / "passage-ha.yaml"))
+
+
+def test_servicemonitor_needs_metrics():
+    values = load_values(VALUES / "passage-defaults.yaml")
+    values["metrics"] = {"enabled": False, "serviceMonitor": {"enabled": True}}
+    with pytest.raises(helm.HelmError) as failure:
+        render("passage", values)
+    assert "metrics.serviceMonitor.enabled needs metrics.enabled" in str(failure.value)
+
+
+def test_metrics_port_must_be_its_own():
+    values = load_values(VALUES / "passage-defaults.yaml")
+    values["metrics"] = {"port": 8444}
+    with pytest.raises(helm.HelmError) as failure:
+        render("passage", values)
+    assert "metrics.port 8444 is also dispatcher.ports.api" in str(failure.value)
 
 
 # --------------------------------------------------------------------------------------------
@@ -523,6 +629,50 @@ def test_agent_network_policy_is_egress_only():
     assert {53, 8443, 636} <= ports
 
 
+def test_agent_podmonitor_scrapes_the_health_port():
+    """The agent serves /metrics beside /healthz: a PodMonitor scrapes the health port, and
+    the NetworkPolicy lets in only metricsFrom there (the kubelet's probes come from the node,
+    which a NetworkPolicy never blocks; the probes are unchanged)."""
+    m = rendered_set("passage-agent", "agent-ldap-failover.yaml")
+    monitor = one(m, "PodMonitor", "passage-passage-agent")
+    validate_monitor(monitor)
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    assert monitor["spec"]["podMetricsEndpoints"] == [{"port": "health", "path": "/metrics", "interval": "1m", "scrapeTimeout": "10s"}]
+    sts = one(m, "StatefulSet", "passage-passage-agent")
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= sts["spec"]["template"]["metadata"]["labels"].items()
+    agent = container(pod_spec(sts), "agent")
+    assert agent["ports"] == [{"name": "health", "containerPort": 8081, "protocol": "TCP"}]
+    assert agent["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert agent["livenessProbe"]["tcpSocket"] == {"port": "health"}
+    spec = one(m, "NetworkPolicy", "passage-passage-agent")["spec"]
+    assert spec["ingress"] == [{
+        "ports": [{"port": 8081, "protocol": "TCP"}],
+        "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+                  "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}],
+    }]
+    assert {53, 8443, 636} <= {p["port"] for rule in spec["egress"] for p in rule["ports"]}
+    assert "scraped by the PodMonitor passage-passage-agent" in notes("passage-agent", load_values(VALUES / "agent-ldap-failover.yaml"))
+    # Off by default: no PodMonitor, no ingress.
+    assert not by_kind(rendered_set("passage-agent", "agent-ldap.yaml"), "PodMonitor")
+
+
+def test_agent_podmonitor_needs_health_and_peers():
+    values = load_values(VALUES / "agent-ldap-failover.yaml")
+    values["health"] = {"enabled": False, "port": 8081}
+    with pytest.raises(helm.HelmError) as failure:
+        render("passage-agent", values)
+    assert "metrics.podMonitor.enabled needs health.enabled" in str(failure.value)
+    values = load_values(VALUES / "agent-ldap-failover.yaml")
+    values["networkPolicy"]["metricsFrom"] = []
+    with pytest.raises(helm.HelmError) as failure:
+        render("passage-agent", values)
+    assert "networkPolicy.metricsFrom is required with metrics.podMonitor.enabled" in str(failure.value)
+    # Without a NetworkPolicy there is nothing to open.
+    values["networkPolicy"]["enabled"] = False
+    m = render("passage-agent", values)
+    assert by_kind(m, "PodMonitor") and not by_kind(m, "NetworkPolicy")
+
+
 def test_agent_state_from_a_secret():
     m = rendered_set("passage-agent", "agent-static-secret-state.yaml")
     spec = pod_spec(one(m, "StatefulSet", "passage-passage-agent"))
@@ -555,9 +705,10 @@ needs_sources = pytest.mark.skipif(
 # values, and fields deliberately left out.
 GATEWAY_MANAGED = {
     "grpc_listen", "http_listen", "dispatcher_url", "dispatcher_tls", "tls", "signing_key_file", "store_url",
-    "insecure_plaintext", "policies_file", "store_encryption_key_file", "admin_token_sha256",
+    "insecure_plaintext", "policies_file", "store_encryption_key_file", "admin_token_sha256", "metrics_listen",
 }
-DISPATCHER_MANAGED = {"agent_listen", "api_listen", "agent_tls", "api_tls", "insecure_plaintext", "store_url", "store_encryption_key_file"}
+DISPATCHER_MANAGED = {"agent_listen", "api_listen", "agent_tls", "api_tls", "insecure_plaintext", "store_url", "store_encryption_key_file",
+                      "metrics_listen"}  # metrics_listen: metrics.*
 DISPATCHER_LEFT_OUT = {"dispatcher_id"}  # the host name, i.e. the pod name: one value for all replicas would be wrong
 AGENT_MANAGED = {"state_dir", "tls", "insecure_plaintext", "health_listen"}  # health_listen: health.*
 LDAP_MANAGED = {"bind_password_file", "ca_file"}  # from secrets.ldapBindPassword and secrets.ldapCa
@@ -924,7 +1075,7 @@ def test_rendered_deployment_signs_in_end_to_end(tmp_path, processes):
     secrets = cloud_secrets(material)
     secrets["passage-test-user"] = {"username": b"alice@demo.passage.dev", "password": b"correct horse\n"}
 
-    ports = {name: free_port() for name in ["agent", "api", "grpc", "http"]}
+    ports = {name: free_port() for name in ["agent", "api", "grpc", "http", "gateway-metrics", "dispatcher-metrics"]}
     values = load_values(VALUES / "passage-defaults.yaml")
     values["store"] = {"url": "", "urlSecret": {"name": "passage-db-app", "key": "uri"}}
     values["secrets"]["adminTokens"] = {"name": "passage-admin-tokens"}
@@ -933,14 +1084,15 @@ def test_rendered_deployment_signs_in_end_to_end(tmp_path, processes):
     listen = {
         '"0.0.0.0:8443"': f'"127.0.0.1:{ports["agent"]}"', '"0.0.0.0:8444"': f'"127.0.0.1:{ports["api"]}"',
         '"0.0.0.0:9443"': f'"127.0.0.1:{ports["grpc"]}"', '"0.0.0.0:8080"': f'"127.0.0.1:{ports["http"]}"',
-        "passage-dispatcher.passage.svc:8444": f"localhost:{ports['api']}",
+        "passage-dispatcher-headless.passage.svc:8444": f"localhost:{ports['api']}",
     }
 
     def start_service(component: str, ready: str):
         pod = FakePod(tmp_path / component, m, one(m, "Deployment", f"passage-{component}"), secrets)
         pod.run("prepare", prepare_env(pod, "/etc/passage/template"))
         config = tmp_path / f"{component}.toml"
-        config.write_text(localise(pod.path(f"/run/passage/{component}.toml").read_text(), pod, listen))
+        metrics = {'"0.0.0.0:9090"': f'"127.0.0.1:{ports[component + "-metrics"]}"'}
+        config.write_text(localise(pod.path(f"/run/passage/{component}.toml").read_text(), pod, listen | metrics))
         c = container(pod.spec, component)
         assert c["args"] == ["--config", f"/run/passage/{component}.toml"]
         return processes.start([c["command"][0], "--config", str(config)], env | pod.env(c),
@@ -1005,6 +1157,18 @@ def test_rendered_deployment_signs_in_end_to_end(tmp_path, processes):
     with urllib.request.urlopen(f"http://127.0.0.1:{health_port}{probe['path']}", timeout=10) as answer:
         assert answer.status == 200
         assert json.load(answer)["streams_connected"] >= 1
+
+    # Prometheus scrapes what the charts expose: the gateway's and the dispatcher's
+    # metrics_listen, the agent's health port.
+    scraped = {}
+    for service, port in (("gateway", ports["gateway-metrics"]), ("dispatcher", ports["dispatcher-metrics"]),
+                          ("agent", health_port)):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+            assert answer.status == 200
+            scraped[service] = answer.read().decode()
+    assert re.search(r'^passage_gateway_sign_ins_total\{[^}]*outcome="success"[^}]*\} [1-9]', scraped["gateway"], re.M), scraped["gateway"]
+    assert re.search(r"^passage_dispatcher_connected_agents\{[^}]*\} 1$", scraped["dispatcher"], re.M), scraped["dispatcher"]
+    assert re.search(r'^passage_agent_validations_total\{outcome="success"\} [1-9]', scraped["agent"], re.M), scraped["agent"]
 
     # A wrong password is refused, and the administrator token from the Secret works.
     (test_pod.path("/run/passage-test/user/password")).chmod(0o600)

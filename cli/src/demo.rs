@@ -112,6 +112,8 @@ pub async fn run(signin: Option<String>) -> Result<(), String> {
         post_quantum_sealing: true,
         decrypt_threads: None,
         heartbeat_interval_ms: 5_000,
+        dispatcher_resolve_interval_s: 30,
+        dispatcher_name_servers: Vec::new(),
         replay_window_s: 300,
         tls: None,
         insecure_plaintext: true,

@@ -711,12 +711,18 @@ impl Scrape {
 /// username ever is a label.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_service_counts_sign_ins_for_prometheus() {
+    // Production trust: certificates (their expiry is measured) and a store (smart lockout's
+    // latency is).
     let mut cluster = Cluster::start(ClusterOptions {
         agents: 0,
+        enrolment: true,
         trace_export: true,
         ..ClusterOptions::default()
     })
     .await;
+    let token = cluster.create_token("default", passage_tests::slapd::DOMAIN, "1h");
+    let (enrolled, _, stderr) = cluster.register_agent(0, "default", &token);
+    assert!(enrolled, "{stderr}");
     // The agent's metrics are on its local health endpoint.
     let port = start_agent_with_health_endpoint(&mut cluster).await;
     let agent_id = cluster.agents[0].agent_id.clone();
@@ -848,12 +854,169 @@ async fn every_service_counts_sign_ins_for_prometheus() {
         agent.text
     );
 
+    // Every series the shipped Grafana dashboards query is exported.
+    let exported: std::collections::HashSet<&str> = [&gateway, &dispatcher, &agent]
+        .iter()
+        .flat_map(|scrape| scrape.text.lines())
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| line.split(['{', ' ']).next())
+        .collect();
+    let queried = include_str!("../../charts/passage/dashboards/metrics-used.txt");
+    let missing: Vec<&str> = queried
+        .lines()
+        .filter(|name| !exported.contains(name))
+        .collect();
+    assert!(
+        queried.lines().count() >= 10 && missing.is_empty(),
+        "the dashboards query series nothing exports: {missing:?}"
+    );
+
     // Who signed in is nobody's label.
     for scrape in [&gateway, &dispatcher, &agent] {
         assert!(
             !scrape.text.contains(&alice.uid) && !scrape.text.contains('@'),
             "{}",
             scrape.text
+        );
+    }
+}
+
+/// Three dispatcher replicas behind one name, as a Kubernetes headless Service gives them:
+/// every agent holds a stream to each, a replica stopped under 200 concurrent sign-ins fails
+/// none of them, and a fourth replica added to the name is joined by every agent and used by
+/// the gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_agent_reaches_every_dispatcher_replica_and_losing_one_fails_no_sign_in() {
+    use passage_tests::{
+        cluster::{DISPATCHERS_NAME, DispatcherReplicas},
+        dns::DnsServer,
+    };
+    let free_port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port()
+    };
+    let dns = DnsServer::start().await;
+    let name = format!("{DISPATCHERS_NAME}.");
+    let replica = |last: u8| std::net::Ipv4Addr::new(127, 0, 0, last);
+    dns.set_addresses(&name, vec![replica(1), replica(2), replica(3)]);
+    let mut cluster = Cluster::start(ClusterOptions {
+        enrolment: true,
+        postgres: true,
+        agents: 0,
+        dispatcher_replicas: Some(DispatcherReplicas {
+            name_server: dns.addr().to_string(),
+            agent_port: free_port(),
+            api_port: free_port(),
+        }),
+        ..ClusterOptions::default()
+    })
+    .await;
+    let second = cluster.start_dispatcher_replica("127.0.0.2");
+    let mut third = cluster.start_dispatcher_replica("127.0.0.3");
+    cluster.enrol_agent().await;
+    cluster.enrol_agent().await;
+    let group = [("connector_group", passage_tests::slapd::DOMAIN)];
+    let both_agents_on = |metrics_url: String| async move {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let scrape = Scrape::of(&metrics_url).await;
+            if scrape
+                .parsed
+                .families
+                .contains_key("passage_dispatcher_connected_agents")
+                && scrape.value("passage_dispatcher_connected_agents", &group) == 2.0
+            {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{metrics_url}: not both agents\n{}",
+                scrape.text
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    for replica in [&cluster.dispatcher, &second, &third] {
+        both_agents_on(replica.metrics_url.clone()).await;
+    }
+
+    // 200 sign-ins at once; the third replica is stopped once it has relayed some of them.
+    let users = default_users();
+    let sign_ins: Vec<_> = (0..200)
+        .map(|i| {
+            let user = users[i % users.len()].clone();
+            let mut client = cluster.gateway_client();
+            tokio::spawn(async move {
+                client
+                    .sign_in(SignInRequest {
+                        username: user.upn.clone(),
+                        password: user.password.clone(),
+                        client_id: CLIENT_ID.into(),
+                        client_ip: String::new(),
+                        offline_access: false,
+                    })
+                    .await
+            })
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let scrape = Scrape::of(&third.metrics_url).await;
+        if scrape
+            .parsed
+            .families
+            .contains_key("passage_dispatcher_relays")
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the third replica relays nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let stopped = tokio::task::spawn_blocking(move || {
+        let clean = third.process.terminate(Duration::from_secs(30));
+        (third, clean)
+    });
+    let mut failed = Vec::new();
+    for sign_in in sign_ins {
+        if let Err(status) = sign_in.await.unwrap() {
+            failed.push(format!("{:?}: {}", status.code(), status.message()));
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of 200 failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+    let (_third, clean) = stopped.await.unwrap();
+    assert!(clean, "the third replica drained and exited");
+
+    // A fourth replica joins the name: every agent connects to it within the re-resolve
+    // interval, and the gateway sends it sign-ins.
+    let fourth = cluster.start_dispatcher_replica("127.0.0.4");
+    dns.set_addresses(&name, vec![replica(1), replica(2), replica(4)]);
+    both_agents_on(fourth.metrics_url.clone()).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let alice = &users[0];
+        cluster.sign_in(&alice.upn, &alice.password).await.unwrap();
+        let scrape = Scrape::of(&fourth.metrics_url).await;
+        if scrape
+            .parsed
+            .families
+            .contains_key("passage_dispatcher_relays")
+        {
+            assert!(scrape.value("passage_dispatcher_relays", &[("outcome", "answered")]) >= 1.0);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the gateway sends the fourth replica nothing"
         );
     }
 }

@@ -79,6 +79,26 @@ pub struct ClusterOptions {
     /// Per agent (by index), what differs from the default agent: another directory, forest
     /// or connector group.
     pub agent_overrides: Vec<AgentOverride>,
+    /// Reach the dispatcher by a name that stands for several replicas (the first one on
+    /// 127.0.0.1 is the cluster's; start others with [`Cluster::start_dispatcher_replica`]).
+    pub dispatcher_replicas: Option<DispatcherReplicas>,
+}
+
+/// The host name dispatcher replicas share in DNS ([`ClusterOptions::dispatcher_replicas`]),
+/// which their certificates name.
+pub const DISPATCHERS_NAME: &str = "dispatchers.passage.test";
+
+/// Dispatcher replicas behind one name: every replica listens on the same two ports, each on
+/// its own loopback address; agents and the gateway resolve [`DISPATCHERS_NAME`] with
+/// `name_server` (a [`crate::dns::DnsServer`]) every second.
+#[derive(Debug, Clone)]
+pub struct DispatcherReplicas {
+    /// The test DNS server.
+    pub name_server: String,
+    /// Where agents connect, on every replica.
+    pub agent_port: u16,
+    /// Where gateways call, on every replica.
+    pub api_port: u16,
 }
 
 /// How one agent differs from the cluster's default agent.
@@ -114,6 +134,7 @@ impl Default for ClusterOptions {
             development_store: false,
             gateway_clients: String::new(),
             agent_overrides: Vec::new(),
+            dispatcher_replicas: None,
         }
     }
 }
@@ -276,9 +297,16 @@ impl Cluster {
         let dispatcher_config = options
             .enrolment
             .then(|| write_secure_dispatcher_config(dir.path(), &store_url, &options));
+        let (agent_listen, api_listen) = match &options.dispatcher_replicas {
+            Some(replicas) => (
+                format!("127.0.0.1:{}", replicas.agent_port),
+                format!("127.0.0.1:{}", replicas.api_port),
+            ),
+            None => ("127.0.0.1:0".to_owned(), "127.0.0.1:0".to_owned()),
+        };
         let dispatcher = DispatcherProcess::start(
-            "127.0.0.1:0",
-            "127.0.0.1:0",
+            &agent_listen,
+            &api_listen,
             dispatcher_config.as_deref(),
             &process_env,
             &dir.path().join("dispatcher.log"),
@@ -290,14 +318,28 @@ impl Cluster {
             &gateway_config,
             format!(
                 "grpc_listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\n\
-                 dispatcher_url = \"{}\"\nsigning_key_file = \"{}\"\n\
+                 dispatcher_url = \"{}\"\n{replicas}signing_key_file = \"{}\"\n\
                  validation_timeout_ms = {}\ninsecure_plaintext = {insecure}\n\
                  key_cache_ttl_ms = 500\n{switchover}{extra}\n{store}\n[[clients]]\nid = \"{CLIENT_ID}\"\nname = \"end-to-end tests\"\n",
-                dispatcher.api_url,
+                match &options.dispatcher_replicas {
+                    Some(replicas) => format!(
+                        "{}://{DISPATCHERS_NAME}:{}",
+                        if options.enrolment { "https" } else { "http" },
+                        replicas.api_port,
+                    ),
+                    None => dispatcher.api_url.clone(),
+                },
                 dir.path().join("token-key.der").display(),
                 options.validation_timeout.as_millis(),
                 insecure = !options.enrolment,
                 switchover = switchover(&options),
+                replicas = match &options.dispatcher_replicas {
+                    Some(replicas) => format!(
+                        "dispatcher_name_servers = [\"{}\"]\ndispatcher_resolve_interval_s = 1\n",
+                        replicas.name_server
+                    ),
+                    None => String::new(),
+                },
                 // Tests drive thousands of sign-ins from one address: no rate limits unless
                 // the test sets its own.
                 extra = if options.gateway_config.contains("throttle") {
@@ -394,14 +436,28 @@ impl Cluster {
         std::fs::write(
             &path,
             format!(
-                "dispatchers = [\"{dispatcher}\"]\nconnector_group = \"{group}\"\n\
+                "dispatchers = [\"{dispatcher}\"]\n{replicas}connector_group = \"{group}\"\n\
                  state_dir = \"{state}\"\ncapacity = {capacity}\nheartbeat_interval_ms = 1000\n\
                  insecure_plaintext = true\n{renew}{proxy}{tls}\n\
                  [directory]\nkind = \"ldap\"\n{servers}\nallow_plaintext = true\n\
                  base_dn = \"{base_dn}\"\n\
                  bind_dn = \"{admin}\"\nbind_password = \"{ADMIN_PASSWORD}\"\n\
                  login_attribute = \"{login}\"\nshort_name_attribute = \"uid\"\ntimeout_ms = 2000\n{groups}",
-                dispatcher = self.dispatcher.agent_url,
+                dispatcher = match &self.options.dispatcher_replicas {
+                    Some(replicas) => format!(
+                        "{}://{DISPATCHERS_NAME}:{}",
+                        if self.options.enrolment { "https" } else { "http" },
+                        replicas.agent_port
+                    ),
+                    None => self.dispatcher.agent_url.clone(),
+                },
+                replicas = match &self.options.dispatcher_replicas {
+                    Some(replicas) => format!(
+                        "dispatcher_name_servers = [\"{}\"]\ndispatcher_resolve_interval_s = 1\n",
+                        replicas.name_server
+                    ),
+                    None => String::new(),
+                },
                 state = self.dir.path().join(format!("agent-{index}")).display(),
                 capacity = self.options.agent_capacity,
                 renew = if self.options.certificate_lifetime_s.is_some() {
@@ -773,6 +829,28 @@ impl Cluster {
         clean
     }
 
+    /// Another dispatcher replica on `ip` (a loopback address such as 127.0.0.2), on the ports
+    /// of [`ClusterOptions::dispatcher_replicas`], configured as the cluster's.
+    pub fn start_dispatcher_replica(&self, ip: &str) -> DispatcherProcess {
+        let replicas = self
+            .options
+            .dispatcher_replicas
+            .as_ref()
+            .expect("dispatcher_replicas is set");
+        let config = self
+            .options
+            .enrolment
+            .then(|| self.dir.path().join("dispatcher.toml"));
+        DispatcherProcess::start(
+            &format!("{ip}:{}", replicas.agent_port),
+            &format!("{ip}:{}", replicas.api_port),
+            config.as_deref(),
+            &self.process_env,
+            &self.dir.path().join(format!("dispatcher-{ip}.log")),
+            &log_filter(&self.options),
+        )
+    }
+
     /// The agent keys the dispatcher currently offers the default tenant's group.
     pub async fn offered_keys(&self) -> Vec<AgentKey> {
         self.offered_keys_of(DOMAIN).await
@@ -902,6 +980,8 @@ fn write_secure_dispatcher_config(
             "127.0.0.1",
             "--san",
             "localhost",
+            "--san",
+            DISPATCHERS_NAME,
         ]);
     }
     passage(&[

@@ -1,5 +1,5 @@
-//! A small authoritative DNS server on 127.0.0.1 for the tests: it answers SRV questions from a
-//! zone the test sets and changes while it runs, and NXDOMAIN to everything else. Messages are
+//! A small authoritative DNS server on 127.0.0.1 for the tests: it answers SRV and A questions
+//! from a zone the test sets and changes while it runs, and NXDOMAIN to everything else. Messages are
 //! read and written with `hickory-proto` (the library the agent's resolver is built on); the
 //! answers go over UDP, the way a resolver asks first.
 
@@ -36,7 +36,14 @@ impl Srv {
     }
 }
 
-type Zone = HashMap<String, Vec<Srv>>;
+/// What a name holds.
+#[derive(Debug, Clone, Default)]
+struct Records {
+    srv: Vec<Srv>,
+    a: Vec<std::net::Ipv4Addr>,
+}
+
+type Zone = HashMap<String, Records>;
 
 /// The running server; stops when dropped.
 pub struct DnsServer {
@@ -70,11 +77,22 @@ impl DnsServer {
     /// Sets the records of `name` (a fully qualified name, trailing dot included); an empty
     /// list removes the name.
     pub fn set(&self, name: &str, records: Vec<Srv>) {
+        self.change(name, |held| held.srv = records);
+    }
+
+    /// Sets the IPv4 addresses of `name` (fully qualified); an empty list removes them.
+    pub fn set_addresses(&self, name: &str, addresses: Vec<std::net::Ipv4Addr>) {
+        self.change(name, |held| held.a = addresses);
+    }
+
+    fn change(&self, name: &str, edit: impl FnOnce(&mut Records)) {
         let mut zone = self.zone.lock().unwrap();
-        match records.is_empty() {
-            true => zone.remove(&name.to_ascii_lowercase()),
-            false => zone.insert(name.to_ascii_lowercase(), records),
-        };
+        let key = name.to_ascii_lowercase();
+        let held = zone.entry(key.clone()).or_default();
+        edit(held);
+        if held.srv.is_empty() && held.a.is_empty() {
+            zone.remove(&key);
+        }
     }
 
     /// The names asked so far, in order.
@@ -119,13 +137,22 @@ fn answer(request: &Message, zone: &Mutex<Zone>, questions: &Mutex<Vec<String>>)
     let records = zone.lock().unwrap().get(&name).cloned();
     match (records, query.query_type()) {
         (Some(records), RecordType::SRV) => {
-            for srv in records {
+            for srv in records.srv {
                 let target = Name::from_ascii(&srv.target).expect("a target host name");
                 // One second: a resolver's cache must not hide a change for long.
                 response.add_answer(Record::from_rdata(
                     query.name().clone(),
                     1,
                     RData::SRV(SRV::new(srv.priority, srv.weight, srv.port, target)),
+                ));
+            }
+        }
+        (Some(records), RecordType::A) => {
+            for address in records.a {
+                response.add_answer(Record::from_rdata(
+                    query.name().clone(),
+                    1,
+                    RData::A(address.into()),
                 ));
             }
         }

@@ -164,6 +164,14 @@ app.kubernetes.io/part-of: passage
 {{- if eq $v.config.directory.kind "static" -}}
 {{- $_ := required "secrets.staticUsers.name is required for directory kind static: the Secret holding the users file (TOML with Argon2id hashes from passage hash-password)" $v.secrets.staticUsers.name -}}
 {{- end -}}
+{{- if $v.metrics.podMonitor.enabled -}}
+{{- if not $v.health.enabled -}}
+{{- fail "metrics.podMonitor.enabled needs health.enabled: the agent serves GET /metrics on its health endpoint (health_listen), which health.enabled opens" -}}
+{{- end -}}
+{{- if and $v.networkPolicy.enabled (not $v.networkPolicy.metricsFrom) -}}
+{{- fail "networkPolicy.metricsFrom is required with metrics.podMonitor.enabled and networkPolicy.enabled: the peers that scrape the agents (e.g. [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: monitoring}}, podSelector: {matchLabels: {app.kubernetes.io/name: prometheus}}}]); agents otherwise accept no connection" -}}
+{{- end -}}
+{{- end -}}
 {{- if eq $v.state.type "secret" -}}
 {{- $_ := required "state.secret.name is required with state.type secret: the Secret holding each replica's pre-enrolled state (keys <ordinal>.agent-id, <ordinal>.agent-key.der, ...)" $v.state.secret.name -}}
 {{- else if $v.enrolment.enabled -}}

@@ -173,6 +173,16 @@ app.kubernetes.io/component: {{ .component }}
 {{- fail (printf "%s.autoscaling: minReplicas (%d) is above maxReplicas (%d)" $component (int $a.minReplicas) (int $a.maxReplicas)) -}}
 {{- end -}}
 {{- end -}}
+{{- if $v.metrics.enabled -}}
+{{- range $name, $port := dict "gateway.ports.grpc" $v.gateway.ports.grpc "gateway.ports.http" $v.gateway.ports.http "dispatcher.ports.agent" $v.dispatcher.ports.agent "dispatcher.ports.api" $v.dispatcher.ports.api -}}
+{{- if eq (int $port) (int $v.metrics.port) -}}
+{{- fail (printf "metrics.port %d is also %s: give the metrics listener a port of its own" (int $port) $name) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- if and $v.metrics.serviceMonitor.enabled (not $v.metrics.enabled) -}}
+{{- fail "metrics.serviceMonitor.enabled needs metrics.enabled: the ServiceMonitors scrape the services' metrics port, which only metrics.enabled opens (metrics_listen)" -}}
+{{- end -}}
 {{- if $v.tests.signin.enabled -}}
 {{- $_ := required "tests.signin.existingSecret is required when tests.signin.enabled: the Secret with the test user's username and password" $v.tests.signin.existingSecret -}}
 {{- end -}}
@@ -186,7 +196,9 @@ app.kubernetes.io/component: {{ .component }}
 {{- if .Values.gateway.dispatcherUrl -}}
 {{- .Values.gateway.dispatcherUrl -}}
 {{- else -}}
-{{- printf "%s://%s.%s.svc:%d" (ternary "http" "https" .Values.insecurePlaintext) (include "passage.dispatcher.fullname" .) .Release.Namespace (int .Values.dispatcher.ports.api) -}}
+{{- /* The headless Service: one address per ready replica, so the gateways spread their calls
+       over every replica and pass over one that goes away. */ -}}
+{{- printf "%s://%s-headless.%s.svc:%d" (ternary "http" "https" .Values.insecurePlaintext) (include "passage.dispatcher.fullname" .) .Release.Namespace (int .Values.dispatcher.ports.api) -}}
 {{- end -}}
 {{- end -}}
 
@@ -205,6 +217,9 @@ app.kubernetes.io/component: {{ .component }}
 {{- $_ := set $c "grpc_listen" (include "passage.listen" (dict "root" . "port" $v.gateway.ports.grpc)) -}}
 {{- $_ := set $c "http_listen" (include "passage.listen" (dict "root" . "port" $v.gateway.ports.http)) -}}
 {{- $_ := set $c "dispatcher_url" (include "passage.dispatcherUrl" .) -}}
+{{- if $v.metrics.enabled -}}
+{{- $_ := set $c "metrics_listen" (include "passage.listen" (dict "root" . "port" $v.metrics.port)) -}}
+{{- end -}}
 {{- $_ := set $c "insecure_plaintext" $v.insecurePlaintext -}}
 {{- if $v.secrets.signingKey.name -}}
 {{- $_ := set $c "signing_key_file" (printf "%s/signing-key/signing-key.der" $run) -}}
@@ -242,6 +257,9 @@ app.kubernetes.io/component: {{ .component }}
 {{- $c := deepCopy $v.dispatcher.config -}}
 {{- $_ := set $c "agent_listen" (include "passage.listen" (dict "root" . "port" $v.dispatcher.ports.agent)) -}}
 {{- $_ := set $c "api_listen" (include "passage.listen" (dict "root" . "port" $v.dispatcher.ports.api)) -}}
+{{- if $v.metrics.enabled -}}
+{{- $_ := set $c "metrics_listen" (include "passage.listen" (dict "root" . "port" $v.metrics.port)) -}}
+{{- end -}}
 {{- $_ := set $c "insecure_plaintext" $v.insecurePlaintext -}}
 {{- if $v.store.url -}}
 {{- $_ := set $c "store_url" $v.store.url -}}

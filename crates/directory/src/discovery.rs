@@ -19,17 +19,9 @@
 //! site = "Paris"
 //! ```
 
-use std::{
-    net::{IpAddr, SocketAddr},
-    time::Duration,
-};
+use std::time::Duration;
 
-use hickory_resolver::{
-    TokioResolver,
-    config::{ConnectionConfig, NameServerConfig, ResolverConfig},
-    net::runtime::TokioRuntimeProvider,
-    proto::rr::RData,
-};
+use hickory_resolver::{TokioResolver, proto::rr::RData};
 use serde::Deserialize;
 
 use crate::DirectoryError;
@@ -94,22 +86,6 @@ impl DnsSrv {
     /// How often to look again.
     pub fn refresh_interval(&self) -> Duration {
         Duration::from_secs(self.refresh_interval_s.max(1))
-    }
-
-    /// The name servers to ask, parsed (empty: the system's).
-    fn parsed_name_servers(&self) -> Result<Vec<SocketAddr>, DirectoryError> {
-        self.name_servers
-            .iter()
-            .map(|text| {
-                text.parse::<SocketAddr>()
-                    .or_else(|_| text.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
-                    .map_err(|_| {
-                        DirectoryError::Misconfigured(format!(
-                            "dns_srv.name_servers: {text:?} is not an IP address or IP:port"
-                        ))
-                    })
-            })
-            .collect()
     }
 }
 
@@ -180,36 +156,9 @@ impl Discovery {
                 "starttls goes with dns_srv.scheme = \"ldap\" (ldaps is TLS from the start)".into(),
             ));
         }
-        let name_servers = config.parsed_name_servers()?;
-        let resolver = if name_servers.is_empty() {
-            TokioResolver::builder_tokio()
-                .map_err(|err| {
-                    DirectoryError::Misconfigured(format!(
-                        "dns_srv: the system's DNS configuration: {err}"
-                    ))
-                })?
-                .build()
-        } else {
-            let servers = name_servers
-                .iter()
-                .map(|addr| {
-                    let connections = [ConnectionConfig::udp(), ConnectionConfig::tcp()]
-                        .into_iter()
-                        .map(|mut connection| {
-                            connection.port = addr.port();
-                            connection
-                        })
-                        .collect();
-                    NameServerConfig::new(addr.ip(), true, connections)
-                })
-                .collect();
-            TokioResolver::builder_with_config(
-                ResolverConfig::from_name_servers(servers),
-                TokioRuntimeProvider::default(),
-            )
-            .build()
-        }
-        .map_err(|err| DirectoryError::Misconfigured(format!("dns_srv: resolver: {err}")))?;
+        let resolver =
+            passage_transport::replicas::resolver(&config.name_servers, "dns_srv.name_servers")
+                .map_err(|err| DirectoryError::Misconfigured(err.to_string()))?;
         Ok(Self {
             config,
             starttls,

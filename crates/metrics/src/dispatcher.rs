@@ -83,6 +83,16 @@ impl DispatcherMetrics {
             metrics.failovers.clone(),
         );
         registry.register_collector(Box::new(Agents(agents)));
+        // Closed sets start at 0 (a rate exists before the first event).
+        for reason in [
+            "lost",
+            "overloaded",
+            "rejected",
+            "directory_unavailable",
+            "unusable",
+        ] {
+            let _ = metrics.failovers.get_or_create(&ReasonLabel { reason });
+        }
         metrics
     }
 

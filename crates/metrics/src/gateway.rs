@@ -106,7 +106,7 @@ impl GatewayMetrics {
         );
         registry.register(
             "policy_decisions",
-            "Conditional access decisions enforced after a right password (allow, mfa, block)",
+            "Conditional access decisions enforced after a right password (allow, require_mfa, block)",
             metrics.policy.clone(),
         );
         registry.register(
@@ -129,6 +129,22 @@ impl GatewayMetrics {
             "Latency of the store on the sign-in path, by operation",
             metrics.store.clone(),
         );
+        // Closed sets start at 0, so a rate over them exists before the first event (and a
+        // dashboard's query finds its series).
+        for state in ["counted", "repeat", "locked", "refused"] {
+            let _ = metrics.lockout.get_or_create(&StateLabel {
+                state: state.into(),
+            });
+        }
+        for grant in ["allow", "require_mfa", "block"] {
+            let _ = metrics.policy.get_or_create(&GrantLabel { grant });
+            let _ = metrics.report_only.get_or_create(&GrantLabel { grant });
+        }
+        for result in ["required", "otp", "recovery_code", "wrong_code", "locked"] {
+            let _ = metrics.mfa.get_or_create(&ResultLabel {
+                result: result.into(),
+            });
+        }
         metrics
     }
 
@@ -211,7 +227,7 @@ mod tests {
             elapsed: Duration::from_millis(40),
             trace_id: None,
         });
-        metrics.policy("mfa", ["block"]);
+        metrics.policy("require_mfa", ["block"]);
         let text = crate::encode(&registry);
         for line in [
             "passage_gateway_build_info{version=\"1.2.3\"} 1",
@@ -219,7 +235,7 @@ mod tests {
             "passage_gateway_sign_ins_total{outcome=\"success\",code=\"\"} 1",
             "passage_gateway_lockout_attempts_total{state=\"counted\"} 1",
             "passage_gateway_mfa_results_total{result=\"otp\"} 1",
-            "passage_gateway_policy_decisions_total{grant=\"mfa\"} 1",
+            "passage_gateway_policy_decisions_total{grant=\"require_mfa\"} 1",
             "passage_gateway_policy_report_only_total{grant=\"block\"} 1",
             "passage_gateway_sign_in_duration_seconds_count{outcome=\"failure\"} 1",
         ] {

@@ -7,6 +7,7 @@
 
 pub mod client_tls;
 pub mod proxy;
+pub mod replicas;
 pub mod tls;
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
@@ -248,6 +249,19 @@ pub fn endpoint_with_identity(
     identity: Option<&ClientIdentity>,
     insecure_plaintext: bool,
 ) -> Result<Endpoint, TransportError> {
+    endpoint_with_identity_named(url, tls, identity, insecure_plaintext, None)
+}
+
+/// Like [`endpoint_with_identity`]; with `server_name`, the server's certificate must name it
+/// rather than the URL's host (a URL pointed at one replica's address:
+/// [`replicas::endpoint_at`]).
+pub(crate) fn endpoint_with_identity_named(
+    url: &str,
+    tls: Option<&ClientTls>,
+    identity: Option<&ClientIdentity>,
+    insecure_plaintext: bool,
+    server_name: Option<&str>,
+) -> Result<Endpoint, TransportError> {
     let endpoint = Channel::from_shared(url.to_owned())
         .map_err(|err| TransportError::Config(format!("{url}: {err}")))?
         .connect_timeout(Duration::from_secs(5))
@@ -265,6 +279,9 @@ pub fn endpoint_with_identity(
     }
     let tls = tls.cloned().unwrap_or_default();
     let mut config = ClientTlsConfig::new();
+    if let Some(name) = server_name {
+        config = config.domain_name(name);
+    }
     if let Some(ca) = &tls.ca_file {
         config = config.ca_certificate(Certificate::from_pem(read(ca)?));
     }

@@ -10,8 +10,10 @@ use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use passage_envelope::SealingKey;
 use passage_lockout::{DirectoryPolicy, Remembered};
 use passage_pki::{AgentClaim, AgentVerifier, CaCertificate, CertifiedAgent, Distrust, TrustError};
-use passage_proto::v1::{AgentKey, ListAgentKeysRequest, dispatcher_client::DispatcherClient};
-use tonic::{Status, transport::Channel};
+use passage_proto::v1::{AgentKey, ListAgentKeysRequest, ListAgentKeysResponse};
+use tonic::Status;
+
+use crate::dispatchers::Dispatchers;
 
 /// One agent a password can be sealed to.
 pub struct AgentSealingKey {
@@ -101,7 +103,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// groups are kept (least recently used go first), so sign-ins for endless made-up domains
 /// cannot grow it; an empty key set is cached like any other (negative caching).
 pub struct KeySetCache {
-    dispatcher: DispatcherClient<Channel>,
+    dispatchers: Arc<Dispatchers>,
     tenant: String,
     ttl: Duration,
     max_groups: usize,
@@ -117,7 +119,7 @@ impl KeySetCache {
     /// `verifier`, only trusted keys are kept (without, in development mode, every key the
     /// dispatcher offers); with `require_post_quantum`, only agents with a hybrid key.
     pub fn new(
-        dispatcher: DispatcherClient<Channel>,
+        dispatchers: Arc<Dispatchers>,
         tenant: String,
         ttl: Duration,
         max_groups: usize,
@@ -125,7 +127,7 @@ impl KeySetCache {
         require_post_quantum: bool,
     ) -> Self {
         Self {
-            dispatcher,
+            dispatchers,
             tenant,
             ttl,
             max_groups: max_groups.max(1),
@@ -183,6 +185,29 @@ impl KeySetCache {
             })
     }
 
+    /// Asks a dispatcher replica for `group`'s keys, and another one when it cannot be
+    /// reached (every replica holds every agent's stream).
+    async fn list_agent_keys(&self, group: &str) -> Result<ListAgentKeysResponse, Status> {
+        let request = ListAgentKeysRequest {
+            tenant: self.tenant.clone(),
+            connector_group: group.to_owned(),
+        };
+        let replica = self.dispatchers.pick(None);
+        match replica.client().list_agent_keys(request.clone()).await {
+            Ok(response) => Ok(response.into_inner()),
+            Err(status)
+                if status.code() == tonic::Code::Unavailable
+                    && passage_error_codes::ErrorCode::of(&status).is_none()
+                    && self.dispatchers.all().len() > 1 =>
+            {
+                self.dispatchers.failed(&replica);
+                let other = self.dispatchers.pick(Some(&replica));
+                Ok(other.client().list_agent_keys(request).await?.into_inner())
+            }
+            Err(status) => Err(status),
+        }
+    }
+
     /// The key set of `group`: cached, or fetched when stale or when `force` (after a failure
     /// that suggests the set changed).
     pub async fn keys(&self, group: &str, force: bool) -> Result<KeySet, Status> {
@@ -196,15 +221,7 @@ impl KeySetCache {
         if let Some(keys) = entry.fresh(self.ttl, force.then_some(asked)) {
             return Ok(keys);
         }
-        let response = self
-            .dispatcher
-            .clone()
-            .list_agent_keys(ListAgentKeysRequest {
-                tenant: self.tenant.clone(),
-                connector_group: group.to_owned(),
-            })
-            .await?
-            .into_inner();
+        let response = self.list_agent_keys(group).await?;
         let mut keys = Vec::new();
         let mut without_hybrid = Vec::new();
         for k in response.keys {
@@ -437,9 +454,11 @@ mod tests {
 
     #[tokio::test]
     async fn the_cache_keeps_at_most_its_bound_of_groups() {
-        let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy();
+        let dispatchers = Dispatchers::resolve("http://127.0.0.1:9", None, true, &[])
+            .await
+            .unwrap();
         let cache = KeySetCache::new(
-            DispatcherClient::new(channel),
+            dispatchers,
             "default".into(),
             Duration::from_secs(60),
             16,

@@ -12,6 +12,7 @@
 pub mod access;
 pub mod admin;
 pub mod client;
+pub mod dispatchers;
 pub mod http;
 pub mod keyset;
 pub mod oidc;
@@ -24,10 +25,7 @@ pub mod tls;
 
 use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
-use passage_proto::v1::{
-    dispatcher_client::DispatcherClient, gateway_admin_server::GatewayAdminServer,
-    gateway_server::GatewayServer,
-};
+use passage_proto::v1::{gateway_admin_server::GatewayAdminServer, gateway_server::GatewayServer};
 use passage_tokens::TokenIssuer;
 use passage_transport::{ClientTls, ServerTls, TransportError};
 use serde::Deserialize;
@@ -56,8 +54,16 @@ pub struct GatewayConfig {
     /// refused when `http_listen` is an unspecified address (`0.0.0.0`, `::`).
     #[serde(default)]
     pub issuer: Option<String>,
-    /// The dispatcher's gateway-facing URL (`https://dispatcher:8444`).
+    /// The dispatcher's gateway-facing URL (`https://dispatcher:8444`). Every address its host
+    /// resolves to is a replica: calls are spread over them, and one that cannot be reached
+    /// is passed over.
     pub dispatcher_url: String,
+    /// How often the dispatcher's host name is resolved again, in seconds.
+    #[serde(default = "default_dispatcher_resolve_interval_s")]
+    pub dispatcher_resolve_interval_s: u64,
+    /// Name servers for the dispatcher's name (`ip` or `ip:port`); default the system's.
+    #[serde(default)]
+    pub dispatcher_name_servers: Vec<String>,
     /// TLS towards the dispatcher.
     #[serde(default)]
     pub dispatcher_tls: Option<ClientTls>,
@@ -269,6 +275,9 @@ impl ClientRegistration {
 fn default_grpc_listen() -> SocketAddr {
     ([0, 0, 0, 0], 9443).into()
 }
+fn default_dispatcher_resolve_interval_s() -> u64 {
+    30
+}
 fn default_http_listen() -> SocketAddr {
     ([0, 0, 0, 0], 8080).into()
 }
@@ -321,6 +330,8 @@ impl GatewayConfig {
             metrics_listen: None,
             issuer: None,
             dispatcher_url,
+            dispatcher_resolve_interval_s: default_dispatcher_resolve_interval_s(),
+            dispatcher_name_servers: Vec::new(),
             dispatcher_tls: None,
             tls: None,
             tenant: default_tenant(),
@@ -586,14 +597,16 @@ impl BoundGateway {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), GatewayError> {
         let config = self.config;
-        let channel = passage_transport::endpoint(
+        let dispatchers = dispatchers::Dispatchers::resolve(
             &config.dispatcher_url,
             config.dispatcher_tls.as_ref(),
             config.insecure_plaintext,
-        )?
-        .connect_lazy();
-        let readiness_channel = channel.clone();
-        let dispatcher = DispatcherClient::new(channel);
+            &config.dispatcher_name_servers,
+        )
+        .await?;
+        dispatchers.watch(Duration::from_secs(
+            config.dispatcher_resolve_interval_s.max(1),
+        ));
         // With a store (production trust): smart lockout and the sign-in log.
         let store = self.store.clone();
         let lockout = match &store {
@@ -617,7 +630,7 @@ impl BoundGateway {
             ));
         }
         let keys = Arc::new(KeySetCache::new(
-            dispatcher.clone(),
+            Arc::clone(&dispatchers),
             config.tenant.clone(),
             Duration::from_millis(config.key_cache_ttl_ms),
             config.key_cache_max_groups,
@@ -655,7 +668,7 @@ impl BoundGateway {
         let metrics = passage_metrics::gateway::GatewayMetrics::register(&mut registry);
         let signin = Arc::new(SignInService::new(
             &config,
-            dispatcher,
+            Arc::clone(&dispatchers),
             keys,
             Arc::clone(&self.issuer),
             log_store,
@@ -755,7 +768,7 @@ impl BoundGateway {
         .serve_with_incoming_shutdown(self.grpc_incoming, stopped(stop_rx.clone()));
         let readiness = readiness::Readiness::new();
         readiness.watch(
-            readiness_channel,
+            dispatchers,
             store.clone(),
             health_reporter.clone(),
             Duration::from_millis(config.readiness_interval_ms.max(100)),

@@ -9,14 +9,14 @@ use std::{
 };
 
 use passage_store::Store;
-use tonic::transport::Channel;
+
 use tonic_health::{
     ServingStatus,
     pb::{HealthCheckRequest, health_client::HealthClient},
     server::HealthReporter,
 };
 
-use crate::signin::GatewayService;
+use crate::{dispatchers::Dispatchers, signin::GatewayService};
 
 /// How long one check may take.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -42,11 +42,11 @@ impl Readiness {
         }
     }
 
-    /// Checks the dispatcher behind `dispatcher` and `store` every `every` until `stop`, and
+    /// Checks the dispatcher replicas and `store` every `every` until `stop`, and
     /// reports the result in `reporter` (the `Gateway` service and the server as a whole).
     pub fn watch(
         self: &Arc<Self>,
-        dispatcher: Channel,
+        dispatchers: Arc<Dispatchers>,
         store: Option<Store>,
         reporter: HealthReporter,
         every: Duration,
@@ -61,7 +61,7 @@ impl Readiness {
                     _ = ticks.tick() => {}
                     _ = stop.wait_for(|stop| *stop) => return,
                 }
-                let now = check(&dispatcher, store.as_ref()).await.err();
+                let now = check(&dispatchers, store.as_ref()).await.err();
                 let changed = {
                     let mut state = readiness
                         .not_ready
@@ -95,25 +95,30 @@ impl Readiness {
     }
 }
 
-/// One check of what a sign-in needs.
-async fn check(dispatcher: &Channel, store: Option<&Store>) -> Result<(), String> {
-    let answer = tokio::time::timeout(
-        CHECK_TIMEOUT,
-        HealthClient::new(dispatcher.clone()).check(HealthCheckRequest {
-            service: String::new(),
-        }),
-    )
-    .await;
-    match answer {
-        Ok(Ok(response)) if response.get_ref().status == ServingStatus::Serving as i32 => {}
-        Ok(Ok(_)) => return Err("the dispatcher is not serving".into()),
-        Ok(Err(status)) => {
-            return Err(format!(
-                "the dispatcher does not answer: {}",
-                status.message()
-            ));
-        }
-        Err(_) => return Err("the dispatcher does not answer in time".into()),
+/// One check of what a sign-in needs: a dispatcher replica serving (any one: sign-ins go to
+/// the others), and the store.
+async fn check(dispatchers: &Dispatchers, store: Option<&Store>) -> Result<(), String> {
+    let mut why = String::from("no dispatcher replica");
+    for replica in dispatchers.all() {
+        let answer = tokio::time::timeout(
+            CHECK_TIMEOUT,
+            HealthClient::new(replica.channel()).check(HealthCheckRequest {
+                service: String::new(),
+            }),
+        )
+        .await;
+        why = match answer {
+            Ok(Ok(response)) if response.get_ref().status == ServingStatus::Serving as i32 => {
+                why.clear();
+                break;
+            }
+            Ok(Ok(_)) => "the dispatcher is not serving".into(),
+            Ok(Err(status)) => format!("the dispatcher does not answer: {}", status.message()),
+            Err(_) => "the dispatcher does not answer in time".into(),
+        };
+    }
+    if !why.is_empty() {
+        return Err(why);
     }
     if let Some(store) = store {
         match tokio::time::timeout(CHECK_TIMEOUT, store.ping()).await {

@@ -18,7 +18,7 @@ use passage_proto::v1::{
     ChangePasswordRequest, ChangePasswordResponse, CompleteMfaRequest, CompleteMfaResponse,
     DirectoryUser, PasswordRejection, RefreshRequest, RefreshResponse, SealedPassword,
     SealedVerdict, SignInRequest, SignInResponse, ValidateRequest, ValidateResponse,
-    ValidationOutcome, dispatcher_client::DispatcherClient, gateway_server::Gateway,
+    ValidationOutcome, gateway_server::Gateway,
 };
 use passage_store::{SigninEntry, Store};
 
@@ -28,12 +28,13 @@ use passage_policy::{ClientType, Grant, SignInFacts};
 use passage_telemetry::{TraceParent, join_trace};
 use passage_tokens::{Authentication, Subject, TokenIssuer};
 use prost::Message;
-use tonic::{Request, Response, Status, transport::Channel};
+use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::{
     ClientRegistration, GatewayConfig,
     access::{Enrolled, MfaFailure, PendingSignIn, Policies, SecondFactor},
+    dispatchers::Dispatchers,
     keyset::{KeySetCache, pick_two_preferring},
     routing::{self, Routes},
 };
@@ -43,7 +44,7 @@ pub struct SignInService {
     throttle: Throttle,
     lockout: Option<SmartLockout>,
     signin_log: Option<SigninLog>,
-    dispatcher: DispatcherClient<Channel>,
+    dispatchers: Arc<Dispatchers>,
     keys: Arc<KeySetCache>,
     issuer: Arc<TokenIssuer>,
     tenant: String,
@@ -322,7 +323,7 @@ impl SignInService {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: &GatewayConfig,
-        dispatcher: DispatcherClient<Channel>,
+        dispatchers: Arc<Dispatchers>,
         keys: Arc<KeySetCache>,
         issuer: Arc<TokenIssuer>,
         store: Option<Store>,
@@ -336,7 +337,7 @@ impl SignInService {
             throttle: Throttle::new(&config.throttle),
             lockout,
             signin_log: store.map(SigninLog::start),
-            dispatcher,
+            dispatchers,
             keys,
             issuer,
             tenant: config.tenant.clone(),
@@ -446,15 +447,19 @@ impl SignInService {
         let mut refreshed = false;
         let mut single_bind = single_bind;
         let mut lost = 0;
+        // The replica that answered the first try, passed over by the second: it may be
+        // draining (its agents gone) or unreachable.
+        let mut avoid = None;
         loop {
             let keys = match self.keys.keys(group, refreshed).await {
                 Ok(keys) => keys,
                 Err(status) => return (Err(dispatcher_failed(status)), lost),
             };
+            let replica = self.dispatchers.pick(avoid.as_ref());
             let result = if keys.is_empty() {
                 Err(SignInError::NoAgent(group.to_owned()))
             } else {
-                self.call_dispatcher(request, group, &keys, trace, single_bind)
+                self.call_dispatcher(request, group, &keys, trace, single_bind, &replica)
                     .await
             };
             // What the dispatcher lost on the way, whatever the outcome: each may have bound.
@@ -485,12 +490,32 @@ impl SignInService {
                     tracing::debug!(error = %err, "retrying with a fresh key set");
                     self.metrics.retry();
                     refreshed = true;
+                    avoid = Some(replica);
                 }
                 Err(err) if !refreshed && err.code() == ErrorCode::AgentLost && !single_bind => {
                     tracing::debug!(error = %err, "retrying with a fresh key set, one bind at most");
                     self.metrics.retry();
                     refreshed = true;
                     single_bind = true;
+                    avoid = Some(replica);
+                }
+                // A replica that went away (stopped, draining, crashed): another one, once. It
+                // may have relayed the password before it went, so that counts as a possible
+                // bind, and the second try binds once at most.
+                Err(SignInError::Unreachable(why))
+                    if !refreshed && !single_bind && self.dispatchers.all().len() > 1 =>
+                {
+                    tracing::warn!(replica = ?replica.addr, error = %why, "dispatcher replica unreachable; trying another, one bind at most");
+                    self.dispatchers.failed(&replica);
+                    self.metrics.retry();
+                    lost += 1;
+                    refreshed = true;
+                    single_bind = true;
+                    avoid = Some(replica);
+                }
+                Err(err @ SignInError::Unreachable(_)) => {
+                    self.dispatchers.failed(&replica);
+                    return (Err(err), lost);
                 }
                 Err(err) => return (Err(err), lost),
                 Ok(answer) => {
@@ -508,6 +533,7 @@ impl SignInService {
         keys: &[Arc<crate::keyset::AgentSealingKey>],
         trace: &TraceParent,
         single_bind: bool,
+        replica: &crate::dispatchers::Replica,
     ) -> Result<Answer, SignInError> {
         let not_after = SystemTime::now() + self.envelope_lifetime;
         let fields = PayloadFields {
@@ -550,7 +576,7 @@ impl SignInService {
         if let Ok(value) = trace.to_string().parse() {
             call.metadata_mut().insert("traceparent", value);
         }
-        match self.dispatcher.clone().validate(call).await {
+        match replica.client().validate(call).await {
             Ok(response) => {
                 let response = response.into_inner();
                 self.open_answer(request, &sealed_for, &response)
