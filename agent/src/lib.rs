@@ -179,6 +179,11 @@ impl AgentConfig {
         if self.capacity == 0 || self.capacity > 4096 {
             return Err(AgentError::Config("capacity must be 1 to 4096".into()));
         }
+        passage_transport::replicas::resolver(
+            &self.dispatcher_name_servers,
+            "dispatcher_name_servers",
+        )
+        .map_err(|e| AgentError::Config(e.to_string()))?;
         if self.lockout_policy_refresh_s == 0 {
             return Err(AgentError::Config(
                 "lockout_policy_refresh_s must be at least 1".into(),
@@ -203,24 +208,25 @@ pub async fn dial(
     identity: Option<&passage_transport::ClientIdentity>,
 ) -> Result<tonic::transport::Channel, String> {
     // Configured name servers resolve every dialled name, the enrolment's included.
-    let addr = match addr {
-        None if !config.dispatcher_name_servers.is_empty()
-            && passage_transport::proxy::proxy_for(url, config.proxy.as_deref()).is_none() =>
-        {
-            let resolver = passage_transport::replicas::resolver(
-                &config.dispatcher_name_servers,
-                "dispatcher_name_servers",
-            )
-            .map_err(|e| e.to_string())?;
-            match passage_transport::replicas::host_of(url) {
-                Some(host) => passage_transport::replicas::addresses(&resolver, &host)
-                    .await?
-                    .first()
-                    .copied(),
+    let addr = match (addr, config.dispatcher_name_servers.is_empty()) {
+        (None, false) => {
+            match passage_transport::replicas::replicated_host(url, config.proxy.as_deref()) {
+                Some(host) => {
+                    let resolver = passage_transport::replicas::resolver(
+                        &config.dispatcher_name_servers,
+                        "dispatcher_name_servers",
+                    )
+                    .map_err(|e| e.to_string())?;
+                    passage_transport::replicas::addresses(&resolver, &host)
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .first()
+                        .copied()
+                }
                 None => None,
             }
         }
-        addr => addr,
+        (addr, _) => addr,
     };
     let endpoint = passage_transport::replicas::endpoint_at(
         url,

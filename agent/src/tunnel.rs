@@ -137,7 +137,7 @@ pub async fn run(
         identity: RwLock::new(state.client_identity()),
         certificate: RwLock::new(state.certificate.as_ref().map(|(_, c)| c.clone())),
         generation,
-        live: Mutex::new(None),
+        live: Mutex::new(Vec::new()),
         pending_renewal: Mutex::new(None),
         config,
         validator,
@@ -235,14 +235,38 @@ struct Link {
     certificate: RwLock<Option<CertifiedAgent>>,
     /// Bumped when the identity changes: every stream then reconnects with the new one.
     generation: watch::Sender<u64>,
-    /// The most recently connected stream's sender, for renewal requests.
-    live: Mutex<Option<mpsc::Sender<ConnectRequest>>>,
+    /// The senders of the streams welcomed and not ended, oldest first: renewals go over the
+    /// newest.
+    live: Mutex<Vec<mpsc::Sender<ConnectRequest>>>,
     /// Who waits for the answer to a renewal request.
     pending_renewal: Mutex<Option<oneshot::Sender<RenewResponse>>>,
     validator: Arc<Validator>,
     capacity: Arc<Semaphore>,
     /// Streams welcomed by a dispatcher and not ended since.
     connected: Arc<AtomicUsize>,
+}
+
+/// Offers a welcomed stream's sender for renewal requests until dropped (a stream to a replica
+/// that left must not be the one a renewal is sent over).
+struct LiveStream<'a> {
+    link: &'a Link,
+    sender: mpsc::Sender<ConnectRequest>,
+}
+
+impl<'a> LiveStream<'a> {
+    fn new(link: &'a Link, sender: &mpsc::Sender<ConnectRequest>) -> Self {
+        lock(&link.live).push(sender.clone());
+        Self {
+            link,
+            sender: sender.clone(),
+        }
+    }
+}
+
+impl Drop for LiveStream<'_> {
+    fn drop(&mut self) {
+        lock(&self.link.live).retain(|live| !live.same_channel(&self.sender));
+    }
 }
 
 /// Counts a welcomed stream as connected until dropped (whichever way the stream ends).
@@ -379,7 +403,8 @@ async fn renew(link: &Link) -> Result<i64, String> {
     )
     .map_err(|e| e.to_string())?;
     let sender = lock(&link.live)
-        .clone()
+        .last()
+        .cloned()
         .ok_or("no live stream to renew over")?;
     let (answer_tx, answer_rx) = oneshot::channel();
     *lock(&link.pending_renewal) = Some(answer_tx);
@@ -442,32 +467,27 @@ async fn renew(link: &Link) -> Result<i64, String> {
 /// `dispatcher_resolve_interval_s`, opens a stream to each new address and closes the streams
 /// of addresses gone. With a proxy, or an IP address, one stream by the URL alone.
 async fn follow_replicas(url: String, link: Arc<Link>, mut stop: watch::Receiver<bool>) {
-    let by_name = passage_transport::proxy::proxy_for(&url, link.config.proxy.as_deref()).is_some()
-        || passage_transport::replicas::host_of(&url)
-            .is_none_or(|host| host.parse::<std::net::IpAddr>().is_ok());
-    let resolver = match by_name {
-        true => None,
-        false => match passage_transport::replicas::resolver(
-            &link.config.dispatcher_name_servers,
-            "dispatcher_name_servers",
-        ) {
-            Ok(resolver) => Some(resolver),
-            Err(err) => {
-                tracing::error!(dispatcher = %url, error = %err, "cannot resolve dispatcher replicas; connecting by name");
-                None
-            }
-        },
-    };
-    let (Some(resolver), Some(host)) = (resolver, passage_transport::replicas::host_of(&url))
-    else {
+    let host = passage_transport::replicas::replicated_host(&url, link.config.proxy.as_deref());
+    // Checked by AgentConfig::validate.
+    let resolver = passage_transport::replicas::resolver(
+        &link.config.dispatcher_name_servers,
+        "dispatcher_name_servers",
+    );
+    let (Some(host), Ok(resolver)) = (host, resolver) else {
         return keep_connected(url, None, link, stop).await;
     };
     let interval = Duration::from_secs(link.config.dispatcher_resolve_interval_s.max(1));
     let mut replicas: HashMap<std::net::IpAddr, watch::Sender<bool>> = HashMap::new();
+    // While the name has never resolved here, one stream dials it by name (the system's
+    // resolver may know it when this one cannot).
+    let mut by_name: Option<watch::Sender<bool>> = None;
     let mut streams = JoinSet::new();
     loop {
         match passage_transport::replicas::addresses(&resolver, &host).await {
             Ok(addresses) => {
+                if let Some(stop_by_name) = by_name.take() {
+                    let _ = stop_by_name.send(true);
+                }
                 replicas.retain(|addr, stop_one| {
                     let kept = addresses.contains(addr);
                     if !kept {
@@ -492,7 +512,17 @@ async fn follow_replicas(url: String, link: Arc<Link>, mut stop: watch::Receiver
             }
             // Keep the streams there are: a DNS outage must not cut working streams.
             Err(err) => {
-                tracing::warn!(dispatcher = %url, error = %err, "resolving the dispatcher's replicas failed; keeping the streams there are")
+                tracing::warn!(dispatcher = %url, error = %err, "resolving the dispatcher's replicas failed; keeping the streams there are");
+                if replicas.is_empty() && by_name.is_none() {
+                    let (stop_by_name, stopped_by_name) = watch::channel(false);
+                    by_name = Some(stop_by_name);
+                    streams.spawn(keep_connected(
+                        url.clone(),
+                        None,
+                        Arc::clone(&link),
+                        stopped_by_name,
+                    ));
+                }
             }
         }
         while streams.try_join_next().is_some() {}
@@ -501,7 +531,7 @@ async fn follow_replicas(url: String, link: Arc<Link>, mut stop: watch::Receiver
             () = stopped(&mut stop) => break,
         }
     }
-    for stop_one in replicas.values() {
+    for stop_one in replicas.values().chain(by_name.as_ref()) {
         let _ = stop_one.send(true);
     }
     while streams.join_next().await.is_some() {}
@@ -633,7 +663,7 @@ async fn session(
     };
     tracing::info!(dispatcher = %url, dispatcher_id = %welcome.dispatcher_id, "connected to dispatcher");
     let _connected = ConnectedStream::new(&link.connected);
-    *lock(&link.live) = Some(outbound.clone());
+    let _live = LiveStream::new(link, &outbound);
 
     let mut tasks = JoinSet::new();
     let mut heartbeat = tokio::time::interval(heartbeat_every);

@@ -199,7 +199,7 @@ impl Validator {
                     }
                     (result, _) => result,
                 };
-                metrics.decrypt(started.elapsed(), current_trace_id());
+                metrics.decrypt(started.elapsed(), TraceParent::current_trace_id());
                 opened
             };
             let span = tracing::info_span!("decrypt");
@@ -253,7 +253,7 @@ impl Validator {
                 "change_password",
                 verdict,
                 asked.elapsed(),
-                current_trace_id(),
+                TraceParent::current_trace_id(),
             );
             return match changed {
                 Err(_) => unavailable("the directory did not answer in time"),
@@ -295,8 +295,12 @@ impl Validator {
             Ok(Ok(answer)) => answer.name(),
             _ => "unavailable",
         };
-        self.metrics
-            .directory("authenticate", verdict, asked.elapsed(), current_trace_id());
+        self.metrics.directory(
+            "authenticate",
+            verdict,
+            asked.elapsed(),
+            TraceParent::current_trace_id(),
+        );
         match answered {
             Err(_) => unavailable("the directory did not answer in time"),
             Ok(Err(
@@ -342,11 +346,6 @@ impl Validator {
             Err(err) => refused(AgentError::DecryptFailed, &err.to_string()),
         }
     }
-}
-
-/// The trace of the current span, when traces are exported (a latency exemplar).
-fn current_trace_id() -> Option<String> {
-    TraceParent::of_span(&tracing::Span::current()).map(|trace| trace.trace_id_hex())
 }
 
 fn envelope_error(err: &EnvelopeError) -> AgentError {

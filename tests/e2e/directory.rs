@@ -236,16 +236,21 @@ async fn servers_are_found_in_dns_srv_records_site_first_and_followed() {
     let elsewhere = Slapd::start(&users);
     let mut in_site = Slapd::start(&users);
     let dns = DnsServer::start().await;
+    // The servers are named `localhost` (the system resolves it), outside the AD domain's DNS
+    // name: accepted because target_domains says so.
     let site_record = "_ldap._tcp.paris._sites.corp.test.";
     let domain_record = "_ldap._tcp.corp.test.";
-    dns.set(site_record, vec![Srv::new("127.0.0.1", in_site.port())]);
+    let url = |slapd: &Slapd| format!("ldap://localhost:{}", slapd.port());
+    dns.set(site_record, vec![Srv::new("localhost", in_site.port())]);
     dns.set(
         domain_record,
         vec![
-            Srv::new("127.0.0.1", elsewhere.port()),
+            Srv::new("localhost", elsewhere.port()),
+            // Outside the domain: a forged answer must not choose the server.
+            Srv::new("evil.example", in_site.port()),
             Srv {
                 priority: 10,
-                ..Srv::new("127.0.0.1", in_site.port())
+                ..Srv::new("localhost", in_site.port())
             },
         ],
     );
@@ -253,6 +258,7 @@ async fn servers_are_found_in_dns_srv_records_site_first_and_followed() {
         url: String::new(),
         dns_srv: Some(DnsSrv {
             domain: "corp.test".into(),
+            target_domains: vec!["localhost".into()],
             site: Some("Paris".into()),
             scheme: Scheme::Ldap,
             ldaps_port: 636,
@@ -275,7 +281,7 @@ async fn servers_are_found_in_dns_srv_records_site_first_and_followed() {
     assert!(
         directory
             .describe()
-            .contains(&format!("[{} {}]", in_site.url(), elsewhere.url())),
+            .contains(&format!("[{} {}]", url(&in_site), url(&elsewhere))),
         "the site's server first, each once: {}",
         directory.describe()
     );
@@ -293,7 +299,7 @@ async fn servers_are_found_in_dns_srv_records_site_first_and_followed() {
 
     // It is retired from DNS: within the refresh interval the list follows.
     dns.set(site_record, Vec::new());
-    dns.set(domain_record, vec![Srv::new("127.0.0.1", elsewhere.port())]);
+    dns.set(domain_record, vec![Srv::new("localhost", elsewhere.port())]);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     while directory.health().servers_total != 1 {
         assert!(
@@ -308,7 +314,7 @@ async fn servers_are_found_in_dns_srv_records_site_first_and_followed() {
     assert!(
         directory
             .describe()
-            .contains(&format!("[{}]", elsewhere.url())),
+            .contains(&format!("[{}]", url(&elsewhere))),
         "{}",
         directory.describe()
     );

@@ -48,6 +48,13 @@ pub struct DnsSrv {
     /// resolver (`/etc/resolv.conf`) is not the directory's DNS.
     #[serde(default)]
     pub name_servers: Vec<String>,
+    /// The DNS domains the servers found may be in (default: `domain` alone). A record naming
+    /// a host elsewhere is ignored with a warning: DNS answers are not authenticated, and a
+    /// forged one must not choose the server every password goes to. Add a domain here when
+    /// the domain controllers' host names live outside the AD domain's DNS name (a disjoint
+    /// namespace).
+    #[serde(default)]
+    pub target_domains: Vec<String>,
     /// How often the records are looked up again, in seconds (default 300): a domain
     /// controller added or retired is followed without a restart.
     #[serde(default = "default_refresh_interval_s")]
@@ -86,6 +93,16 @@ impl DnsSrv {
     /// How often to look again.
     pub fn refresh_interval(&self) -> Duration {
         Duration::from_secs(self.refresh_interval_s.max(1))
+    }
+
+    /// The domains targets may be in: `target_domains`, or `domain` alone.
+    pub fn target_domains(&self) -> impl Iterator<Item = &str> {
+        let configured = self.target_domains.iter().map(String::as_str);
+        let domain = self
+            .target_domains
+            .is_empty()
+            .then_some(self.domain.as_str());
+        configured.chain(domain)
     }
 }
 
@@ -197,6 +214,16 @@ impl Discovery {
                         })
                         // A lone "." target says the service is decidedly not offered there.
                         .filter(|t| !t.target.is_empty())
+                        // An answer naming a host outside the domain is refused: DNS is not
+                        // authenticated, and whoever forges it must not be able to send the
+                        // agent (and every password) to a server of their choosing.
+                        .filter(|t| {
+                            let inside = self.config.target_domains().any(|domain| within_domain(&t.target, domain));
+                            if !inside {
+                                tracing::warn!(record = %name, target = %t.target, domain = %self.config.domain, "DNS SRV target outside the accepted domains (dns_srv.target_domains): ignored");
+                            }
+                            inside
+                        })
                         .collect::<Vec<_>>();
                     for target in order_targets(targets, &mut random_up_to) {
                         let url = self.url(&target);
@@ -239,6 +266,19 @@ impl Discovery {
     pub fn plaintext(&self) -> bool {
         self.config.scheme == Scheme::Ldap && !self.starttls
     }
+}
+
+/// Whether `host` is `domain` or a name under it (case-insensitive, whole labels), and only
+/// made of letters, digits, hyphens and dots.
+pub fn within_domain(host: &str, domain: &str) -> bool {
+    let (host, domain) = (
+        host.trim_end_matches('.').to_ascii_lowercase(),
+        domain.trim_end_matches('.').to_ascii_lowercase(),
+    );
+    let plain = host
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+    plain && (host == domain || host.ends_with(&format!(".{domain}")))
 }
 
 /// A random number in `0..=n` from the system's generator.
@@ -317,6 +357,22 @@ mod tests {
             );
         }
         assert_eq!(firsts.len(), 3, "every server is drawn first sometimes");
+    }
+
+    #[test]
+    fn only_hosts_of_the_domain_are_used() {
+        assert!(within_domain("dc1.corp.example.com", "corp.example.com"));
+        assert!(within_domain("DC1.Corp.Example.com.", "corp.example.com."));
+        assert!(within_domain("corp.example.com", "corp.example.com"));
+        assert!(!within_domain("evil.example", "corp.example.com"));
+        assert!(!within_domain(
+            "dc1.notcorp.example.com",
+            "corp.example.com"
+        ));
+        assert!(!within_domain(
+            "x/y@dc1.corp.example.com",
+            "corp.example.com"
+        ));
     }
 
     #[test]

@@ -147,7 +147,13 @@ struct Found {
     next: Mutex<Instant>,
     /// The last lookup found nothing (reported in the health as one server, down).
     failed: AtomicBool,
+    /// When a lookup last found nothing, and why: while no server is known, operations
+    /// within [`RETRY_LOOKUP_AFTER`] fail at once instead of each asking DNS again.
+    last_failure: Mutex<Option<(Instant, String)>>,
 }
+
+/// How long a lookup that found nothing stands before an operation asks DNS again.
+const RETRY_LOOKUP_AFTER: Duration = Duration::from_secs(5);
 
 impl Found {
     /// Whether a background lookup is due; the caller that sees it due starts it (the next
@@ -186,6 +192,7 @@ impl Servers {
                 looking: tokio::sync::Mutex::new(()),
                 next: Mutex::new(Instant::now()),
                 failed: AtomicBool::new(false),
+                last_failure: Mutex::new(None),
             }),
             failovers: AtomicU64::new(0),
         }
@@ -206,6 +213,12 @@ impl Servers {
                 .unwrap_or_else(|p| p.into_inner())
                 .is_empty()
             {
+                if let Some((at, why)) =
+                    &*found.last_failure.lock().unwrap_or_else(|p| p.into_inner())
+                    && at.elapsed() < RETRY_LOOKUP_AFTER
+                {
+                    return Err(DirectoryError::Unreachable(why.clone()));
+                }
                 let _looking = found.looking.lock().await;
                 // Another caller may have found them while this one waited.
                 if self
@@ -240,6 +253,13 @@ impl Servers {
             Ok(urls) => urls,
             Err(err) => {
                 found.failed.store(true, Ordering::Relaxed);
+                let why = match &err {
+                    DirectoryError::Unreachable(why)
+                    | DirectoryError::Unavailable(why)
+                    | DirectoryError::Misconfigured(why) => why.clone(),
+                };
+                *found.last_failure.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some((Instant::now(), why));
                 tracing::warn!(lookup = %found.discovery.describe(), error = %err, "directory servers not found in DNS; keeping those found before");
                 return Err(err);
             }

@@ -91,7 +91,7 @@ impl GatewayMetrics {
         };
         registry.register(
             "sign_ins",
-            "Sign-in attempts (SignIn, ChangePassword, CompleteMfa, the sign-in page) by outcome and Passage error code",
+            "Sign-in attempts that passed the input checks and were routed to a connector group (SignIn, ChangePassword, CompleteMfa, the sign-in page), by outcome and Passage error code",
             metrics.sign_ins.clone(),
         );
         registry.register(
@@ -121,7 +121,7 @@ impl GatewayMetrics {
         );
         registry.register(
             "validation_retries",
-            "Validations sent again to another dispatcher or agent after one was lost",
+            "Validations sent again: with a fresh key set (no agent, a rejected envelope, a lost agent), or to another dispatcher replica (unreachable, refused the connection, or without agents)",
             metrics.retries.clone(),
         );
         registry.register(

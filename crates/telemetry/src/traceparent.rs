@@ -94,6 +94,11 @@ impl TraceParent {
         ))
     }
 
+    /// The trace id of the current span, when traces are exported (a metric's exemplar).
+    pub fn current_trace_id() -> Option<String> {
+        Self::of_span(&Span::current()).map(|trace| trace.trace_id_hex())
+    }
+
     /// The trace id as 32 lower-case hex characters (what log lines carry).
     pub fn trace_id_hex(&self) -> String {
         hex_encode(&self.trace_id)

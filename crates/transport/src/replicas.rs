@@ -75,15 +75,19 @@ pub fn host_of(url: &str) -> Option<String> {
 /// The addresses `host` stands for, sorted, of one family: IPv4 when there is any, else IPv6
 /// (a dual-stack replica has one of each, and two streams of one agent to one replica would
 /// replace each other). An IP address stands for itself; an error when the name does not
-/// resolve.
-pub async fn addresses(resolver: &TokioResolver, host: &str) -> Result<Vec<IpAddr>, String> {
+/// resolve. The name is looked up as written: a short one (`dispatcher-headless.passage.svc`)
+/// goes through the resolver's search domains, as Kubernetes' names need.
+pub async fn addresses(
+    resolver: &TokioResolver,
+    host: &str,
+) -> Result<Vec<IpAddr>, TransportError> {
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(vec![ip]);
     }
     let found = resolver
-        .lookup_ip(format!("{}.", host.trim_end_matches('.')))
+        .lookup_ip(host)
         .await
-        .map_err(|err| format!("{host}: {err}"))?;
+        .map_err(|err| TransportError::Config(format!("resolving {host}: {err}")))?;
     let mut addresses: Vec<IpAddr> = found.iter().collect();
     if addresses.iter().any(IpAddr::is_ipv4) {
         addresses.retain(IpAddr::is_ipv4);
@@ -91,9 +95,18 @@ pub async fn addresses(resolver: &TokioResolver, host: &str) -> Result<Vec<IpAdd
     addresses.sort();
     addresses.dedup();
     match addresses.is_empty() {
-        true => Err(format!("{host}: no address")),
+        true => Err(TransportError::Config(format!("{host}: no address"))),
         false => Ok(addresses),
     }
+}
+
+/// The host to resolve into replicas, when `url` is to be dialled replica by replica: not
+/// through a proxy (the proxy resolves), not when the host is an IP address.
+pub fn replicated_host(url: &str, proxy: Option<&str>) -> Option<String> {
+    if crate::proxy::proxy_for(url, proxy).is_some() {
+        return None;
+    }
+    host_of(url).filter(|host| host.parse::<IpAddr>().is_err())
 }
 
 /// `url` with its host replaced by `addr` (the scheme, port and path kept).

@@ -19,7 +19,29 @@ use std::{
 use hickory_resolver::TokioResolver;
 use passage_proto::v1::dispatcher_client::DispatcherClient;
 use passage_transport::{ClientTls, TransportError, replicas};
-use tonic::transport::Channel;
+use tonic::{Code, Status, transport::Channel};
+
+/// Whether `status` says the replica could not be reached or failed below the dispatcher (no
+/// Passage code): another replica may answer.
+pub fn unreachable(status: &Status) -> bool {
+    passage_error_codes::ErrorCode::of(status).is_none()
+        && matches!(status.code(), Code::Unavailable | Code::Unknown)
+}
+
+/// Whether the call certainly never reached the replica: its connection was refused, so
+/// nothing — no password — was sent.
+pub fn connection_refused(status: &Status) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::ConnectionRefused
+        {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
 
 /// How long a replica that could not be reached is passed over.
 const DOWN_FOR: Duration = Duration::from_secs(5);
@@ -187,5 +209,34 @@ impl Dispatchers {
         if replica.down_until_ms.swap(until, Ordering::Relaxed) <= now.as_millis() as u64 {
             tracing::warn!(dispatcher = %self.url, replica = ?replica.addr, "dispatcher replica unreachable: passed over for a few seconds");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_refused_connection_is_told_from_a_failed_call() {
+        // A port nothing listens on: the connection is refused, nothing is sent.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let dispatchers =
+            Dispatchers::resolve(&format!("http://127.0.0.1:{port}"), None, true, &[])
+                .await
+                .unwrap();
+        let status = dispatchers
+            .pick(None)
+            .client()
+            .list_agent_keys(passage_proto::v1::ListAgentKeysRequest::default())
+            .await
+            .unwrap_err();
+        assert!(connection_refused(&status), "{status:?}");
+        assert!(unreachable(&status), "{status:?}");
+        // A dispatcher's own refusal is neither.
+        let coded = passage_error_codes::ErrorCode::NoAgentAvailable.public_status();
+        assert!(!connection_refused(&coded) && !unreachable(&coded));
     }
 }

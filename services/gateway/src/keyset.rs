@@ -186,25 +186,31 @@ impl KeySetCache {
     }
 
     /// Asks a dispatcher replica for `group`'s keys, and another one when it cannot be
-    /// reached (every replica holds every agent's stream).
+    /// reached or knows no agent of the group (a replica that has just started, before the
+    /// agents found it): every replica holds every agent's stream once they have.
     async fn list_agent_keys(&self, group: &str) -> Result<ListAgentKeysResponse, Status> {
         let request = ListAgentKeysRequest {
             tenant: self.tenant.clone(),
             connector_group: group.to_owned(),
         };
         let replica = self.dispatchers.pick(None);
-        match replica.client().list_agent_keys(request.clone()).await {
-            Ok(response) => Ok(response.into_inner()),
-            Err(status)
-                if status.code() == tonic::Code::Unavailable
-                    && passage_error_codes::ErrorCode::of(&status).is_none()
-                    && self.dispatchers.all().len() > 1 =>
-            {
-                self.dispatchers.failed(&replica);
-                let other = self.dispatchers.pick(Some(&replica));
-                Ok(other.client().list_agent_keys(request).await?.into_inner())
-            }
-            Err(status) => Err(status),
+        let first = replica.client().list_agent_keys(request.clone()).await;
+        let another = match &first {
+            Ok(response) => response.get_ref().keys.is_empty(),
+            Err(status) => crate::dispatchers::unreachable(status),
+        };
+        if !another || self.dispatchers.all().len() < 2 {
+            return first.map(tonic::Response::into_inner);
+        }
+        if first.is_err() {
+            self.dispatchers.failed(&replica);
+        }
+        let other = self.dispatchers.pick(Some(&replica));
+        match (other.client().list_agent_keys(request).await, first) {
+            (Ok(response), _) => Ok(response.into_inner()),
+            // The other one failed: what the first said, if it answered.
+            (Err(_), Ok(response)) => Ok(response.into_inner()),
+            (Err(status), Err(_)) => Err(status),
         }
     }
 

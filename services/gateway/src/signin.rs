@@ -153,9 +153,13 @@ pub enum SignInError {
     /// No answer in time.
     #[error("no answer within {0:?}")]
     Timeout(Duration),
-    /// The dispatcher could not be reached or failed without a Passage code.
+    /// The dispatcher could not be reached or failed without a Passage code (the call may
+    /// have reached it: it may have relayed the password).
     #[error("dispatcher unreachable: {0}")]
     Unreachable(String),
+    /// The dispatcher replica refused the connection: nothing was sent.
+    #[error("dispatcher replica refused the connection: {0}")]
+    ConnectionRefused(String),
     /// Sealing the password failed.
     #[error("sealing for agent {agent_id}: {source}")]
     Seal {
@@ -237,7 +241,9 @@ impl SignInError {
                 | ValidationOutcome::Success
                 | ValidationOutcome::Unspecified => ErrorCode::InvalidCredentials,
             },
-            SignInError::NoAgent(_) | SignInError::Unreachable(_) => ErrorCode::NoAgentAvailable,
+            SignInError::NoAgent(_)
+            | SignInError::Unreachable(_)
+            | SignInError::ConnectionRefused(_) => ErrorCode::NoAgentAvailable,
             SignInError::Dispatcher { code, .. } => *code,
             SignInError::Timeout(_) => ErrorCode::AgentTimeout,
             SignInError::Seal { .. } | SignInError::Tokens(_) => ErrorCode::Internal,
@@ -477,6 +483,31 @@ impl SignInService {
                 };
             }
             match result {
+                // A replica that refused the connection was sent nothing: another one, once,
+                // counting nothing.
+                Err(SignInError::ConnectionRefused(why)) if !refreshed => {
+                    tracing::warn!(replica = ?replica.addr, error = %why, "dispatcher replica refused the connection; trying another");
+                    self.dispatchers.failed(&replica);
+                    self.metrics.retry();
+                    refreshed = true;
+                    avoid = Some(replica);
+                }
+                // A replica that went away mid-call (stopped, crashed): another one, once. It
+                // may have relayed the password to each candidate before it went, so they count
+                // as possible binds, and the second try binds once at most.
+                Err(SignInError::Unreachable(why)) if !refreshed && !single_bind => {
+                    tracing::warn!(replica = ?replica.addr, error = %why, "dispatcher replica unreachable; trying another, one bind at most");
+                    self.dispatchers.failed(&replica);
+                    self.metrics.retry();
+                    lost += lost_candidates(&keys, single_bind);
+                    refreshed = true;
+                    single_bind = true;
+                    avoid = Some(replica);
+                }
+                Err(err @ (SignInError::Unreachable(_) | SignInError::ConnectionRefused(_))) => {
+                    self.dispatchers.failed(&replica);
+                    return (Err(err), lost);
+                }
                 // After a lost agent the password may have reached the directory: only with
                 // room for a second failure is it sent again, and then to one agent only.
                 Err(err)
@@ -498,24 +529,6 @@ impl SignInService {
                     refreshed = true;
                     single_bind = true;
                     avoid = Some(replica);
-                }
-                // A replica that went away (stopped, draining, crashed): another one, once. It
-                // may have relayed the password before it went, so that counts as a possible
-                // bind, and the second try binds once at most.
-                Err(SignInError::Unreachable(why))
-                    if !refreshed && !single_bind && self.dispatchers.all().len() > 1 =>
-                {
-                    tracing::warn!(replica = ?replica.addr, error = %why, "dispatcher replica unreachable; trying another, one bind at most");
-                    self.dispatchers.failed(&replica);
-                    self.metrics.retry();
-                    lost += 1;
-                    refreshed = true;
-                    single_bind = true;
-                    avoid = Some(replica);
-                }
-                Err(err @ SignInError::Unreachable(_)) => {
-                    self.dispatchers.failed(&replica);
-                    return (Err(err), lost);
                 }
                 Err(err) => return (Err(err), lost),
                 Ok(answer) => {
@@ -586,6 +599,9 @@ impl SignInService {
                     && ErrorCode::of(&status).is_none() =>
             {
                 Err(SignInError::Timeout(self.validation_timeout))
+            }
+            Err(status) if crate::dispatchers::connection_refused(&status) => {
+                Err(SignInError::ConnectionRefused(status.message().to_owned()))
             }
             Err(status) => Err(dispatcher_failed(status)),
         }
@@ -1268,7 +1284,7 @@ impl SignInService {
             lockout: &entry.lockout,
             mfa: &entry.mfa,
             elapsed,
-            trace_id: current_trace_id(),
+            trace_id: TraceParent::current_trace_id(),
         });
         response
     }
@@ -1494,11 +1510,6 @@ impl SignInService {
         }
         response
     }
-}
-
-/// The trace of the current span, when traces are exported (a latency exemplar).
-fn current_trace_id() -> Option<String> {
-    TraceParent::of_span(&tracing::Span::current()).map(|trace| trace.trace_id_hex())
 }
 
 /// How many candidates a dispatcher answering `AgentLost` may have lost after sending them the
