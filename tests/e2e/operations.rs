@@ -1020,3 +1020,36 @@ async fn every_agent_reaches_every_dispatcher_replica_and_losing_one_fails_no_si
         );
     }
 }
+
+/// A dispatcher whose store stops answering says NOT_SERVING (so Kubernetes takes it out of its
+/// Services and gateways pass it over): revocations and enrolment need the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dispatcher_without_its_store_is_not_ready() {
+    let mut cluster = Cluster::start(ClusterOptions {
+        enrolment: true,
+        postgres: true,
+        agents: 0,
+        ..ClusterOptions::default()
+    })
+    .await;
+    let serving = ServingStatus::Serving as i32;
+    assert_eq!(cluster.dispatcher_health("").await, serving);
+    assert_eq!(
+        cluster.dispatcher_health("passage.v1.Dispatcher").await,
+        serving
+    );
+    cluster.postgres.as_mut().expect("postgres").stop_now();
+    // Checked every 5 s, each check waiting 2 s at most.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while cluster.dispatcher_health("").await == serving {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still serving without its store"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        cluster.dispatcher_health("passage.v1.Dispatcher").await,
+        ServingStatus::NotServing as i32
+    );
+}

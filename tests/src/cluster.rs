@@ -851,6 +851,25 @@ impl Cluster {
         )
     }
 
+    /// What the dispatcher's gateway-facing gRPC health says of `service` ("" for the server
+    /// as a whole).
+    pub async fn dispatcher_health(&self, service: &str) -> i32 {
+        let tls = self
+            .options
+            .enrolment
+            .then(|| service_tls(self.dir.path(), true));
+        tonic_health::pb::health_client::HealthClient::new(
+            channel(&self.dispatcher.api_url, tls.as_ref()).await,
+        )
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .expect("health check")
+        .into_inner()
+        .status
+    }
+
     /// The agent keys the dispatcher currently offers the default tenant's group.
     pub async fn offered_keys(&self) -> Vec<AgentKey> {
         self.offered_keys_of(DOMAIN).await

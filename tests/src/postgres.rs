@@ -155,6 +155,17 @@ impl Postgres {
     }
 }
 
+impl Postgres {
+    /// Stops the server at once (SIGQUIT: "immediate" shutdown, every connection dropped), as
+    /// a crashed database would; waits until it has exited.
+    pub fn stop_now(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-QUIT", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for Postgres {
     fn drop(&mut self) {
         // SIGINT: "fast" shutdown. The process runs as another user when we are root, so ask

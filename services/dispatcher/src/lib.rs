@@ -47,6 +47,10 @@ pub struct DispatcherConfig {
     pub api_listen: SocketAddr,
     /// Where Prometheus scrapes `GET /metrics` (plain HTTP; an admin address). Off when absent.
     pub metrics_listen: Option<SocketAddr>,
+    /// With a store: how often it is checked, in milliseconds. While it does not answer, both
+    /// listeners' gRPC health says NOT_SERVING (revocations and enrolment need it), so
+    /// Kubernetes takes the replica out of its Services and gateways pass it over.
+    pub readiness_interval_ms: u64,
     /// This replica's name in logs and welcomes (default: host name).
     pub dispatcher_id: Option<String>,
     /// How often agents must heartbeat, in milliseconds; three missed heartbeats drop the stream.
@@ -94,6 +98,7 @@ impl Default for DispatcherConfig {
             agent_listen: ([0, 0, 0, 0], 8443).into(),
             api_listen: ([0, 0, 0, 0], 8444).into(),
             metrics_listen: None,
+            readiness_interval_ms: 5_000,
             dispatcher_id: None,
             heartbeat_interval_ms: 5_000,
             validation_timeout_ms: 10_000,
@@ -109,6 +114,61 @@ impl Default for DispatcherConfig {
             tenant_poll_ms: 5_000,
             certificate_switchover_s: 60,
             store_encryption_key_file: None,
+        }
+    }
+}
+
+/// Checks `store` every `every` until `stop`; while it does not answer, every reporter says
+/// NOT_SERVING (the server as a whole and its services).
+async fn watch_store(
+    store: Store,
+    reporters: Vec<tonic_health::server::HealthReporter>,
+    every: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut serving = true;
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+        let answer = tokio::time::timeout(Duration::from_secs(2), store.ping()).await;
+        let now = matches!(answer, Ok(Ok(())));
+        if now == serving || *stop.borrow() {
+            continue;
+        }
+        serving = now;
+        match &answer {
+            Ok(Ok(())) => tracing::info!("ready: the store answers again"),
+            Ok(Err(err)) => tracing::warn!(error = %err, "not ready: the store does not answer"),
+            Err(_) => tracing::warn!("not ready: the store does not answer in time"),
+        }
+        let status = match now {
+            true => tonic_health::ServingStatus::Serving,
+            false => tonic_health::ServingStatus::NotServing,
+        };
+        for reporter in &reporters {
+            reporter.set_service_status("", status).await;
+            match now {
+                true => {
+                    reporter
+                        .set_serving::<DispatcherServer<RelayService>>()
+                        .await;
+                    reporter
+                        .set_serving::<AgentTunnelServer<TunnelService>>()
+                        .await;
+                }
+                false => {
+                    reporter
+                        .set_not_serving::<DispatcherServer<RelayService>>()
+                        .await;
+                    reporter
+                        .set_not_serving::<AgentTunnelServer<TunnelService>>()
+                        .await;
+                }
+            }
         }
     }
 }
@@ -408,6 +468,14 @@ impl BoundDispatcher {
                 listener,
                 Arc::new(registry),
                 stopped(stop_rx.clone()),
+            ));
+        }
+        if let Some(store) = self.store.clone() {
+            tokio::spawn(watch_store(
+                store,
+                vec![agent_health_reporter.clone(), api_health_reporter.clone()],
+                Duration::from_millis(config.readiness_interval_ms.max(100)),
+                stop_rx.clone(),
             ));
         }
         let agent_router = passage_transport::plaintext_builder()
