@@ -91,8 +91,9 @@ def render(chart_name: str, values: dict, release: str = RELEASE) -> list[dict]:
     return manifests
 
 
-def notes(chart_name: str, values: dict) -> str:
-    rendered = chart(chart_name).render(copy.deepcopy(values), name=RELEASE, namespace=NAMESPACE)
+def notes(chart_name: str, values: dict, upgrade: bool = False) -> str:
+    rendered = chart(chart_name).render(copy.deepcopy(values), name=RELEASE, namespace=NAMESPACE,
+                                        is_install=not upgrade, is_upgrade=upgrade)
     return next(text for name, text in rendered.items() if name.endswith("NOTES.txt"))
 
 
@@ -270,7 +271,9 @@ def test_defaults_render_the_cloud_side():
         "PodDisruptionBudget/passage-gateway",
         "Service/passage-dispatcher",
         "Service/passage-dispatcher-headless",
+        "Service/passage-dispatcher-metrics",
         "Service/passage-gateway",
+        "Service/passage-gateway-metrics",
         "ServiceAccount/passage",
     ]
     headless = one(m, "Service", "passage-dispatcher-headless")
@@ -337,7 +340,9 @@ def test_ha_scales_and_guards():
     assert {x["resource"]["name"] for x in gw_hpa["spec"]["metrics"]} == {"cpu", "memory"}
     assert one(m, "Service", "passage-dispatcher-agents")["spec"]["type"] == "LoadBalancer"
     assert len(by_kind(m, "ServiceMonitor")) == 2
-    assert "WARNING: up to 6 dispatcher replicas" in notes("passage", load_values(VALUES / "passage-ha.yaml"))
+    text = notes("passage", load_values(VALUES / "passage-ha.yaml"))
+    assert "(agents outside must dial a name with one address per replica)" in text
+    assert "WARNING" not in text and "not built" not in text
 
 
 def test_ha_gateway_config():
@@ -434,22 +439,29 @@ def ingress_rule_for(policy: dict, port: int) -> dict:
 
 
 def test_metrics_are_on_by_default():
-    """Both services listen for Prometheus on metrics_listen, with a container port and a
-    Service port named "metrics" (the headless Service, for agents, has none)."""
+    """Both services listen for Prometheus on metrics_listen, with a container port named
+    "metrics" and a ClusterIP Service of its own (the other Services have no metrics port)."""
     m = rendered_set("passage", "passage-defaults.yaml")
     for component in ("gateway", "dispatcher"):
         conf = config_file(m, f"passage-{component}", f"{component}.toml")
         assert conf["metrics_listen"] == "0.0.0.0:9090", component
         c = container(pod_spec(one(m, "Deployment", f"passage-{component}")), component)
         assert {"name": "metrics", "containerPort": 9090, "protocol": "TCP"} in c["ports"], component
-        service = one(m, "Service", f"passage-{component}")
-        metrics = next(p for p in service["spec"]["ports"] if p["name"] == "metrics")
-        assert metrics == {"name": "metrics", "port": 9090, "targetPort": "metrics", "protocol": "TCP"}
-        # Anyone may scrape (networkPolicy.metricsFrom empty).
+        service = one(m, "Service", f"passage-{component}-metrics")
+        assert service["spec"]["type"] == "ClusterIP"
+        assert service["spec"]["ports"] == [{"name": "metrics", "port": 9090, "targetPort": "metrics", "protocol": "TCP"}]
+        assert service["spec"]["selector"] == one(m, "Service", f"passage-{component}")["spec"]["selector"]
+        assert service["metadata"]["labels"]["passage.dev/metrics"] == "true"
+        # Any pod in the cluster may scrape (networkPolicy.metricsFrom empty).
         assert "from" not in ingress_rule_for(one(m, "NetworkPolicy", f"passage-{component}"), 9090)
-    assert "metrics" not in port_names(one(m, "Service", "passage-dispatcher-headless")["spec"]["ports"])
+    for name in ("passage-gateway", "passage-dispatcher", "passage-dispatcher-headless"):
+        service = one(m, "Service", name)
+        assert "metrics" not in port_names(service["spec"]["ports"]), name
+        assert "passage.dev/metrics" not in service["metadata"]["labels"], name
     assert not by_kind(m, "ServiceMonitor"), "the ServiceMonitors are optional"
-    assert "port 9090 of the gateway and dispatcher Services" in notes("passage", load_values(VALUES / "passage-defaults.yaml"))
+    text = notes("passage", load_values(VALUES / "passage-defaults.yaml"))
+    assert "port 9090 of the ClusterIP Services passage-gateway-metrics and passage-dispatcher-metrics" in text
+    assert "Any pod in the cluster may scrape" in text
 
 
 def test_metrics_port_and_listen_host():
@@ -461,7 +473,7 @@ def test_metrics_port_and_listen_host():
         assert config_file(m, f"passage-{component}", f"{component}.toml")["metrics_listen"] == "[::]:9464"
         c = container(pod_spec(one(m, "Deployment", f"passage-{component}")), component)
         assert next(p for p in c["ports"] if p["name"] == "metrics")["containerPort"] == 9464
-        assert next(p for p in one(m, "Service", f"passage-{component}")["spec"]["ports"] if p["name"] == "metrics")["port"] == 9464
+        assert one(m, "Service", f"passage-{component}-metrics")["spec"]["ports"][0]["port"] == 9464
         ingress_rule_for(one(m, "NetworkPolicy", f"passage-{component}"), 9464)
 
 
@@ -474,6 +486,7 @@ def test_metrics_disabled():
         c = container(pod_spec(one(m, "Deployment", f"passage-{component}")), component)
         assert "metrics" not in port_names(c["ports"])
         assert "metrics" not in port_names(one(m, "Service", f"passage-{component}")["spec"]["ports"])
+        assert not [s for s in by_kind(m, "Service") if s["metadata"]["name"].endswith("-metrics")]
         policy = one(m, "NetworkPolicy", f"passage-{component}")
         assert not any(p["port"] == 9090 for r in policy["spec"]["ingress"] for p in r["ports"])
     assert "Metrics (Prometheus" not in notes("passage", values)
@@ -488,11 +501,12 @@ def test_servicemonitors_scrape_the_metrics_port():
         component = monitor["metadata"]["labels"]["app.kubernetes.io/component"]
         assert monitor["metadata"]["labels"]["release"] == "prometheus"
         assert monitor["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s"}]
-        # The selector picks exactly the component's Service, which has the "metrics" port.
+        # The selector picks exactly the component's metrics Service, of all the Services.
         selector = monitor["spec"]["selector"]["matchLabels"]
-        services = [s for s in by_kind(m, "Service") if selector.items() <= s["metadata"]["labels"].items()
-                    and "metrics" in port_names(s["spec"]["ports"])]
-        assert [s["metadata"]["name"] for s in services] == [f"passage-{component}"]
+        assert selector["passage.dev/metrics"] == "true"
+        services = [s for s in by_kind(m, "Service") if selector.items() <= s["metadata"]["labels"].items()]
+        assert [s["metadata"]["name"] for s in services] == [f"passage-{component}-metrics"]
+        assert port_names(services[0]["spec"]["ports"]) == {"metrics"}
         # Only the monitoring namespace may scrape.
         rule = ingress_rule_for(one(m, "NetworkPolicy", f"passage-{component}"), 9090)
         assert rule["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
@@ -513,6 +527,114 @@ def test_metrics_port_must_be_its_own():
     with pytest.raises(helm.HelmError) as failure:
         render("passage", values)
     assert "metrics.port 8444 is also dispatcher.ports.api" in str(failure.value)
+
+
+def exposure_variants():
+    """Every valid value set, and the cloud chart's defaults with each Service made reachable
+    from outside the cluster."""
+    for chart_name, values_file, _ in VALID_SETS:
+        yield pytest.param(chart_name, load_values(VALUES / values_file), id=values_file)
+    base = load_values(VALUES / "passage-defaults.yaml")
+    for kind in ("LoadBalancer", "NodePort"):
+        values = copy.deepcopy(base)
+        values["gateway"]["service"] = {"type": kind}
+        values["dispatcher"] = {"replicaCount": 1, "service": {"type": kind},
+                                "agentService": {"enabled": True, "type": kind}}
+        values["metrics"] = {"enabled": True, "port": 9464, "serviceMonitor": {"enabled": True}}
+        yield pytest.param("passage", values, id=f"every-service-{kind}")
+
+
+@pytest.mark.parametrize("chart_name,values", list(exposure_variants()))
+def test_metrics_never_on_an_exposed_service(chart_name, values):
+    """The metrics port (sign-in counts by error code, agent names) is on ClusterIP Services
+    only: never on a LoadBalancer or NodePort, whatever the other Services' types."""
+    m = render(chart_name, values)
+    port = (values.get("metrics") or {}).get("port", 9090)
+    for service in by_kind(m, "Service"):
+        name = service["metadata"]["name"]
+        metrics_ports = [p for p in service["spec"].get("ports", [])
+                         if p["port"] == port or p.get("targetPort") in ("metrics", port) or p["name"] == "metrics"]
+        if service["spec"].get("type", "ClusterIP") != "ClusterIP":
+            assert not metrics_ports, f"{name} ({service['spec']['type']}) exposes the metrics port"
+        if metrics_ports:
+            assert name.endswith("-metrics"), f"{name}: the metrics port belongs on the metrics Services only"
+
+
+@pytest.mark.parametrize("replicas", [
+    {"replicaCount": 2},
+    {"replicaCount": 1, "autoscaling": {"enabled": True, "minReplicas": 1, "maxReplicas": 3}},
+])
+def test_agent_service_needs_an_address_per_replica(replicas):
+    """Behind the agent Service's one address an agent reaches one replica: with more than one
+    the render fails, saying what to do, unless perReplicaAddresses says the name has one
+    address per replica."""
+    values = load_values(VALUES / "passage-defaults.yaml")
+    values["dispatcher"] = copy.deepcopy(replicas) | {"agentService": {"enabled": True}}
+    with pytest.raises(helm.HelmError) as failure:
+        render("passage", values)
+    message = str(failure.value)
+    most = replicas.get("autoscaling", {}).get("maxReplicas", replicas["replicaCount"])
+    assert f"dispatcher.agentService.enabled with up to {most} dispatcher replicas" in message
+    assert "dispatcher.replicaCount: 1" in message and "one A record per replica" in message
+    values["dispatcher"]["agentService"]["perReplicaAddresses"] = True
+    assert one(render("passage", values), "Service", "passage-dispatcher-agents")
+    # One replica, no autoscaling: nothing to acknowledge.
+    values["dispatcher"] = {"replicaCount": 1, "agentService": {"enabled": True}}
+    assert one(render("passage", values), "Service", "passage-dispatcher-agents")
+    # No agent Service (agents dial the headless Service, or a name of their own): any count.
+    values["dispatcher"] = copy.deepcopy(replicas)
+    render("passage", values)
+
+
+def docs_block(heading_text: str, lang: str) -> str:
+    """The first fenced block of the given language after the line holding heading_text in
+    docs/kubernetes.md."""
+    docs = (REPO / "docs" / "kubernetes.md").read_text()
+    rest = docs[docs.index(heading_text):]
+    match = re.search(rf"```{lang}\n(.*?)```", rest, re.S)
+    assert match, f"no {lang} block after {heading_text!r}"
+    return match.group(1)
+
+
+def test_walkthrough_renders_and_names_what_the_gateways_dial():
+    """docs/kubernetes.md's values render (one dispatcher replica behind the agents'
+    LoadBalancer), and its dispatcher certificate names the host of the gateways'
+    dispatcher_url: the headless Service."""
+    values = yaml.safe_load(docs_block("`passage-values.yaml`:", "yaml"))
+    m = render("passage", values)
+    assert one(m, "Deployment", "passage-dispatcher")["spec"]["replicas"] == 1
+    assert one(m, "Service", "passage-dispatcher-agents")["spec"]["type"] == "LoadBalancer"
+    host = config_file(m, "passage-gateway", "gateway.toml")["dispatcher_url"].split("://")[1].rsplit(":", 1)[0]
+    assert host == "passage-dispatcher-headless.passage.svc"
+    for text in ("## 1. The secrets", "## Upgrading"):
+        command = re.search(r"passage pki server --dir pki --name dispatcher.*?(?=\n\S|\n\s*\n|\n\s*kubectl)",
+                            docs_block(text, "sh"), re.S).group(0)
+        assert f"--san {host}" in command, (text, command)
+
+
+def test_upgrade_notes_say_which_san_to_add():
+    values = load_values(VALUES / "passage-defaults.yaml")
+    upgrade = notes("passage", values, upgrade=True)
+    assert "--san passage-dispatcher-headless.passage.svc" in upgrade
+    assert "replace the Secret passage-dispatcher-tls" in upgrade
+    assert "UPGRADE" not in notes("passage", values)
+    # No TLS, or a dispatcher URL of the operator's own: nothing to say.
+    assert "UPGRADE" not in notes("passage", load_values(VALUES / "passage-dev-plaintext.yaml"), upgrade=True)
+    values["gateway"]["dispatcherUrl"] = "https://dispatcher.example.com:8444"
+    assert "UPGRADE" not in notes("passage", values, upgrade=True)
+
+
+def test_notes_are_current():
+    """What both charts print names the Services the clients dial today, and nothing that has
+    since been built as not built."""
+    cloud = notes("passage", load_values(VALUES / "passage-ha.yaml"))
+    assert "Dispatcher, for agents:           passage-dispatcher-headless.passage.svc:8443" in cloud
+    assert "dispatcher: passage-dispatcher-headless.passage.svc (gateways)" in cloud
+    for text in (cloud, notes("passage-agent", load_values(VALUES / "agent-ldap.yaml")),
+                 notes("passage-agent", load_values(VALUES / "agent-ldap-failover.yaml"))):
+        assert "not built" not in text and "WARNING" not in text
+    agent = notes("passage-agent", load_values(VALUES / "agent-ldap.yaml"))
+    assert "keeps a stream to every address" in agent
 
 
 # --------------------------------------------------------------------------------------------

@@ -49,6 +49,18 @@ app.kubernetes.io/component: {{ .component }}
 app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
+{{/* The labels of a component's metrics Service, and (all but the version and chart) what its
+     ServiceMonitor selects: (dict "root" $ "component" "gateway"). */}}
+{{- define "passage.metricsSelectorLabels" -}}
+{{ include "passage.selectorLabels" . }}
+passage.dev/metrics: "true"
+{{- end -}}
+
+{{- define "passage.metricsServiceLabels" -}}
+{{ include "passage.componentLabels" . }}
+passage.dev/metrics: "true"
+{{- end -}}
+
 {{- define "passage.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create -}}
 {{- default (include "passage.fullname" .) .Values.serviceAccount.name -}}
@@ -179,6 +191,10 @@ app.kubernetes.io/component: {{ .component }}
 {{- fail (printf "metrics.port %d is also %s: give the metrics listener a port of its own" (int $port) $name) -}}
 {{- end -}}
 {{- end -}}
+{{- end -}}
+{{- $dispatchers := ternary (int $v.dispatcher.autoscaling.maxReplicas) (int $v.dispatcher.replicaCount) $v.dispatcher.autoscaling.enabled -}}
+{{- if and $v.dispatcher.agentService.enabled (gt $dispatchers 1) (not $v.dispatcher.agentService.perReplicaAddresses) -}}
+{{- fail (printf "dispatcher.agentService.enabled with up to %d dispatcher replicas: an agent outside the cluster reaches only the one replica behind that Service's single address, so a gateway's call landing on another replica finds no agent. Either run one replica (dispatcher.replicaCount: 1, dispatcher.autoscaling.enabled: false), or give the agents a DNS name with one A record per replica (a LoadBalancer per dispatcher pod, or external-dns publishing the headless Service's pod addresses where the agents can route to them) and set dispatcher.agentService.perReplicaAddresses: true (docs/kubernetes.md)" $dispatchers) -}}
 {{- end -}}
 {{- if and $v.metrics.serviceMonitor.enabled (not $v.metrics.enabled) -}}
 {{- fail "metrics.serviceMonitor.enabled needs metrics.enabled: the ServiceMonitors scrape the services' metrics port, which only metrics.enabled opens (metrics_listen)" -}}
