@@ -143,6 +143,7 @@ pub async fn run(
         validator,
         capacity,
         connected: Arc::new(AtomicUsize::new(0)),
+        expected: Mutex::new(HashMap::new()),
     });
     // The directory's lockout policy is read before the first hello, so gateways know it
     // before the first sign-in (a directory that does not answer holds the start up for at
@@ -166,7 +167,7 @@ pub async fn run(
                 passage_metrics::agent::AgentState {
                     streams: (
                         observed.connected.load(Ordering::Relaxed) as u32,
-                        observed.config.dispatchers.len() as u32,
+                        observed.expected_streams() as u32,
                     ),
                     directory_servers: (directory.servers_up, directory.servers_total),
                     directory_failovers: directory.failovers,
@@ -244,6 +245,16 @@ struct Link {
     capacity: Arc<Semaphore>,
     /// Streams welcomed by a dispatcher and not ended since.
     connected: Arc<AtomicUsize>,
+    /// Per dispatcher URL, the streams it should have: its replicas' addresses, or 1 when
+    /// dialled by name.
+    expected: Mutex<HashMap<String, usize>>,
+}
+
+impl Link {
+    /// Streams the agent should hold: every replica resolved, one per URL dialled by name.
+    fn expected_streams(&self) -> usize {
+        lock(&self.expected).values().sum()
+    }
 }
 
 /// Offers a welcomed stream's sender for renewal requests until dropped (a stream to a replica
@@ -474,6 +485,7 @@ async fn follow_replicas(url: String, link: Arc<Link>, mut stop: watch::Receiver
         "dispatcher_name_servers",
     );
     let (Some(host), Ok(resolver)) = (host, resolver) else {
+        lock(&link.expected).insert(url.clone(), 1);
         return keep_connected(url, None, link, stop).await;
     };
     let interval = Duration::from_secs(link.config.dispatcher_resolve_interval_s.max(1));
@@ -525,6 +537,7 @@ async fn follow_replicas(url: String, link: Arc<Link>, mut stop: watch::Receiver
                 }
             }
         }
+        lock(&link.expected).insert(url.clone(), replicas.len().max(1));
         while streams.try_join_next().is_some() {}
         tokio::select! {
             () = tokio::time::sleep(interval) => {}

@@ -845,6 +845,7 @@ async fn every_service_counts_sign_ins_for_prometheus() {
         2.0
     );
     assert_eq!(agent.value("passage_agent_streams_connected", &[]), 1.0);
+    assert_eq!(agent.value("passage_agent_streams_expected", &[]), 1.0);
     assert_eq!(agent.value("passage_agent_directory_servers_up", &[]), 1.0);
     assert!(
         agent

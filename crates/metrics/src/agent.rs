@@ -30,7 +30,8 @@ struct OperationLabels {
 /// The agent's state, as a scrape sees it.
 #[derive(Debug, Clone, Default)]
 pub struct AgentState {
-    /// Dispatcher streams connected, of those configured.
+    /// Dispatcher streams connected, of those expected (every replica resolved; one per URL
+    /// dialled by name).
     pub streams: (u32, u32),
     /// Directory servers up, of how many.
     pub directory_servers: (u32, u32),
@@ -133,8 +134,8 @@ impl Collector for State {
                 Some(i64::from(state.streams.0)),
             ),
             (
-                "streams_configured",
-                "Dispatcher URLs configured",
+                "streams_expected",
+                "Dispatcher streams the agent should hold: every replica resolved behind each URL (one per URL dialled by name)",
                 Some(i64::from(state.streams.1)),
             ),
             (
