@@ -1054,3 +1054,32 @@ async fn a_dispatcher_without_its_store_is_not_ready() {
         ServingStatus::NotServing as i32
     );
 }
+
+/// `passage signin` against a gateway whose certificate it cannot verify (no `--ca-file`: the
+/// system's roots know nothing of the services CA) says the TLS handshake failed and what to
+/// check, and never asks for a password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passage_signin_says_when_tls_fails() {
+    let cluster = Cluster::start(ClusterOptions {
+        enrolment: true,
+        agents: 0,
+        ..ClusterOptions::default()
+    })
+    .await;
+    let (ok, _, stderr) = passage_tests::bins::run_to_end(
+        "passage",
+        &[
+            "signin",
+            "--gateway",
+            &cluster.gateway.grpc_url,
+            "--user",
+            "alice@corp.example.com",
+        ],
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains("TLS failed: check --ca-file")
+            && stderr.to_lowercase().contains("certificate"),
+        "{stderr}"
+    );
+}
