@@ -6,10 +6,12 @@
 # Installs (Debian): slapd and ldap-utils for the directory tests, postgresql for the store
 # tests, npm for the buf CLI (installed locally under .tools/), busybox for the charts' init
 # scripts, chromium and chromium-driver for the browser sign-in test, samba and iproute2 for the
-# Active Directory tests (a real Samba DC on a loopback address of its own); the chart tests'
-# Python packages (the real Helm engine, kubernetes-validate) go in a
+# Active Directory tests (a real Samba DC on a loopback address of its own), dpkg-dev, adduser
+# and systemd for the agent's Debian package test (built, installed, its unit verified and run
+# under a private systemd); the chart tests' Python packages (the real Helm engine, kubernetes-validate) go in a
 # virtualenv under .tools/. Needs root or sudo for apt-get. Then: buf lint, cargo fmt --check,
-# cargo clippy -D warnings, cargo test --workspace, the Helm chart tests.
+# cargo clippy -D warnings, cargo test --workspace, the agent's Debian package, the Helm chart
+# tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,7 +19,7 @@ as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
 }
 
-packages=(slapd ldap-utils postgresql busybox chromium chromium-driver samba iproute2)
+packages=(slapd ldap-utils postgresql busybox chromium chromium-driver samba iproute2 dpkg-dev adduser systemd)
 command -v npm >/dev/null 2>&1 || packages+=(npm)
 missing=()
 for p in "${packages[@]}"; do
@@ -45,6 +47,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "==> cargo test"
 cargo test --workspace --locked
+
+echo "==> the agent's Debian package (packaging/tests)"
+packaging/tests/test_deb.sh target/debug/passage-agent
 
 echo "==> Helm chart tests (charts/tests)"
 if [ ! -x .tools/chartenv/bin/python ]; then

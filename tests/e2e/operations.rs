@@ -902,15 +902,22 @@ async fn every_agent_reaches_every_dispatcher_replica_and_losing_one_fails_no_si
     let name = format!("{DISPATCHERS_NAME}.");
     let replica = |last: u8| std::net::Ipv4Addr::new(127, 0, 0, last);
     dns.set_addresses(&name, vec![replica(1), replica(2), replica(3)]);
+    let agent_port = free_port();
     let mut cluster = Cluster::start(ClusterOptions {
         enrolment: true,
         postgres: true,
         agents: 0,
         dispatcher_replicas: Some(DispatcherReplicas {
             name_server: dns.addr().to_string(),
-            agent_port: free_port(),
+            agent_port,
             api_port: free_port(),
         }),
+        // The first agent also names the first replica by its address: one stream to it,
+        // not two replacing each other there.
+        agent_overrides: vec![passage_tests::cluster::AgentOverride {
+            extra_dispatchers: vec![format!("https://127.0.0.1:{agent_port}")],
+            ..Default::default()
+        }],
         ..ClusterOptions::default()
     })
     .await;
@@ -942,6 +949,17 @@ async fn every_agent_reaches_every_dispatcher_replica_and_losing_one_fails_no_si
     for replica in [&cluster.dispatcher, &second, &third] {
         both_agents_on(replica.metrics_url.clone()).await;
     }
+    let first_log = || std::fs::read_to_string(cluster.dir().join("dispatcher.log")).unwrap();
+    assert!(
+        !first_log().contains("a newer stream of this agent replaced this one"),
+        "{}",
+        first_log()
+    );
+    let agent_log = std::fs::read_to_string(cluster.dir().join("agent-0.log")).unwrap();
+    assert!(
+        agent_log.contains("already reached through another dispatcher URL"),
+        "{agent_log}"
+    );
 
     // 200 sign-ins at once; the third replica is stopped once it has relayed some of them.
     let users = default_users();
