@@ -49,7 +49,7 @@ echo "==> cargo test"
 cargo test --workspace --locked
 
 echo "==> the agent's Debian package (packaging/tests)"
-packaging/tests/test_deb.sh target/debug/passage-agent
+as_root packaging/tests/test_deb.sh "$PWD/target/debug/passage-agent"
 
 echo "==> Helm chart tests (charts/tests)"
 if [ ! -x .tools/chartenv/bin/python ]; then

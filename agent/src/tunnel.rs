@@ -144,7 +144,6 @@ pub async fn run(
         capacity,
         connected: Arc::new(AtomicUsize::new(0)),
         expected: Mutex::new(HashMap::new()),
-        claimed: Mutex::new(std::collections::HashSet::new()),
     });
     // The directory's lockout policy is read before the first hello, so gateways know it
     // before the first sign-in (a directory that does not answer holds the start up for at
@@ -249,10 +248,6 @@ struct Link {
     /// Per dispatcher URL, the streams it should have: its replicas' addresses, or 1 when
     /// dialled by name.
     expected: Mutex<HashMap<String, usize>>,
-    /// The replica endpoints (`scheme://address:port`) a stream is held to: two dispatcher
-    /// URLs naming one replica get one stream (two streams of one agent on one replica would
-    /// replace each other there, forever).
-    claimed: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Link {
@@ -489,33 +484,12 @@ async fn follow_replicas(url: String, link: Arc<Link>, mut stop: watch::Receiver
         &link.config.dispatcher_name_servers,
         "dispatcher_name_servers",
     );
-    let claim = |addr: std::net::IpAddr| {
-        passage_transport::replicas::url_at(&url, addr).unwrap_or_else(|| format!("{url} {addr}"))
-    };
     let (Some(host), Ok(resolver)) = (host, resolver) else {
-        // An IP address is one replica: held once, whichever URLs name it.
-        let literal = passage_transport::replicas::host_of(&url)
-            .and_then(|host| host.parse::<std::net::IpAddr>().ok())
-            .filter(|_| {
-                passage_transport::proxy::proxy_for(&url, link.config.proxy.as_deref()).is_none()
-            });
-        if let Some(ip) = literal
-            && !lock(&link.claimed).insert(claim(ip))
-        {
-            tracing::warn!(dispatcher = %url, "this replica is already reached through another dispatcher URL: one stream to it");
-            return;
-        }
         lock(&link.expected).insert(url.clone(), 1);
-        keep_connected(url.clone(), None, Arc::clone(&link), stop).await;
-        if let Some(ip) = literal {
-            lock(&link.claimed).remove(&claim(ip));
-        }
-        return;
+        return keep_connected(url, None, link, stop).await;
     };
     let interval = Duration::from_secs(link.config.dispatcher_resolve_interval_s.max(1));
     let mut replicas: HashMap<std::net::IpAddr, watch::Sender<bool>> = HashMap::new();
-    // Replicas held through another URL, told once.
-    let mut held_elsewhere = std::collections::HashSet::new();
     // While the name has never resolved here, one stream dials it by name (the system's
     // resolver may know it when this one cannot).
     let mut by_name: Option<watch::Sender<bool>> = None;
@@ -531,18 +505,11 @@ async fn follow_replicas(url: String, link: Arc<Link>, mut stop: watch::Receiver
                     if !kept {
                         tracing::info!(dispatcher = %url, replica = %addr, "dispatcher replica gone from DNS: closing its stream");
                         let _ = stop_one.send(true);
-                        lock(&link.claimed).remove(&claim(*addr));
                     }
                     kept
                 });
                 for addr in addresses {
                     if let std::collections::hash_map::Entry::Vacant(entry) = replicas.entry(addr) {
-                        if !lock(&link.claimed).insert(claim(addr)) {
-                            if held_elsewhere.insert(addr) {
-                                tracing::warn!(dispatcher = %url, replica = %addr, "this replica is already reached through another dispatcher URL: one stream to it");
-                            }
-                            continue;
-                        }
                         tracing::info!(dispatcher = %url, replica = %addr, "dispatcher replica found: opening a stream");
                         let (stop_one, stopped_one) = watch::channel(false);
                         entry.insert(stop_one);
@@ -577,9 +544,8 @@ async fn follow_replicas(url: String, link: Arc<Link>, mut stop: watch::Receiver
             () = stopped(&mut stop) => break,
         }
     }
-    for (addr, stop_one) in &replicas {
+    for stop_one in replicas.values() {
         let _ = stop_one.send(true);
-        lock(&link.claimed).remove(&claim(*addr));
     }
     if let Some(stop_by_name) = &by_name {
         let _ = stop_by_name.send(true);

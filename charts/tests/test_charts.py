@@ -309,6 +309,9 @@ def test_plaintext_uses_native_grpc_probes():
     assert gateway["readinessProbe"]["grpc"] == {"port": 9443}
     assert gateway["livenessProbe"]["grpc"] == {"port": 9443, "service": "liveness"}
     assert dispatcher["readinessProbe"]["grpc"] == {"port": 8443}
+    # A store outage makes the dispatcher not ready, never restarts it.
+    assert dispatcher["livenessProbe"]["grpc"] == {"port": 8443, "service": "liveness"}
+    assert dispatcher["startupProbe"]["grpc"] == {"port": 8443, "service": "liveness"}
     gw = config_file(m, "passage-gateway", "gateway.toml")
     assert gw["insecure_plaintext"] is True and "tls" not in gw and "dispatcher_tls" not in gw
     # The headless Service: every replica's address, for the gateway to spread its calls.

@@ -129,7 +129,7 @@ def family(series: str) -> str:
 
 def test_the_documented_table_is_read():
     names = documented_metrics()
-    assert {"passage_gateway_sign_ins_total", "passage_dispatcher_agent_capacity", "passage_agent_streams_configured",
+    assert {"passage_gateway_sign_ins_total", "passage_dispatcher_agent_capacity", "passage_agent_streams_expected",
             "passage_dispatcher_agent_directory_servers", "passage_agent_directory_servers",
             "passage_gateway_build_info", "passage_agent_build_info"} <= set(names)
     assert names["passage_gateway_sign_in_duration_seconds"].startswith("histogram")

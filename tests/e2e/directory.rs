@@ -507,7 +507,6 @@ async fn each_forest_signs_in_through_its_own_agents_only() {
                 ldap_urls: vec![fabrikam_slapd.url()],
                 forest: Some(fabrikam.clone()),
                 connector_group: Some("fabrikam".into()),
-                ..AgentOverride::default()
             },
         ],
         gateway_config: "connector_groups = [\

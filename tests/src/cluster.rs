@@ -110,8 +110,6 @@ pub struct AgentOverride {
     pub forest: Option<crate::slapd::Forest>,
     /// Another connector group than the test domain.
     pub connector_group: Option<String>,
-    /// More dispatcher URLs after the cluster's.
-    pub extra_dispatchers: Vec<String>,
 }
 
 impl Default for ClusterOptions {
@@ -438,7 +436,7 @@ impl Cluster {
         std::fs::write(
             &path,
             format!(
-                "dispatchers = [\"{dispatcher}\"{extra_dispatchers}]\n{replicas}connector_group = \"{group}\"\n\
+                "dispatchers = [\"{dispatcher}\"]\n{replicas}connector_group = \"{group}\"\n\
                  state_dir = \"{state}\"\ncapacity = {capacity}\nheartbeat_interval_ms = 1000\n\
                  insecure_plaintext = true\n{renew}{proxy}{tls}\n\
                  [directory]\nkind = \"ldap\"\n{servers}\nallow_plaintext = true\n\
@@ -453,11 +451,6 @@ impl Cluster {
                     ),
                     None => self.dispatcher.agent_url.clone(),
                 },
-                extra_dispatchers = over
-                    .extra_dispatchers
-                    .iter()
-                    .map(|url| format!(", \"{url}\""))
-                    .collect::<String>(),
                 replicas = match &self.options.dispatcher_replicas {
                     Some(replicas) => format!(
                         "dispatcher_name_servers = [\"{}\"]\ndispatcher_resolve_interval_s = 1\n",

@@ -433,13 +433,15 @@ echo "prepare: wrote $out and copied $(find "$run" -type f | wc -l) files"
 {{/* Probes: (dict "root" $ "component" "gateway"|"dispatcher" "kind" "readiness"|"liveness").
      The gateway's readiness follows whether a dispatcher and the store answer (`/readyz`, and
      the gRPC health of the server as a whole); its liveness only whether the process answers
-     (`/healthz`, the gRPC health service "liveness"), so a dispatcher outage never restarts it. */}}
+     (`/healthz`, the gRPC health service "liveness"), so a dispatcher outage never restarts it.
+     The dispatcher's readiness (gRPC, the server as a whole) follows its store; its liveness
+     asks the service "liveness", which stays serving, so a store outage never restarts it. */}}
 {{- define "passage.probeAction" -}}
 {{- $v := .root.Values -}}
 {{- $mode := $v.probes.mode -}}
 {{- if eq $mode "auto" -}}{{- $mode = ternary "grpc" "tls-auto" $v.insecurePlaintext -}}{{- end -}}
 {{- $grpcPort := ternary $v.gateway.ports.grpc $v.dispatcher.ports.agent (eq .component "gateway") -}}
-{{- $liveness := and (eq .component "gateway") (ne .kind "readiness") -}}
+{{- $liveness := ne .kind "readiness" -}}
 {{- if eq $mode "grpc" -}}
 grpc:
   port: {{ $grpcPort }}

@@ -118,8 +118,9 @@ impl Default for DispatcherConfig {
     }
 }
 
-/// Checks `store` every `every` until `stop`; while it does not answer, every reporter says
-/// NOT_SERVING (the server as a whole and its services).
+/// Checks `store` every `every` until `stop` (draining: the drain has said NOT_SERVING for
+/// good); while it does not answer, every reporter says NOT_SERVING (the server as a whole
+/// and its services; `liveness` stays serving).
 async fn watch_store(
     store: Store,
     reporters: Vec<tonic_health::server::HealthReporter>,
@@ -470,12 +471,20 @@ impl BoundDispatcher {
                 stopped(stop_rx.clone()),
             ));
         }
+        // Liveness for probes: serving as long as the process answers, whatever the store.
+        for reporter in [&agent_health_reporter, &api_health_reporter] {
+            reporter
+                .set_service_status("liveness", tonic_health::ServingStatus::Serving)
+                .await;
+        }
+        // Set when draining starts: readiness never comes back after that.
+        let (draining_tx, draining_rx) = tokio::sync::watch::channel(false);
         if let Some(store) = self.store.clone() {
             tokio::spawn(watch_store(
                 store,
                 vec![agent_health_reporter.clone(), api_health_reporter.clone()],
                 Duration::from_millis(config.readiness_interval_ms.max(100)),
-                stop_rx.clone(),
+                draining_rx,
             ));
         }
         let agent_router = passage_transport::plaintext_builder()
@@ -514,6 +523,7 @@ impl BoundDispatcher {
         let drain_timeout = Duration::from_millis(config.drain_timeout_ms);
         let drain = async move {
             shutdown.await;
+            let _ = draining_tx.send(true);
             tracing::info!("shutting down: draining agent streams");
             agent_health_reporter
                 .set_not_serving::<AgentTunnelServer<TunnelService>>()
