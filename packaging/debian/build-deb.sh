@@ -133,7 +133,8 @@ done
 
 # Reproducible: file times clamped to the last commit's.
 if [ -z "${SOURCE_DATE_EPOCH:-}" ]; then
-  SOURCE_DATE_EPOCH=$(git -C "$root" log -1 --format=%ct 2>/dev/null || date +%s)
+  # safe.directory: run as root (sudo) in a checkout another user owns, git would refuse it.
+  SOURCE_DATE_EPOCH=$(git -c safe.directory="$root" -C "$root" log -1 --format=%ct 2>/dev/null || date +%s)
   export SOURCE_DATE_EPOCH
 fi
 
