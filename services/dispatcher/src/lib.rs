@@ -150,25 +150,14 @@ async fn watch_store(
             true => tonic_health::ServingStatus::Serving,
             false => tonic_health::ServingStatus::NotServing,
         };
+        let services = [
+            "",
+            <DispatcherServer<RelayService> as tonic::server::NamedService>::NAME,
+            <AgentTunnelServer<TunnelService> as tonic::server::NamedService>::NAME,
+        ];
         for reporter in &reporters {
-            reporter.set_service_status("", status).await;
-            match now {
-                true => {
-                    reporter
-                        .set_serving::<DispatcherServer<RelayService>>()
-                        .await;
-                    reporter
-                        .set_serving::<AgentTunnelServer<TunnelService>>()
-                        .await;
-                }
-                false => {
-                    reporter
-                        .set_not_serving::<DispatcherServer<RelayService>>()
-                        .await;
-                    reporter
-                        .set_not_serving::<AgentTunnelServer<TunnelService>>()
-                        .await;
-                }
+            for service in services {
+                reporter.set_service_status(service, status).await;
             }
         }
     }
