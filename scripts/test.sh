@@ -10,7 +10,7 @@
 # and systemd for the agent's Debian package test (built, installed, its unit verified and run
 # under a private systemd); the chart tests' Python packages (the real Helm engine, kubernetes-validate) go in a
 # virtualenv under .tools/. Needs root or sudo for apt-get. Then: buf lint, cargo fmt --check,
-# cargo clippy -D warnings, cargo test --workspace, the agent's Debian package, the Helm chart
+# cargo clippy -D warnings, cargo build + cargo test --workspace, the agent's Debian package, the Helm chart
 # tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,14 +39,20 @@ fi
 echo "==> buf lint"
 .tools/node_modules/.bin/buf lint
 
+# A fresh CI clone gains nothing from incremental compilation, and it costs disk.
+if [ -n "${CI:-}" ]; then export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"; fi
+
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 
 echo "==> cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+echo "==> cargo build (the service binaries and every test, with the test build's features)"
+cargo build --workspace --all-targets --locked
+
 echo "==> cargo test"
-cargo test --workspace --locked
+PASSAGE_BIN_DIR="$PWD/target/debug" cargo test --workspace --locked
 
 echo "==> the agent's Debian package (packaging/tests)"
 as_root packaging/tests/test_deb.sh "$PWD/target/debug/passage-agent"

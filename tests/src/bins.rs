@@ -11,9 +11,30 @@ use std::{
 /// The directory holding `passage-agent`, `passage-dispatcher`, `passage-gateway` for the
 /// profile this test was built with. They are built once per test process; cargo makes that a
 /// no-op when they are fresh.
+///
+/// `PASSAGE_BIN_DIR` names a directory whose binaries are already built and used as they are:
+/// `scripts/test.sh` builds them with `cargo build --workspace --all-targets` first, so they
+/// share the test build's features and dependencies. (A `cargo build -p …` of the services
+/// alone resolves features differently and compiles some 130 dependencies a second time.)
 pub fn bin_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
+        if let Some(dir) = std::env::var_os("PASSAGE_BIN_DIR") {
+            let dir = PathBuf::from(dir);
+            for name in [
+                "passage-agent",
+                "passage-dispatcher",
+                "passage-gateway",
+                "passage",
+            ] {
+                assert!(
+                    dir.join(name).is_file(),
+                    "PASSAGE_BIN_DIR={} holds no {name}: build the binaries first",
+                    dir.display()
+                );
+            }
+            return dir;
+        }
         // target/<profile>/deps/<test binary> → target/<profile>
         let exe = std::env::current_exe().expect("current test executable");
         let dir = exe
