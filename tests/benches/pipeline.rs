@@ -10,7 +10,8 @@
 //!
 //! `PASSAGE_BENCH_SECONDS` (default 10) and `PASSAGE_BENCH_CONCURRENCY` (default 64) tune it;
 //! `PASSAGE_BENCH_STORE_ONLY=1` runs only the phases with and without smart lockout and the
-//! sign-in log; `PASSAGE_BENCH_DIRECTORY_ONLY=1` only the directory phases (one of two servers
+//! sign-in log (with `PASSAGE_PG_STATEMENTS=1`, PostgreSQL's costliest statements follow each
+//! PostgreSQL phase); `PASSAGE_BENCH_DIRECTORY_ONLY=1` only the directory phases (one of two servers
 //! down, groups by search, nested groups walked) against a reference with one server.
 //! On a CPU with AVX-512, `OPENSSL_ia32cap=~0x0:~0x00005842DC230000` makes aws-lc (in the
 //! benchmark and in every service it starts) take the code paths of a CPU without it, such
@@ -159,6 +160,10 @@ fn cpu_snapshot(cluster: &Cluster, agent: usize) -> Vec<(&'static str, Duration)
         (
             "load generator",
             passage_tests::bins::cpu_time_of(std::process::id()),
+        ),
+        (
+            "postgres",
+            cluster.postgres.as_ref().and_then(|pg| pg.cpu_time()),
         ),
     ];
     snapshot.retain(|(_, t)| t.is_some());
@@ -608,6 +613,13 @@ async fn store_phases(
         secure.enrol_agent().await;
         secure_phases
             .push(measured_phase(&secure, 0, name, users, concurrency, warmup, duration).await);
+        if let Some(top) = secure
+            .postgres
+            .as_ref()
+            .and_then(|pg| pg.top_statements(12))
+        {
+            println!("{name}: the statements PostgreSQL spent most time on\n{top}");
+        }
     }
 
     secure_phases

@@ -591,7 +591,7 @@ async fn two_gateway_replicas_on_one_postgresql_store_count_together() {
         ..ClusterOptions::default()
     })
     .await;
-    let (replica, channel) = cluster.start_gateway_replica("gateway-replica").await;
+    let (mut replica, channel) = cluster.start_gateway_replica("gateway-replica").await;
     let replicas = [cluster.gateway_client(), GatewayClient::new(channel)];
     let bob = default_users().remove(1);
     // Wrong passwords from one address, alternating between the replicas: the second locks the
@@ -643,7 +643,38 @@ async fn two_gateway_replicas_on_one_postgresql_store_count_together() {
     let (locked, failures) = directory_lockout(&cluster, &carol.dn()).await;
     assert!(!locked);
     assert_eq!(failures, 2);
-    drop(replica);
+
+    // A replica that stops writes the attempts it answered to the log first: one more
+    // through it, stopped at once, and the store holds it without waiting.
+    replicas[1]
+        .clone()
+        .sign_in(SignInRequest {
+            username: bob.upn.clone(),
+            password: "Guess-last".into(),
+            client_id: CLIENT_ID.into(),
+            client_ip: ATTACKER.into(),
+            offline_access: false,
+        })
+        .await
+        .expect_err("still locked out");
+    assert!(
+        replica
+            .process
+            .terminate(std::time::Duration::from_secs(20)),
+        "the replica stopped cleanly"
+    );
+    let bob_log = store
+        .signins(&passage_store::SigninFilter {
+            username: Some(bob.upn.clone()),
+            ..passage_store::SigninFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        bob_log.len(),
+        9,
+        "the stopped replica's last attempt is in the log"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

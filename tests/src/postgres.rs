@@ -34,6 +34,11 @@ fn bin_dir() -> PathBuf {
         .expect("PostgreSQL is missing: install the Debian package postgresql (the README's test command does)")
 }
 
+/// Whether `PASSAGE_PG_STATEMENTS` asks for statement statistics (`pg_stat_statements`).
+fn statement_statistics() -> bool {
+    std::env::var_os("PASSAGE_PG_STATEMENTS").is_some_and(|v| v == "1")
+}
+
 fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
@@ -99,6 +104,16 @@ impl Postgres {
             .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-k"])
             .arg(dir.path())
             .args(["-c", "fsync=off", "-c", "full_page_writes=off"])
+            .args(if statement_statistics() {
+                &[
+                    "-c",
+                    "shared_preload_libraries=pg_stat_statements",
+                    "-c",
+                    "pg_stat_statements.track_planning=on",
+                ][..]
+            } else {
+                &[]
+            })
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -119,7 +134,53 @@ impl Postgres {
         }
         // Listening is not accepting: wait until start-up recovery is over.
         std::thread::sleep(Duration::from_millis(200));
+        if statement_statistics() {
+            server.psql("CREATE EXTENSION pg_stat_statements");
+        }
         server
+    }
+
+    /// Runs `sql` with `psql` (unaligned output); panics with psql's error when it fails.
+    pub fn psql(&self, sql: &str) -> String {
+        let output = command(bin_dir().join("psql"))
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args([
+                "-U",
+                "passage",
+                "-d",
+                "postgres",
+                "-X",
+                "-A",
+                "-v",
+                "ON_ERROR_STOP=1",
+            ])
+            .args(["-c", sql])
+            .output()
+            .expect("running psql");
+        assert!(
+            output.status.success(),
+            "psql failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// With `PASSAGE_PG_STATEMENTS=1` (the server then loads `pg_stat_statements`): the `n`
+    /// statements that took the most server time since the last call, with their calls, rows
+    /// and mean time; `None` without it.
+    pub fn top_statements(&self, n: usize) -> Option<String> {
+        if !statement_statistics() {
+            return None;
+        }
+        let top = self.psql(&format!(
+            "SELECT calls, rows, round(total_exec_time::numeric, 1) AS total_ms, \
+             round(mean_exec_time::numeric, 3) AS mean_ms, \
+             round(total_plan_time::numeric, 1) AS plan_ms, \
+             left(regexp_replace(query, '\\s+', ' ', 'g'), 110) AS query \
+             FROM pg_stat_statements ORDER BY total_exec_time + total_plan_time DESC LIMIT {n}"
+        ));
+        self.psql("SELECT pg_stat_statements_reset()");
+        Some(top)
     }
 
     /// `postgres://passage@127.0.0.1:<port>/postgres`.
@@ -156,6 +217,26 @@ impl Postgres {
 }
 
 impl Postgres {
+    /// CPU time of the whole server so far: the postmaster, every process it started that is
+    /// still running (backends, writers, autovacuum), and those it has reaped.
+    pub fn cpu_time(&self) -> Option<std::time::Duration> {
+        let postmaster = self.child.id();
+        let mut total = crate::bins::cpu_time_of(postmaster)? + reaped_cpu_time(postmaster)?;
+        for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if parent_of(pid) == Some(postmaster) {
+                total += crate::bins::cpu_time_of(pid).unwrap_or_default();
+            }
+        }
+        Some(total)
+    }
+
     /// Stops the server at once (SIGQUIT: "immediate" shutdown, every connection dropped), as
     /// a crashed database would; waits until it has exited.
     pub fn stop_now(&mut self) {
@@ -183,4 +264,31 @@ impl Drop for Postgres {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Fields of `/proc/<pid>/stat` after the parenthesised command name (field 3 onwards).
+fn stat_fields(pid: u32) -> Option<Vec<u64>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    // Field 3 (the state) is a letter; keep the numbering by mapping it to 0.
+    Some(
+        rest.split_whitespace()
+            .map(|field| field.parse().unwrap_or(0))
+            .collect(),
+    )
+}
+
+/// The parent of `pid` (field 4).
+fn parent_of(pid: u32) -> Option<u32> {
+    stat_fields(pid)?
+        .get(1)
+        .and_then(|&p| u32::try_from(p).ok())
+}
+
+/// CPU time of the children `pid` has waited for (cutime and cstime, fields 16 and 17).
+fn reaped_cpu_time(pid: u32) -> Option<Duration> {
+    let fields = stat_fields(pid)?;
+    let ticks = fields.get(13)? + fields.get(14)?;
+    // USER_HZ is 100 on every Linux architecture Passage targets.
+    Some(Duration::from_millis(ticks * 10))
 }

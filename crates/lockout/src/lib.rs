@@ -35,7 +35,7 @@ use std::{
 
 pub use limits::{DirectoryPolicy, Limits, Refusal, Remembered};
 pub use passage_store::LockoutScope as Scope;
-use passage_store::{AttemptEnd, LockoutOp, Store, StoreError, UserCounters};
+use passage_store::{AttemptEnd, LockoutOp, Store, StoreError, UserCounters, batching::Batches};
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 
@@ -275,11 +275,12 @@ type Job = (
 );
 
 /// Sends lockout updates to the store in batches: each writer takes whatever queued up while
-/// its last batch ran and writes it with one multi-row statement per kind and scope (each
+/// its last batch ran — and, when it was busy a moment ago, what arrives within [`LINGER`]
+/// ([`passage_store::batching`]) — and writes its reservations and successes with one
+/// multi-row upsert per scope, the rest (failures, lockouts) with a statement each (each
 /// committing on its own; a batch that fails halfway leaves its first statements done, and
-/// every caller in it gets the error). Users are spread over the
-/// writers by their key, so one user's updates stay in order and two writers never wait on
-/// the same row.
+/// every caller in it gets the error). Users are spread over the writers by their key, so one
+/// user's updates stay in order and two writers never wait on the same row.
 #[derive(Debug, Clone)]
 struct Writer {
     shards: Arc<Vec<mpsc::Sender<Job>>>,
@@ -288,20 +289,29 @@ struct Writer {
 /// The most updates in one batch.
 const MAX_BATCH: usize = 256;
 
+/// How long a busy writer waits for more updates before it writes: a sign-in's two updates
+/// each wait up to this (plus the timer's millisecond granularity), and under a steady load
+/// a statement then carries several sign-ins instead of one (a round trip and a commit per
+/// statement are most of what the database spends).
+const LINGER: Duration = Duration::from_millis(2);
+
 impl Writer {
     fn start(store: &Store) -> Self {
-        // SQLite has one writer anyway; PostgreSQL takes several transactions at once.
+        // SQLite has one writer anyway; PostgreSQL takes a second transaction while one waits
+        // (on the network, or on a row another replica holds). More writers would only split
+        // the batches.
         let count = match store.backend() {
             passage_store::Backend::Sqlite => 1,
-            passage_store::Backend::Postgres => 4,
+            passage_store::Backend::Postgres => 2,
         };
         let shards = (0..count)
             .map(|_| {
-                let (tx, mut rx) = mpsc::channel::<Job>(4 * MAX_BATCH);
+                let (tx, rx) = mpsc::channel::<Job>(4 * MAX_BATCH);
                 let store = store.clone();
                 tokio::spawn(async move {
+                    let mut batches = Batches::new(rx, MAX_BATCH, LINGER);
                     let mut batch = Vec::with_capacity(MAX_BATCH);
-                    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+                    while batches.next(&mut batch).await {
                         let (ops, replies): (Vec<_>, Vec<_>) = batch.drain(..).unzip();
                         match store.run_lockout_ops(&ops).await {
                             Ok(results) => {
@@ -316,6 +326,7 @@ impl Writer {
                                 }
                             }
                         }
+                        batches.done();
                     }
                 });
                 tx

@@ -170,10 +170,10 @@ async fn run_op(
     op: &LockoutOp,
 ) -> Result<Option<UserCounters>, StoreError> {
     match op {
-        // Reservations and successes share the multi-row statements of a batch, one row here.
+        // Reservations and successes share the multi-row statement of a batch, one row here.
         LockoutOp::Reserve { scope, .. } => {
             let mut result = [None];
-            reserve_many(conn, *scope, std::slice::from_ref(op), &[0], &mut result).await?;
+            upsert_many(conn, *scope, std::slice::from_ref(op), &[0], &mut result).await?;
             Ok(result[0])
         }
         LockoutOp::Settle {
@@ -181,7 +181,7 @@ async fn run_op(
             end: AttemptEnd::Success,
             ..
         } => {
-            succeed_many(conn, *scope, std::slice::from_ref(op), &[0]).await?;
+            upsert_many(conn, *scope, std::slice::from_ref(op), &[0], &mut [None]).await?;
             Ok(None)
         }
         LockoutOp::Settle {
@@ -230,12 +230,19 @@ async fn run_op(
     }
 }
 
-/// Most users in one multi-row statement (3 parameters each).
+/// Most users in one multi-row statement (4 parameters each).
 const MAX_ROWS_PER_STATEMENT: usize = 256;
 
-/// The reservations `indexes` of `ops` (all in `scope`, each of another user, in the order of
-/// their users) in one upsert; their counters go to `results`.
-async fn reserve_many(
+/// The reservations and successes `indexes` of `ops` (all in `scope`, each of another user, in
+/// the order of their users) in one upsert; the counters after each reservation go to
+/// `results`.
+///
+/// A row's inserted `{scope}_pending` tells the two apart, and is what a user without a row
+/// starts with either way: 1 for a reservation (one attempt outstanding), 0 for a success
+/// (none). A success also clears both scopes' failures and lockouts. One statement whose
+/// rows are in user order takes its row locks in that order, so replicas writing batches
+/// that share users wait for each other and never deadlock.
+async fn upsert_many(
     conn: &mut sqlx::AnyConnection,
     scope: LockoutScope,
     ops: &[LockoutOp],
@@ -250,30 +257,48 @@ async fn reserve_many(
          {other}_locked_until, {other}_lockouts) VALUES "
     );
     for row in 0..indexes.len() {
-        let first = 2 + row * 3;
+        let first = 2 + row * 4;
         if row > 0 {
             sql.push_str(", ");
         }
         sql.push_str(&format!(
-            "(${first}, ${}, 1, ${}, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)",
+            "(${first}, ${}, ${}, ${}, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)",
             first + 1,
-            first + 2
+            first + 2,
+            first + 3
         ));
     }
+    let reserving = format!("excluded.{name}_pending = 1");
+    let succeeded = format!("excluded.{name}_pending = 0");
+    let cleared = |column: &str| {
+        format!("{column} = CASE WHEN {succeeded} THEN 0 ELSE lockout_users.{column} END")
+    };
     sql.push_str(&format!(
         " ON CONFLICT (tenant_id, user_key) DO UPDATE SET \
-         {name}_pending = CASE WHEN lockout_users.{name}_pending_until <= $1 THEN 1 \
-         ELSE lockout_users.{name}_pending + 1 END, \
-         {name}_pending_until = CASE WHEN lockout_users.{name}_pending_until > \
-         excluded.{name}_pending_until THEN lockout_users.{name}_pending_until \
-         ELSE excluded.{name}_pending_until END \
-         RETURNING tenant_id, user_key, {COUNTER_COLUMNS}"
+         {name}_pending = CASE WHEN {reserving} THEN \
+             CASE WHEN lockout_users.{name}_pending_until <= $1 THEN 1 \
+             ELSE lockout_users.{name}_pending + 1 END \
+         ELSE \
+             CASE WHEN lockout_users.{name}_pending > 0 AND lockout_users.{name}_pending_until > $1 \
+             THEN lockout_users.{name}_pending - 1 ELSE 0 END \
+         END, \
+         {name}_pending_until = CASE WHEN {reserving} AND excluded.{name}_pending_until > \
+         lockout_users.{name}_pending_until THEN excluded.{name}_pending_until \
+         ELSE lockout_users.{name}_pending_until END, \
+         {}, {}, {}, {}, {} \
+         RETURNING tenant_id, user_key, {COUNTER_COLUMNS}",
+        cleared("familiar_failures"),
+        cleared("unfamiliar_failures"),
+        cleared("familiar_lockouts"),
+        cleared("unfamiliar_lockouts"),
+        cleared("familiar_standing"),
     ));
     let now = indexes
         .iter()
         .map(|&i| match &ops[i] {
-            LockoutOp::Reserve { now, .. } => *now,
-            _ => 0,
+            LockoutOp::Reserve { now, .. }
+            | LockoutOp::Settle { now, .. }
+            | LockoutOp::LockOut { now, .. } => *now,
         })
         .max()
         .unwrap_or(0);
@@ -281,73 +306,28 @@ async fn reserve_many(
     // placeholders; every value is bound.
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
     for &index in indexes {
-        if let LockoutOp::Reserve {
-            tenant,
-            user_key,
-            until,
-            ..
-        } = &ops[index]
-        {
-            query = query
-                .bind(tenant.clone())
-                .bind(user_key.clone())
-                .bind(*until);
-        }
+        let (tenant, user_key) = ops[index].user();
+        let (pending, until) = match &ops[index] {
+            LockoutOp::Reserve { until, .. } => (1_i64, *until),
+            _ => (0, 0),
+        };
+        query = query
+            .bind(tenant.to_owned())
+            .bind(user_key.to_owned())
+            .bind(pending)
+            .bind(until);
     }
     let rows = query.fetch_all(&mut *conn).await?;
     for row in rows {
         let tenant: String = row.try_get(0)?;
         let user_key: String = row.try_get(1)?;
-        let counters = counters_from_row_at(&row, 2)?;
-        if let Some(&index) = indexes
-            .iter()
-            .find(|&&i| ops[i].user() == (tenant.as_str(), user_key.as_str()))
-        {
-            results[index] = Some(counters);
+        if let Some(&index) = indexes.iter().find(|&&i| {
+            matches!(ops[i], LockoutOp::Reserve { .. })
+                && ops[i].user() == (tenant.as_str(), user_key.as_str())
+        }) {
+            results[index] = Some(counters_from_row_at(&row, 2)?);
         }
     }
-    Ok(())
-}
-
-/// The successes `indexes` of `ops` (all in `scope`, each of another user, in the order of
-/// their users) in one update.
-async fn succeed_many(
-    conn: &mut sqlx::AnyConnection,
-    scope: LockoutScope,
-    ops: &[LockoutOp],
-    indexes: &[usize],
-) -> Result<(), StoreError> {
-    let name = scope.as_str();
-    let mut sql = format!(
-        "UPDATE lockout_users SET {name}_pending = CASE WHEN {name}_pending > 0 \
-         AND {name}_pending_until > $1 THEN {name}_pending - 1 ELSE 0 END, \
-         familiar_failures = 0, unfamiliar_failures = 0, familiar_lockouts = 0, \
-         unfamiliar_lockouts = 0, familiar_standing = 0 \
-         WHERE (tenant_id, user_key) IN (VALUES "
-    );
-    for row in 0..indexes.len() {
-        let first = 2 + row * 2;
-        if row > 0 {
-            sql.push_str(", ");
-        }
-        sql.push_str(&format!("(${first}, ${})", first + 1));
-    }
-    sql.push(')');
-    let now = indexes
-        .iter()
-        .map(|&i| match &ops[i] {
-            LockoutOp::Settle { now, .. } => *now,
-            _ => 0,
-        })
-        .max()
-        .unwrap_or(0);
-    // Audited: as in `reserve_many`.
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
-    for &index in indexes {
-        let (tenant, user_key) = ops[index].user();
-        query = query.bind(tenant.to_owned()).bind(user_key.to_owned());
-    }
-    query.execute(&mut *conn).await?;
     Ok(())
 }
 
@@ -542,8 +522,8 @@ impl Store {
         run_op(&mut conn, &op).await
     }
 
-    /// Runs many lockout updates (of many sign-ins) with few statements: the reservations of
-    /// each scope in one multi-row upsert, the successes of each scope in one update, the rest
+    /// Runs many lockout updates (of many sign-ins) with few statements: the reservations and
+    /// successes of each scope in one multi-row upsert, the rest
     /// (failures, lockouts: rare) one by one. A user with several updates in the batch has them
     /// run in the order given, one round each. Rows are always taken in the order of their
     /// users, so replicas doing the same never wait on each other in a cycle. Returns each
@@ -569,25 +549,21 @@ impl Store {
         for mut round in rounds {
             round.sort_by(|&a, &b| ops[a].user().cmp(&ops[b].user()));
             for scope in [LockoutScope::Familiar, LockoutScope::Unfamiliar] {
-                let reserves: Vec<usize> = round
+                let upserts: Vec<usize> = round
                     .iter()
                     .copied()
-                    .filter(
-                        |&i| matches!(&ops[i], LockoutOp::Reserve { scope: s, .. } if *s == scope),
-                    )
-                    .collect();
-                for chunk in reserves.chunks(MAX_ROWS_PER_STATEMENT) {
-                    reserve_many(&mut conn, scope, ops, chunk, &mut results).await?;
-                }
-                let successes: Vec<usize> = round
-                    .iter()
-                    .copied()
-                    .filter(|&i| {
-                        matches!(&ops[i], LockoutOp::Settle { scope: s, end: AttemptEnd::Success, .. } if *s == scope)
+                    .filter(|&i| match &ops[i] {
+                        LockoutOp::Reserve { scope: s, .. }
+                        | LockoutOp::Settle {
+                            scope: s,
+                            end: AttemptEnd::Success,
+                            ..
+                        } => *s == scope,
+                        _ => false,
                     })
                     .collect();
-                for chunk in successes.chunks(MAX_ROWS_PER_STATEMENT) {
-                    succeed_many(&mut conn, scope, ops, chunk).await?;
+                for chunk in upserts.chunks(MAX_ROWS_PER_STATEMENT) {
+                    upsert_many(&mut conn, scope, ops, chunk, &mut results).await?;
                 }
             }
             for &index in &round {

@@ -933,6 +933,14 @@ impl SignInService {
             .await
     }
 
+    /// Waits (up to `timeout`) until the sign-in log holds every attempt answered so far: a
+    /// stopping gateway calls it once its calls have finished.
+    pub async fn flush_log(&self, timeout: Duration) {
+        if let Some(log) = &self.signin_log {
+            log.flush(timeout).await;
+        }
+    }
+
     /// Whether users may change their password here.
     pub fn password_writeback(&self) -> bool {
         self.password_writeback

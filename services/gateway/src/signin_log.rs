@@ -1,44 +1,92 @@
 //! The sign-in log's writer: attempts are queued and written to the store in batches (one
-//! transaction, so one disk sync, for many), off the sign-in's own path.
+//! transaction, so one disk sync, for many), off the sign-in's own path. It always waits up to
+//! [`LINGER`] for more entries before it writes: entries land in the store that much later,
+//! and under load a transaction carries hundreds of them instead of a few.
 //!
 //! The queue is bounded; when it is full a sign-in waits for room rather than losing its
-//! entry (an audit log that drops entries under load is no audit log).
+//! entry (an audit log that drops entries under load is no audit log). For the same reason a
+//! gateway that stops writes what is queued first ([`SigninLog::flush`]).
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
-use passage_store::{SigninEntry, Store};
-use tokio::sync::mpsc;
+use passage_store::{SigninEntry, Store, batching::Batches};
+use tokio::sync::{Notify, mpsc};
 
 /// Entries queued at most.
 const QUEUE: usize = 10_000;
 /// Entries written in one transaction at most.
 const BATCH: usize = 500;
+/// How long the writer waits for more entries after the first of a batch.
+const LINGER: Duration = Duration::from_millis(50);
 
 /// A handle on the writer.
 #[derive(Debug, Clone)]
 pub struct SigninLog {
     queue: mpsc::Sender<SigninEntry>,
+    unwritten: Arc<Unwritten>,
+}
+
+/// Entries recorded and not yet in the store, and a wake-up for whoever waits for none.
+#[derive(Debug, Default)]
+struct Unwritten {
+    count: AtomicUsize,
+    written: Notify,
 }
 
 impl SigninLog {
     /// Starts the writer over `store`.
     pub fn start(store: Store) -> Self {
         let (queue, entries) = mpsc::channel(QUEUE);
-        tokio::spawn(write(store, entries));
-        Self { queue }
+        let unwritten = Arc::new(Unwritten::default());
+        tokio::spawn(write(store, entries, Arc::clone(&unwritten)));
+        Self { queue, unwritten }
     }
 
     /// Queues `entry` (waiting for room when the queue is full).
     pub async fn record(&self, entry: SigninEntry) {
+        self.unwritten.count.fetch_add(1, Ordering::SeqCst);
         if self.queue.send(entry).await.is_err() {
+            self.unwritten.count.fetch_sub(1, Ordering::SeqCst);
             tracing::error!("the sign-in log writer has stopped; an attempt was not recorded");
         }
     }
+
+    /// Waits until every entry recorded so far is in the store, or `timeout` has passed;
+    /// `false` (and an error logged, with how many are missing) in the second case.
+    pub async fn flush(&self, timeout: Duration) -> bool {
+        let all_written = async {
+            loop {
+                let written = self.unwritten.written.notified();
+                tokio::pin!(written);
+                written.as_mut().enable();
+                if self.unwritten.count.load(Ordering::SeqCst) == 0 {
+                    return;
+                }
+                written.await;
+            }
+        };
+        if tokio::time::timeout(timeout, all_written).await.is_ok() {
+            return true;
+        }
+        let missing = self.unwritten.count.load(Ordering::SeqCst);
+        tracing::error!(
+            missing,
+            "stopping with sign-in log entries the store has not taken"
+        );
+        false
+    }
 }
 
-async fn write(store: Store, mut entries: mpsc::Receiver<SigninEntry>) {
+async fn write(store: Store, entries: mpsc::Receiver<SigninEntry>, unwritten: Arc<Unwritten>) {
+    let mut batches = Batches::new(entries, BATCH, LINGER).always_lingering();
     let mut batch = Vec::with_capacity(BATCH);
-    while entries.recv_many(&mut batch, BATCH).await > 0 {
+    while batches.next(&mut batch).await {
         // A failed write is retried (the entries are kept) rather than lost.
         let mut delay = Duration::from_millis(100);
         while let Err(err) = store.log_signins(&batch).await {
@@ -46,6 +94,9 @@ async fn write(store: Store, mut entries: mpsc::Receiver<SigninEntry>) {
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(10));
         }
+        unwritten.count.fetch_sub(batch.len(), Ordering::SeqCst);
+        unwritten.written.notify_waiters();
         batch.clear();
+        batches.done();
     }
 }

@@ -1,0 +1,150 @@
+//! How the store's background writers (smart lockout's counters, the sign-in log) gather work
+//! into batches: one statement for many sign-ins costs the database about what one statement
+//! for one costs, and most of a statement's cost is its round trip, not its rows.
+//!
+//! A writer that takes only what is queued when it looks writes batches of one or two under a
+//! steady load — each write is quick, so little queues behind it — and pays a round trip per
+//! sign-in. [`Batches`] therefore lingers: when the writer was busy a moment ago (it finished
+//! its last batch less than the linger time before new work arrived), it waits up to the
+//! linger time for more before handing the batch over. An idle writer does not wait, so a
+//! lone sign-in pays nothing for it.
+
+use std::time::Duration;
+
+use tokio::{sync::mpsc, time::Instant};
+
+/// Batches taken from a queue, lingering under load (see the module's documentation).
+#[derive(Debug)]
+pub struct Batches<T> {
+    queue: mpsc::Receiver<T>,
+    most: usize,
+    linger: Duration,
+    always_linger: bool,
+    last_done: Option<Instant>,
+}
+
+impl<T> Batches<T> {
+    /// Batches of at most `most` items from `queue`, lingering up to `linger` under load.
+    pub fn new(queue: mpsc::Receiver<T>, most: usize, linger: Duration) -> Self {
+        Self {
+            queue,
+            most: most.max(1),
+            linger,
+            always_linger: false,
+            last_done: None,
+        }
+    }
+
+    /// Lingers before every batch, busy or not (for writers off every caller's path, such as
+    /// an audit log, where a moment's delay costs nobody anything).
+    pub fn always_lingering(mut self) -> Self {
+        self.always_linger = true;
+        self
+    }
+
+    /// Waits for the next batch and moves it into `batch` (which should be empty); `false`
+    /// once the queue is closed and drained. Call [`Batches::done`] when it is written.
+    pub async fn next(&mut self, batch: &mut Vec<T>) -> bool {
+        if self.queue.recv_many(batch, self.most).await == 0 {
+            return false;
+        }
+        let busy = self
+            .last_done
+            .is_some_and(|done| done.elapsed() < self.linger);
+        if (busy || self.always_linger) && !self.linger.is_zero() {
+            let until = Instant::now() + self.linger;
+            while batch.len() < self.most {
+                let room = self.most - batch.len();
+                match tokio::time::timeout_at(until, self.queue.recv_many(batch, room)).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        }
+        true
+    }
+
+    /// Marks the batch last taken as written (the start of the "busy a moment ago" window).
+    pub fn done(&mut self) {
+        self.last_done = Some(Instant::now());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_writer_takes_what_is_there_at_once() {
+        let (tx, rx) = mpsc::channel(16);
+        let mut batches = Batches::new(rx, 8, Duration::from_millis(5));
+        tx.send(1).await.unwrap();
+        let started = Instant::now();
+        let mut batch = Vec::new();
+        assert!(batches.next(&mut batch).await);
+        assert_eq!(batch, [1]);
+        assert_eq!(started.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_writer_lingers_for_more_up_to_its_linger_time() {
+        let (tx, rx) = mpsc::channel(16);
+        let mut batches = Batches::new(rx, 8, Duration::from_millis(5));
+        let mut batch = Vec::new();
+        tx.send(0).await.unwrap();
+        assert!(batches.next(&mut batch).await);
+        batches.done();
+        batch.clear();
+
+        // Work arrives right after the last batch was written: the writer waits for more.
+        tx.send(1).await.unwrap();
+        let sender = tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            sender.send(2).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            sender.send(3).await.unwrap();
+        });
+        let started = Instant::now();
+        assert!(batches.next(&mut batch).await);
+        assert_eq!(batch, [1, 2], "the item 10 ms later is not waited for");
+        assert_eq!(started.elapsed(), Duration::from_millis(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_batch_goes_at_once_and_the_rest_waits_for_the_next() {
+        let (tx, rx) = mpsc::channel(16);
+        let mut batches = Batches::new(rx, 2, Duration::from_millis(5)).always_lingering();
+        for item in 0..3 {
+            tx.send(item).await.unwrap();
+        }
+        let started = Instant::now();
+        let mut batch = Vec::new();
+        assert!(batches.next(&mut batch).await);
+        assert_eq!(batch, [0, 1]);
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        batch.clear();
+        drop(tx);
+        assert!(batches.next(&mut batch).await);
+        assert_eq!(batch, [2]);
+        batch.clear();
+        assert!(!batches.next(&mut batch).await, "closed and drained");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_always_lingering_writer_waits_even_when_idle() {
+        let (tx, rx) = mpsc::channel(16);
+        let mut batches = Batches::new(rx, 8, Duration::from_millis(50)).always_lingering();
+        tx.send(1).await.unwrap();
+        let sender = tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            sender.send(2).await.unwrap();
+        });
+        let started = Instant::now();
+        let mut batch = Vec::new();
+        assert!(batches.next(&mut batch).await);
+        assert_eq!(batch, [1, 2]);
+        assert_eq!(started.elapsed(), Duration::from_millis(50));
+    }
+}
