@@ -284,11 +284,24 @@ impl Drop for Process {
 
 /// CPU time (user + system) of process `pid` from `/proc/<pid>/stat` (Linux; `None` elsewhere).
 pub fn cpu_time_of(pid: u32) -> Option<Duration> {
+    let fields = proc_stat(pid)?;
+    // utime and stime are fields 14 and 15.
+    Some(clock_ticks(fields.get(11)? + fields.get(12)?))
+}
+
+/// The numeric fields of `/proc/<pid>/stat` after the parenthesised command name: index 0 is
+/// field 3 (the state, a letter, read as 0), so field N is at index N − 3.
+pub fn proc_stat(pid: u32) -> Option<Vec<u64>> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
     let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    // USER_HZ is 100 on every Linux architecture Passage targets.
-    Some(Duration::from_millis(ticks * 10))
+    Some(
+        rest.split_whitespace()
+            .map(|field| field.parse().unwrap_or(0))
+            .collect(),
+    )
+}
+
+/// `ticks` of the kernel's clock (USER_HZ, 100 on every Linux architecture Passage targets).
+pub fn clock_ticks(ticks: u64) -> Duration {
+    Duration::from_millis(ticks * 10)
 }

@@ -142,24 +142,39 @@ impl Postgres {
 
     /// Runs `sql` with `psql` (unaligned output); panics with psql's error when it fails.
     pub fn psql(&self, sql: &str) -> String {
-        let output = command(bin_dir().join("psql"))
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
-            .args([
-                "-U",
-                "passage",
+        self.client(
+            "psql",
+            &[
                 "-d",
                 "postgres",
                 "-X",
                 "-A",
                 "-v",
                 "ON_ERROR_STOP=1",
+                "-c",
+                sql,
+            ],
+        )
+    }
+
+    /// Runs the client `program` (`psql`, `pg_dump`) against this server as `passage` with
+    /// `args`; its output, or a panic with its error when it fails.
+    fn client(&self, program: &str, args: &[&str]) -> String {
+        let output = command(bin_dir().join(program))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "passage",
             ])
-            .args(["-c", sql])
+            .args(args)
             .output()
-            .expect("running psql");
+            .unwrap_or_else(|e| panic!("running {program}: {e}"));
         assert!(
             output.status.success(),
-            "psql failed: {}",
+            "{program} failed: {}",
             String::from_utf8_lossy(&output.stderr)
         );
         String::from_utf8_lossy(&output.stdout).into_owned()
@@ -195,24 +210,7 @@ impl Postgres {
 
     /// `pg_dump` of the whole database as SQL text (to check what is stored, and what is not).
     pub fn dump(&self) -> String {
-        let output = command(bin_dir().join("pg_dump"))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "passage",
-                "postgres",
-            ])
-            .output()
-            .expect("running pg_dump");
-        assert!(
-            output.status.success(),
-            "pg_dump failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).into_owned()
+        self.client("pg_dump", &["postgres"])
     }
 }
 
@@ -266,29 +264,15 @@ impl Drop for Postgres {
     }
 }
 
-/// Fields of `/proc/<pid>/stat` after the parenthesised command name (field 3 onwards).
-fn stat_fields(pid: u32) -> Option<Vec<u64>> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 2..];
-    // Field 3 (the state) is a letter; keep the numbering by mapping it to 0.
-    Some(
-        rest.split_whitespace()
-            .map(|field| field.parse().unwrap_or(0))
-            .collect(),
-    )
-}
-
 /// The parent of `pid` (field 4).
 fn parent_of(pid: u32) -> Option<u32> {
-    stat_fields(pid)?
+    crate::bins::proc_stat(pid)?
         .get(1)
         .and_then(|&p| u32::try_from(p).ok())
 }
 
 /// CPU time of the children `pid` has waited for (cutime and cstime, fields 16 and 17).
 fn reaped_cpu_time(pid: u32) -> Option<Duration> {
-    let fields = stat_fields(pid)?;
-    let ticks = fields.get(13)? + fields.get(14)?;
-    // USER_HZ is 100 on every Linux architecture Passage targets.
-    Some(Duration::from_millis(ticks * 10))
+    let fields = crate::bins::proc_stat(pid)?;
+    Some(crate::bins::clock_ticks(fields.get(13)? + fields.get(14)?))
 }
