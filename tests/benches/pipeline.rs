@@ -10,8 +10,8 @@
 //!
 //! `PASSAGE_BENCH_SECONDS` (default 10) and `PASSAGE_BENCH_CONCURRENCY` (default 64) tune it;
 //! `PASSAGE_BENCH_STORE_ONLY=1` runs only the phases with and without smart lockout and the
-//! sign-in log (with `PASSAGE_PG_STATEMENTS=1`, PostgreSQL's costliest statements follow each
-//! PostgreSQL phase); `PASSAGE_BENCH_DIRECTORY_ONLY=1` only the directory phases (one of two servers
+//! sign-in log, which take turns in `PASSAGE_BENCH_ROUNDS` rounds (default 4; with
+//! `PASSAGE_PG_STATEMENTS=1`, PostgreSQL's costliest statements follow the PostgreSQL pair); `PASSAGE_BENCH_DIRECTORY_ONLY=1` only the directory phases (one of two servers
 //! down, groups by search, nested groups walked) against a reference with one server.
 //! On a CPU with AVX-512, `OPENSSL_ia32cap=~0x0:~0x00005842DC230000` makes aws-lc (in the
 //! benchmark and in every service it starts) take the code paths of a CPU without it, such
@@ -581,7 +581,11 @@ async fn measured_phase(
 }
 
 /// The production-trust phases: smart lockout and the sign-in log on and off, on SQLite and
-/// on PostgreSQL, each a fresh deployment.
+/// on PostgreSQL, each a deployment of its own. The two deployments of a store run side by
+/// side and take turns (`PASSAGE_BENCH_ROUNDS` rounds, default 4, of `duration / rounds`
+/// each, in the order on, off, off, on, …), so that a machine whose speed drifts during the
+/// run (a neighbour's load on shared cores moves these figures by 10–20 % within minutes)
+/// weighs on both alike; each round's pair is printed, then their sums.
 async fn store_phases(
     options: &ClusterOptions,
     users: &Arc<Vec<TestUser>>,
@@ -589,40 +593,105 @@ async fn store_phases(
     warmup: Duration,
     duration: Duration,
 ) -> Vec<Phase> {
-    // Enrolled (hybrid) agent, mutual TLS agent → dispatcher and gateway → dispatcher, TLS
-    // client → gateway.
-    let mut secure_phases = Vec::new();
-    for (name, postgres, on) in [
-        ("v2, TLS, SQLite, lockout+log", false, true),
-        ("v2, TLS, SQLite, no lockout/log", false, false),
-        ("v2, TLS, PostgreSQL, lockout+log", true, true),
-        ("v2, TLS, PostgreSQL, no lockout/log", true, false),
-    ] {
-        let mut secure = Cluster::start(ClusterOptions {
-            agents: 0,
-            enrolment: true,
-            postgres,
-            gateway_config: if on {
-                String::new()
-            } else {
-                "lockout = { enabled = false }\nsignin_log_days = 0\n".into()
-            },
-            ..options.clone()
-        })
-        .await;
-        secure.enrol_agent().await;
-        secure_phases
-            .push(measured_phase(&secure, 0, name, users, concurrency, warmup, duration).await);
-        if let Some(top) = secure
-            .postgres
-            .as_ref()
-            .and_then(|pg| pg.top_statements(12))
-        {
-            println!("{name}: the statements PostgreSQL spent most time on\n{top}");
+    let rounds = env_or("PASSAGE_BENCH_ROUNDS", 4).max(1) as u32;
+    let slice = (duration / rounds).max(Duration::from_secs(1));
+    let mut phases = Vec::new();
+    for (store, postgres) in [("SQLite", false), ("PostgreSQL", true)] {
+        let names = if postgres {
+            [
+                "v2, TLS, PostgreSQL, lockout+log",
+                "v2, TLS, PostgreSQL, no lockout/log",
+            ]
+        } else {
+            [
+                "v2, TLS, SQLite, lockout+log",
+                "v2, TLS, SQLite, no lockout/log",
+            ]
+        };
+        // Enrolled (hybrid) agent, mutual TLS agent → dispatcher and gateway → dispatcher,
+        // TLS client → gateway.
+        let mut clusters = Vec::new();
+        for on in [true, false] {
+            let mut cluster = Cluster::start(ClusterOptions {
+                agents: 0,
+                enrolment: true,
+                postgres,
+                gateway_config: if on {
+                    String::new()
+                } else {
+                    "lockout = { enabled = false }\nsignin_log_days = 0\n".into()
+                },
+                ..options.clone()
+            })
+            .await;
+            cluster.enrol_agent().await;
+            clusters.push(cluster);
+        }
+        let mut slices: [Vec<Phase>; 2] = [Vec::new(), Vec::new()];
+        for round in 0..rounds {
+            let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+            for which in order {
+                let phase = measured_phase(
+                    &clusters[which],
+                    0,
+                    names[which],
+                    users,
+                    concurrency,
+                    warmup,
+                    slice,
+                )
+                .await;
+                slices[which].push(phase);
+            }
+            let (on, off) = (
+                slices[0].last().expect("measured").0.per_second(),
+                slices[1].last().expect("measured").0.per_second(),
+            );
+            println!(
+                "{store}, round {}: lockout+log {on:.0}/s, without {off:.0}/s ({:.1}% lost)",
+                round + 1,
+                (1.0 - on / off) * 100.0
+            );
+        }
+        for (name, cluster) in names.iter().zip(&clusters) {
+            if let Some(top) = cluster
+                .postgres
+                .as_ref()
+                .and_then(|pg| pg.top_statements(12))
+            {
+                println!("{name}: the statements PostgreSQL spent most time on\n{top}");
+            }
+        }
+        let [on, off] = slices;
+        phases.push(merged(on));
+        phases.push(merged(off));
+    }
+    phases
+}
+
+/// The phases of one deployment as one: operations, latencies, wall time and each process's
+/// CPU time added up.
+fn merged(phases: Vec<Phase>) -> Phase {
+    let mut phases = phases.into_iter();
+    let (mut report, mut before, mut after) = phases.next().expect("at least one phase");
+    // One snapshot pair holding the sum of every phase's CPU time.
+    for ((_, b), (_, a)) in before.iter_mut().zip(after.iter_mut()) {
+        *a -= *b;
+        *b = Duration::ZERO;
+    }
+    for (next, next_before, next_after) in phases {
+        report.ops += next.ops;
+        report.all_ops += next.all_ops;
+        report.errors += next.errors;
+        report.elapsed += next.elapsed;
+        report.wall += next.wall;
+        report.latencies.extend(next.latencies);
+        for (((_, sum), (_, b)), (_, a)) in after.iter_mut().zip(&next_before).zip(&next_after) {
+            *sum += *a - *b;
         }
     }
-
-    secure_phases
+    report.latencies.sort_unstable();
+    (report, before, after)
 }
 
 /// Each store's throughput with lockout and the log against without.

@@ -265,8 +265,13 @@ async fn sign_in_then_lose_its_agent(
     attempt
 }
 
-/// Waits until the cloud lockout of `username` in `scope` (if any) has ended.
-async fn wait_out_lockout(store: &Store, username: &str, scope: passage_store::LockoutScope) {
+/// Waits (up to 30 s) until `username`'s counters in the store are as `expected` says.
+async fn counters_when(
+    store: &Store,
+    username: &str,
+    what: &str,
+    expected: impl Fn(&passage_store::UserCounters) -> bool,
+) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         let counters = store
@@ -274,13 +279,23 @@ async fn wait_out_lockout(store: &Store, username: &str, scope: passage_store::L
             .await
             .unwrap()
             .counters;
-        let until = counters.scope(scope).locked_until;
-        if passage_pki::unix_now() >= until {
+        if expected(&counters) {
             return;
         }
-        assert!(std::time::Instant::now() < deadline, "lockout never ended");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never true: {what}: {counters:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+}
+
+/// Waits until the cloud lockout of `username` in `scope` (if any) has ended.
+async fn wait_out_lockout(store: &Store, username: &str, scope: passage_store::LockoutScope) {
+    counters_when(store, username, "the lockout ended", |c| {
+        passage_pki::unix_now() >= c.scope(scope).locked_until
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -336,15 +351,14 @@ async fn attacks_at_once_or_across_cloud_lockouts_never_reach_the_directorys_thr
         .await
         .expect("alice at home after her lockout");
     assert_eq!(directory_lockout(&cluster, &alice.dn()).await, (false, 0));
-    let counters = store
-        .lockout_state("default", &alice.upn.to_lowercase(), None, 0)
-        .await
-        .unwrap()
-        .counters;
-    assert_eq!(
-        (counters.familiar.failures, counters.unfamiliar.failures),
-        (0, 0)
-    );
+    // The success's counts are written just after the answer (nothing waits for them).
+    counters_when(
+        &store,
+        &alice.upn,
+        "the success started her counts again",
+        |c| (c.familiar.failures, c.unfamiliar.failures) == (0, 0),
+    )
+    .await;
 
     // Bob fails four times at home: his own lockout, after which his own count starts again.
     // slapd still holds all four, so an attacker elsewhere gets nothing through.
@@ -759,22 +773,13 @@ async fn an_attempt_its_caller_abandons_is_still_counted() {
     cluster.slapd.resume();
     // The sign-in went on without its caller: the wrong password reached slapd and is counted.
     let store = Store::open(&cluster.store_url()).await.unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    loop {
-        let counters = store
-            .lockout_state("default", &alice.upn.to_lowercase(), None, 0)
-            .await
-            .unwrap()
-            .counters;
-        if counters.unfamiliar.failures == 1 && counters.unfamiliar.pending == 0 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the abandoned attempt was never counted: {counters:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    counters_when(
+        &store,
+        &alice.upn,
+        "the abandoned attempt is counted",
+        |c| c.unfamiliar.failures == 1 && c.unfamiliar.pending == 0,
+    )
+    .await;
     assert_eq!(directory_lockout(&cluster, &alice.dn()).await, (false, 1));
 }
 

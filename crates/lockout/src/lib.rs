@@ -35,7 +35,10 @@ use std::{
 
 pub use limits::{DirectoryPolicy, Limits, Refusal, Remembered};
 pub use passage_store::LockoutScope as Scope;
-use passage_store::{AttemptEnd, LockoutOp, Store, StoreError, UserCounters, batching::Batches};
+use passage_store::{
+    AttemptEnd, LockoutOp, Store, StoreError, UserCounters,
+    batching::{Batches, Outstanding},
+};
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 
@@ -268,89 +271,111 @@ pub enum Settled {
     LockedOut(i64),
 }
 
-/// One update waiting for its batch, and where its result goes.
+/// One update waiting for its batch, and where its result goes (nowhere: nobody waits for it,
+/// see [`Writer::submit`]).
 type Job = (
     LockoutOp,
-    oneshot::Sender<Result<Option<UserCounters>, String>>,
+    Option<oneshot::Sender<Result<Option<UserCounters>, String>>>,
 );
 
-/// Sends lockout updates to the store in batches: each writer takes whatever queued up while
-/// its last batch ran — and, when it was busy a moment ago, what arrives within [`LINGER`]
-/// ([`passage_store::batching`]) — and writes its reservations and successes with one
-/// multi-row upsert per scope, the rest (failures, lockouts) with a statement each (each
+/// Sends lockout updates to the store in batches: one writer takes whatever queued up while
+/// its last batch ran — and, on PostgreSQL, when it was busy a moment ago, what arrives within
+/// [`LINGER`] ([`passage_store::batching`]) — and writes its reservations and successes with
+/// one multi-row upsert per scope, the rest (failures, lockouts) with a statement each (each
 /// committing on its own; a batch that fails halfway leaves its first statements done, and
-/// every caller in it gets the error). Users are spread over the writers by their key, so one
-/// user's updates stay in order and two writers never wait on the same row.
+/// every caller in it gets the error). One writer keeps each user's updates in order.
 #[derive(Debug, Clone)]
 struct Writer {
-    shards: Arc<Vec<mpsc::Sender<Job>>>,
+    queue: mpsc::Sender<Job>,
+    /// Updates submitted without waiting and not written yet.
+    unwritten: Arc<Outstanding>,
 }
 
 /// The most updates in one batch.
 const MAX_BATCH: usize = 256;
 
-/// How long a busy writer waits for more updates before it writes: a sign-in's two updates
-/// each wait up to this (plus the timer's millisecond granularity), and under a steady load
-/// a statement then carries several sign-ins instead of one (a round trip and a commit per
-/// statement are most of what the database spends).
+/// How long a busy PostgreSQL writer waits for more updates before it writes: a sign-in's
+/// reservation waits up to this (plus the timer's millisecond granularity), and under a
+/// steady load a statement then carries several sign-ins instead of one (a round trip and a
+/// commit per statement are most of what the database spends).
 const LINGER: Duration = Duration::from_millis(2);
 
 impl Writer {
     fn start(store: &Store) -> Self {
-        // SQLite has one writer anyway; PostgreSQL takes a second transaction while one waits
-        // (on the network, or on a row another replica holds). More writers would only split
-        // the batches.
-        let count = match store.backend() {
-            passage_store::Backend::Sqlite => 1,
-            passage_store::Backend::Postgres => 2,
+        // One writer on either store. SQLite has one writer anyway, and runs in this process:
+        // a statement costs mostly its rows, so it writes at once — lingering there only made
+        // every sign-in wait. On PostgreSQL a statement costs mostly its round trip and
+        // commit: the writer lingers when busy, and a second writer only split the batches
+        // (measured: the server's CPU per sign-in ~95 µs with two writers, ~67 µs with one;
+        // docs/benchmarks.md).
+        let linger = match store.backend() {
+            passage_store::Backend::Sqlite => Duration::ZERO,
+            passage_store::Backend::Postgres => LINGER,
         };
-        let shards = (0..count)
-            .map(|_| {
-                let (tx, rx) = mpsc::channel::<Job>(4 * MAX_BATCH);
-                let store = store.clone();
-                tokio::spawn(async move {
-                    let mut batches = Batches::new(rx, MAX_BATCH, LINGER);
-                    let mut batch = Vec::with_capacity(MAX_BATCH);
-                    while batches.next(&mut batch).await {
-                        let (ops, replies): (Vec<_>, Vec<_>) = batch.drain(..).unzip();
-                        match store.run_lockout_ops(&ops).await {
-                            Ok(results) => {
-                                for (reply, result) in replies.into_iter().zip(results) {
-                                    let _ = reply.send(Ok(result));
-                                }
-                            }
-                            Err(err) => {
-                                let message = err.to_string();
-                                for reply in replies {
-                                    let _ = reply.send(Err(message.clone()));
-                                }
+        let unwritten = Arc::new(Outstanding::default());
+        let (queue, rx) = mpsc::channel::<Job>(4 * MAX_BATCH);
+        let store = store.clone();
+        let written = Arc::clone(&unwritten);
+        tokio::spawn(async move {
+            let mut batches = Batches::new(rx, MAX_BATCH, linger);
+            let mut batch = Vec::with_capacity(MAX_BATCH);
+            while batches.next(&mut batch).await {
+                let (ops, replies): (Vec<_>, Vec<_>) = batch.drain(..).unzip();
+                let unawaited = replies.iter().filter(|reply| reply.is_none()).count();
+                match store.run_lockout_ops(&ops).await {
+                    Ok(results) => {
+                        for (reply, result) in replies.into_iter().zip(results) {
+                            if let Some(reply) = reply {
+                                let _ = reply.send(Ok(result));
                             }
                         }
-                        batches.done();
                     }
-                });
-                tx
-            })
-            .collect();
-        Self {
-            shards: Arc::new(shards),
-        }
+                    Err(err) => {
+                        if unawaited > 0 {
+                            tracing::error!(error = %err, updates = unawaited, "smart lockout: the store failed; successful sign-ins' counts were not started again");
+                        }
+                        let message = err.to_string();
+                        for reply in replies.into_iter().flatten() {
+                            let _ = reply.send(Err(message.clone()));
+                        }
+                    }
+                }
+                written.written(unawaited);
+                batches.done();
+            }
+        });
+        Self { queue, unwritten }
     }
 
+    /// Runs `op` in a batch and returns its result.
     async fn run(&self, op: LockoutOp) -> Result<Option<UserCounters>, StoreError> {
-        use std::hash::{Hash, Hasher};
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        op.user().hash(&mut hasher);
-        let shard = &self.shards[hasher.finish() as usize % self.shards.len()];
         let (reply, result) = oneshot::channel();
-        shard
-            .send((op, reply))
+        self.queue
+            .send((op, Some(reply)))
             .await
             .map_err(|_| StoreError::Batch("the lockout writer stopped".into()))?;
         result
             .await
             .map_err(|_| StoreError::Batch("the lockout writer stopped".into()))?
             .map_err(StoreError::Batch)
+    }
+
+    /// Queues `op` for a batch without waiting for it to be written (it still runs before
+    /// any later update of the same user: one writer, in order); a failure is logged.
+    /// [`Writer::flush`] waits for such updates.
+    async fn submit(&self, op: LockoutOp) -> Result<(), StoreError> {
+        self.unwritten.add(1);
+        if self.queue.send((op, None)).await.is_err() {
+            self.unwritten.written(1);
+            return Err(StoreError::Batch("the lockout writer stopped".into()));
+        }
+        Ok(())
+    }
+
+    /// Waits until every update submitted so far is written, or `timeout` has passed (then
+    /// `Err` with how many are not).
+    async fn flush(&self, timeout: Duration) -> Result<(), usize> {
+        self.unwritten.wait_for_none(timeout).await
     }
 }
 
@@ -599,8 +624,10 @@ impl SmartLockout {
         } = ticket;
         let failures = match outcome {
             Outcome::Success { remember_network } => {
+                // Nothing here depends on its result, so the sign-in does not wait for it to
+                // be written; the user's next update queues behind it.
                 self.writer
-                    .run(LockoutOp::Settle {
+                    .submit(LockoutOp::Settle {
                         tenant: tenant.to_owned(),
                         user_key: key.clone(),
                         scope,
@@ -715,8 +742,26 @@ impl SmartLockout {
         Ok(())
     }
 
-    /// The user's counters as the store holds them (for operators and tests).
+    /// Waits until every update this replica queued without waiting (successful sign-ins'
+    /// counts) is in the store, or `timeout` has passed: `false` (and an error logged, with how
+    /// many are missing) in the second case. A stopping gateway calls it.
+    pub async fn flush(&self, timeout: Duration) -> bool {
+        match self.writer.flush(timeout).await {
+            Ok(()) => true,
+            Err(missing) => {
+                tracing::error!(
+                    missing,
+                    "smart lockout: stopping with successful sign-ins' counts the store has not taken"
+                );
+                false
+            }
+        }
+    }
+
+    /// The user's counters as the store holds them (for operators and tests), once this
+    /// replica's queued updates are written (for up to the attempt timeout).
     pub async fn counters(&self, tenant: &str, username: &str) -> Result<UserCounters, StoreError> {
+        let _ = self.writer.flush(self.attempt_timeout).await;
         Ok(self
             .store
             .lockout_state(tenant, &user_key(username), None, 0)
@@ -864,6 +909,49 @@ mod tests {
                     .unwrap(),
             ),
         }
+    }
+
+    #[tokio::test]
+    async fn a_success_is_written_in_the_background_and_a_flush_waits_for_it() {
+        let (lockout, _dir) = lockout(LockoutConfig::default()).await;
+        let limits = lockout.limits_for("corp", None, 1);
+        let away = ip("198.51.100.9");
+        let now = 1_000_000;
+        let wrong = Outcome::Failures(1);
+        assert_eq!(
+            attempt(&lockout, &limits, "alice@x", away, wrong, now).await,
+            Some(Settled::Counted)
+        );
+        let Admission::Admitted(ticket) = lockout
+            .admit("t", "alice@x", away, &limits, now + 1)
+            .await
+            .unwrap()
+        else {
+            panic!("admitted");
+        };
+        let success = Outcome::Success {
+            remember_network: false,
+        };
+        assert_eq!(
+            lockout
+                .settle("t", ticket, away, success, now + 1)
+                .await
+                .unwrap(),
+            Settled::Nothing
+        );
+        assert!(lockout.flush(Duration::from_secs(5)).await);
+        // Read from the store itself, not through `counters` (which flushes too).
+        let stored = lockout
+            .store
+            .lockout_state("t", "alice@x", None, 0)
+            .await
+            .unwrap()
+            .counters;
+        assert_eq!(
+            (stored.unfamiliar.failures, stored.unfamiliar.pending),
+            (0, 0),
+            "{stored:?}"
+        );
     }
 
     #[tokio::test]

@@ -8,10 +8,19 @@
 //! its last batch less than the linger time before new work arrived), it waits up to the
 //! linger time for more before handing the batch over. An idle writer does not wait, so a
 //! lone sign-in pays nothing for it.
+//!
+//! Work whose caller does not wait for it (the sign-in log, a successful sign-in's counters)
+//! is counted in [`Outstanding`] until written, so that a stopping process writes it first.
 
-use std::time::Duration;
+use std::{
+    sync::atomic::{AtomicUsize, Ordering},
+    time::Duration,
+};
 
-use tokio::{sync::mpsc, time::Instant};
+use tokio::{
+    sync::{Notify, mpsc},
+    time::Instant,
+};
 
 /// Batches taken from a queue, lingering under load (see the module's documentation).
 #[derive(Debug)]
@@ -67,6 +76,51 @@ impl<T> Batches<T> {
     /// Marks the batch last taken as written (the start of the "busy a moment ago" window).
     pub fn done(&mut self) {
         self.last_done = Some(Instant::now());
+    }
+}
+
+/// Work handed to a background writer and not written yet, with a wake-up for whoever waits
+/// until there is none (a stopping process; a reader that must see every write made so far).
+#[derive(Debug, Default)]
+pub struct Outstanding {
+    count: AtomicUsize,
+    written: Notify,
+}
+
+impl Outstanding {
+    /// `n` more items handed over.
+    pub fn add(&self, n: usize) {
+        self.count.fetch_add(n, Ordering::SeqCst);
+    }
+
+    /// `n` items written (or given up on).
+    pub fn written(&self, n: usize) {
+        self.count.fetch_sub(n, Ordering::SeqCst);
+        self.written.notify_waiters();
+    }
+
+    /// How many are not written yet.
+    pub fn count(&self) -> usize {
+        self.count.load(Ordering::SeqCst)
+    }
+
+    /// Waits until every item handed over so far is written; `Err` with how many are still
+    /// missing once `timeout` has passed.
+    pub async fn wait_for_none(&self, timeout: Duration) -> Result<(), usize> {
+        let none = async {
+            loop {
+                let written = self.written.notified();
+                tokio::pin!(written);
+                written.as_mut().enable();
+                if self.count() == 0 {
+                    return;
+                }
+                written.await;
+            }
+        };
+        tokio::time::timeout(timeout, none)
+            .await
+            .map_err(|_| self.count())
     }
 }
 
@@ -146,5 +200,29 @@ mod tests {
         assert!(batches.next(&mut batch).await);
         assert_eq!(batch, [1, 2]);
         assert_eq!(started.elapsed(), Duration::from_millis(50));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_for_none_ends_when_the_last_item_is_written_or_says_how_many_are_missing() {
+        let outstanding = std::sync::Arc::new(Outstanding::default());
+        assert_eq!(outstanding.wait_for_none(Duration::ZERO).await, Ok(()));
+        outstanding.add(3);
+        let writer = std::sync::Arc::clone(&outstanding);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            writer.written(2);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            writer.written(1);
+        });
+        assert_eq!(
+            outstanding.wait_for_none(Duration::from_millis(15)).await,
+            Err(1)
+        );
+        let started = Instant::now();
+        assert_eq!(
+            outstanding.wait_for_none(Duration::from_secs(1)).await,
+            Ok(())
+        );
+        assert_eq!(started.elapsed(), Duration::from_millis(5));
     }
 }

@@ -812,8 +812,9 @@ impl BoundGateway {
             let _ = stop_tx.send(true);
         });
         let (grpc, ()) = tokio::join!(grpc, http);
-        // Every call has finished: what they logged goes to the store before the process ends.
-        signin.flush_log(Duration::from_secs(10)).await;
+        // Every call has finished: what they left to write goes to the store before the
+        // process ends.
+        signin.flush_writes(Duration::from_secs(10)).await;
         grpc.map_err(|err| GatewayError::Config(err.to_string()))?;
         Ok(())
     }

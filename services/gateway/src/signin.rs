@@ -933,12 +933,21 @@ impl SignInService {
             .await
     }
 
-    /// Waits (up to `timeout`) until the sign-in log holds every attempt answered so far: a
+    /// Waits (up to `timeout`) until the store holds what every sign-in answered so far left
+    /// to be written in the background (its sign-in log entry, a success's lockout counts): a
     /// stopping gateway calls it once its calls have finished.
-    pub async fn flush_log(&self, timeout: Duration) {
-        if let Some(log) = &self.signin_log {
-            log.flush(timeout).await;
-        }
+    pub async fn flush_writes(&self, timeout: Duration) {
+        let log = async {
+            if let Some(log) = &self.signin_log {
+                log.flush(timeout).await;
+            }
+        };
+        let lockout = async {
+            if let Some(lockout) = &self.lockout {
+                lockout.flush(timeout).await;
+            }
+        };
+        tokio::join!(log, lockout);
     }
 
     /// Whether users may change their password here.

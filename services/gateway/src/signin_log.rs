@@ -7,16 +7,13 @@
 //! entry (an audit log that drops entries under load is no audit log). For the same reason a
 //! gateway that stops writes what is queued first ([`SigninLog::flush`]).
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
-use passage_store::{SigninEntry, Store, batching::Batches};
-use tokio::sync::{Notify, mpsc};
+use passage_store::{
+    SigninEntry, Store,
+    batching::{Batches, Outstanding},
+};
+use tokio::sync::mpsc;
 
 /// Entries queued at most.
 const QUEUE: usize = 10_000;
@@ -29,30 +26,24 @@ const LINGER: Duration = Duration::from_millis(50);
 #[derive(Debug, Clone)]
 pub struct SigninLog {
     queue: mpsc::Sender<SigninEntry>,
-    unwritten: Arc<Unwritten>,
-}
-
-/// Entries recorded and not yet in the store, and a wake-up for whoever waits for none.
-#[derive(Debug, Default)]
-struct Unwritten {
-    count: AtomicUsize,
-    written: Notify,
+    /// Entries recorded and not yet in the store.
+    unwritten: Arc<Outstanding>,
 }
 
 impl SigninLog {
     /// Starts the writer over `store`.
     pub fn start(store: Store) -> Self {
         let (queue, entries) = mpsc::channel(QUEUE);
-        let unwritten = Arc::new(Unwritten::default());
+        let unwritten = Arc::new(Outstanding::default());
         tokio::spawn(write(store, entries, Arc::clone(&unwritten)));
         Self { queue, unwritten }
     }
 
     /// Queues `entry` (waiting for room when the queue is full).
     pub async fn record(&self, entry: SigninEntry) {
-        self.unwritten.count.fetch_add(1, Ordering::SeqCst);
+        self.unwritten.add(1);
         if self.queue.send(entry).await.is_err() {
-            self.unwritten.count.fetch_sub(1, Ordering::SeqCst);
+            self.unwritten.written(1);
             tracing::error!("the sign-in log writer has stopped; an attempt was not recorded");
         }
     }
@@ -60,30 +51,20 @@ impl SigninLog {
     /// Waits until every entry recorded so far is in the store, or `timeout` has passed;
     /// `false` (and an error logged, with how many are missing) in the second case.
     pub async fn flush(&self, timeout: Duration) -> bool {
-        let all_written = async {
-            loop {
-                let written = self.unwritten.written.notified();
-                tokio::pin!(written);
-                written.as_mut().enable();
-                if self.unwritten.count.load(Ordering::SeqCst) == 0 {
-                    return;
-                }
-                written.await;
+        match self.unwritten.wait_for_none(timeout).await {
+            Ok(()) => true,
+            Err(missing) => {
+                tracing::error!(
+                    missing,
+                    "stopping with sign-in log entries the store has not taken"
+                );
+                false
             }
-        };
-        if tokio::time::timeout(timeout, all_written).await.is_ok() {
-            return true;
         }
-        let missing = self.unwritten.count.load(Ordering::SeqCst);
-        tracing::error!(
-            missing,
-            "stopping with sign-in log entries the store has not taken"
-        );
-        false
     }
 }
 
-async fn write(store: Store, entries: mpsc::Receiver<SigninEntry>, unwritten: Arc<Unwritten>) {
+async fn write(store: Store, entries: mpsc::Receiver<SigninEntry>, unwritten: Arc<Outstanding>) {
     let mut batches = Batches::new(entries, BATCH, LINGER).always_lingering();
     let mut batch = Vec::with_capacity(BATCH);
     while batches.next(&mut batch).await {
@@ -94,8 +75,7 @@ async fn write(store: Store, entries: mpsc::Receiver<SigninEntry>, unwritten: Ar
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(10));
         }
-        unwritten.count.fetch_sub(batch.len(), Ordering::SeqCst);
-        unwritten.written.notify_waiters();
+        unwritten.written(batch.len());
         batch.clear();
         batches.done();
     }
