@@ -104,8 +104,9 @@ impl Outstanding {
         self.count.load(Ordering::SeqCst)
     }
 
-    /// Waits until every item handed over so far is written; `Err` with how many are still
-    /// missing once `timeout` has passed.
+    /// Waits until no item is outstanding — items handed over while it waits count too, so
+    /// under a steady stream it may only end at the timeout (meant for a stopping process, or
+    /// a quiet moment); `Err` with how many are still missing once `timeout` has passed.
     pub async fn wait_for_none(&self, timeout: Duration) -> Result<(), usize> {
         let none = async {
             loop {
