@@ -284,24 +284,41 @@ impl Drop for Process {
 
 /// CPU time (user + system) of process `pid` from `/proc/<pid>/stat` (Linux; `None` elsewhere).
 pub fn cpu_time_of(pid: u32) -> Option<Duration> {
-    let fields = proc_stat(pid)?;
-    // utime and stime are fields 14 and 15.
-    Some(clock_ticks(fields.get(11)? + fields.get(12)?))
+    Some(proc_stat(pid)?.cpu)
 }
 
-/// The numeric fields of `/proc/<pid>/stat` after the parenthesised command name: index 0 is
-/// field 3 (the state, a letter, read as 0), so field N is at index N − 3.
-pub fn proc_stat(pid: u32) -> Option<Vec<u64>> {
+/// What `/proc/<pid>/stat` says of a process, read once.
+#[derive(Debug, Clone, Copy)]
+pub struct ProcStat {
+    /// Its parent's pid.
+    pub parent: u32,
+    /// Its own CPU time, user + system.
+    pub cpu: Duration,
+    /// The CPU time of the children it has waited for, user + system.
+    pub reaped_cpu: Duration,
+}
+
+/// `/proc/<pid>/stat` of `pid` (Linux; `None` elsewhere, or once it has exited).
+pub fn proc_stat(pid: u32) -> Option<ProcStat> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the parenthesised command name: index 0 is field 3 (the state, a
+    // letter, read as 0), so field N is at index N − 3.
     let rest = &stat[stat.rfind(')')? + 2..];
-    Some(
-        rest.split_whitespace()
-            .map(|field| field.parse().unwrap_or(0))
-            .collect(),
-    )
-}
-
-/// `ticks` of the kernel's clock (USER_HZ, 100 on every Linux architecture Passage targets).
-pub fn clock_ticks(ticks: u64) -> Duration {
-    Duration::from_millis(ticks * 10)
+    let fields: Vec<u64> = rest
+        .split_whitespace()
+        .map(|field| field.parse().unwrap_or(0))
+        .collect();
+    // USER_HZ is 100 on every Linux architecture Passage targets.
+    let ticks = |first: usize| -> Option<Duration> {
+        Some(Duration::from_millis(
+            (fields.get(first)? + fields.get(first + 1)?) * 10,
+        ))
+    };
+    Some(ProcStat {
+        // ppid: field 4.
+        parent: u32::try_from(*fields.get(1)?).ok()?,
+        // utime, stime: fields 14 and 15; cutime, cstime: 16 and 17.
+        cpu: ticks(11)?,
+        reaped_cpu: ticks(13)?,
+    })
 }

@@ -219,17 +219,19 @@ impl Postgres {
     /// still running (backends, writers, autovacuum), and those it has reaped.
     pub fn cpu_time(&self) -> Option<std::time::Duration> {
         let postmaster = self.child.id();
-        let mut total = crate::bins::cpu_time_of(postmaster)? + reaped_cpu_time(postmaster)?;
+        let own = crate::bins::proc_stat(postmaster)?;
+        let mut total = own.cpu + own.reaped_cpu;
         for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-            let Some(pid) = entry
+            let Some(stat) = entry
                 .file_name()
                 .to_str()
                 .and_then(|n| n.parse::<u32>().ok())
+                .and_then(crate::bins::proc_stat)
             else {
                 continue;
             };
-            if parent_of(pid) == Some(postmaster) {
-                total += crate::bins::cpu_time_of(pid).unwrap_or_default();
+            if stat.parent == postmaster {
+                total += stat.cpu;
             }
         }
         Some(total)
@@ -262,17 +264,4 @@ impl Drop for Postgres {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// The parent of `pid` (field 4).
-fn parent_of(pid: u32) -> Option<u32> {
-    crate::bins::proc_stat(pid)?
-        .get(1)
-        .and_then(|&p| u32::try_from(p).ok())
-}
-
-/// CPU time of the children `pid` has waited for (cutime and cstime, fields 16 and 17).
-fn reaped_cpu_time(pid: u32) -> Option<Duration> {
-    let fields = crate::bins::proc_stat(pid)?;
-    Some(crate::bins::clock_ticks(fields.get(13)? + fields.get(14)?))
 }

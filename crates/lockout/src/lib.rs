@@ -362,7 +362,7 @@ impl Writer {
 
     /// Queues `op` for a batch without waiting for it to be written (it still runs before
     /// any later update of the same user: one writer, in order); a failure is logged.
-    /// [`Writer::flush`] waits for such updates.
+    /// [`SmartLockout::flush`] waits for such updates.
     async fn submit(&self, op: LockoutOp) -> Result<(), StoreError> {
         // Room first, then counted and sent at once: a caller dropped while waiting for room
         // leaves nothing counted that will never be written.
@@ -374,12 +374,6 @@ impl Writer {
         self.unwritten.add(1);
         permit.send((op, None));
         Ok(())
-    }
-
-    /// Waits until every update submitted so far is written, or `timeout` has passed (then
-    /// `Err` with how many are not).
-    async fn flush(&self, timeout: Duration) -> Result<(), usize> {
-        self.unwritten.wait_for_none(timeout).await
     }
 }
 
@@ -751,22 +745,20 @@ impl SmartLockout {
     /// counts) is in the store, or `timeout` has passed: `false` (and an error logged, with how
     /// many are missing) in the second case. A stopping gateway calls it.
     pub async fn flush(&self, timeout: Duration) -> bool {
-        match self.writer.flush(timeout).await {
-            Ok(()) => true,
-            Err(missing) => {
-                tracing::error!(
-                    missing,
-                    "smart lockout: stopping with successful sign-ins' counts the store has not taken"
-                );
-                false
-            }
-        }
+        self.writer
+            .unwritten
+            .flush(timeout, "successful sign-ins' lockout counts")
+            .await
     }
 
     /// The user's counters as the store holds them (for operators and tests), once this
     /// replica's queued updates are written (for up to the attempt timeout).
     pub async fn counters(&self, tenant: &str, username: &str) -> Result<UserCounters, StoreError> {
-        let _ = self.writer.flush(self.attempt_timeout).await;
+        let _ = self
+            .writer
+            .unwritten
+            .wait_for_none(self.attempt_timeout)
+            .await;
         Ok(self
             .store
             .lockout_state(tenant, &user_key(username), None, 0)

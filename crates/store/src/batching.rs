@@ -123,6 +123,19 @@ impl Outstanding {
             .await
             .map_err(|_| self.count())
     }
+
+    /// [`Outstanding::wait_for_none`] for a stopping process: `false`, and an error logged
+    /// saying how many of `what` (say, "sign-in log entries") are lost, once `timeout` has
+    /// passed.
+    pub async fn flush(&self, timeout: Duration, what: &str) -> bool {
+        match self.wait_for_none(timeout).await {
+            Ok(()) => true,
+            Err(missing) => {
+                tracing::error!(missing, "stopping with {what} the store has not taken");
+                false
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -57,16 +57,7 @@ impl SigninLog {
     /// Waits until every entry recorded so far is in the store, or `timeout` has passed;
     /// `false` (and an error logged, with how many are missing) in the second case.
     pub async fn flush(&self, timeout: Duration) -> bool {
-        match self.unwritten.wait_for_none(timeout).await {
-            Ok(()) => true,
-            Err(missing) => {
-                tracing::error!(
-                    missing,
-                    "stopping with sign-in log entries the store has not taken"
-                );
-                false
-            }
-        }
+        self.unwritten.flush(timeout, "sign-in log entries").await
     }
 }
 
