@@ -11,7 +11,8 @@
 //! `PASSAGE_BENCH_SECONDS` (default 10) and `PASSAGE_BENCH_CONCURRENCY` (default 64) tune it;
 //! `PASSAGE_BENCH_STORE_ONLY=1` runs only the phases with and without smart lockout and the
 //! sign-in log, which take turns in `PASSAGE_BENCH_ROUNDS` rounds (default 4; with
-//! `PASSAGE_PG_STATEMENTS=1`, PostgreSQL's costliest statements follow the PostgreSQL pair);
+//! `PASSAGE_PG_STATEMENTS=1`, PostgreSQL's costliest statements follow the PostgreSQL pair;
+//! `PASSAGE_BENCH_STORES=sqlite` or `=postgresql` measures one store's pair only);
 //! `PASSAGE_BENCH_DIRECTORY_ONLY=1` only the directory phases (one of two servers down, groups
 //! by search, nested groups walked) against a reference with one server.
 //! On a CPU with AVX-512, `OPENSSL_ia32cap=~0x0:~0x00005842DC230000` makes aws-lc (in the
@@ -597,8 +598,12 @@ async fn store_phases(
 ) -> Vec<Phase> {
     let rounds = env_or("PASSAGE_BENCH_ROUNDS", 4).max(1) as u32;
     let slice = (duration / rounds).max(Duration::from_secs(1));
+    let only = std::env::var("PASSAGE_BENCH_STORES").unwrap_or_default();
     let mut phases = Vec::new();
     for (store, postgres) in [("SQLite", false), ("PostgreSQL", true)] {
+        if !only.is_empty() && !store.eq_ignore_ascii_case(&only) {
+            continue;
+        }
         let names = if postgres {
             [
                 "v2, TLS, PostgreSQL, lockout+log",

@@ -649,7 +649,10 @@ async fn lockout_and_signin_log(store: &Store) {
         settle("erin@x", Unfamiliar, failures(1)),
         reserve("gina@x", Unfamiliar),
     ];
-    let results = store.run_lockout_ops(&ops).await.unwrap();
+    let results = store
+        .run_lockout_ops(&mut Default::default(), &ops)
+        .await
+        .unwrap();
     assert_eq!(results[0].unwrap().unfamiliar.pending, 1);
     assert_eq!(results[1].unwrap().familiar.pending, 1);
     assert_eq!(
@@ -668,6 +671,70 @@ async fn lockout_and_signin_log(store: &Store) {
         .counters
         .familiar;
     assert_eq!(frank.pending, 0, "reserved, then settled in the same batch");
+
+    // Users whose keys need quoting wherever a batch's rows travel as text (PostgreSQL's
+    // arrays), on one connection kept from batch to batch as the gateway's writer keeps it:
+    // each answer reaches its own op, and the successes settle the same rows.
+    let awkward = [
+        r#"quote"d@x"#,
+        r"back\slash@x",
+        "comma,brace}{@x",
+        "NULL",
+        "  spaced  @x",
+        "ünïcödé@x",
+        "",
+    ];
+    let mut held = passage_store::batching::WriterConnection::default();
+    let scope_of = |n: usize| {
+        if n.is_multiple_of(2) {
+            Familiar
+        } else {
+            Unfamiliar
+        }
+    };
+    let stored = async |user: &str| {
+        let state = store.lockout_state("t", user, None, 0).await.unwrap();
+        state.counters
+    };
+    let ops: Vec<_> = awkward
+        .iter()
+        .enumerate()
+        .map(|(n, user)| reserve(user, scope_of(n)))
+        .collect();
+    let results = store.run_lockout_ops(&mut held, &ops).await.unwrap();
+    for (n, (user, result)) in awkward.iter().zip(&results).enumerate() {
+        let counters = result.expect("a reservation answers");
+        let (own, other) = if n.is_multiple_of(2) {
+            (counters.familiar, counters.unfamiliar)
+        } else {
+            (counters.unfamiliar, counters.familiar)
+        };
+        assert_eq!((own.pending, other.pending), (1, 0), "{user:?}");
+        assert_eq!(own.pending_until, now + 50, "{user:?}");
+        assert_eq!(
+            stored(user).await,
+            counters,
+            "{user:?}: the answer is the user's own row"
+        );
+    }
+    let ops: Vec<_> = awkward
+        .iter()
+        .enumerate()
+        .map(|(n, user)| settle(user, scope_of(n), AttemptEnd::Success))
+        .collect();
+    let results = store.run_lockout_ops(&mut held, &ops).await.unwrap();
+    assert!(
+        results.iter().all(Option::is_none),
+        "successes answer nothing"
+    );
+    for user in awkward {
+        let stored = stored(user).await;
+        assert_eq!(
+            (stored.familiar.pending, stored.unfamiliar.pending),
+            (0, 0),
+            "{user:?}"
+        );
+    }
 
     // Familiar networks: bounded, most recent kept, expiring.
     for n in 0..5 {
@@ -793,7 +860,10 @@ async fn lockout_and_signin_log(store: &Store) {
             ..Default::default()
         })
         .collect();
-    store.log_signins(&batch).await.unwrap();
+    store
+        .log_signins(&mut Default::default(), &batch)
+        .await
+        .unwrap();
     let logged = store
         .signins(&passage_store::SigninFilter {
             tenant: Some("batch".into()),

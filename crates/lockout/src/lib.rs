@@ -37,7 +37,7 @@ pub use limits::{DirectoryPolicy, Limits, Refusal, Remembered};
 pub use passage_store::LockoutScope as Scope;
 use passage_store::{
     AttemptEnd, LockoutOp, Store, StoreError, UserCounters,
-    batching::{Batches, Outstanding},
+    batching::{Batches, Outstanding, WriterConnection},
 };
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
@@ -319,10 +319,11 @@ impl Writer {
         tokio::spawn(async move {
             let mut batches = Batches::new(rx, MAX_BATCH, linger);
             let mut batch = Vec::with_capacity(MAX_BATCH);
+            let mut conn = WriterConnection::default();
             while batches.next(&mut batch).await {
                 let (ops, replies): (Vec<_>, Vec<_>) = batch.drain(..).unzip();
                 let unawaited = replies.iter().filter(|reply| reply.is_none()).count();
-                match store.run_lockout_ops(&ops).await {
+                match store.run_lockout_ops(&mut conn, &ops).await {
                     Ok(results) => {
                         for (reply, result) in replies.into_iter().zip(results) {
                             if let Some(reply) = reply {

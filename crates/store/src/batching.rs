@@ -11,16 +11,23 @@
 //!
 //! Work whose caller does not wait for it (the sign-in log, a successful sign-in's counters)
 //! is counted in [`Outstanding`] until written, so that a stopping process writes it first.
+//!
+//! A writer keeps its database connection between batches ([`WriterConnection`]): taking one
+//! from the pool and giving it back costs a round trip each (the pool checks the connection
+//! both ways), more than a batch's own statement on PostgreSQL.
 
 use std::{
     sync::atomic::{AtomicUsize, Ordering},
     time::Duration,
 };
 
+use sqlx::{Any, AnyPool, pool::PoolConnection};
 use tokio::{
     sync::{Notify, mpsc},
     time::Instant,
 };
+
+use crate::StoreError;
 
 /// Batches taken from a queue, lingering under load (see the module's documentation).
 #[derive(Debug)]
@@ -133,6 +140,57 @@ impl Outstanding {
             Err(missing) => {
                 tracing::error!(missing, "stopping with {what} the store has not taken");
                 false
+            }
+        }
+    }
+}
+
+/// A connection a background writer keeps from one batch to the next on PostgreSQL, taken
+/// from the store's pool when first needed. After an error it is closed, not kept (it may be
+/// what failed: a database restarted), and after [`WriterConnection::IDLE`] without use it
+/// goes back to the pool: the next batch takes one the pool has checked. Dropping it gives it
+/// back. On SQLite every batch gives it back: there the pool's one connection is every
+/// writer's.
+#[derive(Debug, Default)]
+pub struct WriterConnection {
+    held: Option<(PoolConnection<Any>, Instant)>,
+}
+
+impl WriterConnection {
+    /// How long a connection is kept unused before it goes back to the pool.
+    pub const IDLE: Duration = Duration::from_secs(5);
+
+    /// The held connection, taken from `pool` if there is none (or it idled too long).
+    pub(crate) async fn get(
+        &mut self,
+        pool: &AnyPool,
+    ) -> Result<&mut PoolConnection<Any>, StoreError> {
+        if self
+            .held
+            .as_ref()
+            .is_some_and(|(_, used)| used.elapsed() >= Self::IDLE)
+        {
+            // Back to the pool, which checks it before anyone takes it again.
+            self.held = None;
+        }
+        let conn = match self.held.take() {
+            Some((conn, _)) => conn,
+            None => pool.acquire().await?,
+        };
+        let (conn, _) = self.held.insert((conn, Instant::now()));
+        Ok(conn)
+    }
+
+    /// After a batch: keeps the connection if `kept` and the batch succeeded, closes it if
+    /// the batch failed, and otherwise gives it back to the pool.
+    pub(crate) fn done<T, E>(&mut self, result: &Result<T, E>, kept: bool) {
+        match result {
+            Ok(_) if kept => {}
+            Ok(_) => self.held = None,
+            Err(_) => {
+                if let Some((mut conn, _)) = self.held.take() {
+                    conn.close_on_drop();
+                }
             }
         }
     }

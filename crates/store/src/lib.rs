@@ -12,6 +12,8 @@
 //! password, and never an enrolment token, a code or a refresh token itself.
 
 pub mod batching;
+
+use batching::WriterConnection;
 pub mod key_encryption;
 pub mod lockout;
 pub mod mfa;
@@ -102,7 +104,7 @@ pub enum TokenRefusal {
 }
 
 /// Which database a store runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Backend {
     /// An embedded SQLite file.
     Sqlite,
@@ -1129,20 +1131,39 @@ impl Store {
 }
 
 impl Store {
-    /// Records sign-in attempts in one transaction (one disk sync for many), with one
-    /// multi-row statement per [`SIGNIN_ROWS_PER_STATEMENT`] entries.
-    pub async fn log_signins(&self, entries: &[SigninEntry]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        for chunk in entries.chunks(SIGNIN_ROWS_PER_STATEMENT) {
-            insert_signins(&mut tx, self.backend, chunk).await?;
+    /// Records sign-in attempts on the writer's connection `held`, with one multi-row
+    /// statement per [`SIGNIN_ROWS_PER_STATEMENT`] entries, all in one transaction (one disk
+    /// sync for many).
+    pub async fn log_signins(
+        &self,
+        held: &mut WriterConnection,
+        entries: &[SigninEntry],
+    ) -> Result<(), StoreError> {
+        let result = async {
+            let conn = held.get(&self.pool).await?;
+            if entries.len() <= SIGNIN_ROWS_PER_STATEMENT {
+                // One statement is a transaction of its own.
+                return insert_signins(conn, self.backend, entries).await;
+            }
+            let mut tx = sqlx::Connection::begin(&mut **conn).await?;
+            for chunk in entries.chunks(SIGNIN_ROWS_PER_STATEMENT) {
+                insert_signins(&mut tx, self.backend, chunk).await?;
+            }
+            tx.commit().await?;
+            Ok(())
         }
-        tx.commit().await?;
-        Ok(())
+        .await;
+        held.done(&result, self.backend == Backend::Postgres);
+        result
     }
 
     /// Records one sign-in attempt.
     pub async fn log_signin(&self, entry: &SigninEntry) -> Result<(), StoreError> {
-        self.log_signins(std::slice::from_ref(entry)).await
+        self.log_signins(
+            &mut WriterConnection::default(),
+            std::slice::from_ref(entry),
+        )
+        .await
     }
 
     /// Sign-ins matching `filter`, newest first.
@@ -1201,35 +1222,15 @@ impl Store {
 pub const SIGNIN_ROWS_PER_STATEMENT: usize = 100;
 
 async fn insert_signins(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    conn: &mut sqlx::AnyConnection,
     backend: Backend,
     entries: &[SigninEntry],
 ) -> Result<(), StoreError> {
-    const COLUMNS: usize = 14;
-    let mut sql = String::from(
-        "INSERT INTO signin_log (at, tenant_id, username, upn, client_id, client_ip, \
-         familiar_location, outcome, error_code, agent_id, latency_ms, lockout, policies, mfa) \
-         VALUES ",
-    );
-    for row in 0..entries.len() {
-        sql.push_str(if row == 0 { "(" } else { ", (" });
-        for column in 0..COLUMNS {
-            if column > 0 {
-                sql.push_str(", ");
-            }
-            // SQLite looks a numbered parameter's name up by a linear scan, and sqlx asks for
-            // every parameter's name: with 1,400 of them that is most of the statement's
-            // cost. Anonymous parameters (bound in order, as here) have no name to scan for.
-            match backend {
-                Backend::Sqlite => sql.push('?'),
-                Backend::Postgres => sql.push_str(&format!("${}", row * COLUMNS + column + 1)),
-            }
-        }
-        sql.push(')');
-    }
-    // Audited: the text holds only the fixed columns and numbered placeholders; every value
-    // is bound.
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    // Audited: the text holds only the fixed columns and placeholders; every value is bound.
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(signins_statement(
+        backend,
+        entries.len(),
+    )));
     for entry in entries {
         query = query
             .bind(entry.at)
@@ -1247,8 +1248,65 @@ async fn insert_signins(
             .bind(&entry.policies)
             .bind(&entry.mfa);
     }
-    query.execute(&mut **tx).await?;
+    query.execute(conn).await?;
     Ok(())
+}
+
+/// The text of [`insert_signins`]'s statement for `rows` entries, built once per backend and
+/// number of rows.
+fn signins_statement(backend: Backend, rows: usize) -> std::sync::Arc<str> {
+    use std::fmt::Write as _;
+
+    const COLUMNS: usize = 14;
+    static TEXTS: StatementTexts<(Backend, usize)> = StatementTexts::new();
+    TEXTS.get((backend, rows), || {
+        let mut sql = String::from(
+            "INSERT INTO signin_log (at, tenant_id, username, upn, client_id, client_ip, \
+             familiar_location, outcome, error_code, agent_id, latency_ms, lockout, policies, \
+             mfa) VALUES ",
+        );
+        for row in 0..rows {
+            sql.push_str(if row == 0 { "(" } else { ", (" });
+            for column in 0..COLUMNS {
+                if column > 0 {
+                    sql.push_str(", ");
+                }
+                // SQLite looks a numbered parameter's name up by a linear scan, and sqlx asks
+                // for every parameter's name: with 1,400 of them that is most of the
+                // statement's cost. Anonymous parameters (bound in order, as here) have no
+                // name to scan for.
+                match backend {
+                    Backend::Sqlite => sql.push('?'),
+                    Backend::Postgres => {
+                        let _ = write!(sql, "${}", row * COLUMNS + column + 1);
+                    }
+                }
+            }
+            sql.push(')');
+        }
+        sql
+    })
+}
+
+/// Statement texts built once each, by key: a multi-row statement's text for each number of
+/// rows (bounded by the statement's most rows), built on first use and shared after.
+pub(crate) struct StatementTexts<K> {
+    texts: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<K, std::sync::Arc<str>>>>,
+}
+
+impl<K: std::hash::Hash + Eq> StatementTexts<K> {
+    /// None built yet.
+    pub(crate) const fn new() -> Self {
+        Self {
+            texts: std::sync::LazyLock::new(std::sync::Mutex::default),
+        }
+    }
+
+    /// The text for `key`, built by `build` the first time.
+    pub(crate) fn get(&self, key: K, build: impl FnOnce() -> String) -> std::sync::Arc<str> {
+        let mut texts = self.texts.lock().unwrap_or_else(|p| p.into_inner());
+        std::sync::Arc::clone(texts.entry(key).or_insert_with(|| build().into()))
+    }
 }
 
 /// The associated data a tenant CA key is sealed with: it opens only in its own row.

@@ -2,9 +2,11 @@
 //! a decision spanning both is one atomic update), and the networks each user signed in from.
 //! The decisions themselves live in `passage-lockout`; these are its atomic steps.
 
+use std::{collections::HashMap, fmt::Write as _, sync::Arc};
+
 use sqlx::Row;
 
-use crate::{Store, StoreError};
+use crate::{Backend, StatementTexts, Store, StoreError, batching::WriterConnection};
 
 /// Where a sign-in comes from, for one user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -167,13 +169,22 @@ impl LockoutOp {
 /// Runs one update on `conn` (a connection, or a transaction).
 async fn run_op(
     conn: &mut sqlx::AnyConnection,
+    backend: Backend,
     op: &LockoutOp,
 ) -> Result<Option<UserCounters>, StoreError> {
     match op {
         // Reservations and successes share the multi-row statement of a batch, one row here.
         LockoutOp::Reserve { scope, .. } => {
             let mut result = [None];
-            upsert_many(conn, *scope, std::slice::from_ref(op), &[0], &mut result).await?;
+            upsert_many(
+                conn,
+                backend,
+                *scope,
+                std::slice::from_ref(op),
+                &[0],
+                &mut result,
+            )
+            .await?;
             Ok(result[0])
         }
         LockoutOp::Settle {
@@ -181,7 +192,8 @@ async fn run_op(
             end: AttemptEnd::Success,
             ..
         } => {
-            upsert_many(conn, *scope, std::slice::from_ref(op), &[0], &mut [None]).await?;
+            let ops = std::slice::from_ref(op);
+            upsert_many(conn, backend, *scope, ops, &[0], &mut [None]).await?;
             Ok(None)
         }
         LockoutOp::Settle {
@@ -230,7 +242,7 @@ async fn run_op(
     }
 }
 
-/// Most users in one multi-row statement (4 parameters each).
+/// Most users in one statement (on SQLite, 4 parameters each).
 const MAX_ROWS_PER_STATEMENT: usize = 256;
 
 /// The reservations and successes `indexes` of `ops` (all in `scope`, each of another user, in
@@ -242,39 +254,160 @@ const MAX_ROWS_PER_STATEMENT: usize = 256;
 /// (none). A success also clears both scopes' failures and lockouts. One statement whose
 /// rows are in user order takes its row locks in that order, so replicas writing batches
 /// that share users wait for each other and never deadlock.
+///
+/// On PostgreSQL the rows travel as four arrays, so that every batch runs the same prepared
+/// statement whatever its size, and only reservations' counters come back, each with its
+/// row's position (a success's serve nobody). SQLite, which has no arrays, gets a statement
+/// with a row of parameters per user, and answers for every row, by user.
 async fn upsert_many(
     conn: &mut sqlx::AnyConnection,
+    backend: Backend,
     scope: LockoutScope,
     ops: &[LockoutOp],
     indexes: &[usize],
     results: &mut [Option<UserCounters>],
 ) -> Result<(), StoreError> {
+    let now = indexes
+        .iter()
+        .map(|&i| match &ops[i] {
+            LockoutOp::Reserve { now, .. }
+            | LockoutOp::Settle { now, .. }
+            | LockoutOp::LockOut { now, .. } => *now,
+        })
+        .max()
+        .unwrap_or(0);
+    let rows_of = |index: usize| {
+        let (tenant, user_key) = ops[index].user();
+        let (pending, until) = match &ops[index] {
+            LockoutOp::Reserve { until, .. } => (1_i64, *until),
+            _ => (0, 0),
+        };
+        (tenant, user_key, pending, until)
+    };
+    match backend {
+        Backend::Postgres => {
+            let mut arrays = [const { String::new() }; 4];
+            for (position, &index) in indexes.iter().enumerate() {
+                let (tenant, user_key, pending, until) = rows_of(index);
+                let separator = if position == 0 { "" } else { "," };
+                for array in &mut arrays {
+                    array.push_str(separator);
+                }
+                push_array_text(&mut arrays[0], tenant);
+                push_array_text(&mut arrays[1], user_key);
+                let _ = write!(arrays[2], "{pending}");
+                let _ = write!(arrays[3], "{until}");
+            }
+            let mut query =
+                sqlx::query(sqlx::AssertSqlSafe(statements(scope).upsert.as_str())).bind(now);
+            for array in arrays {
+                query = query.bind(format!("{{{array}}}"));
+            }
+            for row in query.fetch_all(&mut *conn).await? {
+                let position: i64 = row.try_get(0)?;
+                let index = usize::try_from(position)
+                    .ok()
+                    .and_then(|position| indexes.get(position.checked_sub(1)?))
+                    .ok_or(StoreError::Batch(format!(
+                        "lockout upsert answered for row {position} of {}",
+                        indexes.len()
+                    )))?;
+                results[*index] = Some(counters_from_row_at(&row, 1)?);
+            }
+        }
+        Backend::Sqlite => {
+            // Audited: the text holds only fixed column names (of the two scopes) and
+            // numbered placeholders; every value is bound.
+            let sql = sqlite_upsert_statement(scope, indexes.len());
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
+            for &index in indexes {
+                let (tenant, user_key, pending, until) = rows_of(index);
+                query = query
+                    .bind(tenant.to_owned())
+                    .bind(user_key.to_owned())
+                    .bind(pending)
+                    .bind(until);
+            }
+            for row in query.fetch_all(&mut *conn).await? {
+                let tenant: String = row.try_get(0)?;
+                let user_key: String = row.try_get(1)?;
+                if let Some(&index) = indexes.iter().find(|&&i| {
+                    matches!(ops[i], LockoutOp::Reserve { .. })
+                        && ops[i].user() == (tenant.as_str(), user_key.as_str())
+                }) {
+                    results[index] = Some(counters_from_row_at(&row, 2)?);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Appends `value` to a PostgreSQL array literal as one quoted element (backslash and double
+/// quote escaped: the literal syntax's whole quoting rule).
+fn push_array_text(array: &mut String, value: &str) {
+    array.push('"');
+    for c in value.chars() {
+        if c == '"' || c == '\\' {
+            array.push('\\');
+        }
+        array.push(c);
+    }
+    array.push('"');
+}
+
+/// The SQLite text of [`upsert_many`]'s statement for `rows` users, built once per scope and
+/// number of rows.
+fn sqlite_upsert_statement(scope: LockoutScope, rows: usize) -> Arc<str> {
+    static TEXTS: StatementTexts<(LockoutScope, usize)> = StatementTexts::new();
+    TEXTS.get((scope, rows), || {
+        let mut sql = format!(
+            "INSERT INTO lockout_users ({}) VALUES ",
+            upsert_columns(scope)
+        );
+        for row in 0..rows {
+            let first = 2 + row * 4;
+            if row > 0 {
+                sql.push_str(", ");
+            }
+            let _ = write!(
+                sql,
+                "(${first}, ${}, ${}, ${}, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)",
+                first + 1,
+                first + 2,
+                first + 3
+            );
+        }
+        let _ = write!(
+            sql,
+            " {} RETURNING tenant_id, user_key, {COUNTER_COLUMNS}",
+            on_conflict(scope)
+        );
+        sql
+    })
+}
+
+/// The columns an upsert in `scope` inserts: the user, its four values, zeros.
+fn upsert_columns(scope: LockoutScope) -> String {
     let (name, other) = (scope.as_str(), scope.other().as_str());
-    let mut sql = format!(
-        "INSERT INTO lockout_users (tenant_id, user_key, {name}_pending, {name}_pending_until, \
+    format!(
+        "tenant_id, user_key, {name}_pending, {name}_pending_until, \
          {name}_failures, {name}_last_failure_at, {name}_locked_until, {name}_lockouts, \
          {other}_failures, {other}_last_failure_at, {other}_pending, {other}_pending_until, \
-         {other}_locked_until, {other}_lockouts) VALUES "
-    );
-    for row in 0..indexes.len() {
-        let first = 2 + row * 4;
-        if row > 0 {
-            sql.push_str(", ");
-        }
-        sql.push_str(&format!(
-            "(${first}, ${}, ${}, ${}, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)",
-            first + 1,
-            first + 2,
-            first + 3
-        ));
-    }
+         {other}_locked_until, {other}_lockouts"
+    )
+}
+
+/// What an upsert in `scope` does to a user's existing row (`$1`: now).
+fn on_conflict(scope: LockoutScope) -> String {
+    let name = scope.as_str();
     let reserving = format!("excluded.{name}_pending = 1");
     let succeeded = format!("excluded.{name}_pending = 0");
     let cleared = |column: &str| {
         format!("{column} = CASE WHEN {succeeded} THEN 0 ELSE lockout_users.{column} END")
     };
-    sql.push_str(&format!(
-        " ON CONFLICT (tenant_id, user_key) DO UPDATE SET \
+    format!(
+        "ON CONFLICT (tenant_id, user_key) DO UPDATE SET \
          {name}_pending = CASE WHEN {reserving} THEN \
              CASE WHEN lockout_users.{name}_pending_until <= $1 THEN 1 \
              ELSE lockout_users.{name}_pending + 1 END \
@@ -285,50 +418,13 @@ async fn upsert_many(
          {name}_pending_until = CASE WHEN {reserving} AND excluded.{name}_pending_until > \
          lockout_users.{name}_pending_until THEN excluded.{name}_pending_until \
          ELSE lockout_users.{name}_pending_until END, \
-         {}, {}, {}, {}, {} \
-         RETURNING tenant_id, user_key, {COUNTER_COLUMNS}",
+         {}, {}, {}, {}, {}",
         cleared("familiar_failures"),
         cleared("unfamiliar_failures"),
         cleared("familiar_lockouts"),
         cleared("unfamiliar_lockouts"),
         cleared("familiar_standing"),
-    ));
-    let now = indexes
-        .iter()
-        .map(|&i| match &ops[i] {
-            LockoutOp::Reserve { now, .. }
-            | LockoutOp::Settle { now, .. }
-            | LockoutOp::LockOut { now, .. } => *now,
-        })
-        .max()
-        .unwrap_or(0);
-    // Audited: the text holds only fixed column names (of the two scopes) and numbered
-    // placeholders; every value is bound.
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
-    for &index in indexes {
-        let (tenant, user_key) = ops[index].user();
-        let (pending, until) = match &ops[index] {
-            LockoutOp::Reserve { until, .. } => (1_i64, *until),
-            _ => (0, 0),
-        };
-        query = query
-            .bind(tenant.to_owned())
-            .bind(user_key.to_owned())
-            .bind(pending)
-            .bind(until);
-    }
-    let rows = query.fetch_all(&mut *conn).await?;
-    for row in rows {
-        let tenant: String = row.try_get(0)?;
-        let user_key: String = row.try_get(1)?;
-        if let Some(&index) = indexes.iter().find(|&&i| {
-            matches!(ops[i], LockoutOp::Reserve { .. })
-                && ops[i].user() == (tenant.as_str(), user_key.as_str())
-        }) {
-            results[index] = Some(counters_from_row_at(&row, 2)?);
-        }
-    }
-    Ok(())
+    )
 }
 
 const COUNTER_COLUMNS: &str = "familiar_failures, familiar_last_failure_at, familiar_pending, \
@@ -341,10 +437,31 @@ const COUNTER_COLUMNS: &str = "familiar_failures, familiar_last_failure_at, fami
 struct ScopeStatements {
     failures: String,
     lock_out: String,
+    /// [`upsert_many`]'s on PostgreSQL: the rows as arrays of tenants, users, pending
+    /// values and their bounds (`$2` to `$5`, array literals in text), answering for
+    /// reservations with their rows' positions (from 1).
+    upsert: String,
 }
 
 impl ScopeStatements {
     fn new(scope: LockoutScope) -> Self {
+        let returned = COUNTER_COLUMNS
+            .split(", ")
+            .map(|column| format!("u.{column}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let upsert = format!(
+            "WITH v AS (SELECT * FROM unnest($2::TEXT::TEXT[], $3::TEXT::TEXT[], \
+             $4::TEXT::BIGINT[], $5::TEXT::BIGINT[]) WITH ORDINALITY \
+             AS v (tenant_id, user_key, pending, until, position)), \
+             u AS (INSERT INTO lockout_users ({}) \
+             SELECT tenant_id, user_key, pending, until, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 \
+             FROM v ORDER BY position {} RETURNING tenant_id, user_key, {COUNTER_COLUMNS}) \
+             SELECT v.position, {returned} FROM u JOIN v \
+             ON v.tenant_id = u.tenant_id AND v.user_key = u.user_key WHERE v.pending = 1",
+            upsert_columns(scope),
+            on_conflict(scope),
+        );
         // The familiar standing count follows the familiar failures, with its own expiry ($6).
         let standing = match scope {
             LockoutScope::Familiar => {
@@ -374,6 +491,7 @@ impl ScopeStatements {
                  WHERE tenant_id = $1 AND user_key = $2 AND {scope}_locked_until <= $5 \
                  RETURNING {COUNTER_COLUMNS}"
             ),
+            upsert,
         }
     }
 }
@@ -474,7 +592,9 @@ impl Store {
             until,
         };
         let mut conn = self.volatile.acquire().await?;
-        Ok(run_op(&mut conn, &op).await?.unwrap_or_default())
+        Ok(run_op(&mut conn, self.backend, &op)
+            .await?
+            .unwrap_or_default())
     }
 
     /// Ends an attempt recorded by [`Store::reserve_lockout_attempt`] as `end` says. Returns
@@ -495,7 +615,7 @@ impl Store {
             now,
         };
         let mut conn = self.volatile.acquire().await?;
-        run_op(&mut conn, &op).await
+        run_op(&mut conn, self.backend, &op).await
     }
 
     /// Locks the user out in `scope` until `until`, unless already locked out there at `now`
@@ -519,24 +639,38 @@ impl Store {
             now,
         };
         let mut conn = self.volatile.acquire().await?;
-        run_op(&mut conn, &op).await
+        run_op(&mut conn, self.backend, &op).await
     }
 
-    /// Runs many lockout updates (of many sign-ins) with few statements: the reservations and
-    /// successes of each scope in one multi-row upsert, the rest
-    /// (failures, lockouts: rare) one by one. A user with several updates in the batch has them
-    /// run in the order given, one round each. Rows are always taken in the order of their
-    /// users, so replicas doing the same never wait on each other in a cycle. Returns each
-    /// update's result in the order given.
+    /// Runs many lockout updates (of many sign-ins) with few statements, on the writer's
+    /// connection `held`: the reservations and successes of each scope in one multi-row
+    /// upsert, the rest (failures, lockouts: rare) one by one. A user with several updates in
+    /// the batch has them run in the order given, one round each. Rows are always taken in the
+    /// order of their users, so replicas doing the same never wait on each other in a cycle.
+    /// Returns each update's result in the order given.
     pub async fn run_lockout_ops(
         &self,
+        held: &mut WriterConnection,
+        ops: &[LockoutOp],
+    ) -> Result<Vec<Option<UserCounters>>, StoreError> {
+        let result = async {
+            let conn = held.get(&self.volatile).await?;
+            self.run_lockout_ops_on(conn, ops).await
+        }
+        .await;
+        held.done(&result, self.backend == Backend::Postgres);
+        result
+    }
+
+    async fn run_lockout_ops_on(
+        &self,
+        conn: &mut sqlx::AnyConnection,
         ops: &[LockoutOp],
     ) -> Result<Vec<Option<UserCounters>>, StoreError> {
         let mut results = vec![None; ops.len()];
         // Rounds in which each user appears at most once.
         let mut rounds: Vec<Vec<usize>> = Vec::new();
-        let mut next_round: std::collections::HashMap<(&str, &str), usize> =
-            std::collections::HashMap::new();
+        let mut next_round: HashMap<(&str, &str), usize> = HashMap::new();
         for (index, op) in ops.iter().enumerate() {
             let round = next_round.entry(op.user()).or_insert(0);
             if rounds.len() <= *round {
@@ -545,7 +679,6 @@ impl Store {
             rounds[*round].push(index);
             *round += 1;
         }
-        let mut conn = self.volatile.acquire().await?;
         for mut round in rounds {
             round.sort_by(|&a, &b| ops[a].user().cmp(&ops[b].user()));
             for scope in [LockoutScope::Familiar, LockoutScope::Unfamiliar] {
@@ -563,7 +696,7 @@ impl Store {
                     })
                     .collect();
                 for chunk in upserts.chunks(MAX_ROWS_PER_STATEMENT) {
-                    upsert_many(&mut conn, scope, ops, chunk, &mut results).await?;
+                    upsert_many(conn, self.backend, scope, ops, chunk, &mut results).await?;
                 }
             }
             for &index in &round {
@@ -573,7 +706,7 @@ impl Store {
                         end: AttemptEnd::Success,
                         ..
                     } => {}
-                    other => results[index] = run_op(&mut conn, other).await?,
+                    other => results[index] = run_op(conn, self.backend, other).await?,
                 }
             }
         }

@@ -11,7 +11,7 @@ use std::{sync::Arc, time::Duration};
 
 use passage_store::{
     SigninEntry, Store,
-    batching::{Batches, Outstanding},
+    batching::{Batches, Outstanding, WriterConnection},
 };
 use tokio::sync::mpsc;
 
@@ -64,10 +64,11 @@ impl SigninLog {
 async fn write(store: Store, entries: mpsc::Receiver<SigninEntry>, unwritten: Arc<Outstanding>) {
     let mut batches = Batches::new(entries, BATCH, LINGER).always_lingering();
     let mut batch = Vec::with_capacity(BATCH);
+    let mut conn = WriterConnection::default();
     while batches.next(&mut batch).await {
         // A failed write is retried (the entries are kept) rather than lost.
         let mut delay = Duration::from_millis(100);
-        while let Err(err) = store.log_signins(&batch).await {
+        while let Err(err) = store.log_signins(&mut conn, &batch).await {
             tracing::error!(error = %err, entries = batch.len(), "the sign-in log could not be written; retrying");
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(10));
