@@ -279,8 +279,9 @@ type Job = (
 );
 
 /// Sends lockout updates to the store in batches: one writer takes whatever queued up while
-/// its last batch ran — and, on PostgreSQL, when it was busy a moment ago, what arrives within
-/// [`LINGER`] ([`passage_store::batching`]) — and writes its reservations and successes with
+/// its last batch ran — and, when the batch holds only updates nobody waits for (successes),
+/// what arrives within [`LINGER`] ([`passage_store::batching`]) — and writes its reservations
+/// and successes with
 /// one multi-row upsert per scope, the rest (failures, lockouts) with a statement each (each
 /// committing on its own; a batch that fails halfway leaves its first statements done, and
 /// every caller in it gets the error). One writer keeps each user's updates in order.
@@ -294,30 +295,25 @@ struct Writer {
 /// The most updates in one batch.
 const MAX_BATCH: usize = 256;
 
-/// How long a busy PostgreSQL writer waits for more updates before it writes: a sign-in's
-/// reservation waits up to this (plus the timer's millisecond granularity), and under a
-/// steady load a statement then carries several sign-ins instead of one (a round trip and a
-/// commit per statement are most of what the database spends).
+/// How long the writer waits for more updates while its batch holds only successes (which
+/// nobody waits for): under load, a reservation comes within it and takes them along, so a
+/// success rarely costs a statement of its own. A reservation never waits for more.
 const LINGER: Duration = Duration::from_millis(2);
 
 impl Writer {
     fn start(store: &Store) -> Self {
-        // One writer on either store. SQLite has one writer anyway, and runs in this process:
-        // a statement costs mostly its rows, so it writes at once — lingering there only made
-        // every sign-in wait. On PostgreSQL a statement costs mostly its round trip and
-        // commit: the writer lingers when busy, and a second writer only split the batches
-        // (measured: the server's CPU per sign-in ~95 µs with two writers, ~66 µs with one;
-        // docs/benchmarks.md).
-        let linger = match store.backend() {
-            passage_store::Backend::Sqlite => Duration::ZERO,
-            passage_store::Backend::Postgres => LINGER,
-        };
+        // One writer on either store: SQLite has one writer anyway, and on PostgreSQL a second
+        // writer only split the batches (measured: the server's CPU per sign-in ~95 µs with
+        // two writers, ~66 µs with one). A sign-in waiting for its reservation is never held
+        // back for a bigger batch: that waiting made every other process's work costlier
+        // (docs/benchmarks.md).
         let unwritten = Arc::new(Outstanding::default());
         let (queue, rx) = mpsc::channel::<Job>(4 * MAX_BATCH);
         let store = store.clone();
         let written = Arc::clone(&unwritten);
         tokio::spawn(async move {
-            let mut batches = Batches::new(rx, MAX_BATCH, linger);
+            let mut batches =
+                Batches::new(rx, MAX_BATCH, LINGER).urgent_when(|(_, reply): &Job| reply.is_some());
             let mut batch = Vec::with_capacity(MAX_BATCH);
             let mut conn = WriterConnection::default();
             while batches.next(&mut batch).await {
@@ -342,7 +338,6 @@ impl Writer {
                     }
                 }
                 written.written(unawaited);
-                batches.done();
             }
         });
         Self { queue, unwritten }

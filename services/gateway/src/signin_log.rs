@@ -62,7 +62,7 @@ impl SigninLog {
 }
 
 async fn write(store: Store, entries: mpsc::Receiver<SigninEntry>, unwritten: Arc<Outstanding>) {
-    let mut batches = Batches::new(entries, BATCH, LINGER).always_lingering();
+    let mut batches = Batches::new(entries, BATCH, LINGER);
     let mut batch = Vec::with_capacity(BATCH);
     let mut conn = WriterConnection::default();
     while batches.next(&mut batch).await {
@@ -75,6 +75,5 @@ async fn write(store: Store, entries: mpsc::Receiver<SigninEntry>, unwritten: Ar
         }
         unwritten.written(batch.len());
         batch.clear();
-        batches.done();
     }
 }
