@@ -599,6 +599,9 @@ async fn store_phases(
     let rounds = env_or("PASSAGE_BENCH_ROUNDS", 4).max(1) as u32;
     let slice = (duration / rounds).max(Duration::from_secs(1));
     let only = std::env::var("PASSAGE_BENCH_STORES").unwrap_or_default();
+    if !["", "sqlite", "postgresql"].contains(&only.to_ascii_lowercase().as_str()) {
+        eprintln!("PASSAGE_BENCH_STORES={only}: expected sqlite or postgresql; measuring neither");
+    }
     let mut phases = Vec::new();
     for (store, postgres) in [("SQLite", false), ("PostgreSQL", true)] {
         if !only.is_empty() && !store.eq_ignore_ascii_case(&only) {

@@ -122,21 +122,24 @@ fn print(what: &str, rows: usize, m: &Measured) {
 }
 
 async fn run(store: &Store, postgres: Option<&Postgres>, rows: usize) {
-    // One connection for all, as the gateway's writers keep theirs.
-    let conn = &mut WriterConnection::default();
+    // A connection for each writer, kept as the gateway's writers keep theirs.
+    let (lockout, log) = (
+        &mut WriterConnection::default(),
+        &mut WriterConnection::default(),
+    );
     for batch in [1, 4, 16, 64] {
         let rounds = rows / batch;
         // Warm-up: the statements prepared, the users' rows there.
         for round in 0..(5000 / batch).max(20) {
             for ops in lockout_batches(round, batch) {
-                store.run_lockout_ops(conn, &ops).await.unwrap();
+                store.run_lockout_ops(lockout, &ops).await.unwrap();
             }
         }
         let batches: Vec<_> = (0..rounds).map(|r| lockout_batches(r, batch)).collect();
         let m = measure(postgres, || async {
             for pair in &batches {
                 for ops in pair {
-                    store.run_lockout_ops(conn, ops).await.unwrap();
+                    store.run_lockout_ops(lockout, ops).await.unwrap();
                 }
             }
         })
@@ -151,12 +154,12 @@ async fn run(store: &Store, postgres: Option<&Postgres>, rows: usize) {
         let rounds = rows / batch;
         let entries: Vec<SigninEntry> = (0..batch * 20).map(entry).collect();
         for chunk in entries.chunks(batch) {
-            store.log_signins(conn, chunk).await.unwrap();
+            store.log_signins(log, chunk).await.unwrap();
         }
         let entries: Vec<SigninEntry> = (0..rounds * batch).map(entry).collect();
         let m = measure(postgres, || async {
             for chunk in entries.chunks(batch) {
-                store.log_signins(conn, chunk).await.unwrap();
+                store.log_signins(log, chunk).await.unwrap();
             }
         })
         .await;

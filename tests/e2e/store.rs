@@ -696,21 +696,31 @@ async fn lockout_and_signin_log(store: &Store) {
         let state = store.lockout_state("t", user, None, 0).await.unwrap();
         state.counters
     };
-    let ops: Vec<_> = awkward
-        .iter()
-        .enumerate()
-        .map(|(n, user)| reserve(user, scope_of(n)))
-        .collect();
+    // Each reservation outstanding until its own bound, among other users' successes in the
+    // same scopes (which answer nothing): an answer given to the wrong op shows.
+    let fillers: Vec<String> = (0..awkward.len()).map(|n| format!("filler{n}@x")).collect();
+    let mut ops = Vec::new();
+    for (n, user) in awkward.iter().enumerate() {
+        ops.push(LockoutOp::Reserve {
+            tenant: "t".into(),
+            user_key: (*user).into(),
+            scope: scope_of(n),
+            now: now + 20,
+            until: now + 50 + n as i64,
+        });
+        ops.push(settle(&fillers[n], scope_of(n), AttemptEnd::Success));
+    }
     let results = store.run_lockout_ops(&mut held, &ops).await.unwrap();
-    for (n, (user, result)) in awkward.iter().zip(&results).enumerate() {
-        let counters = result.expect("a reservation answers");
+    for (n, user) in awkward.iter().enumerate() {
+        assert_eq!(results[2 * n + 1], None, "a success answers nothing");
+        let counters = results[2 * n].expect("a reservation answers");
         let (own, other) = if n.is_multiple_of(2) {
             (counters.familiar, counters.unfamiliar)
         } else {
             (counters.unfamiliar, counters.familiar)
         };
         assert_eq!((own.pending, other.pending), (1, 0), "{user:?}");
-        assert_eq!(own.pending_until, now + 50, "{user:?}");
+        assert_eq!(own.pending_until, now + 50 + n as i64, "{user:?}");
         assert_eq!(
             stored(user).await,
             counters,

@@ -136,50 +136,66 @@ impl Outstanding {
 }
 
 /// A connection a background writer keeps from one batch to the next on PostgreSQL, taken
-/// from the store's pool when first needed. After an error it is closed, not kept (it may be
-/// what failed: a database restarted), and after [`WriterConnection::IDLE`] without use it
-/// goes back to the pool: the next batch takes one the pool has checked. Dropping it gives it
-/// back. On SQLite every batch gives it back: there the pool's one connection is every
-/// writer's.
+/// from the store's pool when first needed; one per writer (it serves the pool it was first
+/// taken from). After an error it is closed, not kept (it may be what failed: a database
+/// restarted), and so is one whose batch never finished (its caller was dropped mid-query: it
+/// may hold half an exchange). Found unused for [`WriterConnection::IDLE`] or longer when the
+/// next batch comes, it goes back to the pool and the batch takes one the pool has checked;
+/// an idle writer keeps it until then. Dropping it gives it back. On SQLite every batch gives
+/// it back: there the pool's one connection is every writer's.
 #[derive(Debug, Default)]
 pub struct WriterConnection {
-    held: Option<(PoolConnection<Any>, Instant)>,
+    held: Option<Held>,
+}
+
+#[derive(Debug)]
+struct Held {
+    conn: PoolConnection<Any>,
+    used: Instant,
+    /// A batch took it and has not said how it ended.
+    in_batch: bool,
 }
 
 impl WriterConnection {
     /// How long a connection is kept unused before it goes back to the pool.
     pub const IDLE: Duration = Duration::from_secs(5);
 
-    /// The held connection, taken from `pool` if there is none (or it idled too long).
+    /// The held connection, taken from `pool` if there is none (or it idled too long, or its
+    /// last batch never ended). Call [`WriterConnection::done`] after the batch.
     pub(crate) async fn get(
         &mut self,
         pool: &AnyPool,
     ) -> Result<&mut PoolConnection<Any>, StoreError> {
-        if self
-            .held
-            .as_ref()
-            .is_some_and(|(_, used)| used.elapsed() >= Self::IDLE)
-        {
+        match &mut self.held {
+            Some(held) if held.in_batch => {
+                held.conn.close_on_drop();
+                self.held = None;
+            }
             // Back to the pool, which checks it before anyone takes it again.
-            self.held = None;
+            Some(held) if held.used.elapsed() >= Self::IDLE => self.held = None,
+            _ => {}
         }
         let conn = match self.held.take() {
-            Some((conn, _)) => conn,
+            Some(held) => held.conn,
             None => pool.acquire().await?,
         };
-        let (conn, _) = self.held.insert((conn, Instant::now()));
-        Ok(conn)
+        let held = self.held.insert(Held {
+            conn,
+            used: Instant::now(),
+            in_batch: true,
+        });
+        Ok(&mut held.conn)
     }
 
     /// After a batch: keeps the connection if `kept` and the batch succeeded, closes it if
     /// the batch failed, and otherwise gives it back to the pool.
     pub(crate) fn done<T, E>(&mut self, result: &Result<T, E>, kept: bool) {
-        match result {
-            Ok(_) if kept => {}
-            Ok(_) => self.held = None,
-            Err(_) => {
-                if let Some((mut conn, _)) = self.held.take() {
-                    conn.close_on_drop();
+        match (result, self.held.as_mut()) {
+            (Ok(_), Some(held)) if kept => held.in_batch = false,
+            (Ok(_), _) => self.held = None,
+            (Err(_), _) => {
+                if let Some(mut held) = self.held.take() {
+                    held.conn.close_on_drop();
                 }
             }
         }

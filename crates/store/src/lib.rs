@@ -12,8 +12,6 @@
 //! password, and never an enrolment token, a code or a refresh token itself.
 
 pub mod batching;
-
-use batching::WriterConnection;
 pub mod key_encryption;
 pub mod lockout;
 pub mod mfa;
@@ -29,6 +27,7 @@ pub use oidc::{
     RefreshTokenInfo, StoredSigningKey,
 };
 
+use batching::WriterConnection;
 use passage_credentials::Secret;
 use sqlx::{
     AnyPool, Row,
