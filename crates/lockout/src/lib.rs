@@ -281,10 +281,10 @@ type Job = (
 /// Sends lockout updates to the store in batches: one writer takes whatever queued up while
 /// its last batch ran — and, when the batch holds only updates nobody waits for (successes),
 /// what arrives within [`LINGER`] ([`passage_store::batching`]) — and writes its reservations
-/// and successes with
-/// one multi-row upsert per scope, the rest (failures, lockouts) with a statement each (each
-/// committing on its own; a batch that fails halfway leaves its first statements done, and
-/// every caller in it gets the error). One writer keeps each user's updates in order.
+/// and successes with one upsert per scope, the rest (failures, lockouts) with a statement
+/// each (each committing on its own; a batch that fails halfway leaves its first statements
+/// done, and every caller in it gets the error). One writer keeps each user's updates in
+/// order, on a connection it keeps ([`WriterConnection`]).
 #[derive(Debug, Clone)]
 struct Writer {
     queue: mpsc::Sender<Job>,
