@@ -360,16 +360,10 @@ impl Writer {
     /// any later update of the same user: one writer, in order); a failure is logged.
     /// [`SmartLockout::flush`] waits for such updates.
     async fn submit(&self, op: LockoutOp) -> Result<(), StoreError> {
-        // Room first, then counted and sent at once: a caller dropped while waiting for room
-        // leaves nothing counted that will never be written.
-        let permit = self
-            .queue
-            .reserve()
+        self.unwritten
+            .send(&self.queue, (op, None))
             .await
-            .map_err(|_| StoreError::Batch("the lockout writer stopped".into()))?;
-        self.unwritten.add(1);
-        permit.send((op, None));
-        Ok(())
+            .map_err(|_| StoreError::Batch("the lockout writer stopped".into()))
     }
 }
 

@@ -85,9 +85,21 @@ pub struct Outstanding {
 }
 
 impl Outstanding {
-    /// `n` more items handed over.
-    pub fn add(&self, n: usize) {
-        self.count.fetch_add(n, Ordering::SeqCst);
+    /// Hands `item` to the writer behind `queue` (waiting for room) and counts it; `Err` (the
+    /// item back) if the writer has stopped. Room is taken first, then the item counted and
+    /// sent at once: a caller dropped while waiting for room leaves nothing counted that will
+    /// never be written.
+    pub async fn send<T>(
+        &self,
+        queue: &mpsc::Sender<T>,
+        item: T,
+    ) -> Result<(), mpsc::error::SendError<T>> {
+        let Ok(permit) = queue.reserve().await else {
+            return Err(mpsc::error::SendError(item));
+        };
+        self.count.fetch_add(1, Ordering::SeqCst);
+        permit.send(item);
+        Ok(())
     }
 
     /// `n` items written (or given up on).
@@ -279,7 +291,10 @@ mod tests {
     async fn waiting_for_none_ends_when_the_last_item_is_written_or_says_how_many_are_missing() {
         let outstanding = std::sync::Arc::new(Outstanding::default());
         assert_eq!(outstanding.wait_for_none(Duration::ZERO).await, Ok(()));
-        outstanding.add(3);
+        let (tx, _rx) = mpsc::channel(4);
+        for item in 0..3 {
+            outstanding.send(&tx, item).await.unwrap();
+        }
         let writer = std::sync::Arc::clone(&outstanding);
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -297,5 +312,14 @@ mod tests {
             Ok(())
         );
         assert_eq!(started.elapsed(), Duration::from_millis(5));
+    }
+
+    #[tokio::test]
+    async fn nothing_is_counted_for_a_writer_that_has_stopped() {
+        let outstanding = Outstanding::default();
+        let (tx, rx) = mpsc::channel(4);
+        drop(rx);
+        assert_eq!(outstanding.send(&tx, 7).await.map_err(|e| e.0), Err(7));
+        assert_eq!(outstanding.count(), 0);
     }
 }

@@ -1138,20 +1138,34 @@ impl Store {
         held: &mut WriterConnection,
         entries: &[SigninEntry],
     ) -> Result<(), StoreError> {
-        let result = async {
-            let conn = held.get(&self.pool).await?;
+        self.on_writer_connection(held, &self.pool, async |conn| {
             if entries.len() <= SIGNIN_ROWS_PER_STATEMENT {
                 // One statement is a transaction of its own.
                 return insert_signins(conn, self.backend, entries).await;
             }
-            let mut tx = sqlx::Connection::begin(&mut **conn).await?;
+            let mut tx = sqlx::Connection::begin(conn).await?;
             for chunk in entries.chunks(SIGNIN_ROWS_PER_STATEMENT) {
                 insert_signins(&mut tx, self.backend, chunk).await?;
             }
             tx.commit().await?;
             Ok(())
-        }
-        .await;
+        })
+        .await
+    }
+
+    /// Runs `work` on a background writer's connection `held`, taken from `pool` when it holds
+    /// none, and then keeps it (PostgreSQL), gives it back (SQLite, whose pool's one connection
+    /// is everyone's) or, after an error, closes it ([`WriterConnection`]).
+    async fn on_writer_connection<T>(
+        &self,
+        held: &mut WriterConnection,
+        pool: &AnyPool,
+        work: impl AsyncFnOnce(&mut sqlx::AnyConnection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let result = match held.get(pool).await {
+            Ok(conn) => work(conn).await,
+            Err(err) => Err(err),
+        };
         held.done(&result, self.backend == Backend::Postgres);
         result
     }

@@ -653,13 +653,10 @@ impl Store {
         held: &mut WriterConnection,
         ops: &[LockoutOp],
     ) -> Result<Vec<Option<UserCounters>>, StoreError> {
-        let result = async {
-            let conn = held.get(&self.volatile).await?;
+        self.on_writer_connection(held, &self.volatile, async |conn| {
             self.run_lockout_ops_on(conn, ops).await
-        }
-        .await;
-        held.done(&result, self.backend == Backend::Postgres);
-        result
+        })
+        .await
     }
 
     async fn run_lockout_ops_on(

@@ -41,16 +41,8 @@ impl SigninLog {
 
     /// Queues `entry` (waiting for room when the queue is full).
     pub async fn record(&self, entry: SigninEntry) {
-        // Room first, then counted and sent at once: a caller dropped while waiting for room
-        // leaves nothing counted that will never be written.
-        match self.queue.reserve().await {
-            Ok(permit) => {
-                self.unwritten.add(1);
-                permit.send(entry);
-            }
-            Err(_) => {
-                tracing::error!("the sign-in log writer has stopped; an attempt was not recorded")
-            }
+        if self.unwritten.send(&self.queue, entry).await.is_err() {
+            tracing::error!("the sign-in log writer has stopped; an attempt was not recorded");
         }
     }
 
